@@ -1,0 +1,44 @@
+# carrierd: `make run` and `make test` work on a fresh Debian machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CONFIG ?= conf/carrierd.toml
+LOCALPG := scripts/localpg.sh
+# With neither CARRIERD_DSN nor a dsn in the config, carrierd uses the
+# project-local PostgreSQL that `make db` starts.
+export CARRIERD_LOCAL_DSN := $(shell $(LOCALPG) dsn)
+
+.PHONY: run test lint bench stop-db clean db venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@scripts/ensure-python.sh $(PYTHON) $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+db:
+	@if [ -z "$$CARRIERD_DSN" ]; then $(LOCALPG) start; fi
+
+run: $(STAMP) db
+	$(BIN)/carrierd migrate --config $(CONFIG)
+	exec $(BIN)/carrierd run --config $(CONFIG) --with-simulators
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+test: $(STAMP) db lint
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: $(STAMP) db
+	$(BIN)/python bench/run_all.py
+
+stop-db:
+	@$(LOCALPG) stop
+
+clean: stop-db
+	rm -rf $(VENV) var build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis bench/out

@@ -1,0 +1,111 @@
+"""Shared bench plumbing: a fresh database and a daemon in its own process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from carrierd.store.db import migrate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def server_dsn() -> str:
+    dsn = os.environ.get("CARRIERD_DSN")
+    if dsn:
+        return dsn
+    subprocess.run([str(ROOT / "scripts/localpg.sh"), "start"], check=True)
+    out = subprocess.run(
+        [str(ROOT / "scripts/localpg.sh"), "dsn"], check=True, capture_output=True, text=True
+    )
+    return out.stdout.strip()
+
+
+def with_database(dsn: str, name: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+@contextmanager
+def fresh_database(prefix: str) -> Iterator[str]:
+    admin = server_dsn()
+    name = f"carrierd_bench_{prefix}_{uuid.uuid4().hex[:8]}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(admin)
+        await conn.execute(f'CREATE DATABASE "{name}"')
+        await conn.close()
+        await migrate(with_database(admin, name))
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(admin)
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()
+
+    asyncio.run(create())
+    try:
+        yield with_database(admin, name)
+    finally:
+        asyncio.run(drop())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def daemon_process(config_text: str, dsn: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+        f.write(config_text)
+        path = f.name
+    env = {
+        **os.environ,
+        "CARRIERD_DSN": dsn,
+        "CARRIERD_HTTP_PORT": str(port),
+        "CARRIERD_LOG_LEVEL": "warning",
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "carrierd", "run", "--config", path], env=env)
+    try:
+        wait_for_port(port, proc)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        os.unlink(path)
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"daemon exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("daemon did not open its HTTP port")
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, round(fraction * (len(sorted_values) - 1)))
+    return sorted_values[index]

@@ -1,0 +1,3 @@
+"""carrierd: SMPP and +Message delivery engine for Japanese A2P messaging."""
+
+__version__ = "0.1.0"

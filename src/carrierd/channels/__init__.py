@@ -1,0 +1,1 @@
+"""Delivery channels: SMS over SMPP and +Message over HTTP."""

@@ -1,0 +1,146 @@
+"""Message state machine (DOMAIN §4, §8, §9, §10).
+
+The table below is the whole machine; the store guards every UPDATE with
+`WHERE state = ANY(allowed_sources(dst))`, so a row can only move along an
+edge listed here even when several daemons race for it.
+
+    scheduled    send_at is in the future.
+                 -> queued      send_at reached
+                 -> cancelled   sender cancelled
+                 -> expired     validity ended before send_at
+
+    queued       due (or waiting for not_before); claimable by a dispatcher.
+                 -> dispatching claimed under a lease
+                 -> cancelled, expired
+
+    dispatching  claimed under a lease: being decided and paced.
+                 -> queued      postponed (account bucket, au gate, lease
+                                given back on shutdown); not_before is set
+                 -> sending     SMS: marked before the first submit_sm
+                                leaves, so a crash after this point is never
+                                resent blindly
+                 -> rcs_sent    +Message accepted by the platform
+                 -> skipped     carrier restriction excludes the recipient
+                 -> rejected    opted out, or reassigned number (§12, §13)
+                 -> failed, expired, cancelled
+
+    sending      SMS parts are being handed to the SMSC.
+                 -> submitted   every part accepted (submit_sm_resp OK)
+                 -> queued      reroute after "not our subscriber", or
+                                throttled before any part was handed over
+                 -> delivered   a receipt may beat the last submit_sm_resp
+                 -> failed      permanent submit error
+                 -> unknown     crash or disconnect with parts in flight:
+                                the SMSC may or may not have them
+
+    submitted    all parts accepted; waiting for receipts.
+                 -> delivered, failed
+                 -> queued      reroute to another carrier, or system resend
+                                (§9); the resend time is in not_before
+                 -> unknown     no final receipt before the timeout (§9)
+                 -> expired     SMSC reported the validity period expired
+
+    rcs_sent     +Message accepted; waiting for delivery, fallback or expiry.
+                 -> delivered
+                 -> queued      fallback to SMS (not capable / not delivered
+                                within 10 minutes, §8)
+                 -> expired     72 h passed, discard request sent (§9)
+                 -> failed, cancelled
+
+    delivered, failed, expired, cancelled, skipped, rejected, unknown are
+    final: nothing leaves them. `skipped` and `unknown` are not billed.
+
+Intake may create a message only in scheduled, queued or rejected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from types import MappingProxyType
+
+
+class State(StrEnum):
+    # The string values are stored in the database: never rename them.
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    DISPATCHING = "dispatching"
+    SENDING = "sending"
+    SUBMITTED = "submitted"
+    RCS_SENT = "rcs_sent"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+    REJECTED = "rejected"
+    UNKNOWN = "unknown"
+
+
+FINAL_STATES: frozenset[State] = frozenset(
+    {
+        State.DELIVERED,
+        State.FAILED,
+        State.EXPIRED,
+        State.CANCELLED,
+        State.SKIPPED,
+        State.REJECTED,
+        State.UNKNOWN,
+    }
+)
+
+INITIAL_STATES: frozenset[State] = frozenset({State.SCHEDULED, State.QUEUED, State.REJECTED})
+
+TRANSITIONS: Mapping[State, frozenset[State]] = MappingProxyType(
+    {
+        State.SCHEDULED: frozenset({State.QUEUED, State.CANCELLED, State.EXPIRED}),
+        State.QUEUED: frozenset({State.DISPATCHING, State.CANCELLED, State.EXPIRED}),
+        State.DISPATCHING: frozenset(
+            {
+                State.QUEUED,
+                State.SENDING,
+                State.RCS_SENT,
+                State.SKIPPED,
+                State.FAILED,
+                State.EXPIRED,
+                State.REJECTED,
+                State.CANCELLED,
+            }
+        ),
+        State.SENDING: frozenset(
+            {State.SUBMITTED, State.QUEUED, State.FAILED, State.UNKNOWN, State.DELIVERED}
+        ),
+        State.SUBMITTED: frozenset(
+            {State.DELIVERED, State.FAILED, State.QUEUED, State.UNKNOWN, State.EXPIRED}
+        ),
+        State.RCS_SENT: frozenset(
+            {State.DELIVERED, State.QUEUED, State.EXPIRED, State.FAILED, State.CANCELLED}
+        ),
+        **{final: frozenset() for final in FINAL_STATES},
+    }
+)
+
+_SOURCES: Mapping[State, frozenset[State]] = MappingProxyType(
+    {dst: frozenset(src for src, dsts in TRANSITIONS.items() if dst in dsts) for dst in State}
+)
+
+
+class IllegalTransition(ValueError):
+    def __init__(self, src: State, dst: State) -> None:
+        super().__init__(f"illegal state transition {src.value} -> {dst.value}")
+        self.src = src
+        self.dst = dst
+
+
+def check_transition(src: State, dst: State) -> None:
+    if dst not in TRANSITIONS[src]:
+        raise IllegalTransition(src, dst)
+
+
+def is_final(state: State) -> bool:
+    return state in FINAL_STATES
+
+
+def allowed_sources(dst: State) -> frozenset[State]:
+    """Every state that may move to `dst` (for SQL `state = ANY(...)` guards)."""
+    return _SOURCES[dst]

@@ -1,0 +1,271 @@
+"""Intake validation: a JSON batch from an upstream app to rows to store.
+
+Pure: the HTTP handler passes the decoded body, the account and the time.
+Two kinds of error, on purpose:
+- the request's *shape* is wrong (unknown field, wrong type, too many items):
+  the whole request is refused with the field named, and nothing is written;
+- an item's *content* breaks a carrier rule (a 050 number, a character
+  outside JIS X 0208, a text too long): that item is rejected with the field
+  and the reason, and the valid items of the same batch are stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from carrierd.config import CARRIERS, RCS_CARRIERS, AccountConfig
+from carrierd.domain.numbers import NumberError, normalize_msisdn
+from carrierd.domain.rcs_content import RcsContentError, content_to_json, validate_rcs
+from carrierd.domain.sms_text import SmsTextError, prepare_sms
+from carrierd.domain.states import State
+
+CHANNELS = ("sms", "rcs", "rcs_then_sms")
+ITEM_FIELDS = frozenset(
+    {
+        "to",
+        "channel",
+        "sms",
+        "rcs",
+        "client_ref",
+        "send_at",
+        "carrier",
+        "carriers",
+        "callback_url",
+        "callback_every_change",
+    }
+)
+MAX_CLIENT_REF_LEN = 128
+MAX_CALLBACK_URL_LEN = 2048
+
+
+class RequestShapeError(ValueError):
+    """The request as a whole is malformed; answered with 400 and nothing stored."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{field}: {reason}")
+
+
+@dataclass(frozen=True)
+class Rejection:
+    index: int
+    field: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class IntakeBatch:
+    rows: list[dict[str, Any]]
+    row_indexes: list[int]  # request index of each row
+    parts: list[int]  # billable SMS parts of each row (1 for +Message only)
+    rejected: list[Rejection]
+
+
+def _expect(value: object, kind: type | tuple[type, ...], field: str, what: str) -> None:
+    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise RequestShapeError(field, f"expected {what}, got a boolean")
+    if not isinstance(value, kind):
+        raise RequestShapeError(field, f"expected {what}, got {_json_type(value)}")
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    return {
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "an object",
+    }.get(type(value), type(value).__name__)
+
+
+def check_shape(body: object, *, max_items: int) -> list[dict[str, Any]]:
+    """Structural checks of the whole request; raises RequestShapeError."""
+    _expect(body, dict, "body", "a JSON object")
+    assert isinstance(body, dict)
+    unknown = set(body) - {"messages"}
+    if unknown:
+        raise RequestShapeError(sorted(unknown)[0], "unknown field")
+    if "messages" not in body:
+        raise RequestShapeError("messages", "required")
+    items = body["messages"]
+    _expect(items, list, "messages", "an array")
+    if not items:
+        raise RequestShapeError("messages", "must hold at least one item")
+    if len(items) > max_items:
+        raise RequestShapeError(
+            "messages", f"at most {max_items} items per request, got {len(items)}"
+        )
+    for i, item in enumerate(items):
+        path = f"messages[{i}]"
+        _expect(item, dict, path, "an object")
+        for key in item:
+            if key not in ITEM_FIELDS:
+                raise RequestShapeError(f"{path}.{key}", "unknown field")
+        for key in ("to", "channel", "client_ref", "send_at", "carrier", "callback_url"):
+            if key in item and item[key] is not None:
+                _expect(item[key], str, f"{path}.{key}", "a string")
+        if "callback_every_change" in item:
+            _expect(
+                item["callback_every_change"], bool, f"{path}.callback_every_change", "a boolean"
+            )
+        if "carriers" in item and item["carriers"] is not None:
+            _expect(item["carriers"], list, f"{path}.carriers", "an array of carrier names")
+            for j, name in enumerate(item["carriers"]):
+                _expect(name, str, f"{path}.carriers[{j}]", "a string")
+        if "sms" in item and item["sms"] is not None:
+            sms = item["sms"]
+            _expect(sms, dict, f"{path}.sms", "an object")
+            for key in sms:
+                if key != "text":
+                    raise RequestShapeError(f"{path}.sms.{key}", "unknown field")
+            if "text" in sms:
+                _expect(sms["text"], str, f"{path}.sms.text", "a string")
+        if "rcs" in item and item["rcs"] is not None:
+            _expect(item["rcs"], dict, f"{path}.rcs", "an object")
+    return list(items)
+
+
+def parse_send_at(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("needs a UTC offset, e.g. 2026-12-01T09:00:00+09:00")
+    return value
+
+
+class _ItemRejected(Exception):
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+
+
+def _validate_item(
+    item: dict[str, Any], account: AccountConfig, now: datetime, expiry_s: float
+) -> tuple[dict[str, Any], int]:
+    if not item.get("to"):
+        raise _ItemRejected("to", "required")
+    channel = item.get("channel") or "sms"
+    if channel not in CHANNELS:
+        raise _ItemRejected("channel", f"must be one of {', '.join(CHANNELS)}, not {channel!r}")
+    try:
+        msisdn = normalize_msisdn(item["to"], allow_m2m=account.allow_m2m)
+    except NumberError as exc:
+        raise _ItemRejected("to", f"{exc.reason}: {exc.message}") from exc
+
+    sms_text = encoding = None
+    parts = 1
+    if channel in ("sms", "rcs_then_sms"):
+        sms = item.get("sms")
+        field = "sms.text"
+        if not sms or "text" not in sms:
+            why = "required" if channel == "sms" else "required: the SMS fallback text (§8)"
+            raise _ItemRejected(field, why)
+        try:
+            body = prepare_sms(
+                sms["text"], max_chars=account.max_sms_chars, allow_gsm7=account.allow_gsm7
+            )
+        except SmsTextError as exc:
+            raise _ItemRejected(field, f"{exc.reason}: {exc.message}") from exc
+        sms_text, encoding, parts = body.text, body.encoding, len(body.parts)
+
+    rcs_json = None
+    if channel in ("rcs", "rcs_then_sms"):
+        if not item.get("rcs"):
+            raise _ItemRejected("rcs", "required for channel " + channel)
+        try:
+            rcs_json = content_to_json(validate_rcs(item["rcs"]))
+        except RcsContentError as exc:
+            first = exc.violations[0]
+            more = f" (and {len(exc.violations) - 1} more)" if len(exc.violations) > 1 else ""
+            path = first.path if first.path.startswith("rcs") else f"rcs.{first.path}"
+            raise _ItemRejected(path, first.reason + more) from exc
+    elif item.get("rcs"):
+        raise _ItemRejected("rcs", "only for channels rcs and rcs_then_sms")
+
+    allowed_carriers = RCS_CARRIERS if channel == "rcs" else CARRIERS
+    carrier_named = item.get("carrier")
+    if carrier_named is not None and carrier_named not in allowed_carriers:
+        raise _ItemRejected("carrier", f"unknown or not offering {channel}: {carrier_named!r}")
+    carriers = item.get("carriers")
+    if carriers is not None:
+        if not carriers:
+            raise _ItemRejected("carriers", "must name at least one carrier")
+        for j, name in enumerate(carriers):
+            if name not in CARRIERS:
+                raise _ItemRejected(f"carriers[{j}]", f"unknown carrier {name!r}")
+        carriers = sorted(set(carriers), key=CARRIERS.index)
+
+    client_ref = item.get("client_ref")
+    if client_ref is not None and not 1 <= len(client_ref) <= MAX_CLIENT_REF_LEN:
+        raise _ItemRejected("client_ref", f"must be 1 to {MAX_CLIENT_REF_LEN} characters")
+    callback_url = item.get("callback_url")
+    if callback_url is not None and (
+        not callback_url.startswith(("http://", "https://"))
+        or len(callback_url) > MAX_CALLBACK_URL_LEN
+    ):
+        raise _ItemRejected(
+            "callback_url", f"must be an http(s) URL of at most {MAX_CALLBACK_URL_LEN} characters"
+        )
+
+    send_at = None
+    if item.get("send_at"):
+        try:
+            send_at = parse_send_at(item["send_at"])
+        except ValueError as exc:
+            raise _ItemRejected("send_at", f"not an ISO 8601 time with offset: {exc}") from exc
+    start = max(now, send_at) if send_at is not None else now
+    state = State.SCHEDULED if send_at is not None and send_at > now else State.QUEUED
+    row = {
+        "client_ref": client_ref,
+        "channel": channel,
+        "state": state.value,
+        "recipient_raw": item["to"],
+        "msisdn": msisdn,
+        "sms_text": sms_text,
+        "sms_encoding": encoding,
+        "sms_parts": parts if sms_text is not None else None,
+        "rcs_content": rcs_json,
+        "carrier_named": carrier_named,
+        "carriers_allowed": carriers,
+        "callback_url": callback_url,
+        "callback_every_change": bool(item.get("callback_every_change", False)),
+        "send_at": send_at,
+        "not_before": start,
+        "expires_at": start + timedelta(seconds=expiry_s),
+    }
+    return row, parts
+
+
+def validate_batch(
+    body: object, account: AccountConfig, now: datetime, *, max_items: int, expiry_s: float
+) -> IntakeBatch:
+    items = check_shape(body, max_items=max_items)
+    rows: list[dict[str, Any]] = []
+    indexes: list[int] = []
+    parts: list[int] = []
+    rejected: list[Rejection] = []
+    seen_refs: dict[str, int] = {}
+    for index, item in enumerate(items):
+        try:
+            row, n = _validate_item(item, account, now, expiry_s)
+        except _ItemRejected as exc:
+            rejected.append(Rejection(index, exc.field, exc.reason))
+            continue
+        ref = row["client_ref"]
+        if ref is not None and ref in seen_refs:
+            # The same reference twice in one batch is one message.
+            first = seen_refs[ref]
+            rows.append(rows[first])
+        elif ref is not None:
+            seen_refs[ref] = len(rows)
+            rows.append(row)
+        else:
+            rows.append(row)
+        indexes.append(index)
+        parts.append(n)
+    return IntakeBatch(rows=rows, row_indexes=indexes, parts=parts, rejected=rejected)

@@ -1,0 +1,1 @@
+"""Carrier simulators used by tests, benchmarks and `make run`."""

@@ -1,0 +1,1 @@
+"""The only asyncpg user: migrations, named queries, batched writes."""

@@ -1,0 +1,280 @@
+"""The only module that imports asyncpg.
+
+It runs the migrations and the named statements of queries.sql; callers get
+plain Python values back, never asyncpg objects.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import resources
+from typing import Any
+
+import asyncpg
+
+# Held for the whole migration so that two daemons starting at once apply
+# each migration exactly once; the number is "carrierd" in ASCII, truncated.
+MIGRATION_LOCK_KEY = 0x6361727269657264
+
+_NAME_LINE = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
+
+
+def load_queries(text: str) -> dict[str, str]:
+    """Split queries.sql into its named statements."""
+    queries: dict[str, str] = {}
+    matches = list(_NAME_LINE.finditer(text))
+    for match, following in zip(matches, [*matches[1:], None], strict=True):
+        end = following.start() if following else len(text)
+        body = text[match.end() : end].strip()
+        if match.group(1) in queries:
+            raise ValueError(f"queries.sql: statement {match.group(1)!r} defined twice")
+        queries[match.group(1)] = body
+    return queries
+
+
+QUERIES = load_queries(resources.files("carrierd.store").joinpath("queries.sql").read_text())
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def list_migrations() -> list[Migration]:
+    schema = resources.files("carrierd.store").joinpath("schema")
+    found: list[Migration] = []
+    for entry in schema.iterdir():
+        match = re.fullmatch(r"(\d{4})_(\w+)\.sql", entry.name)
+        if match:
+            found.append(Migration(int(match.group(1)), match.group(2), entry.read_text()))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"migrations must be numbered 1..n without gaps, found {versions}")
+    return found
+
+
+async def migrate(dsn: str) -> list[int]:
+    """Apply pending migrations; returns the versions applied by this call."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+        try:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT clock_timestamp())"
+            )
+            done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+            applied: list[int] = []
+            for migration in list_migrations():
+                if migration.version in done:
+                    continue
+                async with conn.transaction():
+                    await conn.execute(migration.sql)
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                        migration.version,
+                        migration.name,
+                    )
+                applied.append(migration.version)
+            return applied
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+    finally:
+        await conn.close()
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+Row = dict[str, Any]
+
+
+class Database:
+    """A pool plus the named statements. Create with ``await Database.open(...)``."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def open(cls, dsn: str, *, min_size: int = 2, max_size: int = 10) -> Database:
+        pool = await asyncpg.create_pool(
+            dsn, min_size=min_size, max_size=max_size, init=_init_connection
+        )
+        return cls(pool)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def fetch(self, name: str, *args: Any) -> list[Row]:
+        rows = await self._pool.fetch(QUERIES[name], *args)
+        return [dict(r) for r in rows]
+
+    async def fetchrow(self, name: str, *args: Any) -> Row | None:
+        row = await self._pool.fetchrow(QUERIES[name], *args)
+        return dict(row) if row is not None else None
+
+    async def fetchval(self, name: str, *args: Any) -> Any:
+        return await self._pool.fetchval(QUERIES[name], *args)
+
+    async def execute(self, name: str, *args: Any) -> str:
+        return str(await self._pool.execute(QUERIES[name], *args))
+
+    async def executemany(self, name: str, args: Iterable[Sequence[Any]]) -> None:
+        await self._pool.executemany(QUERIES[name], args)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        async with self._pool.acquire() as conn, conn.transaction():
+            yield Transaction(conn)
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._pool.fetchval("SELECT true"))
+        except (OSError, asyncpg.PostgresError):
+            return False
+
+    async def call_raw(self, sql: str, *args: Any) -> list[Row]:
+        """For tests and tooling only: statements that are not business DML."""
+        return [dict(r) for r in await self._pool.fetch(sql, *args)]
+
+    # -- accounts -----------------------------------------------------------------
+
+    async def sync_accounts(
+        self, accounts: Iterable[tuple[str, bool, int, Sequence[bytes]]]
+    ) -> None:
+        async with self.transaction() as tx:
+            for account_id, allow_m2m, max_sms_chars, tokens in accounts:
+                await tx.execute("upsert_account", account_id, allow_m2m, max_sms_chars)
+                await tx.execute("replace_account_tokens", account_id, list(tokens))
+
+    # -- intake -------------------------------------------------------------------
+
+    async def insert_messages(
+        self, account_id: str, rows: Sequence[Mapping[str, Any]], now: datetime
+    ) -> dict[int, int]:
+        """Insert validated messages; returns {row index: message id}.
+
+        Rows whose client_ref the account already used map to the existing
+        message (idempotent retries); nothing else is written for them.
+        """
+        if not rows:
+            return {}
+        async with self._pool.acquire() as conn, conn.transaction():
+            ids = [r["id"] for r in await conn.fetch(QUERIES["reserve_message_ids"], len(rows))]
+            columns: dict[str, list[Any]] = {
+                key: [row.get(key) for row in rows]
+                for key in (
+                    "client_ref",
+                    "channel",
+                    "state",
+                    "recipient_raw",
+                    "msisdn",
+                    "sms_text",
+                    "sms_encoding",
+                    "sms_parts",
+                    "rcs_content",
+                    "carrier_named",
+                    "carriers_allowed",
+                    "callback_url",
+                    "callback_every_change",
+                    "send_at",
+                    "not_before",
+                    "expires_at",
+                )
+            }
+            columns["rcs_content"] = [
+                None if c is None else json.dumps(c) for c in columns["rcs_content"]
+            ]
+            columns["carriers_allowed"] = [
+                None if c is None else ",".join(c) for c in columns["carriers_allowed"]
+            ]
+            inserted = {
+                r["id"]
+                for r in await conn.fetch(
+                    QUERIES["insert_messages"],
+                    account_id,
+                    ids,
+                    *columns.values(),
+                    now,
+                )
+            }
+            result: dict[int, int] = {}
+            missing_refs: dict[str, list[int]] = {}
+            for index, (row, message_id) in enumerate(zip(rows, ids, strict=True)):
+                if message_id in inserted:
+                    result[index] = message_id
+                else:
+                    missing_refs.setdefault(row["client_ref"], []).append(index)
+            if missing_refs:
+                found = await conn.fetch(
+                    QUERIES["find_by_client_refs"], account_id, list(missing_refs)
+                )
+                for r in found:
+                    for index in missing_refs.get(r["client_ref"], []):
+                        result[index] = r["id"]
+            return result
+
+    async def get_message(self, account_id: str, message_id: int) -> Row | None:
+        return await self.fetchrow("get_message", message_id, account_id)
+
+
+class Transaction:
+    """Named statements on one connection inside a transaction."""
+
+    def __init__(self, conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy) -> None:
+        self._conn = conn
+
+    async def fetch(self, name: str, *args: Any) -> list[Row]:
+        return [dict(r) for r in await self._conn.fetch(QUERIES[name], *args)]
+
+    async def fetchrow(self, name: str, *args: Any) -> Row | None:
+        row = await self._conn.fetchrow(QUERIES[name], *args)
+        return dict(row) if row is not None else None
+
+    async def fetchval(self, name: str, *args: Any) -> Any:
+        return await self._conn.fetchval(QUERIES[name], *args)
+
+    async def execute(self, name: str, *args: Any) -> str:
+        return str(await self._conn.execute(QUERIES[name], *args))
+
+    async def executemany(self, name: str, args: Iterable[Sequence[Any]]) -> None:
+        await self._conn.executemany(QUERIES[name], args)
+
+
+async def create_database_from_template(admin_dsn: str, name: str, template: str) -> None:
+    """Tests: a fresh database cloned from a migrated template (fast, isolated)."""
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    finally:
+        await conn.close()
+
+
+async def drop_database(admin_dsn: str, name: str) -> None:
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def ensure_template(admin_dsn: str, template: str, template_dsn: str) -> None:
+    """Tests: create (once) and migrate the template database."""
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", template)
+        if not exists:
+            await conn.execute(f'CREATE DATABASE "{template}"')
+    finally:
+        await conn.close()
+    await migrate(template_dsn)

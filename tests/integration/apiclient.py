@@ -1,0 +1,55 @@
+"""A running intake/status HTTP server on port 0 for tests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from carrierd.api import ApiState, build_app
+from carrierd.config import Config, parse_config
+from carrierd.domain.clock import Clock
+from carrierd.store.db import Database
+
+BASE_CONFIG: dict[str, Any] = {
+    "accounts": {
+        "acme": {"tokens": ["acme-token"], "senders": {"docomo": "0120111111"}},
+        "globex": {"tokens": ["globex-token"], "allow_m2m": True},
+    },
+}
+
+
+def make_config(dsn: str, extra: Mapping[str, Any] | None = None) -> Config:
+    raw = {**BASE_CONFIG, **(extra or {})}
+    raw.setdefault("database", {})
+    raw["database"] = {**raw["database"], "dsn": dsn}
+    raw.setdefault("http", {"port": 0})
+    return parse_config(raw, env={})
+
+
+@asynccontextmanager
+async def running_api(
+    config: Config, db: Database, clock: Clock
+) -> AsyncIterator[tuple[str, aiohttp.ClientSession]]:
+    await db.sync_accounts(
+        (a.account_id, a.allow_m2m, a.max_sms_chars, a.token_sha256)
+        for a in config.accounts.values()
+    )
+    app = build_app(ApiState(config=config, db=db, clock=clock))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield f"http://127.0.0.1:{port}", session
+    finally:
+        await runner.cleanup()
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
