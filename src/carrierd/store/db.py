@@ -37,7 +37,22 @@ def load_queries(text: str) -> dict[str, str]:
     return queries
 
 
-QUERIES = load_queries(resources.files("carrierd.store").joinpath("queries.sql").read_text())
+def _load_all_queries() -> dict[str, str]:
+    # queries.sql holds the engine's statements; other store/*.sql files
+    # (reports, callbacks) hold their own, and a name may be defined once.
+    merged: dict[str, str] = {}
+    store = resources.files("carrierd.store")
+    for entry in sorted(store.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".sql"):
+            continue
+        for name, sql in load_queries(entry.read_text()).items():
+            if name in merged:
+                raise ValueError(f"{entry.name}: statement {name!r} defined twice")
+            merged[name] = sql
+    return merged
+
+
+QUERIES = _load_all_queries()
 
 
 @dataclass(frozen=True)
@@ -56,8 +71,8 @@ def list_migrations() -> list[Migration]:
             found.append(Migration(int(match.group(1)), match.group(2), entry.read_text()))
     found.sort(key=lambda m: m.version)
     versions = [m.version for m in found]
-    if versions != list(range(1, len(found) + 1)):
-        raise RuntimeError(f"migrations must be numbered 1..n without gaps, found {versions}")
+    if len(set(versions)) != len(versions):
+        raise RuntimeError(f"two migrations share a number: {versions}")
     return found
 
 
