@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -112,6 +112,52 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 
 Row = dict[str, Any]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One state change, applied by apply_transitions if the row is still in
+    `from_state`. None fields keep the column as it is."""
+
+    message_id: int
+    from_state: str
+    to_state: str
+    event: str
+    reason_code: str | None = None
+    reason_text: str | None = None
+    not_before: datetime | None = None
+    receipt_deadline: datetime | None = None
+    sms_units: int | None = None
+    rcs_units: int | None = None
+    detail: Mapping[str, Any] | None = None
+    leg: str | None = None
+    resends_done: int | None = None
+    fallback_at: datetime | None = None
+    carrier: str | None = None
+
+
+def transition_arrays(transitions: Sequence[Transition]) -> list[list[Any]]:
+    return [
+        [t.message_id for t in transitions],
+        [t.from_state for t in transitions],
+        [t.to_state for t in transitions],
+        [t.reason_code for t in transitions],
+        [t.reason_text for t in transitions],
+        [t.not_before for t in transitions],
+        [t.receipt_deadline for t in transitions],
+        [t.sms_units for t in transitions],
+        [t.rcs_units for t in transitions],
+        [t.event for t in transitions],
+        [
+            None if t.detail is None else json.dumps(t.detail, ensure_ascii=False)
+            for t in transitions
+        ],
+        [t.leg for t in transitions],
+        [t.resends_done for t in transitions],
+        [t.fallback_at for t in transitions],
+        [t.carrier for t in transitions],
+    ]
 
 
 class Database:
@@ -151,6 +197,24 @@ class Database:
     async def transaction(self) -> AsyncIterator[Transaction]:
         async with self._pool.acquire() as conn, conn.transaction():
             yield Transaction(conn)
+
+    async def in_transaction(
+        self, work: Callable[[Transaction], Awaitable[T]], *, attempts: int = 5
+    ) -> T:
+        """Run `work` in a transaction, again from the start when PostgreSQL
+        aborts it for a deadlock or serialization failure (two daemons
+        updating parts of one message in different orders)."""
+        for attempt in range(1, attempts + 1):
+            try:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    return await work(Transaction(conn))
+            except (
+                asyncpg.exceptions.DeadlockDetectedError,
+                asyncpg.exceptions.SerializationError,
+            ):
+                if attempt == attempts:
+                    raise
+        raise AssertionError("unreachable")
 
     async def ping(self) -> bool:
         try:
@@ -264,6 +328,14 @@ class Transaction:
 
     async def executemany(self, name: str, args: Iterable[Sequence[Any]]) -> None:
         await self._conn.executemany(QUERIES[name], args)
+
+    async def apply_transitions(
+        self, transitions: Sequence[Transition], now: datetime
+    ) -> list[Row]:
+        """Apply state changes; returns the rows that really changed."""
+        if not transitions:
+            return []
+        return await self.fetch("apply_transitions", *transition_arrays(transitions), now)
 
 
 async def create_database_from_template(admin_dsn: str, name: str, template: str) -> None:

@@ -128,3 +128,316 @@ RETURNING m.id, m.account_id, m.channel, m.leg, m.validated, m.recipient_raw, m.
           m.sms_text, m.sms_encoding, m.sms_parts, m.rcs_content, m.carrier_named,
           m.carriers_allowed, m.carrier, m.carriers_tried, m.attempt, m.resends_done,
           m.expires_at, m.accepted_at, m.send_at;
+
+-- name: ensure_buckets
+-- A new account starts with a full burst.
+INSERT INTO rate_buckets (account_id, tokens, updated_at)
+SELECT * FROM unnest($1::text[], $2::float8[], $3::timestamptz[])
+ON CONFLICT (account_id) DO NOTHING;
+
+-- name: lock_buckets
+-- Held until the transaction ends: daemons sharing the database take
+-- tokens one after the other, so together they never exceed the rate.
+SELECT account_id, tokens, updated_at FROM rate_buckets
+WHERE account_id = ANY($1::text[])
+ORDER BY account_id
+FOR UPDATE;
+
+-- name: store_buckets
+UPDATE rate_buckets b SET tokens = i.tokens, updated_at = i.updated_at
+FROM unnest($1::text[], $2::float8[], $3::timestamptz[]) AS i(account_id, tokens, updated_at)
+WHERE b.account_id = i.account_id;
+
+-- name: return_tokens
+-- Tokens granted for messages another daemon claimed first go back.
+UPDATE rate_buckets b SET tokens = b.tokens + i.unused
+FROM unnest($1::text[], $2::float8[]) AS i(account_id, unused)
+WHERE b.account_id = i.account_id;
+
+-- name: learned_carriers
+SELECT msisdn, carrier FROM carrier_learned WHERE msisdn = ANY($1::text[]);
+
+-- name: learn_carriers
+INSERT INTO carrier_learned (msisdn, carrier, learned_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[])
+ON CONFLICT (msisdn) DO UPDATE SET carrier = EXCLUDED.carrier, learned_at = EXCLUDED.learned_at;
+
+-- name: au_gate_state
+-- For au numbers about to be sent: is an SMS to the number still in flight
+-- (sending/submitted on au), and when did the last one reach a final receipt?
+SELECT n.msisdn,
+       EXISTS (SELECT 1 FROM messages m
+               WHERE m.msisdn = n.msisdn AND m.state IN ('sending', 'submitted')
+                 AND m.leg = 'sms' AND m.carrier = 'au' AND m.id <> ALL($2::bigint[])) AS in_flight,
+       g.last_final_at
+FROM unnest($1::text[]) AS n(msisdn)
+LEFT JOIN au_gate g ON g.msisdn = n.msisdn;
+
+-- name: au_gate_release
+-- A final receipt for an au SMS: remember when, and move the number's
+-- waiting messages to not before (final + spacing).
+WITH input AS (
+    SELECT msisdn, max(final_at) AS final_at
+    FROM unnest($1::text[], $2::timestamptz[]) AS i(msisdn, final_at)
+    GROUP BY msisdn
+),
+gate AS (
+    INSERT INTO au_gate (msisdn, last_final_at)
+    SELECT msisdn, final_at FROM input
+    ON CONFLICT (msisdn) DO UPDATE
+       SET last_final_at = greatest(au_gate.last_final_at, EXCLUDED.last_final_at)
+)
+UPDATE messages m
+   SET not_before = greatest(m.not_before, i.final_at + make_interval(secs => $3::float8))
+  FROM input i
+ WHERE m.msisdn = i.msisdn AND m.state = 'queued';
+
+-- name: store_validation
+-- SQL-feed rows validated at claim time by the same rules as HTTP intake.
+UPDATE messages m
+   SET validated = true, msisdn = i.msisdn, sms_text = i.sms_text, sms_encoding = i.sms_encoding,
+       sms_parts = i.sms_parts, rcs_content = i.rcs_content::jsonb, updated_at = $1
+  FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::int[], $7::text[])
+       AS i(id, msisdn, sms_text, sms_encoding, sms_parts, rcs_content)
+ WHERE m.id = i.id;
+
+-- name: mark_sending
+-- Before the first submit_sm leaves: the message is 'sending' and its parts
+-- 'pending', durably. A crash from here on is never resent blindly.
+WITH input AS (
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::int[], $4::text[])
+             AS i(id, carrier, attempt, carrier_source)
+),
+updated AS (
+    UPDATE messages m
+       SET state = 'sending', carrier = i.carrier, attempt = i.attempt,
+           carriers_tried = CASE WHEN i.carrier = ANY(m.carriers_tried) THEN m.carriers_tried
+                                 ELSE m.carriers_tried || i.carrier END,
+           lease_expires_at = $6, updated_at = $5
+      FROM input i
+     WHERE m.id = i.id AND m.state = 'dispatching' AND m.lease_owner = $7
+    RETURNING m.id, i.carrier, i.attempt, i.carrier_source
+),
+logged AS (
+    INSERT INTO message_events (message_id, at, kind, state, carrier, detail)
+    SELECT id, $5, 'sending', 'sending', carrier,
+           jsonb_build_object('attempt', attempt, 'carrier_from', carrier_source)
+    FROM updated
+)
+SELECT id FROM updated;
+
+-- name: insert_parts
+INSERT INTO parts (message_id, attempt, part_no, part_total, carrier, state, sent_at)
+SELECT i.message_id, i.attempt, i.part_no, i.part_total, i.carrier, 'pending', $6
+FROM unnest($1::bigint[], $2::int[], $3::int[], $4::int[], $5::text[])
+     AS i(message_id, attempt, part_no, part_total, carrier);
+
+-- name: record_part_responses
+-- submit_sm_resp outcomes, written behind in batches. Only a pending part
+-- changes: a late response never undoes a receipt.
+UPDATE parts p
+   SET state = i.state, smsc_message_id = i.smsc_message_id, command_status = i.command_status,
+       bind_id = i.bind_id, resp_at = $8
+  FROM unnest($1::bigint[], $2::int[], $3::int[], $4::text[], $5::text[], $6::int[], $7::text[])
+       AS i(message_id, attempt, part_no, state, smsc_message_id, command_status, bind_id)
+ WHERE p.message_id = i.message_id AND p.attempt = i.attempt AND p.part_no = i.part_no
+   AND p.state = 'pending';
+
+-- name: apply_early_receipts
+-- Receipts that beat their submit_sm_resp (or reached another daemon first)
+-- meet their part once the part knows its SMSC id.
+WITH matched AS (
+    DELETE FROM early_receipts e
+     USING parts p
+     WHERE p.carrier = e.carrier AND p.smsc_message_id = e.smsc_message_id
+       AND p.state = 'accepted'
+    RETURNING p.message_id, p.attempt, p.part_no, e.stat, e.err, e.received_at
+)
+UPDATE parts p
+   SET state = CASE WHEN m.stat = 'DELIVRD' THEN 'delivered' ELSE 'failed' END,
+       receipt_stat = m.stat, receipt_err = m.err, receipt_at = m.received_at
+  FROM matched m
+ WHERE p.message_id = m.message_id AND p.attempt = m.attempt AND p.part_no = m.part_no
+RETURNING p.message_id, p.state, p.carrier, p.receipt_at, p.attempt,
+          (SELECT account_id FROM messages WHERE id = p.message_id) AS account_id;
+
+-- name: record_receipts
+-- Final receipts by SMSC id; one that finds no part yet waits in
+-- early_receipts. Returns the parts that changed, for state and billing.
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+             AS i(carrier, smsc_message_id, stat, err, received_at)
+),
+updated AS (
+    UPDATE parts p
+       SET state = CASE WHEN i.stat = 'DELIVRD' THEN 'delivered' ELSE 'failed' END,
+           receipt_stat = i.stat, receipt_err = i.err, receipt_at = i.received_at
+      FROM input i
+     WHERE p.carrier = i.carrier AND p.smsc_message_id = i.smsc_message_id
+       AND p.state IN ('accepted', 'unknown')
+    RETURNING p.message_id, p.state, p.carrier, p.receipt_at, p.attempt,
+              (SELECT account_id FROM messages WHERE id = p.message_id) AS account_id
+),
+early AS (
+    INSERT INTO early_receipts (carrier, smsc_message_id, stat, err, received_at)
+    SELECT i.carrier, i.smsc_message_id, i.stat, i.err, i.received_at
+    FROM input i
+    WHERE NOT EXISTS (SELECT 1 FROM parts p
+                      WHERE p.carrier = i.carrier AND p.smsc_message_id = i.smsc_message_id)
+    ON CONFLICT (carrier, smsc_message_id) DO NOTHING
+)
+SELECT message_id, state, carrier, receipt_at, attempt, account_id FROM updated;
+
+-- name: lock_messages
+-- Taken before deciding from parts, so two daemons handling receipts for
+-- parts of one message decide one after the other.
+SELECT id FROM messages WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE;
+
+-- name: attempt_parts
+-- What the parts of each message's current attempt say.
+SELECT m.id, m.state, m.account_id, m.channel, m.carrier, m.attempt, m.msisdn, m.leg,
+       m.resends_done, m.accepted_at, m.submitted_at,
+       count(p.part_no)::int AS total,
+       count(*) FILTER (WHERE p.state = 'pending')::int AS pending,
+       count(*) FILTER (WHERE p.state = 'accepted')::int AS accepted,
+       count(*) FILTER (WHERE p.state = 'refused')::int AS refused,
+       count(*) FILTER (WHERE p.state = 'delivered')::int AS delivered,
+       count(*) FILTER (WHERE p.state = 'failed')::int AS failed,
+       count(*) FILTER (WHERE p.state = 'unknown')::int AS unknown,
+       count(*) FILTER (WHERE p.state = 'unsent')::int AS unsent,
+       (array_agg(p.command_status ORDER BY p.part_no) FILTER (WHERE p.state = 'refused'))[1]
+           AS refused_status,
+       (array_agg(p.receipt_stat ORDER BY p.part_no) FILTER (WHERE p.state = 'failed'))[1]
+           AS failed_stat,
+       (array_agg(p.receipt_err ORDER BY p.part_no) FILTER (WHERE p.state = 'failed'))[1]
+           AS failed_err,
+       max(p.receipt_at) AS last_receipt_at
+FROM messages m
+JOIN parts p ON p.message_id = m.id AND p.attempt = m.attempt
+WHERE m.id = ANY($1::bigint[]) AND m.state IN ('sending', 'submitted')
+GROUP BY m.id;
+
+-- name: count_delivered_parts
+SELECT message_id, count(*)::int AS delivered
+FROM parts WHERE message_id = ANY($1::bigint[]) AND state = 'delivered'
+GROUP BY message_id;
+
+-- name: apply_transitions
+-- Every state change of every message goes through here, guarded by the
+-- state it was decided from: a row another daemon moved meanwhile is left
+-- alone (and not logged). NULL inputs keep the column as it is.
+WITH input AS (
+    SELECT * FROM unnest(
+        $1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
+        $7::timestamptz[], $8::int[], $9::int[], $10::text[], $11::text[], $12::text[],
+        $13::int[], $14::timestamptz[], $15::text[])
+        AS i(id, from_state, to_state, reason_code, reason_text, not_before,
+             receipt_deadline, sms_units, rcs_units, event_kind, event_detail, leg,
+             resends_done, fallback_at, carrier)
+),
+updated AS (
+    UPDATE messages m
+       SET state = i.to_state,
+           reason_code = CASE WHEN i.reason_code IS NULL AND i.to_state NOT IN ('queued')
+                              THEN m.reason_code ELSE i.reason_code END,
+           reason_text = CASE WHEN i.reason_code IS NULL AND i.to_state NOT IN ('queued')
+                              THEN m.reason_text ELSE i.reason_text END,
+           not_before = coalesce(i.not_before, m.not_before),
+           receipt_deadline = CASE WHEN i.to_state = 'submitted' THEN i.receipt_deadline
+                                   ELSE m.receipt_deadline END,
+           submitted_at = CASE WHEN i.to_state = 'submitted' THEN $16 ELSE m.submitted_at END,
+           rcs_sent_at = CASE WHEN i.to_state = 'rcs_sent' THEN $16 ELSE m.rcs_sent_at END,
+           fallback_at = coalesce(i.fallback_at, m.fallback_at),
+           final_at = CASE WHEN i.to_state IN ('delivered', 'failed', 'expired', 'cancelled',
+                                               'skipped', 'rejected', 'unknown')
+                           THEN $16 ELSE m.final_at END,
+           sms_units = coalesce(i.sms_units, m.sms_units),
+           rcs_units = coalesce(i.rcs_units, m.rcs_units),
+           leg = coalesce(i.leg, m.leg),
+           carrier = coalesce(i.carrier, m.carrier),
+           resends_done = coalesce(i.resends_done, m.resends_done),
+           lease_owner = CASE WHEN i.to_state IN ('dispatching', 'sending') THEN m.lease_owner
+                              ELSE NULL END,
+           lease_expires_at = CASE WHEN i.to_state IN ('dispatching', 'sending')
+                                   THEN m.lease_expires_at ELSE NULL END,
+           updated_at = $16
+      FROM input i
+     WHERE m.id = i.id AND m.state = i.from_state
+    RETURNING m.id, m.state, m.account_id, m.channel, m.carrier, m.callback_url,
+              m.callback_every_change, m.client_ref, m.sms_units, m.rcs_units, m.reason_code,
+              m.reason_text, i.event_kind, i.event_detail, m.accepted_at
+),
+logged AS (
+    INSERT INTO message_events (message_id, at, kind, state, carrier, detail)
+    SELECT id, $16, event_kind, state, carrier,
+           CASE WHEN reason_code IS NULL THEN event_detail::jsonb
+                ELSE coalesce(event_detail::jsonb, '{}'::jsonb)
+                     || jsonb_build_object('reason', reason_code, 'reason_text', reason_text)
+           END
+    FROM updated
+)
+SELECT id, state, account_id, channel, carrier, callback_url, callback_every_change, client_ref,
+       sms_units, rcs_units, reason_code, reason_text, accepted_at
+FROM updated;
+
+-- name: add_billing
+INSERT INTO billing_counts (account_id, month, channel, units)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
+ON CONFLICT (account_id, month, channel) DO UPDATE
+   SET units = billing_counts.units + EXCLUDED.units;
+
+-- name: add_sms_units
+UPDATE messages m SET sms_units = m.sms_units + i.units
+FROM unnest($1::bigint[], $2::int[]) AS i(id, units)
+WHERE m.id = i.id;
+
+-- name: parts_outcome_unknown
+-- Parts with no response when their message settles as unknown.
+UPDATE parts SET state = 'unknown'
+WHERE message_id = ANY($1::bigint[]) AND state IN ('pending', 'accepted');
+
+-- name: due_scheduled
+SELECT id FROM messages WHERE state = 'scheduled' AND not_before <= $1
+ORDER BY not_before LIMIT $2 FOR UPDATE SKIP LOCKED;
+
+-- name: due_expired
+SELECT id, state, channel, leg, carrier FROM messages
+WHERE state IN ('scheduled', 'queued') AND expires_at <= $1
+ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED;
+
+-- name: due_receipt_timeouts
+SELECT id FROM messages WHERE state = 'submitted' AND receipt_deadline <= $1
+ORDER BY receipt_deadline LIMIT $2 FOR UPDATE SKIP LOCKED;
+
+-- name: due_lost_leases
+-- Messages whose daemon died (its lease ran out) with what its parts say.
+SELECT m.id, m.state, m.account_id, m.attempt,
+       count(p.part_no) FILTER (WHERE p.state = 'pending')::int AS pending,
+       count(p.part_no)::int AS parts
+FROM messages m
+LEFT JOIN parts p ON p.message_id = m.id AND p.attempt = m.attempt
+WHERE m.state IN ('dispatching', 'sending') AND m.lease_expires_at <= $1
+GROUP BY m.id
+ORDER BY m.id
+LIMIT $2;
+
+-- name: release_lease_claims
+-- On shutdown: what this daemon claimed but did not hand over goes back.
+SELECT id FROM messages WHERE state = 'dispatching' AND lease_owner = $1;
+
+-- name: expire_stale_early_receipts
+-- A receipt whose part never appears (its submit was lost, or the id is
+-- garbage) is kept a while for late responses, then dropped.
+DELETE FROM early_receipts WHERE received_at < $1;
+
+-- name: insert_inbound_sms
+-- Mobile-originated SMS, owned by the account whose address it was sent to.
+INSERT INTO inbound_messages (account_id, channel, carrier, msisdn, to_address, text, received_at)
+SELECT i.account_id, 'sms', i.carrier, i.msisdn, i.to_address, i.text, i.received_at
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
+     AS i(account_id, carrier, msisdn, to_address, text, received_at);
+
+-- name: renew_leases
+-- The daemon is alive: keep its claims. One statement for all of them.
+UPDATE messages SET lease_expires_at = $2
+WHERE lease_owner = $1 AND state IN ('dispatching', 'sending');

@@ -98,6 +98,7 @@ CREATE INDEX messages_by_account_time ON messages (account_id, accepted_at);
 --   pending    marked before the submit_sm leaves (crash safety)
 --   accepted   submit_sm_resp OK, smsc_message_id known
 --   refused    submit_sm_resp with an error status
+--   unsent     never handed over (no bind up, or shutdown before it left)
 --   delivered, failed, unknown: outcome from a receipt or a timeout
 CREATE TABLE parts (
     message_id       bigint NOT NULL REFERENCES messages ON DELETE CASCADE,
@@ -108,7 +109,7 @@ CREATE TABLE parts (
     bind_id          text,
     smsc_message_id  text,
     state            text NOT NULL CHECK (state IN (
-                         'pending', 'accepted', 'refused', 'delivered', 'failed', 'unknown')),
+                         'pending', 'accepted', 'refused', 'unsent', 'delivered', 'failed', 'unknown')),
     command_status   integer,
     receipt_stat     text,
     receipt_err      text,

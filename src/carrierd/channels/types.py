@@ -1,0 +1,82 @@
+"""What the engine and the SMS channel exchange: plain values, no I/O.
+
+The dispatcher hands an `SmsRequest` to an `SmsGateway` (the SMPP pools
+behind channels/sms.py) and gets one `PartOutcome` per part back; receipts
+and mobile-originated messages come the other way through `SmsEvents`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal, Protocol
+
+# accepted: submit_sm_resp OK; refused: submit_sm_resp with an error status;
+# unknown: handed over but no response (timeout, disconnect): ambiguous;
+# unsent: never left this process (no bind up, shutting down).
+PartResult = Literal["accepted", "refused", "unknown", "unsent"]
+
+
+@dataclass(frozen=True)
+class SmsRequest:
+    message_id: int
+    attempt: int
+    account_id: str
+    msisdn: str  # canonical +81 form
+    source_addr: str
+    encoding: Literal["ucs2", "gsm7"]
+    parts: tuple[str, ...]
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class PartOutcome:
+    part_no: int  # 1-based
+    result: PartResult
+    smsc_message_id: str | None = None  # normalised per carrier config
+    command_status: int | None = None
+    bind_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Receipt:
+    carrier: str
+    smsc_message_id: str  # normalised per carrier config
+    stat: str  # DELIVRD, UNDELIV, EXPIRED, REJECTD, DELETED, UNKNOWN, ACCEPTD, ENROUTE
+    err: str | None
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class InboundSms:
+    carrier: str
+    msisdn: str  # the sender, canonical when it parses
+    to_address: str
+    text: str
+    received_at: datetime
+
+
+FINAL_RECEIPT_STATS = frozenset({"DELIVRD", "UNDELIV", "EXPIRED", "REJECTD", "DELETED", "UNKNOWN"})
+
+
+class SmsGateway(Protocol):
+    def carriers(self) -> Collection[str]:
+        """Carriers with a configured pool."""
+        ...
+
+    def is_available(self, carrier: str) -> bool:
+        """At least one bind of the carrier is bound and not paused."""
+        ...
+
+    async def submit(self, carrier: str, request: SmsRequest) -> list[PartOutcome]:
+        """Hand every part to the carrier; one outcome per part, in order."""
+        ...
+
+
+class SmsEvents(Protocol):
+    """Where the SMS channel delivers what carriers send us."""
+
+    def receipt(self, receipt: Receipt) -> None: ...
+
+    def inbound(self, message: InboundSms) -> None: ...

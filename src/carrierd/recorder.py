@@ -1,0 +1,355 @@
+"""Write-behind of SMS outcomes: submit responses and receipts to PostgreSQL.
+
+Outcomes are buffered for a few milliseconds and written in one transaction
+per flush (DESIGN principle 3): parts updated, early receipts matched,
+billing counted per delivered part, and every touched message settled by
+domain/routing.decide_attempt. Nothing is acknowledged upstream from here,
+so a crash loses at most the buffer, whose parts then settle through the
+lease and receipt timers like any ambiguous outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+
+from carrierd.channels.types import FINAL_RECEIPT_STATS, InboundSms, PartOutcome, Receipt
+from carrierd.config import AccountConfig, CarrierConfig
+from carrierd.domain import reasons
+from carrierd.domain.billing import billing_month
+from carrierd.domain.clock import Clock
+from carrierd.domain.pacing import QuietWindow
+from carrierd.domain.routing import AttemptParts, ResendPolicy, decide_attempt
+from carrierd.domain.states import State
+from carrierd.store.db import Database, Row, Transaction, Transition
+
+log = structlog.get_logger("carrierd.recorder")
+
+EARLY_RECEIPT_KEEP_S = 3600.0
+
+
+@dataclass(frozen=True)
+class SubmittedPart:
+    message_id: int
+    attempt: int
+    carrier: str
+    outcome: PartOutcome
+
+
+# Called with the rows apply_transitions changed, inside the transaction:
+# status callbacks and metrics hook in here.
+TransitionHook = Callable[[Transaction, Sequence[Row], datetime], Any]
+
+
+class Recorder:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        *,
+        accounts: Callable[[], Mapping[str, AccountConfig]],
+        carriers: Callable[[], Mapping[str, CarrierConfig]],
+        au_spacing_s: Callable[[], float],
+        flush_interval_s: float = 0.005,
+        max_batch: int = 2000,
+        on_transitions: TransitionHook | None = None,
+    ) -> None:
+        self._db = db
+        self._clock = clock
+        self._accounts = accounts
+        self._carriers = carriers
+        self._au_spacing_s = au_spacing_s
+        self._flush_interval_s = flush_interval_s
+        self._max_batch = max_batch
+        self.on_transitions = on_transitions
+        self._responses: list[SubmittedPart] = []
+        self._receipts: list[Receipt] = []
+        self._inbound: list[InboundSms] = []
+        self._wake = asyncio.Event()
+        self._flushed = asyncio.Event()
+        self._stopping = False
+
+    # -- producers (never block: the SMPP read loop calls these) ------------------
+
+    def response(self, part: SubmittedPart) -> None:
+        self._responses.append(part)
+        self._wake.set()
+
+    def receipt(self, receipt: Receipt) -> None:
+        if receipt.stat.upper() not in FINAL_RECEIPT_STATS:
+            return  # ENROUTE / ACCEPTD: intermediate, nothing to settle
+        self._receipts.append(receipt)
+        self._wake.set()
+
+    def inbound(self, message: InboundSms) -> None:
+        self._inbound.append(message)
+        self._wake.set()
+
+    @property
+    def backlog(self) -> int:
+        return len(self._responses) + len(self._receipts) + len(self._inbound)
+
+    # -- the flush loop ------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            # A short pause gathers the outcomes of a whole window into one write.
+            await asyncio.sleep(self._flush_interval_s)
+            while self.backlog:
+                await self.flush_once()
+            self._flushed.set()
+            if self._stopping:
+                return
+
+    async def drain(self) -> None:
+        """Write out everything buffered (shutdown)."""
+        while self.backlog:
+            await self.flush_once()
+
+    async def flush_once(self) -> None:
+        responses = self._responses[: self._max_batch]
+        receipts = self._receipts[: self._max_batch]
+        inbound = self._inbound[: self._max_batch]
+        del self._responses[: len(responses)]
+        del self._receipts[: len(receipts)]
+        del self._inbound[: len(inbound)]
+        now = self._clock.now()
+        try:
+            await self._db.in_transaction(
+                lambda tx: self._write(tx, responses, receipts, inbound, now)
+            )
+        except Exception:
+            # Put them back in front: order within a message matters less than
+            # losing nothing; the next flush tries again.
+            self._responses[:0] = responses
+            self._receipts[:0] = receipts
+            self._inbound[:0] = inbound
+            log.exception("recorder_flush_failed", responses=len(responses), receipts=len(receipts))
+            await asyncio.sleep(0.5)
+
+    async def _write(
+        self,
+        tx: Transaction,
+        responses: Sequence[SubmittedPart],
+        receipts: Sequence[Receipt],
+        inbound: Sequence[InboundSms],
+        now: datetime,
+    ) -> None:
+        touched: set[int] = set()
+        if responses:
+            await tx.execute(
+                "record_part_responses",
+                [r.message_id for r in responses],
+                [r.attempt for r in responses],
+                [r.outcome.part_no for r in responses],
+                [r.outcome.result if r.outcome.result != "unsent" else "unsent" for r in responses],
+                [r.outcome.smsc_message_id for r in responses],
+                [r.outcome.command_status for r in responses],
+                [r.outcome.bind_id for r in responses],
+                now,
+            )
+            touched.update(r.message_id for r in responses)
+        changed_parts: list[Row] = []
+        if receipts:
+            changed_parts += await tx.fetch(
+                "record_receipts",
+                [r.carrier for r in receipts],
+                [r.smsc_message_id for r in receipts],
+                [r.stat.upper() for r in receipts],
+                [r.err for r in receipts],
+                [r.received_at for r in receipts],
+            )
+        if responses or receipts:
+            changed_parts += await tx.fetch("apply_early_receipts")
+        touched.update(p["message_id"] for p in changed_parts)
+        if inbound:
+            await self._store_inbound(tx, inbound)
+        if touched:
+            await self.settle(tx, sorted(touched), now, delivered_parts=changed_parts)
+
+    async def settle(
+        self,
+        tx: Transaction,
+        message_ids: Sequence[int],
+        now: datetime,
+        *,
+        delivered_parts: Sequence[Row] = (),
+    ) -> list[Row]:
+        """Bill delivered parts and move each message to what its parts say."""
+        await tx.fetch("lock_messages", list(message_ids))
+        # Billing: one unit per part that reached the handset (§11), in the
+        # month of its receipt, whatever becomes of the message.
+        delivered = [p for p in delivered_parts if p["state"] == "delivered"]
+        if delivered:
+            await self._bill_parts(tx, delivered)
+        rows = await tx.fetch("attempt_parts", list(message_ids))
+        transitions: list[Transition] = []
+        learned: list[tuple[str, str]] = []
+        au_released: list[tuple[str, datetime]] = []
+        accounts = self._accounts()
+        carriers = self._carriers()
+        for row in rows:
+            carrier_config = carriers.get(row["carrier"])
+            parts = _attempt_parts(row, carrier_config)
+            account = accounts.get(row["account_id"])
+            policy = _resend_policy(account)
+            outcome = decide_attempt(parts, now, resends_done=row["resends_done"], policy=policy)
+            if outcome is None:
+                continue
+            state = State(row["state"])
+            reason = outcome.reason
+            if outcome.to_state is State.SUBMITTED:
+                timeout_s = carrier_config.receipt_timeout_s if carrier_config else 72 * 3600.0
+                transitions.append(
+                    Transition(
+                        row["id"],
+                        state,
+                        State.SUBMITTED,
+                        "submitted",
+                        receipt_deadline=now + timedelta(seconds=timeout_s),
+                    )
+                )
+                continue
+            if outcome.to_state is State.DELIVERED:
+                learned.append((row["msisdn"], row["carrier"]))
+            detail: dict[str, Any] = {"attempt": row["attempt"]}
+            if outcome.reroute:
+                detail["wrong_carrier"] = row["carrier"]
+            transitions.append(
+                Transition(
+                    row["id"],
+                    state,
+                    outcome.to_state,
+                    "rerouted"
+                    if outcome.reroute
+                    else "resend_scheduled"
+                    if outcome.resend
+                    else outcome.to_state.value,
+                    reason_code=reason.code if reason else None,
+                    reason_text=reason.text if reason else None,
+                    not_before=outcome.not_before,
+                    resends_done=row["resends_done"] + 1 if outcome.resend else None,
+                    detail=detail,
+                )
+            )
+            if outcome.to_state is State.UNKNOWN:
+                await tx.execute("parts_outcome_unknown", [row["id"]])
+            # The au gate opens spacing_s after a *final receipt* (§5): a
+            # refusal or reroute never reached the handset.
+            if (
+                row["carrier"] == "au"
+                and row["last_receipt_at"] is not None
+                and outcome.to_state in (State.DELIVERED, State.FAILED, State.QUEUED)
+                and not outcome.reroute
+            ):
+                au_released.append((row["msisdn"], row["last_receipt_at"]))
+        changed = await tx.apply_transitions(transitions, now)
+        if learned:
+            await tx.execute(
+                "learn_carriers",
+                [m for m, _ in learned],
+                [c for _, c in learned],
+                [now] * len(learned),
+            )
+        if au_released:
+            await tx.execute(
+                "au_gate_release",
+                [m for m, _ in au_released],
+                [t for _, t in au_released],
+                self._au_spacing_s(),
+            )
+        if changed and self.on_transitions is not None:
+            await self.on_transitions(tx, changed, now)
+        return changed
+
+    async def _bill_parts(self, tx: Transaction, delivered: Sequence[Row]) -> None:
+        per_message: dict[int, int] = {}
+        per_month: dict[tuple[str, str], int] = {}
+        for part in delivered:
+            per_message[part["message_id"]] = per_message.get(part["message_id"], 0) + 1
+            key = (part["account_id"], billing_month(part["receipt_at"]))
+            per_month[key] = per_month.get(key, 0) + 1
+        await tx.execute("add_sms_units", list(per_message), list(per_message.values()))
+        await tx.execute(
+            "add_billing",
+            [a for a, _ in per_month],
+            [m for _, m in per_month],
+            ["sms"] * len(per_month),
+            list(per_month.values()),
+        )
+
+    async def _store_inbound(self, tx: Transaction, inbound: Sequence[InboundSms]) -> None:
+        owners = {
+            address: account.account_id
+            for account in self._accounts().values()
+            for address in (*account.inbound_addresses, *account.senders.values())
+        }
+        await tx.execute(
+            "insert_inbound_sms",
+            [owners.get(m.to_address) for m in inbound],
+            [m.carrier for m in inbound],
+            [m.msisdn for m in inbound],
+            [m.to_address for m in inbound],
+            [m.text for m in inbound],
+            [m.received_at for m in inbound],
+        )
+
+
+def _resend_policy(account: AccountConfig | None) -> ResendPolicy:
+    if account is None:
+        return ResendPolicy(0, 600.0, None)
+    resend = account.resend
+    quiet = None
+    if resend.quiet_window is not None:
+        quiet = QuietWindow(resend.quiet_window.start, resend.quiet_window.end)
+    return ResendPolicy(resend.max_resends, resend.interval_s, quiet)
+
+
+def _attempt_parts(row: Row, carrier: CarrierConfig | None) -> AttemptParts:
+    refused_status = row["refused_status"]
+    failed_err = row["failed_err"]
+    wrong_carrier = False
+    if carrier is not None:
+        if refused_status is not None and refused_status in carrier.wrong_carrier_statuses:
+            wrong_carrier = True
+        err_code = _parse_err(failed_err)
+        if err_code is not None and err_code in carrier.wrong_carrier_receipt_errors:
+            wrong_carrier = True
+    failure = None
+    if row["failed"]:
+        failure = reasons.from_receipt(row["failed_stat"] or "UNDELIV", failed_err)
+    return AttemptParts(
+        state=State(row["state"]),
+        total=row["total"],
+        pending=row["pending"],
+        accepted=row["accepted"],
+        refused=row["refused"],
+        delivered=row["delivered"],
+        failed=row["failed"],
+        unknown=row["unknown"],
+        unsent=row["unsent"],
+        wrong_carrier=wrong_carrier,
+        refused_status=refused_status,
+        failure=failure,
+    )
+
+
+def _parse_err(err: str | None) -> int | None:
+    if not err:
+        return None
+    text = err.strip().lower()
+    with contextlib.suppress(ValueError):
+        if text.startswith("0x"):
+            return int(text, 16)
+        return int(text, 10)
+    with contextlib.suppress(ValueError):
+        return int(text, 16)
+    return None

@@ -1,0 +1,197 @@
+"""Settler: every timer is a row (DESIGN principle 4); this claims the due ones.
+
+Each `settle_once(now)` pass:
+  - scheduled sends whose time came → queued
+  - messages whose validity ended before they left → expired
+  - submitted messages with no final receipt by the deadline → unknown (§9, §10)
+  - lost leases (a daemon died): claimed-but-not-sent → queued again; parts in
+    flight with no response → unknown "outcome unknown after restart", unless
+    the account opted into at-least-once (then queued and resent)
+  - receipts that beat their response meet their part (across daemons too)
+  - +Message fallback and expiry timers, through the RCS leg when configured
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Protocol
+
+import structlog
+
+from carrierd.config import Config
+from carrierd.domain import reasons
+from carrierd.domain.clock import Clock
+from carrierd.domain.states import State
+from carrierd.recorder import EARLY_RECEIPT_KEEP_S, Recorder
+from carrierd.store.db import Database, Row, Transaction, Transition
+
+log = structlog.get_logger("carrierd.settler")
+
+
+class RcsTimers(Protocol):
+    async def settle_due(self, now: datetime, limit: int) -> int: ...
+
+
+class Settler:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        recorder: Recorder,
+        *,
+        config: Callable[[], Config],
+        batch: int = 1000,
+        interval_s: float = 0.5,
+        rcs_timers: RcsTimers | None = None,
+    ) -> None:
+        self._db = db
+        self._clock = clock
+        self._recorder = recorder
+        self._config = config
+        self._batch = batch
+        self._interval_s = interval_s
+        self.rcs_timers = rcs_timers
+        self._running = True
+
+    async def run(self) -> None:
+        while self._running:
+            try:
+                await self.settle_once(self._clock.now())
+            except Exception:
+                log.exception("settle_failed")
+            await asyncio.sleep(self._interval_s)
+
+    def stop(self) -> None:
+        self._running = False
+
+    async def settle_once(self, now: datetime) -> int:
+        done = 0
+        done += await self._in_tx(lambda tx: self._scheduled(tx, now))
+        done += await self._in_tx(lambda tx: self._expired(tx, now))
+        done += await self._in_tx(lambda tx: self._receipt_timeouts(tx, now))
+        done += await self._in_tx(lambda tx: self._lost_leases(tx, now))
+        done += await self._in_tx(lambda tx: self._early_receipts(tx, now))
+        if self.rcs_timers is not None:
+            done += await self.rcs_timers.settle_due(now, self._batch)
+        return done
+
+    async def _in_tx(self, work: Callable[[Transaction], Awaitable[int]]) -> int:
+        return await self._db.in_transaction(work)
+
+    async def _apply(
+        self, tx: Transaction, transitions: Sequence[Transition], now: datetime
+    ) -> int:
+        changed = await tx.apply_transitions(transitions, now)
+        hook = self._recorder.on_transitions
+        if changed and hook is not None:
+            await hook(tx, changed, now)
+        return len(changed)
+
+    async def _scheduled(self, tx: Transaction, now: datetime) -> int:
+        rows = await tx.fetch("due_scheduled", now, self._batch)
+        return await self._apply(
+            tx, [Transition(r["id"], State.SCHEDULED, State.QUEUED, "due") for r in rows], now
+        )
+
+    async def _expired(self, tx: Transaction, now: datetime) -> int:
+        rows = await tx.fetch("due_expired", now, self._batch)
+        return await self._apply(
+            tx,
+            [
+                Transition(
+                    r["id"],
+                    r["state"],
+                    State.EXPIRED,
+                    "expired",
+                    reason_code=reasons.VALIDITY_EXPIRED.code,
+                    reason_text=reasons.VALIDITY_EXPIRED.text,
+                )
+                for r in rows
+            ],
+            now,
+        )
+
+    async def _receipt_timeouts(self, tx: Transaction, now: datetime) -> int:
+        rows = await tx.fetch("due_receipt_timeouts", now, self._batch)
+        if not rows:
+            return 0
+        ids = [r["id"] for r in rows]
+        await tx.execute("parts_outcome_unknown", ids)
+        return await self._apply(
+            tx,
+            [
+                Transition(
+                    i,
+                    State.SUBMITTED,
+                    State.UNKNOWN,
+                    "receipt_timeout",
+                    reason_code=reasons.RECEIPT_TIMEOUT.code,
+                    reason_text=reasons.RECEIPT_TIMEOUT.text,
+                )
+                for i in ids
+            ],
+            now,
+        )
+
+    async def _lost_leases(self, tx: Transaction, now: datetime) -> int:
+        rows = await tx.fetch("due_lost_leases", now, self._batch)
+        if not rows:
+            return 0
+        config = self._config()
+        transitions: list[Transition] = []
+        settle_from_parts: list[int] = []
+        unknown_ids: list[int] = []
+        for row in rows:
+            if row["state"] == State.DISPATCHING:
+                # Nothing was handed over: any daemon may take it again.
+                transitions.append(
+                    Transition(row["id"], State.DISPATCHING, State.QUEUED, "lease_recovered")
+                )
+            elif row["pending"] == 0:
+                # Every part has its response recorded: the parts decide.
+                settle_from_parts.append(row["id"])
+            else:
+                account = config.accounts.get(row["account_id"])
+                if account is not None and account.at_least_once:
+                    transitions.append(
+                        Transition(
+                            row["id"],
+                            State.SENDING,
+                            State.QUEUED,
+                            "lease_recovered",
+                            detail={"at_least_once": True, "pending_parts": row["pending"]},
+                        )
+                    )
+                    unknown_ids.append(row["id"])
+                else:
+                    unknown_ids.append(row["id"])
+                    reason = reasons.OUTCOME_UNKNOWN_AFTER_RESTART
+                    transitions.append(
+                        Transition(
+                            row["id"],
+                            State.SENDING,
+                            State.UNKNOWN,
+                            "lease_lost",
+                            reason_code=reason.code,
+                            reason_text=reason.text,
+                            detail={"pending_parts": row["pending"]},
+                        )
+                    )
+        if unknown_ids:
+            await tx.execute("parts_outcome_unknown", unknown_ids)
+        count = await self._apply(tx, transitions, now)
+        if settle_from_parts:
+            count += len(await self._recorder.settle(tx, settle_from_parts, now))
+        return count
+
+    async def _early_receipts(self, tx: Transaction, now: datetime) -> int:
+        changed: list[Row] = await tx.fetch("apply_early_receipts")
+        await tx.execute(
+            "expire_stale_early_receipts", now - timedelta(seconds=EARLY_RECEIPT_KEEP_S)
+        )
+        if not changed:
+            return 0
+        ids = sorted({p["message_id"] for p in changed})
+        return len(await self._recorder.settle(tx, ids, now, delivered_parts=changed))

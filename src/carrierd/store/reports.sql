@@ -1,0 +1,65 @@
+-- carrierd reports: billing, delivery-log export, retention, queue gauges.
+-- Same rules as queries.sql: one "-- name: x" block per statement, the time
+-- always passed in.
+
+-- name: billing_for_month
+-- The counts the engine keeps per account and JST month (DOMAIN §11).
+SELECT coalesce(sum(units) FILTER (WHERE channel = 'sms'), 0)::bigint AS sms_units,
+       coalesce(sum(units) FILTER (WHERE channel = 'rcs'), 0)::bigint AS rcs_units,
+       coalesce(sum(units) FILTER (WHERE channel = 'reassigned_check'), 0)::bigint
+           AS reassigned_checks
+FROM billing_counts
+WHERE account_id = $1 AND month = $2;
+
+-- name: billing_recomputed_from_messages
+-- Audit: the same counts rebuilt from the messages themselves, attributing
+-- a message's units to the JST month [$2, $3) in which it ended. Reassigned
+-- number checks are not message rows and cannot be rebuilt here.
+SELECT coalesce(sum(sms_units), 0)::bigint AS sms_units,
+       coalesce(sum(rcs_units), 0)::bigint AS rcs_units
+FROM messages
+WHERE account_id = $1 AND final_at >= $2 AND final_at < $3;
+
+-- name: export_messages_page
+-- One page of an account's delivery log (DOMAIN §15) accepted in [$2, $3),
+-- after the keyset ($4, $5) of the previous page's last row. The row
+-- comparison walks messages_by_account_time_id without skipping or
+-- repeating rows, however many share one accepted_at.
+SELECT id, client_ref, channel, coalesce(msisdn, recipient_raw) AS msisdn, carrier, state,
+       reason_code, reason_text, accepted_at, submitted_at, final_at, sms_parts, sms_units,
+       rcs_units
+FROM messages
+WHERE account_id = $1
+  AND accepted_at >= $2 AND accepted_at < $3
+  AND (accepted_at, id) > ($4::timestamptz, $5::bigint)
+ORDER BY accepted_at, id
+LIMIT $6;
+
+-- name: purge_final_messages
+-- One bounded batch of retention: final messages that ended before $1.
+-- Their parts, events and callbacks go by ON DELETE CASCADE. SKIP LOCKED:
+-- two daemons purging at once share the work instead of waiting.
+WITH doomed AS (
+    SELECT id FROM messages
+    WHERE final_at < $1
+      AND state IN ('delivered', 'failed', 'expired', 'cancelled', 'skipped', 'rejected',
+                    'unknown')
+    ORDER BY final_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+),
+deleted AS (
+    DELETE FROM messages m USING doomed WHERE m.id = doomed.id RETURNING 1
+)
+SELECT count(*)::int FROM deleted;
+
+-- name: queue_gauges
+-- Open messages per state and account, and how long the oldest has waited
+-- at $1: since acceptance, or since its send time for a scheduled send (a
+-- send still in the future has waited 0 s). greatest() ignores NULLs.
+SELECT state, account_id, count(*)::bigint AS depth,
+       greatest(0, extract(epoch FROM $1::timestamptz - min(greatest(accepted_at, send_at))))
+           ::float8 AS oldest_age_s
+FROM messages
+WHERE state IN ('scheduled', 'queued', 'dispatching', 'sending', 'submitted', 'rcs_sent')
+GROUP BY state, account_id;

@@ -1,0 +1,173 @@
+"""The engine's decisions on a fake clock, against a real PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from carrierd.domain.clock import FakeClock
+from carrierd.store.db import Database
+from tests.integration.engine_harness import engine_config, enqueue, make_engine
+
+T0 = datetime(2026, 11, 24, 1, 0, tzinfo=UTC)  # 10:00 JST
+
+
+async def state_of(db: Database, message_id: int) -> dict[str, object]:
+    rows = await db.call_raw("SELECT * FROM messages WHERE id = $1", message_id)
+    return rows[0]
+
+
+async def test_message_is_submitted_then_delivered_and_billed(dsn: str, db: Database) -> None:
+    clock = FakeClock(T0)
+    config = engine_config(dsn, {"engine": {"pacing": False}})
+    engine = await make_engine(config, db, clock)
+    [single, multi] = await enqueue(
+        db,
+        "acme",
+        [
+            {"to": "09011112222", "sms": {"text": "こんにちは"}, "carrier": "docomo"},
+            {"to": "09011113333", "sms": {"text": "あ" * 140}, "carrier": "docomo"},
+        ],
+        clock.now(),
+        config,
+    )
+    assert await engine.cycle() == 2
+    assert (await state_of(db, single))["state"] == "submitted"
+    sub = {s.request.message_id: s for s in engine.network.submitted}
+    assert len(sub[multi].smsc_ids) == 3
+    clock.advance(5)
+    await engine.receipt("docomo", sub[single].smsc_ids[0])
+    await engine.receipt("docomo", sub[multi].smsc_ids[0])
+    assert (await state_of(db, multi))["state"] == "submitted"
+    for smsc_id in sub[multi].smsc_ids[1:]:
+        await engine.receipt("docomo", smsc_id)
+    for mid, units in ((single, 1), (multi, 3)):
+        row = await state_of(db, mid)
+        assert row["state"] == "delivered" and row["sms_units"] == units
+    billing = await db.call_raw("SELECT month, units FROM billing_counts WHERE account_id='acme'")
+    assert billing == [{"month": "2026-11", "units": 4}]
+
+
+async def test_receipt_before_response_still_finds_its_part(dsn: str, db: Database) -> None:
+    clock = FakeClock(T0)
+    config = engine_config(dsn, {"engine": {"pacing": False}})
+    engine = await make_engine(config, db, clock)
+    [mid] = await enqueue(
+        db,
+        "acme",
+        [{"to": "09011112222", "sms": {"text": "x"}, "carrier": "docomo"}],
+        clock.now(),
+        config,
+    )
+    # The receipt for the id the SMSC will give arrives before the response.
+    engine.recorder.receipt(
+        __import__("carrierd.channels.types", fromlist=["Receipt"]).Receipt(
+            "docomo", "1", "DELIVRD", None, clock.now()
+        )
+    )
+    await engine.recorder.drain()
+    await engine.cycle()
+    row = await state_of(db, mid)
+    assert row["state"] == "delivered" and row["sms_units"] == 1
+
+
+async def test_rerouting_walks_every_carrier_and_learns_the_right_one(
+    dsn: str, db: Database
+) -> None:
+    clock = FakeClock(T0)
+    config = engine_config(dsn, {"engine": {"pacing": False}})
+    engine = await make_engine(config, db, clock, subscribers={"+819044445555": "rakuten"})
+    [mid] = await enqueue(
+        db, "acme", [{"to": "09044445555", "sms": {"text": "x"}}], clock.now(), config
+    )
+    for _ in range(4):
+        await engine.cycle()
+    row = await state_of(db, mid)
+    assert row["state"] == "submitted" and row["carrier"] == "rakuten"
+    assert row["carriers_tried"] == ["docomo", "au", "softbank", "rakuten"]
+    history = await db.call_raw(
+        "SELECT kind, carrier FROM message_events WHERE message_id=$1 ORDER BY id", mid
+    )
+    assert [h["kind"] for h in history].count("rerouted") == 3
+    await engine.receipt("rakuten", engine.network.submitted[-1].smsc_ids[0])
+    learned = await db.call_raw("SELECT carrier FROM carrier_learned")
+    assert learned == [{"carrier": "rakuten"}]
+    # The next message to the number goes straight to the learned carrier.
+    [second] = await enqueue(
+        db, "acme", [{"to": "09044445555", "sms": {"text": "y"}}], clock.now(), config
+    )
+    await engine.cycle()
+    assert (await state_of(db, second))["carriers_tried"] == ["rakuten"]
+
+
+async def test_no_carrier_left_fails_and_restriction_skips(dsn: str, db: Database) -> None:
+    clock = FakeClock(T0)
+    config = engine_config(dsn, {"engine": {"pacing": False}})
+    engine = await make_engine(config, db, clock, subscribers={"+819044445555": "nowhere"})
+    [lost, skipped] = await enqueue(
+        db,
+        "acme",
+        [
+            {"to": "09044445555", "sms": {"text": "x"}},
+            {
+                "to": "09011112222",
+                "sms": {"text": "x"},
+                "carrier": "docomo",
+                "carriers": ["au", "softbank"],
+            },
+        ],
+        clock.now(),
+        config,
+    )
+    for _ in range(5):
+        await engine.cycle()
+    assert (await state_of(db, lost))["state"] == "failed"
+    assert (await state_of(db, lost))["reason_code"] == "no_carrier_left"
+    row = await state_of(db, skipped)
+    assert row["state"] == "skipped" and row["sms_units"] == 0
+
+
+async def test_receipt_timeout_settles_unknown_and_scheduled_waits(dsn: str, db: Database) -> None:
+    clock = FakeClock(T0)
+    config = engine_config(dsn, {"engine": {"pacing": False}})
+    engine = await make_engine(config, db, clock)
+    [sb, later] = await enqueue(
+        db,
+        "acme",
+        [
+            {"to": "09011112222", "sms": {"text": "x"}, "carrier": "softbank"},
+            {"to": "09011113333", "sms": {"text": "x"}, "send_at": "2026-11-24T12:00:00+09:00"},
+        ],
+        clock.now(),
+        config,
+    )
+    await engine.cycle()
+    assert (await state_of(db, later))["state"] == "scheduled"
+    clock.advance(3599)
+    await engine.settler.settle_once(clock.now())
+    assert (await state_of(db, sb))["state"] == "submitted"
+    clock.advance(2)  # SoftBank: 1 h receipt timeout (§9)
+    await engine.settler.settle_once(clock.now())
+    row = await state_of(db, sb)
+    assert row["state"] == "unknown" and row["reason_code"] == "receipt_timeout"
+    assert row["sms_units"] == 0
+    clock.set(datetime(2026, 11, 24, 3, 0, tzinfo=UTC))
+    await engine.settler.settle_once(clock.now())
+    await engine.cycle()
+    assert (await state_of(db, later))["state"] == "submitted"
+
+
+async def test_sql_feed_row_is_validated_at_claim(dsn: str, db: Database) -> None:
+    clock = FakeClock(T0)
+    config = engine_config(dsn, {"engine": {"pacing": False}})
+    engine = await make_engine(config, db, clock)
+    good = (
+        await db.call_raw("SELECT carrierd_enqueue('acme', '090-1111-2222', 'sms', 'ok') AS id")
+    )[0]["id"]
+    bad = (
+        await db.call_raw("SELECT carrierd_enqueue('acme', '050-1111-2222', 'sms', 'ok') AS id")
+    )[0]["id"]
+    await db.call_raw("UPDATE messages SET not_before = $1", clock.now())
+    await engine.cycle()
+    assert (await state_of(db, good))["state"] == "submitted"
+    row = await state_of(db, bad)
+    assert row["state"] == "rejected" and "ip_phone" in row["reason_text"]
