@@ -24,7 +24,7 @@ db:
 
 run: $(STAMP) db
 	$(BIN)/carrierd migrate --config $(CONFIG)
-	exec $(BIN)/carrierd run --config $(CONFIG) --with-simulators
+	VENV=$(VENV) CONFIG=$(CONFIG) scripts/run-demo.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

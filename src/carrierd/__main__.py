@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from carrierd.config import ConfigError, load_config
@@ -31,6 +32,48 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sim(args: argparse.Namespace) -> int:
+    """Carrier simulators for `make run`, tests and benchmarks."""
+    from carrierd.sim.rcs import RcsSimConfig, run_rcs_sim
+    from carrierd.sim.smsc import SimConfigError, load_sim_config, run_smsc_sim
+    from carrierd.telemetry import configure_logging
+
+    configure_logging(args.log_level)
+    tasks: list[asyncio.Future[None]] = []
+    try:
+        smsc_config = load_sim_config(args.config) if args.which in ("smsc", "all") else None
+    except SimConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    rcs_config = RcsSimConfig(
+        webhook_url=args.webhook_url or None, webhook_secret=args.webhook_secret
+    )
+
+    def listening(what: str) -> Callable[[object], None]:
+        return lambda where: print(f"sim {what} listening: {where}", flush=True)
+
+    async def main() -> None:
+        if smsc_config is not None:
+            tasks.append(
+                asyncio.ensure_future(
+                    run_smsc_sim(smsc_config, args.host, on_listening=listening("smsc"))
+                )
+            )
+        if args.which in ("rcs", "all"):
+            tasks.append(
+                asyncio.ensure_future(
+                    run_rcs_sim(rcs_config, args.host, args.rcs_port, on_listening=listening("rcs"))
+                )
+            )
+        await asyncio.gather(*tasks)
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="carrierd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -42,6 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
     mig = sub.add_parser("migrate", help="apply database migrations (idempotent)")
     mig.add_argument("--config", default="conf/carrierd.toml")
     mig.set_defaults(func=_cmd_migrate)
+
+    sim = sub.add_parser("sim", help="run the carrier simulators")
+    sim.add_argument("which", choices=("smsc", "rcs", "all"))
+    sim.add_argument("--config", default="conf/sim.toml", help="SMSC simulator config")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--rcs-port", type=int, default=8090)
+    sim.add_argument("--webhook-url", default="http://127.0.0.1:8080/v1/webhooks/rcs")
+    sim.add_argument("--webhook-secret", default="demo-webhook-secret")
+    sim.add_argument("--log-level", default="info")
+    sim.set_defaults(func=_cmd_sim)
 
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("config")

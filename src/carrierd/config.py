@@ -88,7 +88,10 @@ class CarrierConfig:
     throttle_pause_s: float = 1.0
     submit_rate_per_s: float = 0.0  # 0: no per-bind limit
     concat: ConcatMode = "udh8"
+    # Carriers write the id in submit_sm_resp and in the receipt in different
+    # bases (hex in one, decimal in the other); each side gets its own style.
     message_id_style: MessageIdStyle = "as_is"
+    receipt_id_style: MessageIdStyle = "as_is"
     # "Not our subscriber" answers (DOMAIN §4): submit_sm_resp statuses and
     # receipt err codes that mean the number belongs to another carrier.
     wrong_carrier_statuses: tuple[int, ...] = (0x0000000B,)
@@ -347,6 +350,9 @@ def _parse_carrier(problems: list[str], name: str, raw: Mapping[str, Any]) -> Ca
         concat=r.string("concat", "udh8", choices=("udh8", "udh16", "sar", "payload")),  # type: ignore[arg-type]
         message_id_style=r.string(  # type: ignore[arg-type]
             "message_id_style", "as_is", choices=("as_is", "hex", "decimal")
+        ),
+        receipt_id_style=r.string(  # type: ignore[arg-type]
+            "receipt_id_style", "as_is", choices=("as_is", "hex", "decimal")
         ),
         wrong_carrier_statuses=r.integers("wrong_carrier_statuses", (0x0000000B,)),
         wrong_carrier_receipt_errors=r.integers("wrong_carrier_receipt_errors", ()),

@@ -187,7 +187,7 @@ class Dispatcher:
             await tx.execute(
                 "ensure_buckets",
                 names,
-                [float(accounts[a].burst) for a in names],
+                [0.0] * len(names),
                 [now] * len(names),
             )
             rows = await tx.fetch("lock_buckets", names)

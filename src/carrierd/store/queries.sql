@@ -130,7 +130,8 @@ RETURNING m.id, m.account_id, m.channel, m.leg, m.validated, m.recipient_raw, m.
           m.expires_at, m.accepted_at, m.send_at;
 
 -- name: ensure_buckets
--- A new account starts with a full burst.
+-- A new bucket starts empty: a restart or a new account never bursts above
+-- the contracted rate; tokens accrue from the first claim on.
 INSERT INTO rate_buckets (account_id, tokens, updated_at)
 SELECT * FROM unnest($1::text[], $2::float8[], $3::timestamptz[])
 ON CONFLICT (account_id) DO NOTHING;

@@ -1,0 +1,164 @@
+"""Pacing on a fake clock (DOMAIN §5): the account rate, shared by daemons,
+and the au spacing rule. Real PostgreSQL, real dispatcher; no sleeping."""
+
+from __future__ import annotations
+
+import itertools
+from bisect import bisect_right
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from carrierd.domain.clock import FakeClock
+from carrierd.store.db import Database
+from tests.integration.engine_harness import engine_config, enqueue, make_engine
+
+T0 = datetime(2026, 11, 24, 1, 0, tzinfo=UTC)
+RATE_PER_HOUR = 40_000
+BURST = 100
+
+
+async def insert_backlog(db: Database, account: str, count: int, at: datetime) -> None:
+    await db.call_raw(
+        """
+        INSERT INTO messages (account_id, channel, leg, state, recipient_raw, msisdn, validated,
+                              sms_text, sms_encoding, sms_parts, carrier_named, not_before,
+                              expires_at, accepted_at, updated_at)
+        SELECT $1, 'sms', 'sms', 'queued', '', '+8190' || lpad((10000000 + i)::text, 8, '0'),
+               true, 'お知らせ', 'ucs2', 1, 'docomo', $2::timestamptz,
+               $2::timestamptz + interval '3 days', $2::timestamptz, $2::timestamptz
+        FROM generate_series(1, $3::int) AS i
+        """,
+        account,
+        at,
+        count,
+    )
+
+
+def max_in_window(times: list[datetime], window_s: float) -> int:
+    ordered = sorted(times)
+    best = 0
+    for i, start in enumerate(ordered):
+        end = bisect_right(ordered, start + timedelta(seconds=window_s))
+        best = max(best, end - i)
+    return best
+
+
+async def test_one_hour_at_40000_per_hour_from_a_backlog_of_60000(dsn: str, db: Database) -> None:
+    clock = FakeClock(T0)
+    config = engine_config(
+        dsn,
+        {
+            "accounts": {
+                "acme": {"tokens": ["acme-token"], "rate_per_hour": RATE_PER_HOUR, "burst": BURST}
+            }
+        },
+    )
+    engine = await make_engine(config, db, clock)
+    await insert_backlog(db, "acme", 60_000, T0)
+    step_s = 8.0  # 89 tokens a step: below the burst, so none is lost to the cap
+    while clock.now() <= T0 + timedelta(hours=1):
+        await engine.cycle()
+        clock.advance(step_s)
+    times = [s.at for s in engine.network.submitted if s.at <= T0 + timedelta(hours=1)]
+    assert abs(len(times) - RATE_PER_HOUR) <= RATE_PER_HOUR * 0.001, len(times)
+    for window_s in (1.0, 10.0, 60.0, 600.0):
+        allowed = BURST + RATE_PER_HOUR * window_s / 3600 + 1
+        assert max_in_window(times, window_s) <= allowed, window_s
+    # In order: the oldest messages went first.
+    ids = [s.request.message_id for s in engine.network.submitted]
+    assert ids == sorted(ids)
+
+
+async def test_two_daemons_on_one_database_hold_the_rate_together(dsn: str, db: Database) -> None:
+    clock = FakeClock(T0)
+    rate = 3600
+    config = engine_config(
+        dsn, {"accounts": {"acme": {"tokens": ["acme-token"], "rate_per_hour": rate, "burst": 20}}}
+    )
+    first = await make_engine(config, db, clock, daemon_id="d1")
+    second = await make_engine(config, db, clock, daemon_id="d2", network=first.network)
+    await insert_backlog(db, "acme", 5_000, T0)
+    for _ in range(600):
+        await first.cycle()
+        await second.cycle()
+        clock.advance(1.0)
+    times = [s.at for s in first.network.submitted]
+    assert len(times) <= rate * 600 / 3600 + 1
+    assert len(times) >= rate * 600 / 3600 * 0.99
+    assert max_in_window(times, 10.0) <= 20 + rate * 10 / 3600 + 1
+    claimed_by = await db.call_raw(
+        "SELECT count(DISTINCT detail) AS n FROM message_events WHERE kind = 'sending'"
+    )
+    assert claimed_by[0]["n"] >= 1
+
+
+async def test_fair_across_accounts(dsn: str, db: Database) -> None:
+    clock = FakeClock(T0)
+    config = engine_config(dsn, {"engine": {"pacing": False, "claim_batch": 100}})
+    engine = await make_engine(config, db, clock)
+    await insert_backlog(db, "acme", 1_000, T0)
+    [small] = await enqueue(
+        db, "globex", [{"to": "09099998888", "sms": {"text": "x"}, "carrier": "docomo"}], T0, config
+    )
+    await engine.cycle()
+    assert small in {s.request.message_id for s in engine.network.submitted}
+
+
+_numbers = itertools.count(10_000_000)
+
+
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(receipt_delays_s=st.lists(st.floats(min_value=0.5, max_value=120.0), min_size=2, max_size=5))
+async def test_au_messages_to_one_number_keep_22_seconds_after_the_previous_receipt(
+    dsn: str, db: Database, receipt_delays_s: list[float]
+) -> None:
+    clock = FakeClock(T0)
+    config = engine_config(dsn, {"engine": {"pacing": False}})
+    engine = await make_engine(config, db, clock)
+    number = f"080{next(_numbers):08d}"
+    ids = await enqueue(
+        db,
+        "acme",
+        [
+            {"to": number, "sms": {"text": f"message {i}"}, "carrier": "au"}
+            for i in range(len(receipt_delays_s))
+        ],
+        clock.now(),
+        config,
+    )
+    submitted_at: dict[int, datetime] = {}
+    receipt_at: dict[int, datetime] = {}
+    pending: list[tuple[datetime, int, str]] = []
+    for _ in range(200):
+        before = len(engine.network.submitted)
+        await engine.cycle()
+        for s in engine.network.submitted[before:]:
+            mid = s.request.message_id
+            if mid in ids:
+                submitted_at[mid] = s.at
+                delay = receipt_delays_s[ids.index(mid)]
+                pending.append((s.at + timedelta(seconds=delay), mid, s.smsc_ids[0]))
+        if len(receipt_at) == len(ids):
+            break
+        # Jump to the next thing that can happen: a receipt, or a held
+        # message's not_before.
+        nb = await db.call_raw(
+            "SELECT min(not_before) AS t FROM messages WHERE state = 'queued' AND id = ANY($1)", ids
+        )
+        candidates = [t for t, _, _ in pending]
+        if nb[0]["t"] is not None:
+            candidates.append(max(nb[0]["t"], clock.now()))
+        clock.set(max(clock.now(), min(candidates)))
+        for due in [p for p in pending if p[0] <= clock.now()]:
+            pending.remove(due)
+            await engine.receipt("au", due[2])
+            receipt_at[due[1]] = clock.now()
+    assert len(receipt_at) == len(ids)
+    order = sorted(submitted_at, key=lambda m: submitted_at[m])
+    assert order == ids  # first in, first out per recipient
+    for previous, following in itertools.pairwise(order):
+        assert submitted_at[following] >= receipt_at[previous] + timedelta(seconds=22)
