@@ -1,29 +1,313 @@
-"""Logging set-up (structlog, JSON lines on stdout for journald).
+"""Logging set-up (structlog, JSON lines on stdout for journald) and metrics.
 
-Every Prometheus metric of the daemon is defined in this module too, so that
-one file lists what operators can graph and alert on.
+Every Prometheus metric of the daemon is defined in this module, so that
+one file lists what operators can graph and alert on
+(conf/grafana/carrierd.json graphs them; a test keeps the two in step).
+
+Log events have stable snake_case names (``ready``, ``bind_lost``...):
+dashboards and alerts match on them, so rename one only on purpose. The
+redaction processor applies to every line, ours and the libraries':
+recipient numbers keep only their last four digits, and message bodies are
+dropped from every event logged at info or above.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterable, Mapping, MutableMapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+if TYPE_CHECKING:
+    from carrierd.store.db import Database
+
+# -- logging -----------------------------------------------------------------------
+
+PHONE_FIELDS: frozenset[str] = frozenset({"msisdn", "to", "recipient"})
+BODY_FIELDS: frozenset[str] = frozenset({"body", "text", "sms_text"})
+_KEPT_DIGITS = 4
+_COUNTRY_PREFIX = "+81"
 
 
-def configure_logging(level: str = "info") -> None:
+def mask_phone_number(value: str) -> str:
+    """``+819012345678`` -> ``+81******5678``; any other form keeps its
+    separators and last four digits (``090-****-5678`` stays readable for
+    support, but does not identify the subscriber)."""
+    prefix = ""
+    rest = value
+    if rest.startswith(_COUNTRY_PREFIX):
+        prefix, rest = _COUNTRY_PREFIX, rest[len(_COUNTRY_PREFIX) :]
+    digits_total = sum(ch.isdigit() for ch in rest)
+    # Too short to keep a tail without giving the whole thing away.
+    keep = _KEPT_DIGITS if digits_total > _KEPT_DIGITS else 0
+    masked: list[str] = []
+    digits_seen = 0
+    for ch in rest:
+        if ch.isdigit():
+            digits_seen += 1
+            masked.append(ch if digits_seen > digits_total - keep else "*")
+        else:
+            masked.append(ch)
+    return prefix + "".join(masked)
+
+
+def _mask_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask_phone_number(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return mask_phone_number(str(value))
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_mask_value(v) for v in value]
+    return value
+
+
+def redact(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: mask numbers, drop bodies above debug."""
+    for key in PHONE_FIELDS.intersection(event_dict):
+        event_dict[key] = _mask_value(event_dict[key])
+    level = str(event_dict.get("level", method_name)).lower()
+    if level not in ("debug", "notset"):
+        for key in BODY_FIELDS.intersection(event_dict):
+            del event_dict[key]
+    return event_dict
+
+
+class _CarrierdLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Marks the root handler we installed, so reconfiguring replaces it."""
+
+
+def configure_logging(level: str = "info", *, stream: TextIO | None = None) -> None:
+    """JSON lines on `stream` (stdout) for structlog and stdlib loggers alike.
+
+    Safe to call again (tests, SIGHUP with a new level): it replaces what an
+    earlier call installed.
+    """
+    output = sys.stdout if stream is None else stream
     numeric = logging.getLevelName(level.upper())
-    logging.basicConfig(stream=sys.stdout, level=numeric, format="%(message)s")
+    if not isinstance(numeric, int):
+        raise ValueError(f"unknown log level {level!r}")
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact,
+    ]
+    renderer = structlog.processors.JSONRenderer(ensure_ascii=False)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(ensure_ascii=False),
-        ],
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(file=output),
         cache_logger_on_first_use=False,
     )
+    # asyncpg, aiohttp and the rest log through the standard library: give
+    # them the same JSON lines and the same redaction.
+    handler = _CarrierdLogHandler(output)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_logger_name,
+                structlog.stdlib.ExtraAdder(),
+                *shared,
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _CarrierdLogHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(numeric)
+
+
+# -- metrics -----------------------------------------------------------------------
+
+# Buckets span what each latency really ranges over: an SMSC answers a
+# submit_sm in milliseconds, a receipt takes seconds to days (SoftBank's
+# timeout is 1 h, the others' 72 h).
+_SUBMIT_RESPONSE_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_INTAKE_TO_SUBMIT_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+_RECEIPT_BUCKETS_S = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 3 * 3600, 24 * 3600)
+_RCS_DELIVERY_BUCKETS_S = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 6 * 3600, 24 * 3600)
+
+
+class Metrics:
+    """Every metric of one daemon, in a registry of its own (never the
+    process-global default registry: tests build as many as they like)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        registry = self.registry
+
+        def counter(name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
+            return Counter(f"carrierd_{name}", doc, list(labels), registry=registry)
+
+        def gauge(name: str, doc: str, labels: Iterable[str] = ()) -> Gauge:
+            return Gauge(f"carrierd_{name}", doc, list(labels), registry=registry)
+
+        def histogram(
+            name: str, doc: str, buckets: Iterable[float], labels: Iterable[str] = ()
+        ) -> Histogram:
+            return Histogram(
+                f"carrierd_{name}", doc, list(labels), registry=registry, buckets=tuple(buckets)
+            )
+
+        # Counters.
+        self.messages_accepted_total = counter(
+            "messages_accepted_total", "Messages accepted at intake.", ("account", "channel")
+        )
+        self.messages_rejected_total = counter(
+            "messages_rejected_total", "Messages refused at intake, by field.", ("field",)
+        )
+        self.parts_submitted_total = counter(
+            "parts_submitted_total", "SMS parts handed to an SMSC.", ("carrier",)
+        )
+        self.submit_responses_total = counter(
+            "submit_responses_total",
+            "submit_sm_resp received; status is ok or the command_status in hex.",
+            ("carrier", "status"),
+        )
+        self.receipts_total = counter(
+            "receipts_total", "Delivery receipts received, by stat.", ("carrier", "stat")
+        )
+        self.messages_final_total = counter(
+            "messages_final_total", "Messages that reached a final state.", ("channel", "state")
+        )
+        self.fallbacks_total = counter(
+            "fallbacks_total", "+Message messages sent as SMS instead, by cause.", ("cause",)
+        )
+        self.expiries_total = counter(
+            "expiries_total", "Messages expired without delivery.", ("channel",)
+        )
+        self.discards_total = counter(
+            "discards_total", "+Message discard requests, by the platform's answer.", ("outcome",)
+        )
+        self.reroutes_total = counter(
+            "reroutes_total",
+            "Sends moved to another carrier after 'not our subscriber'.",
+            ("from_carrier",),
+        )
+        self.resends_total = counter(
+            "resends_total", "System resends after a failure receipt.", ("carrier",)
+        )
+        self.throttled_total = counter(
+            "throttled_total", "Throttling answers from an SMSC.", ("carrier",)
+        )
+        self.billing_units_total = counter(
+            "billing_units_total",
+            "Billable units counted, by JST month.",
+            ("account", "channel", "month"),
+        )
+        self.webhooks_rejected_total = counter(
+            "webhooks_rejected_total", "Inbound webhooks refused, by reason.", ("reason",)
+        )
+        self.callbacks_total = counter(
+            "callbacks_total", "Status callback attempts, by outcome.", ("outcome",)
+        )
+
+        # Gauges.
+        self.queue_depth = gauge(
+            "queue_depth", "Open messages in the database.", ("state", "account")
+        )
+        self.queue_oldest_age_seconds = gauge(
+            "queue_oldest_age_seconds",
+            "How long the oldest open message has waited.",
+            ("state", "account"),
+        )
+        self.binds = gauge("binds", "SMPP binds by state.", ("carrier", "state"))
+        self.window_in_use = gauge(
+            "window_in_use", "Requests awaiting a response on a bind.", ("carrier", "bind")
+        )
+        self.bucket_tokens = gauge(
+            "bucket_tokens", "Tokens left in the account's rate bucket.", ("account",)
+        )
+        self.au_gate_held = gauge(
+            "au_gate_held", "au numbers waiting out the spacing after their last receipt."
+        )
+
+        # Histograms.
+        self.intake_to_submit_seconds = histogram(
+            "intake_to_submit_seconds",
+            "From acceptance to the first part handed to an SMSC.",
+            _INTAKE_TO_SUBMIT_BUCKETS_S,
+        )
+        self.submit_response_seconds = histogram(
+            "submit_response_seconds",
+            "From submit_sm to its submit_sm_resp.",
+            _SUBMIT_RESPONSE_BUCKETS_S,
+            ("carrier",),
+        )
+        self.receipt_seconds = histogram(
+            "receipt_seconds",
+            "From submit_sm_resp to the delivery receipt.",
+            _RECEIPT_BUCKETS_S,
+            ("carrier",),
+        )
+        self.rcs_delivery_seconds = histogram(
+            "rcs_delivery_seconds",
+            "From +Message send to its delivery report.",
+            _RCS_DELIVERY_BUCKETS_S,
+        )
+
+        # (state, account) pairs the queue gauges have reported: a pair that
+        # empties reads 0 rather than vanishing from the graph.
+        self._queue_label_pairs: set[tuple[str, str]] = set()
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition body and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def exported_names(self) -> frozenset[str]:
+        """Every series name a scrape can show (with _total, _bucket...)."""
+        names: set[str] = set()
+        for family in self.registry.collect():
+            if family.type == "counter":
+                names.update({f"{family.name}_total", f"{family.name}_created"})
+            elif family.type == "histogram":
+                suffixes = ("_bucket", "_sum", "_count", "_created")
+                names.update(family.name + s for s in suffixes)
+            else:
+                names.add(family.name)
+        return frozenset(names)
+
+    def set_queue_gauges(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Replace the queue gauges with `rows` (state, account_id, depth,
+        oldest_age_s); pairs seen before but absent now read 0."""
+        current = {(str(r["state"]), str(r["account_id"])): r for r in rows}
+        for pair in self._queue_label_pairs - current.keys():
+            self.queue_depth.labels(*pair).set(0)
+            self.queue_oldest_age_seconds.labels(*pair).set(0)
+        for pair, row in current.items():
+            self.queue_depth.labels(*pair).set(float(row["depth"]))
+            self.queue_oldest_age_seconds.labels(*pair).set(float(row["oldest_age_s"]))
+        self._queue_label_pairs |= current.keys()
+
+
+def metrics_route(metrics: Metrics) -> web.RouteDef:
+    """GET /metrics for Prometheus (unauthenticated, like every exporter:
+    keep the HTTP listener on a private interface)."""
+
+    async def serve_metrics(request: web.Request) -> web.Response:
+        body, content_type = metrics.render()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    return web.get("/metrics", serve_metrics)
+
+
+async def refresh_queue_gauges(metrics: Metrics, db: Database, now: datetime) -> None:
+    """Read the open messages per state and account (one statement) into
+    queue_depth and queue_oldest_age_seconds. Every daemon on a database
+    reports the same numbers: dashboards take max() across instances."""
+    rows = await db.fetch("queue_gauges", now)
+    metrics.set_queue_gauges(rows)
