@@ -86,7 +86,7 @@ def message_view(row: Row, events: list[Row], parts: list[Row]) -> dict[str, Any
         ),
         "to": row["msisdn"] or row["recipient_raw"],
         "carrier": row["carrier"],
-        "carriers_tried": list(row["carriers_tried"] or []),
+        "carriers_wrong": list(row["carriers_wrong"] or []),
         "parts": row["sms_parts"],
         "attempt": row["attempt"],
         "billing": {"sms_units": row["sms_units"], "rcs_units": row["rcs_units"]},

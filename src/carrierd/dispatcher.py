@@ -318,7 +318,7 @@ class Dispatcher:
                 learned=learned.get(row["msisdn"]),
                 number_ranges=number_ranges,
                 default_order=config.engine.default_carrier_order,
-                tried=row["carriers_tried"] or (),
+                tried=row["carriers_wrong"] or (),
                 available=available,
             )
             if choice.carrier is None:

@@ -251,6 +251,9 @@ class Recorder:
                 and not outcome.reroute
             ):
                 au_released.append((row["msisdn"], row["last_receipt_at"]))
+        rerouted = [t.message_id for t in transitions if t.event == "rerouted"]
+        if rerouted:
+            await tx.execute("mark_wrong_carrier", rerouted)
         changed = await tx.apply_transitions(transitions, now)
         if learned:
             await tx.execute(

@@ -66,7 +66,7 @@ WHERE account_id = $1 AND client_ref = ANY($2::text[]);
 -- name: get_message
 SELECT id, account_id, client_ref, channel, leg, state, reason_code, reason_text,
        recipient_raw, msisdn, sms_parts, sms_encoding, carrier_named, carriers_allowed,
-       carrier, carriers_tried, attempt, resends_done, send_at, not_before, fallback_at,
+       carrier, carriers_wrong, attempt, resends_done, send_at, not_before, fallback_at,
        expires_at, receipt_deadline, accepted_at, submitted_at, rcs_sent_at, final_at,
        updated_at, sms_units, rcs_units, callback_url
 FROM messages
@@ -126,7 +126,7 @@ UPDATE messages m
  WHERE m.id = due.id
 RETURNING m.id, m.account_id, m.channel, m.leg, m.validated, m.recipient_raw, m.msisdn,
           m.sms_text, m.sms_encoding, m.sms_parts, m.rcs_content, m.carrier_named,
-          m.carriers_allowed, m.carrier, m.carriers_tried, m.attempt, m.resends_done,
+          m.carriers_allowed, m.carrier, m.carriers_wrong, m.attempt, m.resends_done,
           m.expires_at, m.accepted_at, m.send_at;
 
 -- name: ensure_buckets
@@ -212,8 +212,6 @@ WITH input AS (
 updated AS (
     UPDATE messages m
        SET state = 'sending', carrier = i.carrier, attempt = i.attempt,
-           carriers_tried = CASE WHEN i.carrier = ANY(m.carriers_tried) THEN m.carriers_tried
-                                 ELSE m.carriers_tried || i.carrier END,
            lease_expires_at = $6, updated_at = $5
       FROM input i
      WHERE m.id = i.id AND m.state = 'dispatching' AND m.lease_owner = $7
@@ -442,3 +440,8 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::time
 -- The daemon is alive: keep its claims. One statement for all of them.
 UPDATE messages SET lease_expires_at = $2
 WHERE lease_owner = $1 AND state IN ('dispatching', 'sending');
+
+-- name: mark_wrong_carrier
+-- "Not our subscriber": never ask this carrier again for this message (§4).
+UPDATE messages SET carriers_wrong = carriers_wrong || carrier
+WHERE id = ANY($1::bigint[]) AND carrier IS NOT NULL AND NOT (carrier = ANY(carriers_wrong));

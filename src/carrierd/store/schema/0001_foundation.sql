@@ -51,7 +51,8 @@ CREATE TABLE messages (
     carrier_named       text,
     carriers_allowed    text[],
     carrier             text,
-    carriers_tried      text[] NOT NULL DEFAULT '{}',
+    -- Carriers that answered "not our subscriber" for this message (§4).
+    carriers_wrong      text[] NOT NULL DEFAULT '{}',
     callback_url        text,
     callback_every_change boolean NOT NULL DEFAULT false,
     attempt             integer NOT NULL DEFAULT 0,

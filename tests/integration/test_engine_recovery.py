@@ -1,0 +1,183 @@
+"""Resends under the quiet window (§9) and crash safety, on a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+from carrierd.channels.types import PartOutcome, SmsRequest
+from carrierd.config import Config
+from carrierd.domain.clock import FakeClock
+from carrierd.store.db import Database
+from tests.integration.engine_harness import (
+    NetworkStandIn,
+    engine_config,
+    enqueue,
+    make_engine,
+)
+
+JST_10_00 = datetime(2026, 11, 24, 1, 0, tzinfo=UTC)
+JST_20_45 = datetime(2026, 11, 24, 11, 45, tzinfo=UTC)
+
+
+def resend_config(dsn: str, *, at_least_once: bool = False) -> Config:
+    return engine_config(
+        dsn,
+        {
+            "engine": {"pacing": False, "lease_s": 60},
+            "accounts": {
+                "acme": {
+                    "tokens": ["acme-token"],
+                    "at_least_once": at_least_once,
+                    "resend": {"max_resends": 2, "interval_s": 600, "quiet_window": "21:00-09:00"},
+                }
+            },
+        },
+    )
+
+
+async def row(db: Database, message_id: int) -> dict[str, object]:
+    return (await db.call_raw("SELECT * FROM messages WHERE id = $1", message_id))[0]
+
+
+async def test_failure_receipt_is_resent_after_the_interval(dsn: str, db: Database) -> None:
+    clock = FakeClock(JST_10_00)
+    config = resend_config(dsn)
+    engine = await make_engine(config, db, clock)
+    [mid] = await enqueue(
+        db,
+        "acme",
+        [{"to": "09011112222", "sms": {"text": "x"}, "carrier": "docomo"}],
+        clock.now(),
+        config,
+    )
+    await engine.cycle()
+    await engine.receipt("docomo", engine.network.submitted[-1].smsc_ids[0], "UNDELIV", "001")
+    r = await row(db, mid)
+    assert r["state"] == "queued" and r["resends_done"] == 1
+    assert r["not_before"] == clock.now() + timedelta(seconds=600)
+    await engine.cycle()
+    assert len(engine.network.submitted) == 1  # not before its time
+    clock.advance(600)
+    await engine.cycle()
+    assert len(engine.network.submitted) == 2
+    assert (await row(db, mid))["attempt"] == 2
+    await engine.receipt("docomo", engine.network.submitted[-1].smsc_ids[0], "UNDELIV", "001")
+    clock.advance(600)
+    await engine.cycle()
+    await engine.receipt("docomo", engine.network.submitted[-1].smsc_ids[0], "UNDELIV", "001")
+    r = await row(db, mid)
+    assert r["state"] == "failed" and r["reason_code"] == "resends_exhausted"
+    assert len(engine.network.submitted) == 3
+
+
+async def test_resend_that_would_fall_in_the_quiet_window_ends_as_failed(
+    dsn: str, db: Database
+) -> None:
+    clock = FakeClock(JST_20_45)
+    config = resend_config(dsn)
+    engine = await make_engine(config, db, clock)
+    [mid] = await enqueue(
+        db,
+        "acme",
+        [{"to": "09011112222", "sms": {"text": "x"}, "carrier": "docomo"}],
+        clock.now(),
+        config,
+    )
+    await engine.cycle()
+    clock.advance(5 * 60)  # receipt at 20:50 JST: a resend at 21:00 is inside
+    await engine.receipt("docomo", engine.network.submitted[-1].smsc_ids[0], "UNDELIV", "001")
+    r = await row(db, mid)
+    assert r["state"] == "failed" and r["reason_code"] == "quiet_window"
+
+
+async def test_resend_just_before_the_quiet_window_is_allowed(dsn: str, db: Database) -> None:
+    clock = FakeClock(JST_20_45)
+    config = resend_config(dsn)
+    engine = await make_engine(config, db, clock)
+    [mid] = await enqueue(
+        db,
+        "acme",
+        [{"to": "09011112222", "sms": {"text": "x"}, "carrier": "docomo"}],
+        clock.now(),
+        config,
+    )
+    await engine.cycle()
+    clock.advance(4 * 60 + 59)  # receipt 20:49:59: the resend at 20:59:59 is outside
+    await engine.receipt("docomo", engine.network.submitted[-1].smsc_ids[0], "UNDELIV", "001")
+    assert (await row(db, mid))["state"] == "queued"
+
+
+class StallingNetwork(NetworkStandIn):
+    """A daemon that dies after marking its messages sending: the submit
+    never comes back (the process is gone)."""
+
+    async def submit(self, carrier: str, request: SmsRequest) -> list[PartOutcome]:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_a_dead_daemons_messages_are_never_resent_blindly(dsn: str, db: Database) -> None:
+    clock = FakeClock(JST_10_00)
+    config = resend_config(dsn)
+    dead = await make_engine(
+        config, db, clock, daemon_id="dead", network=StallingNetwork(clock, list(config.carriers))
+    )
+    [in_flight, claimed_only] = await enqueue(
+        db,
+        "acme",
+        [
+            {"to": "09011112222", "sms": {"text": "x"}, "carrier": "docomo"},
+            {"to": "09011113333", "sms": {"text": "y"}, "carrier": "docomo"},
+        ],
+        clock.now(),
+        config,
+    )
+    # The dead daemon marked the first as sending (its submit "left"), and
+    # had claimed the second without handing it over.
+    await db.call_raw(
+        "UPDATE messages SET not_before = not_before + interval '1 hour' WHERE id = $1",
+        claimed_only,
+    )
+    await dead.dispatcher.dispatch_once(clock.now())
+    await db.call_raw(
+        "UPDATE messages SET not_before = $2 WHERE id = $1", claimed_only, clock.now()
+    )
+    await db.fetch(
+        "claim_due", clock.now(), "dead", clock.now() + timedelta(seconds=60), ["acme"], [10]
+    )
+    for task in list(dead.dispatcher._in_flight):
+        task.cancel()
+    live = await make_engine(config, db, clock, daemon_id="live")
+    clock.advance(61)
+    await live.settler.settle_once(clock.now())
+    r = await row(db, in_flight)
+    assert r["state"] == "unknown" and r["reason_text"] == "outcome unknown after restart"
+    assert (await row(db, claimed_only))["state"] == "queued"
+    await live.cycle()
+    assert [s.request.message_id for s in live.network.submitted] == [claimed_only]
+
+
+async def test_at_least_once_accounts_get_ambiguous_parts_resent(dsn: str, db: Database) -> None:
+    clock = FakeClock(JST_10_00)
+    config = resend_config(dsn, at_least_once=True)
+    dead = await make_engine(
+        config, db, clock, daemon_id="dead", network=StallingNetwork(clock, list(config.carriers))
+    )
+    [mid] = await enqueue(
+        db,
+        "acme",
+        [{"to": "09011112222", "sms": {"text": "x"}, "carrier": "docomo"}],
+        clock.now(),
+        config,
+    )
+    await dead.dispatcher.dispatch_once(clock.now())
+    for task in list(dead.dispatcher._in_flight):
+        task.cancel()
+    live = await make_engine(config, db, clock, daemon_id="live")
+    clock.advance(61)
+    await live.settler.settle_once(clock.now())
+    assert (await row(db, mid))["state"] == "queued"
+    await live.cycle()
+    r = await row(db, mid)
+    assert r["state"] == "submitted" and r["attempt"] == 2
