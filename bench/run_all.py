@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHES = ["bench.intake"]
+BENCHES = ["bench.intake", "bench.smpp", "bench.e2e"]
 
 
 def main() -> int:

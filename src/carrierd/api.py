@@ -21,6 +21,7 @@ from carrierd.config import AccountConfig, Config
 from carrierd.domain.clock import Clock
 from carrierd.intake import RequestShapeError, validate_batch
 from carrierd.store.db import Database, Row
+from carrierd.telemetry import Metrics
 
 log = structlog.get_logger("carrierd.api")
 
@@ -35,6 +36,7 @@ class ApiState:
     db: Database
     clock: Clock
     readiness: Callable[[], Awaitable[dict[str, Any]]] | None = None
+    metrics: Metrics | None = None
     extra_routes: list[web.RouteDef] = field(default_factory=list)
 
 
@@ -155,6 +157,11 @@ async def post_messages(request: web.Request) -> web.Response:
         for row_no, index in enumerate(batch.row_indexes)
     ]
     rejected = [{"index": r.index, "field": r.field, "reason": r.reason} for r in batch.rejected]
+    if state.metrics is not None:
+        for row in batch.rows:
+            state.metrics.messages_accepted_total.labels(account.account_id, row["channel"]).inc()
+        for r in batch.rejected:
+            state.metrics.messages_rejected_total.labels(r.field).inc()
     log.info("intake", account=account.account_id, accepted=len(accepted), rejected=len(rejected))
     status = 202 if accepted else 422
     return web.json_response({"accepted": accepted, "rejected": rejected}, status=status)

@@ -20,18 +20,29 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import structlog
 from aiohttp import web
 
 from carrierd.api import ApiState, build_app
+from carrierd.callbacks import CallbackSender, enqueue_callback
+from carrierd.channels.sms import SmppGateway
+from carrierd.channels.types import InboundSms, Receipt
 from carrierd.config import Config, ConfigError, load_config
+from carrierd.dispatcher import Dispatcher
 from carrierd.domain.clock import Clock, SystemClock
-from carrierd.store.db import Database
+from carrierd.recorder import Recorder
+from carrierd.reports import report_routes, run_retention
+from carrierd.sdnotify import SystemdNotifier
+from carrierd.settler import Settler
+from carrierd.store.db import Database, Row, Transaction
+from carrierd.telemetry import Metrics, metrics_route, refresh_queue_gauges
 
 log = structlog.get_logger("carrierd.daemon")
 
@@ -57,6 +68,9 @@ class Daemon:
     _side_tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _signals_seen: int = 0
+    metrics: Metrics = field(default_factory=Metrics)
+    notifier: SystemdNotifier = field(default_factory=SystemdNotifier)
+    gauge_interval_s: float = 10.0
 
     async def start(self) -> None:
         config = self.config
@@ -67,7 +81,16 @@ class Daemon:
             max_size=config.database.pool_max,
         )
         await self._sync_accounts()
-        api_state = ApiState(config=config, db=self.db, clock=self.clock)
+        self._build_engine(self.db)
+        self._build_operations(self.db)
+        api_state = ApiState(
+            config=config,
+            db=self.db,
+            clock=self.clock,
+            readiness=self._readiness,
+            metrics=self.metrics,
+            extra_routes=[metrics_route(self.metrics), *report_routes()],
+        )
         self._api_state = api_state
         for component in self._components:
             log.info("component_starting", component=component.name)
@@ -79,6 +102,152 @@ class Daemon:
         await site.start()
         self.http_port = int(self.http_runner.addresses[0][1])
         log.info("ready", http=f"{config.http.host}:{self.http_port}")
+        self.notifier.ready(status=f"serving on {config.http.host}:{self.http_port}")
+
+    def _build_engine(self, db: Database) -> None:
+        """Phases 3 and 4: carrier side, then the workers that use it."""
+        recorder = Recorder(
+            db,
+            self.clock,
+            accounts=lambda: self.config.accounts,
+            carriers=lambda: self.config.carriers,
+            au_spacing_s=lambda: self.config.engine.au_spacing_s,
+            on_transitions=self._on_transitions,
+        )
+        gateway = SmppGateway(
+            self.config.carriers,
+            _CountingEvents(recorder, self.metrics),
+            self.clock,
+            receipt_message_id_styles={
+                name: c.receipt_id_style for name, c in self.config.carriers.items()
+            },
+        )
+        dispatcher = Dispatcher(
+            db,
+            self.clock,
+            gateway,
+            recorder,
+            config=lambda: self.config,
+            daemon_id=self.config.daemon_id,
+            on_submitted=self._on_submitted,
+        )
+        settler = Settler(db, self.clock, recorder, config=lambda: self.config)
+        self.recorder, self.gateway, self.dispatcher, self.settler = (
+            recorder,
+            gateway,
+            dispatcher,
+            settler,
+        )
+
+        async def start_carriers() -> None:
+            await gateway.start()
+
+        async def stop_carriers() -> None:
+            await gateway.stop(self.drain_timeout_s)
+            await recorder.drain()
+
+        async def start_workers() -> None:
+            self.add_side_task("recorder", recorder.run())
+            self.add_side_task("dispatcher", dispatcher.run())
+            self.add_side_task("settler", settler.run())
+
+        async def stop_workers() -> None:
+            # Stop claiming and let in-flight submits get their responses;
+            # what was claimed but not handed over goes back to the queue.
+            settler.stop()
+            await dispatcher.stop(self.drain_timeout_s)
+            await recorder.drain()
+
+        self._components[:0] = [
+            Component("carriers", start_carriers, stop_carriers),
+            Component("workers", start_workers, stop_workers),
+        ]
+
+    def _build_operations(self, db: Database) -> None:
+        """Status callbacks, retention, gauges and the systemd watchdog."""
+        self._ops_stop = asyncio.Event()
+        self._http_client: aiohttp.ClientSession | None = None
+
+        def secret_for(account_id: str) -> str | None:
+            account = self.config.accounts.get(account_id)
+            return account.callback_secret if account is not None else None
+
+        async def start_operations() -> None:
+            self._http_client = aiohttp.ClientSession()
+            sender = CallbackSender(db, self._http_client, secret_for, self.clock, self.metrics)
+            self.add_side_task("callbacks", sender.run(self._ops_stop))
+            self.add_side_task("retention", run_retention(db, self.clock, self._ops_stop))
+            self.add_side_task("gauges", self._refresh_gauges())
+            self.add_side_task("watchdog", self.notifier.run_watchdog(self._ops_stop))
+
+        async def stop_operations() -> None:
+            self._ops_stop.set()
+            if self._http_client is not None:
+                await self._http_client.close()
+
+        self._components.append(Component("operations", start_operations, stop_operations))
+
+    async def _refresh_gauges(self) -> None:
+        assert self.db is not None
+        while not self._ops_stop.is_set():
+            try:
+                await refresh_queue_gauges(self.metrics, self.db, self.clock.now())
+                for carrier, pool in self.gateway.health().items():
+                    states: dict[str, int] = {}
+                    for bind in pool.binds:
+                        states[bind.state] = states.get(bind.state, 0) + 1
+                        self.metrics.window_in_use.labels(carrier, bind.bind_id).set(bind.in_flight)
+                    for state in ("bound", "throttled", "connecting", "stopped"):
+                        self.metrics.binds.labels(carrier, state).set(states.get(state, 0))
+            except Exception:
+                log.exception("gauge_refresh_failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ops_stop.wait(), self.gauge_interval_s)
+
+    async def _on_transitions(self, tx: Transaction, rows: Sequence[Row], now: datetime) -> None:
+        """Inside the transaction that changed them: metrics and durable
+        status callbacks (a restart does not lose a pending callback)."""
+        final = {"delivered", "failed", "expired", "cancelled", "skipped", "rejected", "unknown"}
+        for row in rows:
+            if row["state"] in final:
+                self.metrics.messages_final_total.labels(row["channel"], row["state"]).inc()
+            if row["callback_url"] and (row["state"] in final or row["callback_every_change"]):
+                await enqueue_callback(
+                    tx,
+                    row["id"],
+                    row["account_id"],
+                    row["callback_url"],
+                    {
+                        "id": str(row["id"]),
+                        "client_ref": row["client_ref"],
+                        "state": row["state"],
+                        "channel": row["channel"],
+                        "carrier": row["carrier"],
+                        "reason": {"code": row["reason_code"], "text": row["reason_text"]}
+                        if row["reason_code"]
+                        else None,
+                        "billing": {"sms_units": row["sms_units"], "rcs_units": row["rcs_units"]},
+                        "at": now.isoformat(),
+                    },
+                    now,
+                )
+
+    def _on_submitted(self, planned: Any, now: Any) -> None:
+        for p in planned:
+            self.metrics.parts_submitted_total.labels(p.carrier).inc(len(p.request.parts))
+            if p.attempt == 1:
+                self.metrics.intake_to_submit_seconds.observe(
+                    max(0.0, (now - p.row["accepted_at"]).total_seconds())
+                )
+
+    async def _readiness(self) -> dict[str, Any]:
+        health = self.gateway.health()
+        return {
+            "carriers": {
+                "ready": all(h.bound_count > 0 for h in health.values()),
+                **{name: h.bound_count for name, h in health.items()},
+            }
+        }
 
     async def _sync_accounts(self) -> None:
         assert self.db is not None
@@ -97,6 +266,11 @@ class Daemon:
         if task.cancelled() or self._stopping.is_set():
             return
         exc = task.exception()
+        if exc is None:
+            # Some side tasks have nothing to do in some set-ups (no watchdog
+            # without WATCHDOG_USEC); finishing is not dying.
+            log.info("side_task_finished", task=task.get_name())
+            return
         log.error("side_task_died", task=task.get_name(), error=repr(exc))
         self._exit_code = 1
         self._stopping.set()
@@ -110,18 +284,25 @@ class Daemon:
         except ConfigError as exc:
             log.error("reload_refused", problems=exc.problems)
             return
+        self.notifier.reloading()
+        # Accounts, rates and routes are read through `self.config` on every
+        # use, so swapping it is the reload; binds stay up (carrier
+        # connection settings take effect at the next restart).
         self.config = new
         self._api_state.config = new
         await self._sync_accounts()
+        self.notifier.ready(status="reloaded")
         log.info("reloaded", accounts=len(new.accounts))
 
     async def stop(self) -> None:
         log.info("draining")
+        self.notifier.stopping()
+        self._stopping.set()
         if self.http_runner is not None:
             await self.http_runner.cleanup()
         for component in reversed(self._components):
             try:
-                await asyncio.wait_for(component.stop(), self.drain_timeout_s)
+                await asyncio.wait_for(component.stop(), self.drain_timeout_s * 2)
             except TimeoutError:
                 log.error("component_stop_timeout", component=component.name)
         for task in self._side_tasks:
@@ -173,3 +354,18 @@ def run(config_path: Path, **overrides: Any) -> int:
         return await daemon.run_until_stopped()
 
     return int(runner(main()))
+
+
+class _CountingEvents:
+    """Counts receipts for metrics on their way to the recorder."""
+
+    def __init__(self, recorder: Recorder, metrics: Metrics) -> None:
+        self._recorder = recorder
+        self._metrics = metrics
+
+    def receipt(self, receipt: Receipt) -> None:
+        self._metrics.receipts_total.labels(receipt.carrier, receipt.stat).inc()
+        self._recorder.receipt(receipt)
+
+    def inbound(self, message: InboundSms) -> None:
+        self._recorder.inbound(message)

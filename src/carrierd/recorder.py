@@ -126,14 +126,47 @@ class Recorder:
             await self._db.in_transaction(
                 lambda tx: self._write(tx, responses, receipts, inbound, now)
             )
-        except Exception:
-            # Put them back in front: order within a message matters less than
-            # losing nothing; the next flush tries again.
+        except OSError:
+            # The database is unreachable: keep everything, in front, and retry.
             self._responses[:0] = responses
             self._receipts[:0] = receipts
             self._inbound[:0] = inbound
-            log.exception("recorder_flush_failed", responses=len(responses), receipts=len(receipts))
+            log.exception("recorder_flush_failed", responses=len(responses))
             await asyncio.sleep(0.5)
+        except Exception:
+            # One bad row must not stall every outcome behind it: write the
+            # batch item by item, and log (and leave to the timers) what fails.
+            log.exception("recorder_batch_failed", responses=len(responses))
+            await self._write_one_by_one(responses, receipts, inbound, now)
+
+    async def _write_one_by_one(
+        self,
+        responses: Sequence[SubmittedPart],
+        receipts: Sequence[Receipt],
+        inbound: Sequence[InboundSms],
+        now: datetime,
+    ) -> None:
+        items: list[tuple[list[SubmittedPart], list[Receipt], list[InboundSms]]] = [
+            *(([r], [], []) for r in responses),
+            *(([], [r], []) for r in receipts),
+            *(([], [], [m]) for m in inbound),
+        ]
+        for one_response, one_receipt, one_inbound in items:
+
+            async def write_one(
+                tx: Transaction,
+                a: list[SubmittedPart] = one_response,
+                b: list[Receipt] = one_receipt,
+                c: list[InboundSms] = one_inbound,
+            ) -> None:
+                await self._write(tx, a, b, c, now)
+
+            try:
+                await self._db.in_transaction(write_one)
+            except Exception:
+                log.exception(
+                    "recorder_item_dropped", response=repr(one_response), receipt=repr(one_receipt)
+                )
 
     async def _write(
         self,

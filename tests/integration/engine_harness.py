@@ -20,6 +20,9 @@ from carrierd.settler import Settler
 from carrierd.store.db import Database
 
 
+_SMSC_IDS = itertools.count(1)
+
+
 @dataclass
 class Submitted:
     at: datetime
@@ -39,10 +42,15 @@ class NetworkStandIn:
     subscribers: Mapping[str, str] = field(default_factory=dict)
     wrong_carrier_status: int = 0x0000000B
     submitted: list[Submitted] = field(default_factory=list)
-    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    # Unique across stand-ins, as tests may run several against one database.
+    _ids: itertools.count[int] = field(default_factory=lambda: _SMSC_IDS)
 
     def carriers(self) -> Collection[str]:
         return self.carrier_names
+
+    def next_ids_from(self, first: int) -> None:
+        """Tests that must know the next SMSC message id in advance."""
+        self._ids = itertools.count(first)
 
     def is_available(self, carrier: str) -> bool:
         return carrier in self.carrier_names

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from carrierd.channels.types import Receipt
 from carrierd.domain.clock import FakeClock
 from carrierd.store.db import Database
 from tests.integration.engine_harness import engine_config, enqueue, make_engine
@@ -59,11 +60,8 @@ async def test_receipt_before_response_still_finds_its_part(dsn: str, db: Databa
         config,
     )
     # The receipt for the id the SMSC will give arrives before the response.
-    engine.recorder.receipt(
-        __import__("carrierd.channels.types", fromlist=["Receipt"]).Receipt(
-            "docomo", "1", "DELIVRD", None, clock.now()
-        )
-    )
+    engine.network.next_ids_from(700_000)
+    engine.recorder.receipt(Receipt("docomo", "700000", "DELIVRD", None, clock.now()))
     await engine.recorder.drain()
     await engine.cycle()
     row = await state_of(db, mid)

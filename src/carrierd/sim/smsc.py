@@ -49,7 +49,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final, Literal, NamedTuple, TypeAlias
+from typing import Any, Final, Literal, NamedTuple, TypeAlias, cast
 
 import structlog
 
@@ -860,8 +860,9 @@ class _SmppConnection(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but a
+        # stream server always hands us a read/write transport.
+        self._transport = cast(asyncio.Transport, transport)
         self._carrier.connection_made(self)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -267,13 +267,22 @@ WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
              AS i(carrier, smsc_message_id, stat, err, received_at)
 ),
+target AS (
+    -- SMSCs recycle ids: the receipt is for the newest part with this id.
+    SELECT DISTINCT ON (i.carrier, i.smsc_message_id)
+           p.message_id, p.attempt, p.part_no, p.state, i.carrier, i.smsc_message_id,
+           i.stat, i.err, i.received_at
+    FROM input i
+    JOIN parts p ON p.carrier = i.carrier AND p.smsc_message_id = i.smsc_message_id
+    ORDER BY i.carrier, i.smsc_message_id, p.sent_at DESC
+),
 updated AS (
     UPDATE parts p
        SET state = CASE WHEN i.stat = 'DELIVRD' THEN 'delivered' ELSE 'failed' END,
            receipt_stat = i.stat, receipt_err = i.err, receipt_at = i.received_at
-      FROM input i
-     WHERE p.carrier = i.carrier AND p.smsc_message_id = i.smsc_message_id
-       AND p.state IN ('accepted', 'unknown')
+      FROM target i
+     WHERE p.message_id = i.message_id AND p.attempt = i.attempt AND p.part_no = i.part_no
+       AND i.state IN ('accepted', 'unknown')
     RETURNING p.message_id, p.state, p.carrier, p.receipt_at, p.attempt,
               (SELECT account_id FROM messages WHERE id = p.message_id) AS account_id
 ),
@@ -337,10 +346,10 @@ WITH input AS (
 updated AS (
     UPDATE messages m
        SET state = i.to_state,
-           reason_code = CASE WHEN i.reason_code IS NULL AND i.to_state NOT IN ('queued')
-                              THEN m.reason_code ELSE i.reason_code END,
-           reason_text = CASE WHEN i.reason_code IS NULL AND i.to_state NOT IN ('queued')
-                              THEN m.reason_text ELSE i.reason_text END,
+           -- A reason explains the state it came with; a later state that
+           -- has none (delivered after a reroute) clears it.
+           reason_code = i.reason_code,
+           reason_text = i.reason_text,
            not_before = coalesce(i.not_before, m.not_before),
            receipt_deadline = CASE WHEN i.to_state = 'submitted' THEN i.receipt_deadline
                                    ELSE m.receipt_deadline END,

@@ -119,7 +119,9 @@ CREATE TABLE parts (
     receipt_at       timestamptz,
     PRIMARY KEY (message_id, attempt, part_no)
 );
-CREATE UNIQUE INDEX parts_by_smsc_id ON parts (carrier, smsc_message_id)
+-- Not unique: SMSCs recycle message ids, and a receipt belongs to the most
+-- recent part that carries the id.
+CREATE INDEX parts_by_smsc_id ON parts (carrier, smsc_message_id, sent_at)
     WHERE smsc_message_id IS NOT NULL;
 
 -- A receipt that arrives before its submit_sm_resp waits here until the

@@ -1,0 +1,242 @@
+"""Durable status callbacks: POST a message's status to the account's URL.
+
+The engine writes a row with `enqueue_callback` in the transaction that
+changes the message's state; `CallbackSender` delivers the rows. Nothing
+lives only in memory, so a restart loses no callback, and several daemons
+share the work (SKIP LOCKED). Delivery is at least once: a daemon that dies
+after the receiver answered but before it recorded the answer sends again,
+so receivers deduplicate on the X-Carrierd-Callback-Id header.
+
+Each POST carries the JSON payload, signed with HMAC-SHA256 under the
+account's ``callback_secret``:
+
+    X-Carrierd-Timestamp: <unix seconds of this attempt>
+    X-Carrierd-Signature: sha256=<hex of HMAC(secret, timestamp + "." + body)>
+
+The timestamp is inside the signature so that a captured request cannot be
+replayed later as fresh; receivers should refuse old timestamps.
+
+A 2xx answer marks the row sent. Anything else (an error status, a
+redirect, a timeout, a refused connection) is retried with exponential
+backoff up to a cap, the last attempt exactly `max_age_s` after the row was
+written; if that one fails too the row is marked gave_up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import aiohttp
+import structlog
+
+from carrierd.domain.clock import Clock
+from carrierd.store.db import Database, Row, Transaction
+from carrierd.telemetry import Metrics
+
+log = structlog.get_logger("carrierd.callbacks")
+
+SIGNATURE_HEADER = "X-Carrierd-Signature"
+TIMESTAMP_HEADER = "X-Carrierd-Timestamp"
+CALLBACK_ID_HEADER = "X-Carrierd-Callback-Id"
+ATTEMPT_HEADER = "X-Carrierd-Attempt"
+
+# Account id -> its callback secret ("" for none), or None for an account
+# that is no longer configured. A callable rather than a dict so a reload's
+# new secrets apply to the next attempt.
+SecretLookup = Callable[[str], str | None]
+
+_MAX_ERROR_CHARS = 500
+
+
+def sign_callback(secret: str, timestamp: str, body: bytes) -> str:
+    """The X-Carrierd-Signature value for `body` sent at `timestamp`."""
+    mac = hmac.new(secret.encode("utf-8"), timestamp.encode("ascii") + b"." + body, hashlib.sha256)
+    return f"sha256={mac.hexdigest()}"
+
+
+def verify_callback(secret: str, timestamp: str, body: bytes, signature: str) -> bool:
+    """What a receiver does (constant-time comparison)."""
+    return hmac.compare_digest(sign_callback(secret, timestamp, body), signature)
+
+
+def encode_payload(payload: Any) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+async def enqueue_callback(
+    tx: Transaction,
+    message_id: int,
+    account_id: str,
+    url: str,
+    payload: Mapping[str, Any],
+    now: datetime,
+) -> int:
+    """Queue one callback inside the caller's transaction; returns its id."""
+    callback_id = await tx.fetchval(
+        "insert_status_callback", message_id, account_id, url, dict(payload), now
+    )
+    return int(callback_id)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When to try again after a failed attempt (pure: time passed in)."""
+
+    base_backoff_s: float = 30.0
+    max_backoff_s: float = 3600.0
+    max_age_s: float = 24 * 3600.0
+
+    def next_attempt_at(
+        self, attempts: int, created_at: datetime, now: datetime
+    ) -> datetime | None:
+        """The time of the next attempt after `attempts` failed ones, or None
+        to give up. The final attempt is placed at the deadline itself, so a
+        receiver that recovers just before it still gets the callback."""
+        deadline = created_at + timedelta(seconds=self.max_age_s)
+        if now >= deadline:
+            return None
+        # The exponent is capped only to keep the float finite.
+        delay_s = min(self.max_backoff_s, self.base_backoff_s * 2.0 ** min(attempts - 1, 60))
+        return min(now + timedelta(seconds=delay_s), deadline)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    callback_id: int
+    attempts: int
+    state: str
+    next_attempt_at: datetime
+    last_error: str | None
+
+
+class CallbackSender:
+    """Claims due callbacks in batches and POSTs them concurrently."""
+
+    def __init__(
+        self,
+        db: Database,
+        session: aiohttp.ClientSession,
+        accounts_secret_lookup: SecretLookup,
+        clock: Clock,
+        metrics: Metrics,
+        *,
+        policy: RetryPolicy | None = None,
+        batch_size: int = 100,
+        max_concurrency: int = 32,
+        request_timeout_s: float = 10.0,
+        lease_s: float | None = None,
+        idle_poll_s: float = 1.0,
+    ) -> None:
+        if batch_size < 1 or max_concurrency < 1:
+            raise ValueError("batch_size and max_concurrency must be >= 1")
+        # A lease shorter than the slowest possible batch would let another
+        # daemon send the same callbacks while ours are still in flight.
+        slowest_batch_s = math.ceil(batch_size / max_concurrency) * request_timeout_s
+        if lease_s is None:
+            lease_s = 2 * slowest_batch_s
+        if lease_s <= slowest_batch_s:
+            raise ValueError(f"lease_s must exceed {slowest_batch_s:g} s, the slowest batch")
+        self._db = db
+        self._session = session
+        self._secret_for = accounts_secret_lookup
+        self._clock = clock
+        self._metrics = metrics
+        self._policy = policy or RetryPolicy()
+        self._batch_size = batch_size
+        self._semaphore = asyncio.Semaphore(max_concurrency)
+        self._request_timeout = aiohttp.ClientTimeout(total=request_timeout_s)
+        self._lease = timedelta(seconds=lease_s)
+        self._idle_poll_s = idle_poll_s
+
+    async def run_once(self, now: datetime) -> int:
+        """Attempt every callback due at `now` (one batch); returns how many."""
+        rows = await self._db.fetch(
+            "claim_status_callbacks", now, now + self._lease, self._batch_size
+        )
+        if not rows:
+            return 0
+        outcomes = await asyncio.gather(*(self._attempt(row, now) for row in rows))
+        await self._db.execute(
+            "record_status_callback_results",
+            [o.callback_id for o in outcomes],
+            [o.attempts for o in outcomes],
+            [o.state for o in outcomes],
+            [o.next_attempt_at for o in outcomes],
+            [o.last_error for o in outcomes],
+            now,
+        )
+        return len(rows)
+
+    async def run(self, stop_event: asyncio.Event) -> None:
+        """Send until `stop_event` is set; a full batch is followed at once
+        by the next, a partial one by a pause of idle_poll_s."""
+        while not stop_event.is_set():
+            handled = await self.run_once(self._clock.now())
+            if handled < self._batch_size:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop_event.wait(), self._idle_poll_s)
+
+    async def _attempt(self, row: Row, now: datetime) -> _Outcome:
+        callback_id = int(row["id"])
+        attempts = int(row["attempts"])
+        error = await self._post(row, now)
+        if error is None:
+            self._metrics.callbacks_total.labels("sent").inc()
+            return _Outcome(callback_id, attempts, "sent", now, None)
+        retry_at = self._policy.next_attempt_at(attempts, row["created_at"], now)
+        if retry_at is None:
+            self._metrics.callbacks_total.labels("gave_up").inc()
+            log.warning(
+                "callback_gave_up",
+                callback_id=callback_id,
+                message_id=row["message_id"],
+                account=row["account_id"],
+                attempts=attempts,
+                error=error,
+            )
+            return _Outcome(callback_id, attempts, "gave_up", now, error)
+        self._metrics.callbacks_total.labels("retry").inc()
+        return _Outcome(callback_id, attempts, "pending", retry_at, error)
+
+    async def _post(self, row: Row, now: datetime) -> str | None:
+        """POST one callback; None on a 2xx answer, else what went wrong."""
+        secret = self._secret_for(str(row["account_id"]))
+        if secret is None:
+            return "account not configured"
+        body = encode_payload(row["payload"])
+        timestamp = str(int(now.timestamp()))
+        headers = {
+            "Content-Type": "application/json; charset=utf-8",
+            TIMESTAMP_HEADER: timestamp,
+            CALLBACK_ID_HEADER: str(row["id"]),
+            ATTEMPT_HEADER: str(row["attempts"]),
+        }
+        if secret:
+            headers[SIGNATURE_HEADER] = sign_callback(secret, timestamp, body)
+        async with self._semaphore:
+            try:
+                async with self._session.post(
+                    str(row["url"]),
+                    data=body,
+                    headers=headers,
+                    timeout=self._request_timeout,
+                    # A redirect is the receiver's misconfiguration; following
+                    # it would send the signed status somewhere unchosen.
+                    allow_redirects=False,
+                ) as response:
+                    if 200 <= response.status < 300:
+                        return None
+                    return f"HTTP {response.status}"
+            except TimeoutError:
+                return "timeout"
+            except (aiohttp.ClientError, OSError, ValueError) as exc:
+                return f"{type(exc).__name__}: {exc}"[:_MAX_ERROR_CHARS]

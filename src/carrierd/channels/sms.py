@@ -1,0 +1,361 @@
+"""SMS over SMPP: the ``SmsGateway`` of channels/types.py, one ``SmppPool`` per carrier.
+
+Outbound, ``build_submit_pdus`` (pure) turns an ``SmsRequest`` into submit_sm PDUs:
+
+- data_coding 0x08 with UTF-16BE text for ``ucs2``, 0x00 with unpacked GSM 7-bit
+  septets for ``gsm7`` (the SMSC packs them).
+- A multi-part message is concatenated per the carrier's ``concat``:
+  ``udh8`` / ``udh16`` put a concatenation UDH (8- or 16-bit reference) in front of
+  each part and set UDHI in esm_class; ``sar`` sends the same reference, count and
+  part number as sar_* TLVs and lets the SMSC build the header; ``payload`` sends the
+  whole text as one submit_sm with message_payload and lets the SMSC split it (that
+  one PDU's outcome and message id then stand for every part). A single part is
+  sent plain in every mode.
+- The concatenation reference is derived from (message_id, attempt), never from a
+  counter: a resend of the same attempt after a crash reuses it, and the next attempt
+  gets the next value, so a handset never joins parts of two attempts.
+- source_addr: an alphanumeric sender goes as TON 5 / NPI 0; ``+<digits>`` as
+  international (TON 1 / NPI 1, without the plus); digits starting with 0 (0120...,
+  a national number) as national, TON 2 / NPI 1; other digits (a carrier short code
+  such as SoftBank's 249200) as network-specific, TON 3 / NPI 0.
+- destination: ``smpp_international(msisdn)`` (819012345678), TON 1 / NPI 1.
+- registered_delivery 1 (a receipt for success and failure).
+- validity_period: absolute time in UTC, ``YYMMDDhhmmss000+`` (tenths 0, offset 00
+  quarter-hours, "+"), from ``request.expires_at``. Absolute rather than relative so
+  that the deadline does not stretch by however long the PDU waited in a queue.
+
+Inbound, ``parse_deliver`` (pure) turns a deliver_sm / data_sm into:
+
+- a ``Receipt`` when esm_class has the receipt bit (0x04) or receipted_message_id is
+  present. Id and state come from the receipted_message_id / message_state TLVs when
+  present, else from the receipt text (``parse_receipt_text``); err from the text,
+  else from network_error_code. message_state maps to the text stats (DELIVERED ->
+  DELIVRD, UNDELIVERABLE -> UNDELIV, REJECTED -> REJECTD, ACCEPTED -> ACCEPTD, ...);
+  long spellings in text (DELIVERED...) are shortened the same way; no state at all
+  gives UNKNOWN. A receipt without any message id cannot be matched and is dropped
+  (logged).
+- otherwise an ``InboundSms`` (mobile-originated): a UDH is stripped, the text decoded
+  per data_coding (UCS-2, GSM 7-bit, else latin-1); parts are not reassembled, each
+  is its own InboundSms.
+
+Message ids are normalised (``normalize_message_id``) so that the id of
+submit_sm_resp and the id in its receipt compare equal: the carrier's
+``message_id_style`` names the base of the submit_sm_resp id; the receipt id uses
+``receipt_message_id_styles[carrier]`` when given, else the same style.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+import zlib
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from functools import partial
+from typing import Final, Literal
+
+import structlog
+
+from carrierd.channels.types import InboundSms, PartOutcome, Receipt, SmsEvents, SmsRequest
+from carrierd.config import CarrierConfig
+from carrierd.domain.clock import Clock, require_aware
+from carrierd.domain.numbers import NumberError, normalize_msisdn, smpp_international
+from carrierd.domain.sms_text import decode_gsm7, encode_gsm7, encode_ucs2
+from carrierd.smpp.pdu import (
+    ESM_CLASS_RECEIPT,
+    ESM_CLASS_UDHI,
+    REGISTERED_DELIVERY_RECEIPT_ALWAYS,
+    DataCoding,
+    DataSm,
+    DeliverSm,
+    MessageState,
+    Npi,
+    SubmitSm,
+    Ton,
+    split_udh,
+    udh_concat,
+)
+from carrierd.smpp.pool import PoolHealth, SmppPool
+from carrierd.smpp.receipt import MessageIdStyle, normalize_message_id, parse_receipt_text
+from carrierd.smpp.session import SubmitResult
+
+log = structlog.get_logger("carrierd.channels.sms")
+
+MESSAGE_STATE_STATS: Final[Mapping[int, str]] = {
+    MessageState.ENROUTE: "ENROUTE",
+    MessageState.DELIVERED: "DELIVRD",
+    MessageState.EXPIRED: "EXPIRED",
+    MessageState.DELETED: "DELETED",
+    MessageState.UNDELIVERABLE: "UNDELIV",
+    MessageState.ACCEPTED: "ACCEPTD",
+    MessageState.UNKNOWN: "UNKNOWN",
+    MessageState.REJECTED: "REJECTD",
+}
+# Receipt texts that spell the state out instead of the Appendix B abbreviation.
+_LONG_STATS: Final[Mapping[str, str]] = {
+    "DELIVERED": "DELIVRD",
+    "UNDELIVERABLE": "UNDELIV",
+    "UNDELIVERED": "UNDELIV",
+    "REJECTED": "REJECTD",
+    "ACCEPTED": "ACCEPTD",
+}
+_DIGITS: Final = re.compile(r"[0-9]+")
+
+
+# ---------------------------------------------------------------------------
+# Outbound: request -> PDUs
+
+
+def source_address(source_addr: str) -> tuple[int, int, str]:
+    """(TON, NPI, address) for a sender; see the module docstring for the rules."""
+    if source_addr.startswith("+") and _DIGITS.fullmatch(source_addr[1:]):
+        return Ton.INTERNATIONAL, Npi.ISDN, source_addr[1:]
+    if _DIGITS.fullmatch(source_addr):
+        if source_addr.startswith("0"):
+            return Ton.NATIONAL, Npi.ISDN, source_addr
+        return Ton.NETWORK_SPECIFIC, Npi.UNKNOWN, source_addr
+    return Ton.ALPHANUMERIC, Npi.UNKNOWN, source_addr
+
+
+def smpp_absolute_time(at: datetime) -> str:
+    """SMPP absolute time (section 7.1.1) in UTC: ``YYMMDDhhmmss000+``."""
+    require_aware(at, "validity time")
+    return at.astimezone(UTC).strftime("%y%m%d%H%M%S") + "000+"
+
+
+def concat_reference(message_id: int, attempt: int, *, bits: Literal[8, 16]) -> int:
+    """Concatenation reference of one attempt of a message (see module docstring)."""
+    spread = zlib.crc32(message_id.to_bytes(8, "big", signed=True))
+    return (spread + attempt) % (1 << bits)
+
+
+def build_submit_pdus(request: SmsRequest, config: CarrierConfig) -> list[SubmitSm]:
+    """The submit_sm PDUs of ``request`` for ``config``'s carrier, in part order.
+
+    Raises ValueError for text the requested encoding cannot carry (intake
+    validates text, so this is a bug upstream) and ``PduEncodeError`` later, at
+    submit, for a field SMPP cannot carry.
+    """
+    if not request.parts:
+        raise ValueError(f"message {request.message_id} has no parts")
+    encode_part = encode_ucs2 if request.encoding == "ucs2" else encode_gsm7
+    data_coding = DataCoding.UCS2 if request.encoding == "ucs2" else DataCoding.SMSC_DEFAULT
+    source_ton, source_npi, source = source_address(request.source_addr)
+    common = SubmitSm(
+        sequence_number=0,
+        source_addr_ton=source_ton,
+        source_addr_npi=source_npi,
+        source_addr=source,
+        dest_addr_ton=Ton.INTERNATIONAL,
+        dest_addr_npi=Npi.ISDN,
+        destination_addr=smpp_international(request.msisdn),
+        validity_period=smpp_absolute_time(request.expires_at),
+        registered_delivery=REGISTERED_DELIVERY_RECEIPT_ALWAYS,
+        data_coding=data_coding,
+    )
+    encoded = [encode_part(part) for part in request.parts]
+    total = len(encoded)
+    if total == 1:
+        return [replace(common, short_message=encoded[0])]
+    if config.concat == "payload":
+        return [replace(common, message_payload=b"".join(encoded))]
+    if config.concat == "sar":
+        reference = concat_reference(request.message_id, request.attempt, bits=16)
+        return [
+            replace(
+                common,
+                short_message=part,
+                sar_msg_ref_num=reference,
+                sar_total_segments=total,
+                sar_segment_seqnum=number,
+            )
+            for number, part in enumerate(encoded, start=1)
+        ]
+    wide = config.concat == "udh16"
+    reference = concat_reference(request.message_id, request.attempt, bits=16 if wide else 8)
+    return [
+        replace(
+            common,
+            esm_class=ESM_CLASS_UDHI,
+            short_message=udh_concat(reference, total, number, ref16=wide) + part,
+        )
+        for number, part in enumerate(encoded, start=1)
+    ]
+
+
+def part_outcomes(
+    request: SmsRequest, results: Sequence[SubmitResult], message_id_style: MessageIdStyle
+) -> list[PartOutcome]:
+    """One outcome per part; a single message_payload PDU stands for every part."""
+    if len(results) == 1 and len(request.parts) > 1:
+        results = [results[0]] * len(request.parts)
+    if len(results) != len(request.parts):
+        raise ValueError(f"{len(results)} results for {len(request.parts)} parts")
+    return [
+        PartOutcome(
+            part_no=number,
+            result=result.outcome,
+            smsc_message_id=(
+                normalize_message_id(result.message_id, message_id_style)
+                if result.outcome == "accepted" and result.message_id
+                else None
+            ),
+            command_status=result.command_status,
+            bind_id=result.bind_id,
+        )
+        for number, result in enumerate(results, start=1)
+    ]
+
+
+# ---------------------------------------------------------------------------
+# Inbound: deliver_sm / data_sm -> Receipt | InboundSms
+
+
+def is_receipt(pdu: DeliverSm | DataSm) -> bool:
+    return bool(pdu.esm_class & ESM_CLASS_RECEIPT) or pdu.receipted_message_id is not None
+
+
+def parse_deliver(
+    pdu: DeliverSm | DataSm,
+    *,
+    carrier: str,
+    receipt_id_style: MessageIdStyle,
+    received_at: datetime,
+) -> Receipt | InboundSms | None:
+    """What a deliver_sm / data_sm says; None for a receipt no part can match."""
+    body = _body(pdu)
+    if is_receipt(pdu):
+        text = parse_receipt_text(body)
+        raw_id = pdu.receipted_message_id or text.message_id
+        if not raw_id:
+            return None
+        stat = MESSAGE_STATE_STATS.get(pdu.message_state or 0)
+        if stat is None:
+            stat = _LONG_STATS.get(text.stat, text.stat) if text.stat else "UNKNOWN"
+        err = text.err
+        if err is None and pdu.network_error_code is not None:
+            err = f"{pdu.network_error_code.error_code:03d}"
+        return Receipt(
+            carrier=carrier,
+            smsc_message_id=normalize_message_id(raw_id, receipt_id_style),
+            stat=stat,
+            err=err,
+            received_at=received_at,
+        )
+    if pdu.esm_class & ESM_CLASS_UDHI:
+        _, body = split_udh(body)
+    try:
+        sender = normalize_msisdn(pdu.source_addr)
+    except NumberError:
+        sender = pdu.source_addr
+    return InboundSms(
+        carrier=carrier,
+        msisdn=sender,
+        to_address=pdu.destination_addr,
+        text=decode_text(body, pdu.data_coding),
+        received_at=received_at,
+    )
+
+
+def decode_text(data: bytes, data_coding: int) -> str:
+    """Best-effort text of an MO message; never raises."""
+    if data_coding == DataCoding.UCS2:
+        return data.decode("utf-16-be", errors="replace")
+    if data_coding == DataCoding.IA5:
+        return data.decode("ascii", errors="replace")
+    # 0xF0-0xFF: GSM message class coding; bit 2 set means 8-bit data.
+    is_gsm7 = data_coding == DataCoding.SMSC_DEFAULT or (
+        data_coding & 0xF0 == 0xF0 and not data_coding & 0x04
+    )
+    if is_gsm7:
+        try:
+            return decode_gsm7(data)
+        except ValueError:
+            pass  # many SMSCs mean ASCII by "default": latin-1 keeps every byte
+    return data.decode("latin-1")
+
+
+def _body(pdu: DeliverSm | DataSm) -> bytes:
+    if pdu.message_payload is not None:
+        return pdu.message_payload
+    return pdu.short_message if isinstance(pdu, DeliverSm) else b""
+
+
+# ---------------------------------------------------------------------------
+# The gateway
+
+
+class SmppGateway:
+    """``SmsGateway`` over one ``SmppPool`` per carrier; receipts and MO to ``events``."""
+
+    def __init__(
+        self,
+        carriers: Mapping[str, CarrierConfig],
+        events: SmsEvents,
+        clock: Clock,
+        *,
+        receipt_message_id_styles: Mapping[str, MessageIdStyle] | None = None,
+        bind_wait_s: float = 1.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._events = events
+        self._clock = clock
+        self._receipt_id_styles = {
+            name: (receipt_message_id_styles or {}).get(name, config.message_id_style)
+            for name, config in carriers.items()
+        }
+        self._pools = {
+            name: SmppPool(
+                config,
+                partial(self._on_deliver, name),
+                bind_wait_s=bind_wait_s,
+                ssl_context=ssl_context,
+            )
+            for name, config in carriers.items()
+        }
+
+    def carriers(self) -> Collection[str]:
+        return tuple(self._pools)
+
+    def is_available(self, carrier: str) -> bool:
+        pool = self._pools.get(carrier)
+        return pool is not None and pool.is_available()
+
+    def pool(self, carrier: str) -> SmppPool:
+        try:
+            return self._pools[carrier]
+        except KeyError:
+            raise ValueError(f"no SMPP pool for carrier {carrier!r}") from None
+
+    async def start(self) -> None:
+        await asyncio.gather(*(pool.start() for pool in self._pools.values()))
+
+    async def stop(self, drain_timeout_s: float) -> None:
+        await asyncio.gather(*(pool.stop(drain_timeout_s) for pool in self._pools.values()))
+
+    def health(self) -> dict[str, PoolHealth]:
+        return {name: pool.health() for name, pool in self._pools.items()}
+
+    async def submit(self, carrier: str, request: SmsRequest) -> list[PartOutcome]:
+        pool = self.pool(carrier)
+        pdus = build_submit_pdus(request, pool.config)
+        results = await pool.submit_all(pdus)
+        return part_outcomes(request, results, pool.config.message_id_style)
+
+    def _on_deliver(self, carrier: str, pdu: DeliverSm | DataSm, bind_id: str) -> None:
+        # Exceptions propagate to the session, which answers ESME_RX_T_APPN so the
+        # SMSC delivers the PDU again rather than losing it.
+        event = parse_deliver(
+            pdu,
+            carrier=carrier,
+            receipt_id_style=self._receipt_id_styles[carrier],
+            received_at=self._clock.now(),
+        )
+        if isinstance(event, Receipt):
+            self._events.receipt(event)
+        elif isinstance(event, InboundSms):
+            self._events.inbound(event)
+        else:
+            log.warning("smpp_receipt_without_id", carrier=carrier, bind=bind_id)

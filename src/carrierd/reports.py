@@ -1,0 +1,316 @@
+"""Reports for the accounts and the retention that bounds them.
+
+- ``GET /v1/billing?month=YYYY-MM``: the account's billing counts for a
+  JST month (DOMAIN §11), as JSON, or CSV with ``format=csv`` or
+  ``Accept: text/csv``.
+- ``GET /v1/messages/export?from=...&to=...``: the account's delivery log
+  (DOMAIN §15) for messages accepted in [from, to), as CSV streamed page by
+  page, so a three-month export costs the daemon one page of memory.
+- ``purge_expired``: retention; deletes final messages older than
+  `keep_days` (100 by default, more than the 3 months §15 promises).
+
+Every route authenticates with the account's bearer token and reads only
+that account's rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import io
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from carrierd.api import API_STATE, Handler, authenticate, json_error
+from carrierd.domain.billing import billing_month
+from carrierd.domain.clock import JST, Clock
+from carrierd.store.db import Database
+
+log = structlog.get_logger("carrierd.reports")
+
+EXPORT_MAX_SPAN = timedelta(days=93)
+EXPORT_PAGE_ROWS = 2000
+RETENTION_KEEP_DAYS = 100
+PURGE_BATCH_ROWS = 1000
+
+EXPORT_COLUMNS: tuple[str, ...] = (
+    "id",
+    "client_ref",
+    "channel",
+    "msisdn",
+    "carrier",
+    "state",
+    "reason_code",
+    "reason_text",
+    "accepted_at",
+    "submitted_at",
+    "final_at",
+    "sms_parts",
+    "sms_units",
+    "rcs_units",
+)
+
+BILLING_COLUMNS: tuple[str, ...] = (
+    "account",
+    "month",
+    "sms_units",
+    "rcs_units",
+    "reassigned_checks",
+)
+
+_MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+# A "+09:00" offset typed into a URL without encoding arrives as " 09:00".
+_UNENCODED_OFFSET = re.compile(r" (\d{2}(?::?\d{2})?)$")
+
+
+@dataclass(frozen=True)
+class BillingCounts:
+    sms_units: int
+    rcs_units: int
+    reassigned_checks: int
+
+
+def month_bounds(month: str) -> tuple[datetime, datetime]:
+    """[start, end) of a JST calendar month "YYYY-MM" as aware datetimes."""
+    match = _MONTH.match(month)
+    if match is None:
+        raise ValueError(f"expected YYYY-MM, got {month!r}")
+    year, month_no = int(match.group(1)), int(match.group(2))
+    start = datetime(year, month_no, 1, tzinfo=JST)
+    end = datetime(year + month_no // 12, month_no % 12 + 1, 1, tzinfo=JST)
+    return start, end
+
+
+async def billing_counts(db: Database, account_id: str, month: str) -> BillingCounts:
+    row = await db.fetchrow("billing_for_month", account_id, month)
+    assert row is not None  # an aggregate without GROUP BY always yields a row
+    return BillingCounts(
+        sms_units=int(row["sms_units"]),
+        rcs_units=int(row["rcs_units"]),
+        reassigned_checks=int(row["reassigned_checks"]),
+    )
+
+
+async def recompute_billing(db: Database, account_id: str, month: str) -> BillingCounts:
+    """The month's SMS and +Message units rebuilt from the messages (audit:
+    compare with `billing_counts`). Reassigned-number checks have no message
+    rows and read 0 here."""
+    start, end = month_bounds(month)
+    row = await db.fetchrow("billing_recomputed_from_messages", account_id, start, end)
+    assert row is not None
+    return BillingCounts(
+        sms_units=int(row["sms_units"]), rcs_units=int(row["rcs_units"]), reassigned_checks=0
+    )
+
+
+def _wants_csv(request: web.Request) -> bool:
+    requested = request.query.get("format")
+    if requested is not None:
+        return requested == "csv"
+    return "text/csv" in request.headers.get("Accept", "")
+
+
+def _csv_text(rows: Iterable[Sequence[Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+async def get_billing(request: web.Request) -> web.Response:
+    state = request.app[API_STATE]
+    account = authenticate(request)
+    output_format = request.query.get("format")
+    if output_format not in (None, "json", "csv"):
+        return json_error(400, "format", "must be json or csv")
+    month = request.query.get("month") or billing_month(state.clock.now())
+    if _MONTH.match(month) is None:
+        return json_error(400, "month", f"expected YYYY-MM (a JST calendar month), got {month!r}")
+    counts = await billing_counts(state.db, account.account_id, month)
+    if _wants_csv(request):
+        text = _csv_text(
+            [
+                BILLING_COLUMNS,
+                (
+                    account.account_id,
+                    month,
+                    counts.sms_units,
+                    counts.rcs_units,
+                    counts.reassigned_checks,
+                ),
+            ]
+        )
+        return web.Response(
+            text=text,
+            content_type="text/csv",
+            charset="utf-8",
+            headers={
+                "Content-Disposition": (
+                    f'attachment; filename="billing-{account.account_id}-{month}.csv"'
+                )
+            },
+        )
+    return web.json_response(
+        {
+            "account": account.account_id,
+            "month": month,
+            "sms_units": counts.sms_units,
+            "rcs_units": counts.rcs_units,
+            "reassigned_checks": counts.reassigned_checks,
+        }
+    )
+
+
+def parse_instant(text: str) -> datetime:
+    """An ISO 8601 date-time with its UTC offset ("Z" or "+09:00")."""
+    candidates = [text]
+    repaired = _UNENCODED_OFFSET.sub(r"+\1", text)
+    if repaired != text:
+        candidates.append(repaired)
+    for candidate in candidates:
+        try:
+            at = datetime.fromisoformat(candidate)
+        except ValueError:
+            continue
+        if at.tzinfo is not None and at.utcoffset() is not None:
+            return at
+        raise ValueError("needs a UTC offset, e.g. 2026-11-01T00:00:00+09:00")
+    raise ValueError(f"not an ISO 8601 date-time: {text!r}")
+
+
+def _iso(value: datetime | None) -> str:
+    return value.isoformat() if value is not None else ""
+
+
+def _export_line(row: dict[str, Any]) -> tuple[Any, ...]:
+    return (
+        row["id"],
+        row["client_ref"] or "",
+        row["channel"],
+        row["msisdn"] or "",
+        row["carrier"] or "",
+        row["state"],
+        row["reason_code"] or "",
+        row["reason_text"] or "",
+        _iso(row["accepted_at"]),
+        _iso(row["submitted_at"]),
+        _iso(row["final_at"]),
+        "" if row["sms_parts"] is None else row["sms_parts"],
+        row["sms_units"],
+        row["rcs_units"],
+    )
+
+
+def _export_handler(page_rows: int) -> Handler:
+    async def export_messages(request: web.Request) -> web.StreamResponse:
+        state = request.app[API_STATE]
+        account = authenticate(request)
+        bounds: dict[str, datetime] = {}
+        for field in ("from", "to"):
+            text = request.query.get(field)
+            if not text:
+                return json_error(400, field, "required query parameter (ISO 8601 with offset)")
+            try:
+                bounds[field] = parse_instant(text)
+            except ValueError as exc:
+                return json_error(400, field, str(exc))
+        start, end = bounds["from"], bounds["to"]
+        if end <= start:
+            return json_error(400, "to", "must be later than from")
+        if end - start > EXPORT_MAX_SPAN:
+            return json_error(400, "to", f"at most {EXPORT_MAX_SPAN.days} days after from")
+
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/csv; charset=utf-8",
+                "Content-Disposition": (
+                    f'attachment; filename="messages-{account.account_id}.csv"'
+                ),
+            }
+        )
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        await response.write(_csv_text([EXPORT_COLUMNS]).encode("utf-8"))
+        # The keyset starts just before `from`: (from, 0) precedes every id.
+        after_at, after_id = start, 0
+        exported = 0
+        while True:
+            page = await state.db.fetch(
+                "export_messages_page",
+                account.account_id,
+                start,
+                end,
+                after_at,
+                after_id,
+                page_rows,
+            )
+            if page:
+                await response.write(_csv_text(_export_line(row) for row in page).encode("utf-8"))
+                exported += len(page)
+                after_at, after_id = page[-1]["accepted_at"], page[-1]["id"]
+            if len(page) < page_rows:
+                break
+        await response.write_eof()
+        log.info("messages_exported", account=account.account_id, rows=exported)
+        return response
+
+    return export_messages
+
+
+def report_routes(*, export_page_rows: int = EXPORT_PAGE_ROWS) -> list[web.RouteDef]:
+    """The routes to add to `ApiState.extra_routes`.
+
+    /v1/messages/export sits beside api.py's /v1/messages/{message_id};
+    aiohttp (>= 3.10) resolves a plain path before a variable one in the
+    same place, whatever the registration order.
+    """
+    return [
+        web.get("/v1/billing", get_billing),
+        web.get("/v1/messages/export", _export_handler(export_page_rows)),
+    ]
+
+
+async def purge_expired(
+    db: Database,
+    now: datetime,
+    keep_days: int = RETENTION_KEEP_DAYS,
+    *,
+    batch_rows: int = PURGE_BATCH_ROWS,
+) -> int:
+    """Delete messages that ended more than `keep_days` before `now`, with
+    their parts, events and callbacks; returns how many messages went.
+
+    Each batch is its own short transaction, so the purge never holds many
+    locks nor a long snapshot on the busiest table.
+    """
+    cutoff = now - timedelta(days=keep_days)
+    total = 0
+    while True:
+        deleted = int(await db.fetchval("purge_final_messages", cutoff, batch_rows))
+        total += deleted
+        if deleted < batch_rows:
+            return total
+
+
+async def run_retention(
+    db: Database,
+    clock: Clock,
+    stop_event: asyncio.Event,
+    *,
+    keep_days: int = RETENTION_KEEP_DAYS,
+    interval_s: float = 3600.0,
+) -> None:
+    """Purge every `interval_s` until `stop_event` is set."""
+    while not stop_event.is_set():
+        deleted = await purge_expired(db, clock.now(), keep_days)
+        if deleted:
+            log.info("retention_purged", messages=deleted, keep_days=keep_days)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop_event.wait(), interval_s)

@@ -1,0 +1,154 @@
+"""The binds of one carrier: ``CarrierConfig.binds`` sessions behind one ``submit``.
+
+    pool = SmppPool(carrier_config, on_deliver)
+    await pool.start()
+    results = await pool.submit_all(part_pdus)   # every part on the same bind, in order
+    pool.health().bound_count                    # readiness and metrics
+    await pool.stop(drain_timeout_s=5.0)
+
+Dispatch: the least-loaded session (in flight + queued) among those "bound"; a
+throttled session is used only when every bound session is throttled (its queue
+waits out the pause, which is the pace the SMSC asked for). Ties go round-robin so
+idle binds share the traffic. With no session bound, ``submit`` waits up to
+``bind_wait_s`` for one, then answers unsent. A session that loses its bind while
+the submit sat in its queue answers unsent for all of it; the pool then tries
+another bound session within the same wait. A health change of any session wakes
+the waiting submits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from carrierd.config import CarrierConfig
+from carrierd.smpp.pdu import SubmitSm
+from carrierd.smpp.session import (
+    DeliverHandler,
+    SessionHealth,
+    SessionStats,
+    SmppSession,
+    SubmitResult,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BindHealth:
+    bind_id: str
+    state: SessionHealth
+    links: dict[str, bool]  # bound or not, per connection role
+    in_flight: int
+    queued: int
+    stats: SessionStats
+
+
+@dataclass(frozen=True, slots=True)
+class PoolHealth:
+    carrier: str
+    binds: tuple[BindHealth, ...]
+
+    @property
+    def bound_count(self) -> int:
+        """Binds that can take submits now or after a throttling pause."""
+        return sum(1 for bind in self.binds if bind.state in ("bound", "throttled"))
+
+    @property
+    def available(self) -> bool:
+        """At least one bind is bound and not paused."""
+        return any(bind.state == "bound" for bind in self.binds)
+
+
+class SmppPool:
+    def __init__(
+        self,
+        config: CarrierConfig,
+        on_deliver: DeliverHandler,
+        *,
+        bind_wait_s: float = 1.0,
+        ssl_context: ssl.SSLContext | None = None,
+        initial_backoff_s: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self._bind_wait_s = bind_wait_s
+        self._clock = clock
+        self.sessions: tuple[SmppSession, ...] = tuple(
+            SmppSession(
+                config,
+                f"{config.name}-{number}",
+                on_deliver,
+                ssl_context=ssl_context,
+                on_health_change=self._session_changed,
+                initial_backoff_s=initial_backoff_s,
+                clock=clock,
+            )
+            for number in range(1, config.binds + 1)
+        )
+        self._changed = asyncio.Event()
+        self._next_turn = 0
+
+    async def start(self) -> None:
+        """Start every bind; returns after each one's first attempt (bound or not)."""
+        await asyncio.gather(*(session.start() for session in self.sessions))
+
+    async def stop(self, drain_timeout_s: float) -> None:
+        await asyncio.gather(*(session.stop(drain_timeout_s) for session in self.sessions))
+
+    def health(self) -> PoolHealth:
+        return PoolHealth(
+            self.config.name,
+            tuple(
+                BindHealth(
+                    session.bind_id,
+                    session.health,
+                    session.link_states,
+                    session.in_flight,
+                    session.queued,
+                    replace(session.stats),  # a snapshot, not the live counters
+                )
+                for session in self.sessions
+            ),
+        )
+
+    def is_available(self) -> bool:
+        return any(session.health == "bound" for session in self.sessions)
+
+    async def submit(self, pdu: SubmitSm) -> SubmitResult:
+        return (await self.submit_all((pdu,)))[0]
+
+    async def submit_all(self, pdus: Sequence[SubmitSm]) -> list[SubmitResult]:
+        """Submit ``pdus`` in order on one bind; one result each (see module docs)."""
+        deadline_s = self._clock() + self._bind_wait_s
+        while True:
+            session = self._pick()
+            if session is not None:
+                results = await session.submit_all(pdus)
+                if self._clock() >= deadline_s or any(r.outcome != "unsent" for r in results):
+                    return results
+                # Nothing left this process and that bind is gone: try another one.
+                continue
+            remaining_s = deadline_s - self._clock()
+            if remaining_s <= 0:
+                return [SubmitResult("unsent", None, detail="no bind available") for _ in pdus]
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining_s):
+                    await self._changed.wait()
+
+    def _pick(self) -> SmppSession | None:
+        for wanted in ("bound", "throttled"):
+            ready = [s for s in self.sessions if s.health == wanted]
+            if ready:
+                count = len(self.sessions)
+                turn = self._next_turn
+                self._next_turn = (turn + 1) % count
+                # Least loaded; among equals, the first at or after this turn.
+                return min(ready, key=lambda s: (s.load, (self.sessions.index(s) - turn) % count))
+        return None
+
+    def _session_changed(self, session: SmppSession) -> None:
+        self._changed.set()

@@ -1,0 +1,405 @@
+"""channels/sms.py pure parts: message -> submit_sm PDUs, deliver_sm -> Receipt / InboundSms."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from carrierd.channels.sms import (
+    build_submit_pdus,
+    concat_reference,
+    decode_text,
+    parse_deliver,
+    part_outcomes,
+    smpp_absolute_time,
+    source_address,
+)
+from carrierd.channels.types import InboundSms, PartOutcome, Receipt, SmsRequest
+from carrierd.config import CarrierConfig
+from carrierd.domain.clock import JST
+from carrierd.domain.sms_text import encode_gsm7, split_ucs2
+from carrierd.smpp.pdu import (
+    ESM_CLASS_RECEIPT,
+    ESM_CLASS_UDHI,
+    ConcatInfo,
+    DataSm,
+    DeliverSm,
+    MessageState,
+    NetworkErrorCode,
+    SubmitSm,
+    decode,
+    encode,
+    split_udh,
+)
+from carrierd.smpp.session import SubmitResult
+
+RECEIVED_AT = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+LONG_TEXT = "ご予約ありがとうございます。" * 10  # 140 characters: three UCS-2 parts
+
+
+def request(parts: tuple[str, ...] = ("こんにちは",), **changes: object) -> SmsRequest:
+    base = SmsRequest(
+        message_id=123456,
+        attempt=1,
+        account_id="acme",
+        msisdn="+819012345678",
+        source_addr="0120123456",
+        encoding="ucs2",
+        parts=parts,
+        expires_at=datetime(2025, 3, 4, 14, 30, 15, tzinfo=JST),
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def carrier(**changes: object) -> CarrierConfig:
+    return replace(CarrierConfig(name="docomo"), **changes)  # type: ignore[arg-type]
+
+
+def long_parts() -> tuple[str, ...]:
+    return tuple(split_ucs2(LONG_TEXT))
+
+
+# -- message -> PDUs ------------------------------------------------------------------------
+
+
+def test_single_part_ucs2() -> None:
+    [pdu] = build_submit_pdus(request(), carrier())
+
+    assert pdu.data_coding == 0x08
+    assert pdu.short_message == "こんにちは".encode("utf-16-be")
+    assert pdu.esm_class == 0
+    assert (pdu.source_addr_ton, pdu.source_addr_npi, pdu.source_addr) == (2, 1, "0120123456")
+    assert (pdu.dest_addr_ton, pdu.dest_addr_npi, pdu.destination_addr) == (1, 1, "819012345678")
+    assert pdu.registered_delivery == 1
+    # 14:30:15 JST is 05:30:15 UTC.
+    assert pdu.validity_period == "250304053015000+"
+    assert pdu.sar_msg_ref_num is None and pdu.message_payload is None
+    assert decode(encode(pdu)) == pdu
+
+
+def test_single_part_gsm7() -> None:
+    [pdu] = build_submit_pdus(request(("Code: 1234 @home",), encoding="gsm7"), carrier())
+
+    assert pdu.data_coding == 0x00
+    assert pdu.short_message == encode_gsm7("Code: 1234 @home")
+
+
+@pytest.mark.parametrize("concat", ["udh8", "udh16", "sar", "payload"])
+def test_single_part_is_plain_in_every_mode(concat: str) -> None:
+    [pdu] = build_submit_pdus(request(), carrier(concat=concat))
+
+    assert pdu.esm_class == 0
+    assert pdu.short_message == "こんにちは".encode("utf-16-be")
+    assert pdu.sar_total_segments is None and pdu.message_payload is None
+
+
+def test_udh8_parts() -> None:
+    parts = long_parts()
+    pdus = build_submit_pdus(request(parts), carrier(concat="udh8"))
+
+    reference = concat_reference(123456, 1, bits=8)
+    assert len(pdus) == 3
+    for number, (pdu, part) in enumerate(zip(pdus, parts, strict=True), start=1):
+        assert pdu.esm_class == ESM_CLASS_UDHI
+        assert pdu.short_message[:6] == bytes([5, 0, 3, reference, 3, number])
+        assert split_udh(pdu.short_message) == (
+            ConcatInfo(reference, 3, number),
+            part.encode("utf-16-be"),
+        )
+    # 67 UCS-2 characters and a 6-octet header fill one SMS exactly.
+    assert len(pdus[0].short_message) == 140
+
+
+def test_udh16_parts() -> None:
+    pdus = build_submit_pdus(request(long_parts()), carrier(concat="udh16"))
+
+    reference = concat_reference(123456, 1, bits=16)
+    assert [pdu.short_message[:7] for pdu in pdus] == [
+        bytes([6, 8, 4, reference >> 8, reference & 0xFF, 3, number]) for number in (1, 2, 3)
+    ]
+    assert all(pdu.esm_class == ESM_CLASS_UDHI for pdu in pdus)
+
+
+def test_sar_parts() -> None:
+    parts = long_parts()
+    pdus = build_submit_pdus(request(parts), carrier(concat="sar"))
+
+    reference = concat_reference(123456, 1, bits=16)
+    assert [(p.sar_msg_ref_num, p.sar_total_segments, p.sar_segment_seqnum) for p in pdus] == [
+        (reference, 3, 1),
+        (reference, 3, 2),
+        (reference, 3, 3),
+    ]
+    assert [p.short_message for p in pdus] == [part.encode("utf-16-be") for part in parts]
+    assert all(p.esm_class == 0 for p in pdus)
+    assert all(decode(encode(p)) == p for p in pdus)
+
+
+def test_payload_is_one_pdu() -> None:
+    [pdu] = build_submit_pdus(request(long_parts()), carrier(concat="payload"))
+
+    assert pdu.message_payload == LONG_TEXT.encode("utf-16-be")
+    assert pdu.short_message == b""
+    assert pdu.esm_class == 0
+    assert decode(encode(pdu)) == pdu
+
+
+def test_gsm7_parts_with_udh() -> None:
+    parts = ("a" * 153, "b" * 10)
+    pdus = build_submit_pdus(request(parts, encoding="gsm7"), carrier())
+
+    assert [p.data_coding for p in pdus] == [0, 0]
+    assert pdus[1].short_message[6:] == b"b" * 10
+
+
+@given(st.integers(min_value=1, max_value=2**62), st.integers(min_value=0, max_value=1000))
+def test_concat_reference_is_stable_and_differs_between_attempts(
+    message_id: int, attempt: int
+) -> None:
+    for bits in (8, 16):
+        reference = concat_reference(message_id, attempt, bits=bits)
+        assert 0 <= reference < 1 << bits
+        assert reference == concat_reference(message_id, attempt, bits=bits)
+        assert reference != concat_reference(message_id, attempt + 1, bits=bits)
+
+
+@pytest.mark.parametrize(
+    ("sender", "expected"),
+    [
+        ("0120123456", (2, 1, "0120123456")),
+        ("09012345678", (2, 1, "09012345678")),
+        ("249200", (3, 0, "249200")),
+        ("+81312345678", (1, 1, "81312345678")),
+        ("Carrierd", (5, 0, "Carrierd")),
+        ("SHOP-JP", (5, 0, "SHOP-JP")),
+    ],
+)
+def test_source_address(sender: str, expected: tuple[int, int, str]) -> None:
+    assert source_address(sender) == expected
+
+
+def test_absolute_time_requires_an_aware_datetime() -> None:
+    assert smpp_absolute_time(datetime(2030, 12, 31, 23, 59, 59, tzinfo=UTC)) == (
+        "301231235959000+"
+    )
+    with pytest.raises(ValueError, match="timezone-aware"):
+        smpp_absolute_time(datetime(2030, 1, 1))
+
+
+# -- results -> outcomes ------------------------------------------------------------------
+
+
+def test_part_outcomes_normalise_ids() -> None:
+    results = [
+        SubmitResult("accepted", "docomo-1", message_id="0000001A"),
+        SubmitResult("refused", "docomo-1", command_status=0x45),
+        SubmitResult("unknown", "docomo-1", detail="timeout"),
+    ]
+
+    outcomes = part_outcomes(request(("a", "b", "c")), results, "hex")
+
+    assert outcomes == [
+        PartOutcome(1, "accepted", smsc_message_id="26", bind_id="docomo-1"),
+        PartOutcome(2, "refused", command_status=0x45, bind_id="docomo-1"),
+        PartOutcome(3, "unknown", bind_id="docomo-1"),
+    ]
+
+
+def test_part_outcomes_of_one_payload_pdu_cover_every_part() -> None:
+    results = [SubmitResult("accepted", "docomo-2", message_id="AbC-9")]
+
+    outcomes = part_outcomes(request(("a", "b")), results, "as_is")
+
+    assert [(o.part_no, o.result, o.smsc_message_id) for o in outcomes] == [
+        (1, "accepted", "abc-9"),
+        (2, "accepted", "abc-9"),
+    ]
+
+
+def test_unsent_without_bind() -> None:
+    [outcome] = part_outcomes(request(), [SubmitResult("unsent", None)], "as_is")
+
+    assert outcome == PartOutcome(1, "unsent")
+
+
+# -- receipts ---------------------------------------------------------------------------------
+
+
+def receipt_pdu(**fields: object) -> DeliverSm:
+    base = DeliverSm(
+        sequence_number=1,
+        source_addr="819012345678",
+        destination_addr="0120123456",
+        esm_class=ESM_CLASS_RECEIPT,
+    )
+    return replace(base, **fields)  # type: ignore[arg-type]
+
+
+def parsed(pdu: DeliverSm | DataSm, style: str = "as_is") -> Receipt | InboundSms | None:
+    return parse_deliver(pdu, carrier="docomo", receipt_id_style=style, received_at=RECEIVED_AT)  # type: ignore[arg-type]
+
+
+def test_receipt_from_tlvs() -> None:
+    pdu = receipt_pdu(
+        receipted_message_id="0A1B",
+        message_state=MessageState.DELIVERED,
+        short_message=b"id:IGNORED stat:UNDELIV err:000",
+    )
+
+    assert parsed(pdu, "hex") == Receipt("docomo", "2587", "DELIVRD", "000", RECEIVED_AT)
+
+
+@pytest.mark.parametrize(
+    ("state", "stat"),
+    [
+        (MessageState.ENROUTE, "ENROUTE"),
+        (MessageState.DELIVERED, "DELIVRD"),
+        (MessageState.EXPIRED, "EXPIRED"),
+        (MessageState.DELETED, "DELETED"),
+        (MessageState.UNDELIVERABLE, "UNDELIV"),
+        (MessageState.ACCEPTED, "ACCEPTD"),
+        (MessageState.UNKNOWN, "UNKNOWN"),
+        (MessageState.REJECTED, "REJECTD"),
+    ],
+)
+def test_message_state_maps_to_stat(state: int, stat: str) -> None:
+    receipt = parsed(receipt_pdu(receipted_message_id="1", message_state=state))
+
+    assert isinstance(receipt, Receipt)
+    assert receipt.stat == stat
+    assert receipt.err is None
+
+
+def test_receipt_from_text_decimal_id() -> None:
+    text = (
+        b"id:0000012345 sub:001 dlvrd:000 submit date:2501020304 "
+        b"done date:2501020305 stat:UNDELIV err:0x0b text:hello"
+    )
+
+    receipt = parsed(receipt_pdu(short_message=text), "decimal")
+
+    assert receipt == Receipt("docomo", "12345", "UNDELIV", "0x0b", RECEIVED_AT)
+
+
+def test_hex_response_id_and_decimal_receipt_id_compare_equal() -> None:
+    [outcome] = part_outcomes(
+        request(), [SubmitResult("accepted", "docomo-1", message_id="3039")], "hex"
+    )
+    receipt = parsed(receipt_pdu(short_message=b"id:12345 stat:DELIVRD err:000"), "decimal")
+
+    assert isinstance(receipt, Receipt)
+    assert receipt.smsc_message_id == outcome.smsc_message_id == "12345"
+
+
+def test_receipt_text_in_ucs2_and_long_stat() -> None:
+    text = "id:ab12 stat:DELIVERED err:000".encode("utf-16-be")
+
+    receipt = parsed(receipt_pdu(short_message=text, data_coding=8))
+
+    assert receipt == Receipt("docomo", "ab12", "DELIVRD", "000", RECEIVED_AT)
+
+
+def test_receipted_message_id_alone_makes_a_receipt() -> None:
+    pdu = receipt_pdu(esm_class=0, receipted_message_id="77", short_message=b"stat:EXPIRED")
+
+    assert parsed(pdu) == Receipt("docomo", "77", "EXPIRED", None, RECEIVED_AT)
+
+
+def test_receipt_without_state_is_unknown_and_network_error_is_kept() -> None:
+    pdu = receipt_pdu(
+        receipted_message_id="77",
+        network_error_code=NetworkErrorCode(network_type=3, error_code=11),
+    )
+
+    assert parsed(pdu) == Receipt("docomo", "77", "UNKNOWN", "011", RECEIVED_AT)
+
+
+def test_receipt_by_data_sm() -> None:
+    pdu = DataSm(
+        sequence_number=1,
+        esm_class=ESM_CLASS_RECEIPT,
+        message_payload=b"id:99 stat:REJECTD err:005",
+    )
+
+    assert parsed(pdu) == Receipt("docomo", "99", "REJECTD", "005", RECEIVED_AT)
+
+
+def test_receipt_without_any_id_is_dropped() -> None:
+    assert parsed(receipt_pdu(short_message=b"stat:DELIVRD")) is None
+
+
+# -- mobile-originated --------------------------------------------------------------------------
+
+
+def mo_pdu(**fields: object) -> DeliverSm:
+    base = DeliverSm(sequence_number=1, source_addr="819012345678", destination_addr="0120123456")
+    return replace(base, **fields)  # type: ignore[arg-type]
+
+
+def test_mo_in_ucs2() -> None:
+    pdu = mo_pdu(data_coding=8, short_message="はい、参加します".encode("utf-16-be"))
+
+    assert parsed(pdu) == InboundSms(
+        "docomo", "+819012345678", "0120123456", "はい、参加します", RECEIVED_AT
+    )
+
+
+def test_mo_in_gsm7_and_national_sender() -> None:
+    pdu = mo_pdu(source_addr="09012345678", short_message=encode_gsm7("YES @ 10:00"))
+
+    inbound = parsed(pdu)
+
+    assert isinstance(inbound, InboundSms)
+    assert (inbound.msisdn, inbound.text) == ("+819012345678", "YES @ 10:00")
+
+
+def test_mo_part_with_udh_is_stripped_not_reassembled() -> None:
+    udh = bytes([5, 0, 3, 42, 2, 1])
+    pdu = mo_pdu(
+        esm_class=ESM_CLASS_UDHI, data_coding=8, short_message=udh + "前半".encode("utf-16-be")
+    )
+
+    inbound = parsed(pdu)
+
+    assert isinstance(inbound, InboundSms)
+    assert inbound.text == "前半"
+
+
+def test_mo_by_data_sm_payload_and_odd_sender() -> None:
+    pdu = DataSm(
+        sequence_number=1,
+        source_addr="SHORTCODE",
+        destination_addr="249200",
+        data_coding=3,
+        message_payload="café".encode("latin-1"),
+    )
+
+    assert parsed(pdu) == InboundSms("docomo", "SHORTCODE", "249200", "café", RECEIVED_AT)
+
+
+@pytest.mark.parametrize(
+    ("data", "data_coding", "text"),
+    [
+        (b"\x80abc", 0x00, "\x80abc"),  # not GSM 7-bit: kept byte for byte
+        (b"hello", 0x01, "hello"),
+        ("テスト".encode("utf-16-be"), 0x08, "テスト"),
+        (b"\xd8\x00", 0x08, "\ufffd"),  # a lone surrogate does not raise
+        (encode_gsm7("ok"), 0xF0, "ok"),
+        (b"\xff", 0xF4, "\xff"),
+    ],
+)
+def test_decode_text_never_raises(data: bytes, data_coding: int, text: str) -> None:
+    assert decode_text(data, data_coding) == text
+
+
+def test_expiry_is_written_in_utc_even_for_a_jst_deadline() -> None:
+    expires_at = datetime(2025, 1, 1, 0, 0, tzinfo=JST) + timedelta(hours=72)
+
+    [pdu] = build_submit_pdus(request(expires_at=expires_at), carrier())
+
+    assert pdu.validity_period == "250103150000000+"
+    assert isinstance(pdu, SubmitSm)

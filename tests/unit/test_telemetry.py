@@ -1,0 +1,208 @@
+"""Metrics (per-instance registry, exposition, /metrics) and log redaction."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+import structlog
+from aiohttp import web
+from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
+
+from carrierd.telemetry import Metrics, configure_logging, mask_phone_number, metrics_route
+
+EXPECTED: dict[str, tuple[type, tuple[str, ...]]] = {
+    "messages_accepted_total": (Counter, ("account", "channel")),
+    "messages_rejected_total": (Counter, ("field",)),
+    "parts_submitted_total": (Counter, ("carrier",)),
+    "submit_responses_total": (Counter, ("carrier", "status")),
+    "receipts_total": (Counter, ("carrier", "stat")),
+    "messages_final_total": (Counter, ("channel", "state")),
+    "fallbacks_total": (Counter, ("cause",)),
+    "expiries_total": (Counter, ("channel",)),
+    "discards_total": (Counter, ("outcome",)),
+    "reroutes_total": (Counter, ("from_carrier",)),
+    "resends_total": (Counter, ("carrier",)),
+    "throttled_total": (Counter, ("carrier",)),
+    "billing_units_total": (Counter, ("account", "channel", "month")),
+    "webhooks_rejected_total": (Counter, ("reason",)),
+    "callbacks_total": (Counter, ("outcome",)),
+    "queue_depth": (Gauge, ("state", "account")),
+    "queue_oldest_age_seconds": (Gauge, ("state", "account")),
+    "binds": (Gauge, ("carrier", "state")),
+    "window_in_use": (Gauge, ("carrier", "bind")),
+    "bucket_tokens": (Gauge, ("account",)),
+    "au_gate_held": (Gauge, ()),
+    "intake_to_submit_seconds": (Histogram, ()),
+    "submit_response_seconds": (Histogram, ("carrier",)),
+    "receipt_seconds": (Histogram, ("carrier",)),
+    "rcs_delivery_seconds": (Histogram, ()),
+}
+
+
+def test_every_metric_exists_with_its_labels() -> None:
+    metrics = Metrics()
+    for attribute, (kind, labels) in EXPECTED.items():
+        metric = getattr(metrics, attribute)
+        assert type(metric) is kind, attribute
+        assert isinstance(metric, MetricWrapperBase)
+        assert tuple(metric._labelnames) == labels, attribute
+    exported = metrics.exported_names()
+    for attribute, (kind, _) in EXPECTED.items():
+        base = f"carrierd_{attribute}"
+        expected_name = f"{base}_bucket" if kind is Histogram else base
+        assert expected_name in exported
+
+
+def test_two_instances_do_not_share_a_registry() -> None:
+    # The global default registry would refuse the second set of names.
+    first, second = Metrics(), Metrics()
+    first.parts_submitted_total.labels("au").inc(3)
+    body, _ = second.render()
+    assert b'carrierd_parts_submitted_total{carrier="au"}' not in body
+
+
+def test_render_shows_prefixed_samples() -> None:
+    metrics = Metrics()
+    metrics.submit_responses_total.labels("docomo", "0x00000058").inc()
+    metrics.receipt_seconds.labels("softbank").observe(42.0)
+    metrics.au_gate_held.set(7)
+    body, content_type = metrics.render()
+    text = body.decode()
+    assert content_type.startswith("text/plain")
+    assert 'carrierd_submit_responses_total{carrier="docomo",status="0x00000058"} 1.0' in text
+    assert 'carrierd_receipt_seconds_bucket{carrier="softbank",le="60.0"} 1.0' in text
+    assert "carrierd_au_gate_held 7.0" in text
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            assert line.startswith("carrierd_"), line
+
+
+def test_queue_gauges_read_zero_when_a_pair_empties() -> None:
+    metrics = Metrics()
+    metrics.set_queue_gauges(
+        [
+            {"state": "queued", "account_id": "acme", "depth": 5, "oldest_age_s": 12.5},
+            {"state": "submitted", "account_id": "acme", "depth": 2, "oldest_age_s": 3.0},
+        ]
+    )
+    metrics.set_queue_gauges(
+        [{"state": "submitted", "account_id": "acme", "depth": 1, "oldest_age_s": 4.0}]
+    )
+    text = metrics.render()[0].decode()
+    assert 'carrierd_queue_depth{account="acme",state="queued"} 0.0' in text
+    assert 'carrierd_queue_oldest_age_seconds{account="acme",state="queued"} 0.0' in text
+    assert 'carrierd_queue_depth{account="acme",state="submitted"} 1.0' in text
+    assert 'carrierd_queue_oldest_age_seconds{account="acme",state="submitted"} 4.0' in text
+
+
+async def test_metrics_route_serves_the_exposition() -> None:
+    metrics = Metrics()
+    metrics.callbacks_total.labels("sent").inc(2)
+    app = web.Application()
+    app.add_routes([metrics_route(metrics)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{port}/metrics") as response,
+        ):
+            assert response.status == 200
+            assert response.headers["Content-Type"] == metrics.render()[1]
+            assert 'carrierd_callbacks_total{outcome="sent"} 2.0' in await response.text()
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("raw", "masked"),
+    [
+        ("+819012345678", "+81******5678"),
+        ("+818012345678", "+81******5678"),
+        ("09012345678", "*******5678"),
+        ("090-1234-5678", "***-****-5678"),
+        ("1234", "****"),
+        ("", ""),
+    ],
+)
+def test_mask_phone_number(raw: str, masked: str) -> None:
+    assert mask_phone_number(raw) == masked
+
+
+@pytest.fixture
+def log_output() -> Iterator[io.StringIO]:
+    stream = io.StringIO()
+    root = logging.getLogger()
+    handlers_before, level_before = list(root.handlers), root.level
+    yield stream
+    structlog.reset_defaults()
+    root.handlers[:] = handlers_before
+    root.setLevel(level_before)
+
+
+def _lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines() if line]
+
+
+def test_info_lines_mask_numbers_and_drop_bodies(log_output: io.StringIO) -> None:
+    configure_logging("info", stream=log_output)
+    log = structlog.get_logger("carrierd.test")
+    log.info(
+        "message_submitted",
+        msisdn="+819012345678",
+        to=["+818011112222", "+817033334444"],
+        recipient=9012345678,
+        text="ご予約ありがとうございます",
+        body="secret body",
+        carrier="au",
+    )
+    log.debug("not_shown", msisdn="+819012345678")
+    (line,) = _lines(log_output)
+    assert line["event"] == "message_submitted"
+    assert line["level"] == "info"
+    assert line["msisdn"] == "+81******5678"
+    assert line["to"] == ["+81******2222", "+81******4444"]
+    assert line["recipient"] == "******5678"
+    assert "text" not in line and "body" not in line
+    assert line["carrier"] == "au"
+    assert "timestamp" in line
+
+
+def test_debug_lines_keep_bodies_but_still_mask(log_output: io.StringIO) -> None:
+    configure_logging("debug", stream=log_output)
+    structlog.get_logger().debug("pdu_built", to="+819012345678", text="こんにちは")
+    (line,) = _lines(log_output)
+    assert line["to"] == "+81******5678"
+    assert line["text"] == "こんにちは"
+
+
+def test_standard_library_loggers_get_the_same_json_and_redaction(
+    log_output: io.StringIO,
+) -> None:
+    configure_logging("info", stream=log_output)
+    # Configuring twice replaces the handler instead of doubling every line.
+    configure_logging("info", stream=log_output)
+    logging.getLogger("aiohttp.access").warning(
+        "slow client", extra={"msisdn": "+819012345678", "text": "body"}
+    )
+    (line,) = _lines(log_output)
+    assert line["event"] == "slow client"
+    assert line["level"] == "warning"
+    assert line["logger"] == "aiohttp.access"
+    assert line["msisdn"] == "+81******5678"
+    assert "text" not in line
+
+
+def test_unknown_level_is_refused() -> None:
+    with pytest.raises(ValueError, match="verbose"):
+        configure_logging("verbose")
