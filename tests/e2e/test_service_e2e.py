@@ -18,13 +18,27 @@ from tests.e2e.daemon_process import DaemonProcess, free_port
 
 
 def config_text(ports: dict[str, int], rate_per_hour: int) -> str:
-    lines = ["[engine]", "lease_s = 5", "",
-             "[accounts.acme]", 'tokens = ["acme-token"]', f"rate_per_hour = {rate_per_hour}",
-             "burst = 50", 'senders = { docomo = "0120111111", au = "0120111111", '
-             'softbank = "249200", rakuten = "0120111111" }', ""]
+    lines = [
+        "[engine]",
+        "lease_s = 5",
+        "",
+        "[accounts.acme]",
+        'tokens = ["acme-token"]',
+        f"rate_per_hour = {rate_per_hour}",
+        "burst = 50",
+        'senders = { docomo = "0120111111", au = "0120111111", '
+        'softbank = "249200", rakuten = "0120111111" }',
+        "",
+    ]
     for carrier, port in ports.items():
-        lines += [f"[carriers.{carrier}]", f"port = {port}", 'system_id = "demo"',
-                  'password = "demo"', "binds = 1", ""]
+        lines += [
+            f"[carriers.{carrier}]",
+            f"port = {port}",
+            'system_id = "demo"',
+            'password = "demo"',
+            "binds = 1",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -46,11 +60,18 @@ def metric_sum(text: str, name: str) -> float:
 
 
 async def test_systemd_lifecycle_and_metrics(dsn: str, db: Database, tmp_path: Path) -> None:
-    sim = SmscSimulator(sim_config_from_mapping({
-        "defaults": {"accounts": {"demo": "demo"}, "receipt_delay_min_s": 0.05,
-                     "receipt_delay_max_s": 0.3},
-        "carriers": {c: {"port": 0} for c in ("docomo", "au", "softbank", "rakuten")},
-    }))
+    sim = SmscSimulator(
+        sim_config_from_mapping(
+            {
+                "defaults": {
+                    "accounts": {"demo": "demo"},
+                    "receipt_delay_min_s": 0.05,
+                    "receipt_delay_max_s": 0.3,
+                },
+                "carriers": {c: {"port": 0} for c in ("docomo", "au", "softbank", "rakuten")},
+            }
+        )
+    )
     ports = await sim.start()
     notify_path = tmp_path / "notify.sock"
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -58,18 +79,26 @@ async def test_systemd_lifecycle_and_metrics(dsn: str, db: Database, tmp_path: P
     notify.setblocking(False)
     config_path = tmp_path / "carrierd.toml"
     config_path.write_text(config_text(ports, 40_000))
-    daemon = DaemonProcess(config_path, dsn, free_port(), tmp_path / "daemon.log",
-                           extra_env={"NOTIFY_SOCKET": str(notify_path)})
+    daemon = DaemonProcess(
+        config_path,
+        dsn,
+        free_port(),
+        tmp_path / "daemon.log",
+        extra_env={"NOTIFY_SOCKET": str(notify_path)},
+    )
     try:
         await daemon.start()
         await asyncio.sleep(0.2)
         assert "READY=1" in read_notifications(notify)
         async with aiohttp.ClientSession() as http:
             headers = {"Authorization": "Bearer acme-token"}
-            items = [{"to": f"090{20_000_000 + i:08d}", "sms": {"text": f"通知 {i}"}}
-                     for i in range(2_000)]
-            async with http.post(f"{daemon.base}/v1/messages", json={"messages": items},
-                                 headers=headers) as resp:
+            items = [
+                {"to": f"090{20_000_000 + i:08d}", "sms": {"text": f"通知 {i}"}}
+                for i in range(2_000)
+            ]
+            async with http.post(
+                f"{daemon.base}/v1/messages", json={"messages": items}, headers=headers
+            ) as resp:
                 assert resp.status == 202
             async with http.get(f"{daemon.base}/metrics") as resp:
                 exposition = await resp.text()
@@ -86,16 +115,15 @@ async def test_systemd_lifecycle_and_metrics(dsn: str, db: Database, tmp_path: P
                 assert resp.status == 200
             async with http.get(f"{daemon.base}/metrics") as resp:
                 exposition = await resp.text()
-            submitted = (await db.call_raw(
-                "SELECT count(*) AS n FROM parts"))[0]["n"]
+            submitted = (await db.call_raw("SELECT count(*) AS n FROM parts"))[0]["n"]
             assert metric_sum(exposition, "carrierd_parts_submitted_total") <= submitted
         assert await daemon.terminate() == 0
         assert "STOPPING=1" in read_notifications(notify)
         half_sent = await db.call_raw(
-            "SELECT count(*) AS n FROM messages WHERE state IN ('dispatching', 'sending')")
+            "SELECT count(*) AS n FROM messages WHERE state IN ('dispatching', 'sending')"
+        )
         assert half_sent[0]["n"] == 0
-        pending_parts = await db.call_raw(
-            "SELECT count(*) AS n FROM parts WHERE state = 'pending'")
+        pending_parts = await db.call_raw("SELECT count(*) AS n FROM parts WHERE state = 'pending'")
         assert pending_parts[0]["n"] == 0
     finally:
         if daemon.proc is not None and daemon.proc.poll() is None:

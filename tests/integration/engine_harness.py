@@ -19,7 +19,6 @@ from carrierd.recorder import Recorder
 from carrierd.settler import Settler
 from carrierd.store.db import Database
 
-
 _SMSC_IDS = itertools.count(1)
 
 
