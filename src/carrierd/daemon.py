@@ -363,9 +363,9 @@ class _CountingEvents:
         self._recorder = recorder
         self._metrics = metrics
 
-    def receipt(self, receipt: Receipt) -> None:
+    def receipt(self, receipt: Receipt) -> Awaitable[None] | None:
         self._metrics.receipts_total.labels(receipt.carrier, receipt.stat).inc()
-        self._recorder.receipt(receipt)
+        return self._recorder.receipt(receipt)
 
-    def inbound(self, message: InboundSms) -> None:
-        self._recorder.inbound(message)
+    def inbound(self, message: InboundSms) -> Awaitable[None] | None:
+        return self._recorder.inbound(message)

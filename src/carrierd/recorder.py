@@ -72,6 +72,10 @@ class Recorder:
         self._receipts: list[Receipt] = []
         self._inbound: list[InboundSms] = []
         self._wake = asyncio.Event()
+        # Completed when the receipt (MO) at the same index is committed: the
+        # SMSC's deliver_sm is acknowledged only then.
+        self._receipt_commits: list[asyncio.Future[None]] = []
+        self._inbound_commits: list[asyncio.Future[None]] = []
         self._flushed = asyncio.Event()
         self._stopping = False
 
@@ -81,15 +85,22 @@ class Recorder:
         self._responses.append(part)
         self._wake.set()
 
-    def receipt(self, receipt: Receipt) -> None:
+    def receipt(self, receipt: Receipt) -> asyncio.Future[None] | None:
+        """Buffer a receipt; the future completes once it is committed."""
         if receipt.stat.upper() not in FINAL_RECEIPT_STATS:
-            return  # ENROUTE / ACCEPTD: intermediate, nothing to settle
+            return None  # ENROUTE / ACCEPTD: intermediate, nothing to settle
+        future = asyncio.get_running_loop().create_future()
         self._receipts.append(receipt)
+        self._receipt_commits.append(future)
         self._wake.set()
+        return future
 
-    def inbound(self, message: InboundSms) -> None:
+    def inbound(self, message: InboundSms) -> asyncio.Future[None]:
+        future = asyncio.get_running_loop().create_future()
         self._inbound.append(message)
+        self._inbound_commits.append(future)
         self._wake.set()
+        return future
 
     @property
     def backlog(self) -> int:
@@ -118,9 +129,17 @@ class Recorder:
         responses = self._responses[: self._max_batch]
         receipts = self._receipts[: self._max_batch]
         inbound = self._inbound[: self._max_batch]
+        commits = [
+            *self._receipt_commits[: len(receipts)],
+            *self._inbound_commits[: len(inbound)],
+        ]
+        receipt_commits = self._receipt_commits[: len(receipts)]
+        inbound_commits = self._inbound_commits[: len(inbound)]
         del self._responses[: len(responses)]
         del self._receipts[: len(receipts)]
         del self._inbound[: len(inbound)]
+        del self._receipt_commits[: len(receipts)]
+        del self._inbound_commits[: len(inbound)]
         now = self._clock.now()
         try:
             await self._db.in_transaction(
@@ -131,13 +150,19 @@ class Recorder:
             self._responses[:0] = responses
             self._receipts[:0] = receipts
             self._inbound[:0] = inbound
+            self._receipt_commits[:0] = receipt_commits
+            self._inbound_commits[:0] = inbound_commits
             log.exception("recorder_flush_failed", responses=len(responses))
             await asyncio.sleep(0.5)
+            return
         except Exception:
             # One bad row must not stall every outcome behind it: write the
             # batch item by item, and log (and leave to the timers) what fails.
             log.exception("recorder_batch_failed", responses=len(responses))
             await self._write_one_by_one(responses, receipts, inbound, now)
+        for future in commits:
+            if not future.done():
+                future.set_result(None)
 
     async def _write_one_by_one(
         self,

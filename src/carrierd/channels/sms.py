@@ -50,7 +50,7 @@ import asyncio
 import re
 import ssl
 import zlib
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Awaitable, Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
@@ -344,7 +344,9 @@ class SmppGateway:
         results = await pool.submit_all(pdus)
         return part_outcomes(request, results, pool.config.message_id_style)
 
-    def _on_deliver(self, carrier: str, pdu: DeliverSm | DataSm, bind_id: str) -> None:
+    def _on_deliver(
+        self, carrier: str, pdu: DeliverSm | DataSm, bind_id: str
+    ) -> Awaitable[None] | None:
         # Exceptions propagate to the session, which answers ESME_RX_T_APPN so the
         # SMSC delivers the PDU again rather than losing it.
         event = parse_deliver(
@@ -354,8 +356,8 @@ class SmppGateway:
             received_at=self._clock.now(),
         )
         if isinstance(event, Receipt):
-            self._events.receipt(event)
-        elif isinstance(event, InboundSms):
-            self._events.inbound(event)
-        else:
-            log.warning("smpp_receipt_without_id", carrier=carrier, bind=bind_id)
+            return self._events.receipt(event)
+        if isinstance(event, InboundSms):
+            return self._events.inbound(event)
+        log.warning("smpp_receipt_without_id", carrier=carrier, bind=bind_id)
+        return None

@@ -7,7 +7,7 @@ and mobile-originated messages come the other way through `SmsEvents`.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Awaitable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
@@ -75,8 +75,10 @@ class SmsGateway(Protocol):
 
 
 class SmsEvents(Protocol):
-    """Where the SMS channel delivers what carriers send us."""
+    """Where the SMS channel delivers what carriers send us. A returned
+    awaitable completes once the event is durable; the carrier's PDU is
+    acknowledged only then."""
 
-    def receipt(self, receipt: Receipt) -> None: ...
+    def receipt(self, receipt: Receipt) -> Awaitable[None] | None: ...
 
-    def inbound(self, message: InboundSms) -> None: ...
+    def inbound(self, message: InboundSms) -> Awaitable[None] | None: ...

@@ -64,7 +64,7 @@ import contextlib
 import heapq
 import ssl
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Final, Literal, TypeAlias, cast
@@ -111,7 +111,11 @@ log = structlog.get_logger("carrierd.smpp.session")
 SubmitOutcome: TypeAlias = Literal["accepted", "refused", "unknown", "unsent"]
 SessionHealth: TypeAlias = Literal["bound", "throttled", "connecting", "stopped"]
 LinkRole: TypeAlias = Literal["transceiver", "transmitter", "receiver"]
-DeliverHandler: TypeAlias = Callable[[DeliverSm | DataSm, str], None]
+# A handler may return an awaitable: the deliver_sm is then answered only once
+# it completes (the receipt is durable), so a crash before that makes the
+# SMSC deliver it again instead of the receipt being lost.
+DeliverHandler: TypeAlias = Callable[[DeliverSm | DataSm, str], Awaitable[None] | None]
+DELIVER_ACK_TIMEOUT_S: Final = 30.0
 SubmitResponse: TypeAlias = SubmitSmResp | GenericNack
 
 MAX_SEQUENCE_NUMBER: Final = 0x7FFFFFFF
@@ -221,6 +225,7 @@ class _Connection(asyncio.Protocol):
         self._config = config
         self._bind_id = bind_id
         self._on_deliver = on_deliver
+        self._deliver_acks: set[asyncio.Task[None]] = set()
         self._on_lost = on_lost
         self._stats = stats
         self._clock = clock
@@ -467,12 +472,30 @@ class _Connection(asyncio.Protocol):
     def _deliver(self, pdu: DeliverSm | DataSm) -> None:
         status: int = CommandStatus.ESME_ROK
         try:
-            self._on_deliver(pdu, self._bind_id)
+            pending = self._on_deliver(pdu, self._bind_id)
         except Exception:
             # Still answered: an unanswered deliver_sm would stall the SMSC's window.
             # A temporary error makes it deliver the PDU again later.
             log.exception("smpp_deliver_handler_failed", bind=self._bind_id)
             status = CommandStatus.ESME_RX_T_APPN
+            pending = None
+        if pending is not None:
+            task = asyncio.ensure_future(self._answer_when_durable(pdu, pending))
+            self._deliver_acks.add(task)
+            task.add_done_callback(self._deliver_acks.discard)
+            return
+        self._answer_deliver(pdu, status)
+
+    async def _answer_when_durable(self, pdu: DeliverSm | DataSm, pending: Awaitable[None]) -> None:
+        status: int = CommandStatus.ESME_ROK
+        try:
+            await asyncio.wait_for(pending, DELIVER_ACK_TIMEOUT_S)
+        except Exception:
+            log.exception("smpp_deliver_not_recorded", bind=self._bind_id)
+            status = CommandStatus.ESME_RX_T_APPN
+        self._answer_deliver(pdu, status)
+
+    def _answer_deliver(self, pdu: DeliverSm | DataSm, status: int) -> None:
         if isinstance(pdu, DeliverSm):
             self.send(DeliverSmResp(sequence_number=pdu.sequence_number, command_status=status))
         else:
