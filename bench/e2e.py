@@ -1,0 +1,182 @@
+"""End to end: intake → SMPP → receipts → final state, 100,000 messages.
+
+The daemon and the four-carrier SMSC simulator run in their own processes,
+PostgreSQL on the same machine; pacing is off. Prints messages/s from the
+first request to the last final state, intake-to-submit latency percentiles
+(from the rows: first part's sent_at minus accepted_at) and the daemon's
+peak RSS (VmHWM), then RSS at the end, to show it does not grow with the
+backlog.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+
+from bench.harness import daemon_process, free_port, fresh_database
+
+CARRIER_PREFIXES = {"docomo": "090", "au": "080", "softbank": "070", "rakuten": "060"}
+
+
+def sim_toml(ports: dict[str, int]) -> str:
+    lines = [
+        "seed = 3",
+        "[defaults]",
+        'accounts = { bench = "bench" }',
+        "receipt_delay_min_s = 0.2",
+        "receipt_delay_max_s = 1.0",
+    ]
+    for carrier, port in ports.items():
+        lines += [
+            f"[carriers.{carrier}]",
+            f"port = {port}",
+            f'subscriber_prefixes = ["{CARRIER_PREFIXES[carrier]}"]',
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def daemon_toml(ports: dict[str, int], binds: int, window: int) -> str:
+    lines = [
+        "[engine]",
+        "pacing = false",
+        "claim_batch = 1000",
+        "[database]",
+        "pool_max = 20",
+        "[accounts.bench]",
+        'tokens = ["bench-token"]',
+        'senders = { docomo = "0120111111", au = "0120111111", softbank = "249200", '
+        'rakuten = "0120111111" }',
+    ]
+    for carrier, port in ports.items():
+        lines += [
+            f"[carriers.{carrier}]",
+            f"port = {port}",
+            'system_id = "bench"',
+            'password = "bench"',
+            f"binds = {binds}",
+            f"window = {window}",
+            f'number_prefixes = ["{CARRIER_PREFIXES[carrier]}"]',
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def rss_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+async def run(dsn: str, port: int, pid: int, total: int, batch: int) -> None:
+    headers = {"Authorization": "Bearer bench-token"}
+    prefixes = list(CARRIER_PREFIXES.values())
+    conn = await asyncpg.connect(dsn)
+    started = time.perf_counter()
+    async with aiohttp.ClientSession() as http:
+        sem = asyncio.Semaphore(4)
+
+        async def post(b: int) -> None:
+            items = [
+                {
+                    "to": f"{prefixes[(b * batch + i) % 4]}{10_000_000 + b * batch + i:08d}",
+                    "sms": {"text": f"ご利用ありがとうございます {b}-{i}"},
+                }
+                for i in range(batch)
+            ]
+            async with (
+                sem,
+                http.post(
+                    f"http://127.0.0.1:{port}/v1/messages",
+                    json={"messages": items},
+                    headers=headers,
+                ) as resp,
+            ):
+                assert resp.status == 202, await resp.text()
+
+        await asyncio.gather(*(post(b) for b in range(total // batch)))
+        intake_s = time.perf_counter() - started
+        peak_during = 0
+        while True:
+            done = await conn.fetchval(
+                "SELECT count(*) FROM messages WHERE state IN "
+                "('delivered','failed','expired','unknown','skipped','rejected')"
+            )
+            peak_during = max(peak_during, rss_kib(pid, "VmRSS"))
+            if done >= total:
+                break
+            await asyncio.sleep(0.25)
+    elapsed = time.perf_counter() - started
+    latency = await conn.fetchrow(
+        """SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d) AS p50,
+                  percentile_cont(0.99) WITHIN GROUP (ORDER BY d) AS p99
+           FROM (SELECT extract(epoch FROM p.sent_at - m.accepted_at) AS d
+                 FROM messages m JOIN parts p ON p.message_id = m.id
+                 WHERE p.attempt = 1 AND p.part_no = 1) x"""
+    )
+    states = await conn.fetch("SELECT state, count(*) AS n FROM messages GROUP BY state")
+    await conn.close()
+    print(
+        f"e2e: {total} messages accepted in {intake_s:.1f} s, all final after {elapsed:.1f} s "
+        f"= {total / elapsed:,.0f} messages/s end to end"
+    )
+    print(
+        f"e2e: intake-to-submit latency p50 {latency['p50'] * 1000:.0f} ms, "
+        f"p99 {latency['p99'] * 1000:.0f} ms"
+    )
+    print(
+        f"e2e: daemon RSS peak {rss_kib(pid, 'VmHWM') / 1024:.0f} MiB, "
+        f"at the end {rss_kib(pid, 'VmRSS') / 1024:.0f} MiB"
+    )
+    print("e2e: final states " + ", ".join(f"{r['state']}={r['n']}" for r in states))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--batch", type=int, default=1_000)
+    parser.add_argument("--binds", type=int, default=2)
+    parser.add_argument("--window", type=int, default=64)
+    args = parser.parse_args()
+    ports = {carrier: free_port() for carrier in CARRIER_PREFIXES}
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+        f.write(sim_toml(ports))
+        sim_config = f.name
+    sim = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "carrierd",
+            "sim",
+            "smsc",
+            "--config",
+            sim_config,
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(1.0)
+        http_port = free_port()
+        with (
+            fresh_database("e2e") as dsn,
+            daemon_process(daemon_toml(ports, args.binds, args.window), dsn, http_port) as daemon,
+        ):
+            asyncio.run(run(dsn, http_port, daemon.pid, args.messages, args.batch))
+    finally:
+        sim.terminate()
+        sim.wait(10)
+        os.unlink(sim_config)
+
+
+if __name__ == "__main__":
+    main()
