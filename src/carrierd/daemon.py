@@ -32,11 +32,13 @@ from aiohttp import web
 
 from carrierd.api import ApiState, build_app
 from carrierd.callbacks import CallbackSender, enqueue_callback
+from carrierd.channels.rcs import RcsClient
 from carrierd.channels.sms import SmppGateway
 from carrierd.channels.types import InboundSms, Receipt
 from carrierd.config import Config, ConfigError, load_config
 from carrierd.dispatcher import Dispatcher
 from carrierd.domain.clock import Clock, SystemClock
+from carrierd.rcs_leg import RcsLeg, platform_config, webhook_route
 from carrierd.recorder import Recorder
 from carrierd.reports import report_routes, run_retention
 from carrierd.sdnotify import SystemdNotifier
@@ -89,7 +91,7 @@ class Daemon:
             clock=self.clock,
             readiness=self._readiness,
             metrics=self.metrics,
-            extra_routes=[metrics_route(self.metrics), *report_routes()],
+            extra_routes=[metrics_route(self.metrics), *report_routes(), *self._rcs_routes],
         )
         self._api_state = api_state
         for component in self._components:
@@ -132,6 +134,25 @@ class Daemon:
             on_submitted=self._on_submitted,
         )
         settler = Settler(db, self.clock, recorder, config=lambda: self.config)
+        self._rcs_session: aiohttp.ClientSession | None = None
+        self._rcs_routes: list[web.RouteDef] = []
+        if self.config.rcs.enabled:
+            # +Message: the dispatcher hands it rows whose leg is 'rcs'; the
+            # settler runs its fallback and expiry timers; the platform
+            # posts its webhooks to our HTTP server.
+            self._rcs_session = aiohttp.ClientSession()
+            client = RcsClient(self._rcs_session, platform_config(self.config.rcs))
+            leg = RcsLeg(
+                db,
+                self.clock,
+                client,
+                config=lambda: self.config,
+                hooks=recorder,
+                metrics=self.metrics,
+            )
+            dispatcher.rcs_leg = leg
+            settler.rcs_timers = leg
+            self._rcs_routes.append(webhook_route(leg))
         self.recorder, self.gateway, self.dispatcher, self.settler = (
             recorder,
             gateway,
@@ -145,6 +166,8 @@ class Daemon:
         async def stop_carriers() -> None:
             await gateway.stop(self.drain_timeout_s)
             await recorder.drain()
+            if self._rcs_session is not None:
+                await self._rcs_session.close()
 
         async def start_workers() -> None:
             self.add_side_task("recorder", recorder.run())

@@ -1,0 +1,155 @@
+-- carrierd +Message leg: one "-- name: x" block per statement, the time
+-- always passed in. State changes go through apply_transitions
+-- (queries.sql); these are the leg's own reads and bookkeeping.
+
+-- name: rcs_cached_capabilities
+-- Answers younger than the TTL ($2 = now - capability_ttl_s).
+SELECT msisdn, capable FROM rcs_capabilities
+WHERE msisdn = ANY($1::text[]) AND checked_at > $2;
+
+-- name: rcs_store_capabilities
+-- The caller passes each number once (ON CONFLICT cannot touch a row twice).
+-- An older answer never overwrites a newer one from another daemon.
+INSERT INTO rcs_capabilities (msisdn, capable, checked_at)
+SELECT * FROM unnest($1::text[], $2::boolean[], $3::timestamptz[])
+ON CONFLICT (msisdn) DO UPDATE
+   SET capable = EXCLUDED.capable, checked_at = EXCLUDED.checked_at
+ WHERE rcs_capabilities.checked_at <= EXCLUDED.checked_at;
+
+-- name: rcs_purge_capabilities
+DELETE FROM rcs_capabilities
+WHERE msisdn IN (SELECT msisdn FROM rcs_capabilities WHERE checked_at <= $1
+                 ORDER BY checked_at LIMIT $2);
+
+-- name: rcs_set_expiry
+-- channel 'rcs': the platform keeps trying for expiry_s after the send
+-- (§9), so the discard timer counts from rcs_sent, not from intake.
+UPDATE messages SET expires_at = $2
+WHERE id = ANY($1::bigint[]) AND state = 'rcs_sent';
+
+-- name: rcs_renew_leases
+-- A batch still waiting on the platform keeps its claims ($3 = daemon id).
+UPDATE messages SET lease_expires_at = $2
+WHERE id = ANY($1::bigint[]) AND state = 'dispatching' AND lease_owner = $3;
+
+-- name: rcs_claim_fallback_due
+-- rcs_then_sms messages not delivered by their fallback time (§8). The
+-- claim pushes fallback_at to $3 and commits before the revoke requests
+-- leave: no row lock is held across HTTP, a daemon that dies mid-revoke
+-- leaves the row due again at $3, and $3 is also the retry time after a
+-- revoke error. Served by messages_fallback_due.
+WITH due AS (
+    SELECT id FROM messages
+    WHERE state = 'rcs_sent' AND fallback_at <= $1
+    ORDER BY fallback_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE messages m
+   SET fallback_at = $3
+  FROM due
+ WHERE m.id = due.id
+RETURNING m.id, m.account_id, m.channel, m.rcs_sent_at,
+          -- A revoke already answered "already delivered": the grace for
+          -- the delivered webhook is over, nothing is asked again.
+          (SELECT max(e.at) FROM message_events e
+            WHERE e.message_id = m.id AND e.kind = 'rcs_revoke_refused') AS refused_at;
+
+-- name: rcs_claim_expiry_due
+-- rcs_sent messages whose validity ended (§9: 72 h after the send for
+-- channel rcs). Claimed like the fallback: expires_at moves to $3 while the
+-- discard request is out, and is the retry time if it fails. Served by
+-- messages_expiry_due.
+WITH due AS (
+    SELECT id FROM messages
+    WHERE state = 'rcs_sent' AND expires_at <= $1
+    ORDER BY expires_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE messages m
+   SET expires_at = $3
+  FROM due
+ WHERE m.id = due.id
+RETURNING m.id, m.account_id, m.channel, m.rcs_sent_at;
+
+-- name: rcs_postpone_fallback
+-- Move fallback_at without a state change and log why ($4 kind, $5 time).
+WITH input AS (
+    SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::text[])
+             AS i(id, fallback_at, detail)
+),
+updated AS (
+    UPDATE messages m
+       SET fallback_at = i.fallback_at, updated_at = $5
+      FROM input i
+     WHERE m.id = i.id AND m.state = 'rcs_sent'
+    RETURNING m.id, m.state, i.detail
+)
+INSERT INTO message_events (message_id, at, kind, state, detail)
+SELECT id, $5, $4, state, detail::jsonb FROM updated;
+
+-- name: rcs_lock_messages
+-- What a +Message status needs to settle the message, locked so that a
+-- webhook and a timer (or two repeated webhooks) decide one after the other.
+SELECT id, account_id, channel, leg, state, rcs_sent_at, rcs_units, msisdn
+FROM messages WHERE id = ANY($1::bigint[])
+ORDER BY id
+FOR UPDATE;
+
+-- name: rcs_store_early_status
+INSERT INTO rcs_early_statuses (message_id, status, at, error, received_at)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (message_id, status) DO NOTHING;
+
+-- name: rcs_take_early_statuses
+DELETE FROM rcs_early_statuses WHERE message_id = ANY($1::bigint[])
+RETURNING message_id, status, at, error;
+
+-- name: rcs_purge_early_statuses
+-- Statuses whose message never reached rcs_sent (it fell back or expired
+-- while queued) are dropped after a while.
+DELETE FROM rcs_early_statuses
+WHERE (message_id, status) IN (SELECT message_id, status FROM rcs_early_statuses
+                               WHERE received_at <= $1 ORDER BY received_at LIMIT $2);
+
+-- name: rcs_record_late_delivery
+-- A delivery reported after the message left rcs_sent (SMS fallback under
+-- way, expired, cancelled): logged once per message, billed once ($4 units).
+WITH billed AS (
+    UPDATE messages SET rcs_units = $4
+     WHERE id = $1 AND rcs_units = 0 AND $4 > 0
+    RETURNING id
+),
+logged AS (
+    INSERT INTO message_events (message_id, at, kind, state, detail)
+    SELECT m.id, $2, 'rcs_late_delivery', m.state, $3::text::jsonb
+    FROM messages m
+    WHERE m.id = $1
+      AND NOT EXISTS (SELECT 1 FROM message_events e
+                      WHERE e.message_id = $1 AND e.kind = 'rcs_late_delivery')
+    RETURNING message_id
+)
+SELECT (SELECT count(*) FROM billed)::int AS billed, (SELECT count(*) FROM logged)::int AS logged;
+
+-- name: rcs_reply_owner
+-- The message a +Message reply answers: the one it names (inReplyTo is our
+-- msgId), else the latest +Message sent to the number.
+SELECT id, account_id FROM (
+    (SELECT id, account_id, 0 AS rank FROM messages WHERE id = $1)
+    UNION ALL
+    (SELECT id, account_id, 1 AS rank FROM messages
+      WHERE msisdn = $2 AND rcs_sent_at IS NOT NULL
+      ORDER BY rcs_sent_at DESC LIMIT 1)
+) AS candidates
+ORDER BY rank
+LIMIT 1;
+
+-- name: rcs_insert_inbound
+-- raw ->> 'msgId' is the platform's id of the reply: a repeated webhook
+-- inserts nothing (inbound_rcs_platform_msg_id).
+INSERT INTO inbound_messages (account_id, channel, msisdn, to_address, text, postback,
+                              in_reply_to, received_at, raw)
+VALUES ($1, 'rcs', $2, $3, $4, $5, $6, $7, $8::text::jsonb)
+ON CONFLICT ((raw ->> 'msgId')) WHERE channel = 'rcs' DO NOTHING
+RETURNING id;
