@@ -178,6 +178,10 @@ class Daemon:
             # Stop claiming and let in-flight submits get their responses;
             # what was claimed but not handed over goes back to the queue.
             settler.stop()
+            if dispatcher.rcs_leg is not None:
+                # Its sends run in the background: let them finish before the
+                # dispatcher gives unfinished claims back to the queue.
+                await dispatcher.rcs_leg.stop(self.drain_timeout_s)
             await dispatcher.stop(self.drain_timeout_s)
             await recorder.drain()
 

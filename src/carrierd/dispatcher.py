@@ -52,6 +52,8 @@ class RcsLeg(Protocol):
 
     async def dispatch(self, rows: Sequence[Row], now: datetime) -> None: ...
 
+    async def stop(self, drain_timeout_s: float) -> None: ...
+
 
 @dataclass(frozen=True)
 class Planned:

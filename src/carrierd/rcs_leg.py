@@ -12,7 +12,10 @@ Rows arrive from the dispatcher claimed ('dispatching', leased) with leg
         accepted                  → rcs_sent; fallback_at = +fallback_after_s
                                     (rcs_then_sms); expires_at = +expiry_s (rcs)
         capacity / not capable    → SMS leg at once / failed
-        error (answer unknown)    → queued again after SEND_RETRY_S
+        error (answer unknown)    → queued again after SEND_RETRY_S; once an
+                                    rcs_then_sms has waited fallback_after_s,
+                                    rcs_sent with the fallback due at once
+                                    (a revoke before the SMS, see below)
         rejected (4xx)            → failed with the platform's reason
 
 "SMS leg" is `dispatching|rcs_sent → queued` with leg 'sms' and not_before
