@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import structlog
 
@@ -33,7 +33,7 @@ from carrierd.domain.pacing import Bucket, take_tokens
 from carrierd.domain.rcs_content import RcsContentError, content_to_json, validate_rcs
 from carrierd.domain.reasons import Reason
 from carrierd.domain.routing import resolve_carrier
-from carrierd.domain.sms_text import SmsTextError, prepare_sms
+from carrierd.domain.sms_text import SmsTextError, prepare_sms, split_gsm7, split_ucs2
 from carrierd.domain.states import State
 from carrierd.recorder import Recorder, SubmittedPart
 from carrierd.store.db import Database, Row, Transaction, Transition
@@ -351,7 +351,11 @@ class Dispatcher:
                 )
                 continue
             account = config.accounts[row["account_id"]]
-            body = prepare_sms(row["sms_text"], max_chars=670, allow_gsm7=account.allow_gsm7)
+            # Validated and normalised at intake: only the split is redone,
+            # not the charset scan (the text and its encoding are stored).
+            encoding: Literal["ucs2", "gsm7"] = "gsm7" if row["sms_encoding"] == "gsm7" else "ucs2"
+            split = split_gsm7 if encoding == "gsm7" else split_ucs2
+            parts = tuple(split(row["sms_text"]))
             attempt = row["attempt"] + 1
             planned.append(
                 Planned(
@@ -365,8 +369,8 @@ class Dispatcher:
                         account_id=row["account_id"],
                         msisdn=row["msisdn"],
                         source_addr=account.senders.get(choice.carrier, ""),
-                        encoding=body.encoding,
-                        parts=body.parts,
+                        encoding=encoding,
+                        parts=parts,
                         expires_at=row["expires_at"],
                     ),
                 )

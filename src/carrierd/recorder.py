@@ -208,7 +208,7 @@ class Recorder:
                 [r.message_id for r in responses],
                 [r.attempt for r in responses],
                 [r.outcome.part_no for r in responses],
-                [r.outcome.result if r.outcome.result != "unsent" else "unsent" for r in responses],
+                [r.outcome.result for r in responses],
                 [r.outcome.smsc_message_id for r in responses],
                 [r.outcome.command_status for r in responses],
                 [r.outcome.bind_id for r in responses],

@@ -154,6 +154,8 @@ class Settler:
                 settle_from_parts.append(row["id"])
             else:
                 account = config.accounts.get(row["account_id"])
+                # Parts in flight are ambiguous either way: never counted as sent.
+                unknown_ids.append(row["id"])
                 if account is not None and account.at_least_once:
                     transitions.append(
                         Transition(
@@ -164,9 +166,7 @@ class Settler:
                             detail={"at_least_once": True, "pending_parts": row["pending"]},
                         )
                     )
-                    unknown_ids.append(row["id"])
                 else:
-                    unknown_ids.append(row["id"])
                     reason = reasons.OUTCOME_UNKNOWN_AFTER_RESTART
                     transitions.append(
                         Transition(

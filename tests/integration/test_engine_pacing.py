@@ -79,20 +79,18 @@ async def test_two_daemons_on_one_database_hold_the_rate_together(dsn: str, db: 
         dsn, {"accounts": {"acme": {"tokens": ["acme-token"], "rate_per_hour": rate, "burst": 20}}}
     )
     first = await make_engine(config, db, clock, daemon_id="d1")
-    second = await make_engine(config, db, clock, daemon_id="d2", network=first.network)
+    second = await make_engine(config, db, clock, daemon_id="d2")
     await insert_backlog(db, "acme", 5_000, T0)
-    for _ in range(600):
-        await first.cycle()
-        await second.cycle()
+    for step in range(600):
+        # Take turns going first, so both daemons really compete for tokens.
+        for engine in (first, second) if step % 2 else (second, first):
+            await engine.cycle()
         clock.advance(1.0)
-    times = [s.at for s in first.network.submitted]
+    times = [s.at for s in (*first.network.submitted, *second.network.submitted)]
+    assert first.network.submitted and second.network.submitted
     assert len(times) <= rate * 600 / 3600 + 1
     assert len(times) >= rate * 600 / 3600 * 0.99
     assert max_in_window(times, 10.0) <= 20 + rate * 10 / 3600 + 1
-    claimed_by = await db.call_raw(
-        "SELECT count(DISTINCT detail) AS n FROM message_events WHERE kind = 'sending'"
-    )
-    assert claimed_by[0]["n"] >= 1
 
 
 async def test_fair_across_accounts(dsn: str, db: Database) -> None:
