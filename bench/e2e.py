@@ -69,6 +69,37 @@ def daemon_toml(ports: dict[str, int], binds: int, window: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cpu_s(pid: int) -> float:
+    """utime + stime of one process, in seconds."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def cpu_snapshot(daemon_pid: int, sim_pid: int) -> dict[str, float]:
+    """CPU seconds so far of the daemon, the simulator and every PostgreSQL process."""
+    return {
+        "daemon": cpu_s(daemon_pid),
+        "simulator": cpu_s(sim_pid),
+        "PostgreSQL": sum(cpu_s(p) for p in postgres_pids()),
+        "bench client": cpu_s(os.getpid()),
+    }
+
+
 def rss_kib(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -76,10 +107,11 @@ def rss_kib(pid: int, field: str) -> int:
     return 0
 
 
-async def run(dsn: str, port: int, pid: int, total: int, batch: int) -> None:
+async def run(dsn: str, port: int, pid: int, sim_pid: int, total: int, batch: int) -> None:
     headers = {"Authorization": "Bearer bench-token"}
     prefixes = list(CARRIER_PREFIXES.values())
     conn = await asyncpg.connect(dsn)
+    cpu_before = cpu_snapshot(pid, sim_pid)
     started = time.perf_counter()
     async with aiohttp.ClientSession() as http:
         sem = asyncio.Semaphore(4)
@@ -115,6 +147,7 @@ async def run(dsn: str, port: int, pid: int, total: int, batch: int) -> None:
                 break
             await asyncio.sleep(0.25)
     elapsed = time.perf_counter() - started
+    cpu_after = cpu_snapshot(pid, sim_pid)
     latency = await conn.fetchrow(
         """SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d) AS p50,
                   percentile_cont(0.99) WITHIN GROUP (ORDER BY d) AS p99
@@ -135,6 +168,12 @@ async def run(dsn: str, port: int, pid: int, total: int, batch: int) -> None:
     print(
         f"e2e: daemon RSS peak {rss_kib(pid, 'VmHWM') / 1024:.0f} MiB, "
         f"at the end {rss_kib(pid, 'VmRSS') / 1024:.0f} MiB"
+    )
+    used = {k: cpu_after[k] - cpu_before[k] for k in cpu_before}
+    print(
+        f"e2e: CPU per 1,000 messages ({os.cpu_count()} cores): "
+        + ", ".join(f"{k} {v * 1000 / total * 1000:.0f} ms" for k, v in used.items())
+        + f"; busy {sum(used.values()) / elapsed / (os.cpu_count() or 1):.0%} of the machine"
     )
     print("e2e: final states " + ", ".join(f"{r['state']}={r['n']}" for r in states))
 
@@ -171,7 +210,7 @@ def main() -> None:
             fresh_database("e2e") as dsn,
             daemon_process(daemon_toml(ports, args.binds, args.window), dsn, http_port) as daemon,
         ):
-            asyncio.run(run(dsn, http_port, daemon.pid, args.messages, args.batch))
+            asyncio.run(run(dsn, http_port, daemon.pid, sim.pid, args.messages, args.batch))
     finally:
         sim.terminate()
         sim.wait(10)

@@ -6,12 +6,21 @@ billing counted per delivered part, and every touched message settled by
 domain/routing.decide_attempt. Nothing is acknowledged upstream from here,
 so a crash loses at most the buffer, whose parts then settle through the
 lease and receipt timers like any ambiguous outcome.
+
+Up to `max_concurrent_flushes` transactions run at once. A deliver_sm is
+answered only after its receipt commits, so the SMSC's deliver window
+divided by the commit latency bounds the receipt rate: one flush at a time
+would make that latency a whole flush. Concurrent flushes are safe for the
+same reasons two daemons are: messages are locked in id order before they
+are settled, and a receipt that misses its part's uncommitted response
+waits in early_receipts for the next flush.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -32,6 +41,15 @@ from carrierd.store.db import Database, Row, Transaction, Transition
 log = structlog.get_logger("carrierd.recorder")
 
 EARLY_RECEIPT_KEEP_S = 3600.0
+
+
+@dataclass
+class _Batch:
+    responses: list[SubmittedPart]
+    receipts: list[Receipt]
+    inbound: list[InboundSms]
+    receipt_commits: list[asyncio.Future[None]]
+    inbound_commits: list[asyncio.Future[None]]
 
 
 @dataclass(frozen=True)
@@ -58,6 +76,7 @@ class Recorder:
         au_spacing_s: Callable[[], float],
         flush_interval_s: float = 0.005,
         max_batch: int = 2000,
+        max_concurrent_flushes: int = 3,
         on_transitions: TransitionHook | None = None,
     ) -> None:
         self._db = db
@@ -76,8 +95,8 @@ class Recorder:
         # SMSC's deliver_sm is acknowledged only then.
         self._receipt_commits: list[asyncio.Future[None]] = []
         self._inbound_commits: list[asyncio.Future[None]] = []
-        self._flushed = asyncio.Event()
-        self._stopping = False
+        self._flush_slots = asyncio.Semaphore(max_concurrent_flushes)
+        self._flushing: set[asyncio.Task[None]] = set()
 
     # -- producers (never block: the SMPP read loop calls these) ------------------
 
@@ -115,31 +134,51 @@ class Recorder:
             # A short pause gathers the outcomes of a whole window into one write.
             await asyncio.sleep(self._flush_interval_s)
             while self.backlog:
-                await self.flush_once()
-            self._flushed.set()
-            if self._stopping:
-                return
+                # While every slot is busy the buffer grows: batches get
+                # larger exactly when the database is the bottleneck.
+                await self._flush_slots.acquire()
+                if not self.backlog:
+                    self._flush_slots.release()
+                    break
+                task = asyncio.ensure_future(self._flush(self._take_batch()))
+                self._flushing.add(task)
+                task.add_done_callback(self._flush_finished)
+
+    def _flush_finished(self, task: asyncio.Task[None]) -> None:
+        self._flushing.discard(task)
+        self._flush_slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("recorder_flush_crashed", error=repr(task.exception()))
 
     async def drain(self) -> None:
         """Write out everything buffered (shutdown)."""
+        while self._flushing:
+            await asyncio.gather(*list(self._flushing), return_exceptions=True)
         while self.backlog:
             await self.flush_once()
 
     async def flush_once(self) -> None:
-        responses = self._responses[: self._max_batch]
-        receipts = self._receipts[: self._max_batch]
-        inbound = self._inbound[: self._max_batch]
-        commits = [
-            *self._receipt_commits[: len(receipts)],
-            *self._inbound_commits[: len(inbound)],
-        ]
-        receipt_commits = self._receipt_commits[: len(receipts)]
-        inbound_commits = self._inbound_commits[: len(inbound)]
-        del self._responses[: len(responses)]
-        del self._receipts[: len(receipts)]
-        del self._inbound[: len(inbound)]
-        del self._receipt_commits[: len(receipts)]
-        del self._inbound_commits[: len(inbound)]
+        await self._flush(self._take_batch())
+
+    def _take_batch(self) -> _Batch:
+        n_receipts = min(len(self._receipts), self._max_batch)
+        n_inbound = min(len(self._inbound), self._max_batch)
+        batch = _Batch(
+            responses=self._responses[: self._max_batch],
+            receipts=self._receipts[:n_receipts],
+            inbound=self._inbound[:n_inbound],
+            receipt_commits=self._receipt_commits[:n_receipts],
+            inbound_commits=self._inbound_commits[:n_inbound],
+        )
+        del self._responses[: len(batch.responses)]
+        del self._receipts[:n_receipts]
+        del self._inbound[:n_inbound]
+        del self._receipt_commits[:n_receipts]
+        del self._inbound_commits[:n_inbound]
+        return batch
+
+    async def _flush(self, batch: _Batch) -> None:
+        responses, receipts, inbound = batch.responses, batch.receipts, batch.inbound
         now = self._clock.now()
         try:
             await self._db.in_transaction(
@@ -150,17 +189,18 @@ class Recorder:
             self._responses[:0] = responses
             self._receipts[:0] = receipts
             self._inbound[:0] = inbound
-            self._receipt_commits[:0] = receipt_commits
-            self._inbound_commits[:0] = inbound_commits
+            self._receipt_commits[:0] = batch.receipt_commits
+            self._inbound_commits[:0] = batch.inbound_commits
             log.exception("recorder_flush_failed", responses=len(responses))
             await asyncio.sleep(0.5)
+            self._wake.set()
             return
         except Exception:
             # One bad row must not stall every outcome behind it: write the
             # batch item by item, and log (and leave to the timers) what fails.
             log.exception("recorder_batch_failed", responses=len(responses))
             await self._write_one_by_one(responses, receipts, inbound, now)
-        for future in commits:
+        for future in (*batch.receipt_commits, *batch.inbound_commits):
             if not future.done():
                 future.set_result(None)
 
@@ -246,8 +286,9 @@ class Recorder:
         # Billing: one unit per part that reached the handset (§11), in the
         # month of its receipt, whatever becomes of the message.
         delivered = [p for p in delivered_parts if p["state"] == "delivered"]
-        if delivered:
-            await self._bill_parts(tx, delivered)
+        units_delivered: dict[int, int] = defaultdict(int)
+        for part in delivered:
+            units_delivered[part["message_id"]] += 1
         rows = await tx.fetch("attempt_parts", list(message_ids))
         transitions: list[Transition] = []
         learned: list[tuple[str, str]] = []
@@ -273,6 +314,7 @@ class Recorder:
                         State.SUBMITTED,
                         "submitted",
                         receipt_deadline=now + timedelta(seconds=timeout_s),
+                        sms_units_added=units_delivered.get(row["id"]),
                     )
                 )
                 continue
@@ -294,6 +336,7 @@ class Recorder:
                     reason_code=reason.code if reason else None,
                     reason_text=reason.text if reason else None,
                     not_before=outcome.not_before,
+                    sms_units_added=units_delivered.get(row["id"]),
                     resends_done=row["resends_done"] + 1 if outcome.resend else None,
                     detail=detail,
                 )
@@ -313,7 +356,16 @@ class Recorder:
         if rerouted:
             await tx.execute("mark_wrong_carrier", rerouted)
         changed = await tx.apply_transitions(transitions, now)
+        # Units ride on the transition that settles the message (one row
+        # update, and its callback shows them); the rest are added here.
+        counted = {r["id"] for r in changed}
+        rest = {m: n for m, n in units_delivered.items() if m not in counted}
+        if rest:
+            await tx.execute("add_sms_units", list(rest), list(rest.values()))
         if learned:
+            # In key order, like every multi-row upsert here: concurrent
+            # flushes then wait for each other instead of deadlocking.
+            learned.sort()
             await tx.execute(
                 "learn_carriers",
                 [m for m, _ in learned],
@@ -329,22 +381,24 @@ class Recorder:
             )
         if changed and self.on_transitions is not None:
             await self.on_transitions(tx, changed, now)
+        if delivered:
+            # Last: every flush adds to the same (account, month) row, and
+            # its lock is held until commit.
+            await self._add_billing(tx, delivered)
         return changed
 
-    async def _bill_parts(self, tx: Transaction, delivered: Sequence[Row]) -> None:
-        per_message: dict[int, int] = {}
+    async def _add_billing(self, tx: Transaction, delivered: Sequence[Row]) -> None:
         per_month: dict[tuple[str, str], int] = {}
         for part in delivered:
-            per_message[part["message_id"]] = per_message.get(part["message_id"], 0) + 1
             key = (part["account_id"], billing_month(part["receipt_at"]))
             per_month[key] = per_month.get(key, 0) + 1
-        await tx.execute("add_sms_units", list(per_message), list(per_message.values()))
+        months = sorted(per_month)
         await tx.execute(
             "add_billing",
-            [a for a, _ in per_month],
-            [m for _, m in per_month],
-            ["sms"] * len(per_month),
-            list(per_month.values()),
+            [a for a, _ in months],
+            [m for _, m in months],
+            ["sms"] * len(months),
+            [per_month[k] for k in months],
         )
 
     async def _store_inbound(self, tx: Transaction, inbound: Sequence[InboundSms]) -> None:

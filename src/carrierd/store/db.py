@@ -128,7 +128,7 @@ class Transition:
     reason_text: str | None = None
     not_before: datetime | None = None
     receipt_deadline: datetime | None = None
-    sms_units: int | None = None
+    sms_units_added: int | None = None  # delivered parts to add to sms_units
     rcs_units: int | None = None
     detail: Mapping[str, Any] | None = None
     leg: str | None = None
@@ -146,7 +146,7 @@ def transition_arrays(transitions: Sequence[Transition]) -> list[list[Any]]:
         [t.reason_text for t in transitions],
         [t.not_before for t in transitions],
         [t.receipt_deadline for t in transitions],
-        [t.sms_units for t in transitions],
+        [t.sms_units_added for t in transitions],
         [t.rcs_units for t in transitions],
         [t.event for t in transitions],
         [

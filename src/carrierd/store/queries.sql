@@ -50,7 +50,7 @@ inserted AS (
                 ELSE string_to_array(carriers_allowed, ',') END,
            callback_url, callback_every_change, send_at, not_before, expires_at, $19, $19
     FROM input
-    ON CONFLICT (account_id, client_ref) DO NOTHING
+    ON CONFLICT (account_id, client_ref) WHERE client_ref IS NOT NULL DO NOTHING
     RETURNING id, state
 ),
 logged AS (
@@ -156,7 +156,11 @@ FROM unnest($1::text[], $2::float8[]) AS i(account_id, unused)
 WHERE b.account_id = i.account_id;
 
 -- name: learned_carriers
-SELECT msisdn, carrier FROM carrier_learned WHERE msisdn = ANY($1::text[]);
+-- Probed per number through the primary key: with "= ANY(array)" a plan
+-- cached while the table was small goes on scanning it as it grows.
+SELECT n.msisdn, l.carrier
+FROM unnest($1::text[]) AS n(msisdn)
+JOIN carrier_learned l ON l.msisdn = n.msisdn;
 
 -- name: learn_carriers
 INSERT INTO carrier_learned (msisdn, carrier, learned_at)
@@ -184,7 +188,7 @@ WITH input AS (
 ),
 gate AS (
     INSERT INTO au_gate (msisdn, last_final_at)
-    SELECT msisdn, final_at FROM input
+    SELECT msisdn, final_at FROM input ORDER BY msisdn
     ON CONFLICT (msisdn) DO UPDATE
        SET last_final_at = greatest(au_gate.last_final_at, EXCLUDED.last_final_at)
 )
@@ -244,19 +248,32 @@ UPDATE parts p
 
 -- name: apply_early_receipts
 -- Receipts that beat their submit_sm_resp (or reached another daemon first)
--- meet their part once the part knows its SMSC id.
-WITH matched AS (
+-- meet their part once the part knows its SMSC id: the newest accepted part
+-- with the id, as in record_receipts. Driven from early_receipts, usually
+-- empty, with one index probe each: cheap whatever the size of parts.
+WITH found AS (
+    SELECT e.carrier, e.smsc_message_id, p.message_id, p.attempt, p.part_no
+    FROM early_receipts e
+    CROSS JOIN LATERAL (
+        SELECT message_id, attempt, part_no FROM parts
+        WHERE carrier = e.carrier AND smsc_message_id = e.smsc_message_id
+          AND state = 'accepted'
+        ORDER BY sent_at DESC
+        LIMIT 1
+    ) AS p
+),
+matched AS (
     DELETE FROM early_receipts e
-     USING parts p
-     WHERE p.carrier = e.carrier AND p.smsc_message_id = e.smsc_message_id
-       AND p.state = 'accepted'
-    RETURNING p.message_id, p.attempt, p.part_no, e.stat, e.err, e.received_at
+     USING found f
+     WHERE e.carrier = f.carrier AND e.smsc_message_id = f.smsc_message_id
+    RETURNING f.message_id, f.attempt, f.part_no, e.stat, e.err, e.received_at
 )
 UPDATE parts p
    SET state = CASE WHEN m.stat = 'DELIVRD' THEN 'delivered' ELSE 'failed' END,
        receipt_stat = m.stat, receipt_err = m.err, receipt_at = m.received_at
   FROM matched m
  WHERE p.message_id = m.message_id AND p.attempt = m.attempt AND p.part_no = m.part_no
+   AND p.state = 'accepted'
 RETURNING p.message_id, p.state, p.carrier, p.receipt_at, p.attempt,
           (SELECT account_id FROM messages WHERE id = p.message_id) AS account_id;
 
@@ -282,7 +299,10 @@ updated AS (
            receipt_stat = i.stat, receipt_err = i.err, receipt_at = i.received_at
       FROM target i
      WHERE p.message_id = i.message_id AND p.attempt = i.attempt AND p.part_no = i.part_no
-       AND i.state IN ('accepted', 'unknown')
+       -- On the row itself, not only as read above: a concurrent flush (or
+       -- daemon) holding the same receipt re-sent may have settled the part
+       -- meanwhile; PostgreSQL re-checks this after waiting for its lock.
+       AND p.state IN ('accepted', 'unknown')
     RETURNING p.message_id, p.state, p.carrier, p.receipt_at, p.attempt,
               (SELECT account_id FROM messages WHERE id = p.message_id) AS account_id
 ),
@@ -340,7 +360,7 @@ WITH input AS (
         $7::timestamptz[], $8::int[], $9::int[], $10::text[], $11::text[], $12::text[],
         $13::int[], $14::timestamptz[], $15::text[])
         AS i(id, from_state, to_state, reason_code, reason_text, not_before,
-             receipt_deadline, sms_units, rcs_units, event_kind, event_detail, leg,
+             receipt_deadline, sms_units_added, rcs_units, event_kind, event_detail, leg,
              resends_done, fallback_at, carrier)
 ),
 updated AS (
@@ -359,7 +379,7 @@ updated AS (
            final_at = CASE WHEN i.to_state IN ('delivered', 'failed', 'expired', 'cancelled',
                                                'skipped', 'rejected', 'unknown')
                            THEN $16 ELSE m.final_at END,
-           sms_units = coalesce(i.sms_units, m.sms_units),
+           sms_units = m.sms_units + coalesce(i.sms_units_added, 0),
            rcs_units = coalesce(i.rcs_units, m.rcs_units),
            leg = coalesce(i.leg, m.leg),
            carrier = coalesce(i.carrier, m.carrier),

@@ -3,9 +3,13 @@
 -- (queries.sql); these are the leg's own reads and bookkeeping.
 
 -- name: rcs_cached_capabilities
--- Answers younger than the TTL ($2 = now - capability_ttl_s).
-SELECT msisdn, capable FROM rcs_capabilities
-WHERE msisdn = ANY($1::text[]) AND checked_at > $2;
+-- Answers younger than the TTL ($2 = now - capability_ttl_s). One primary
+-- key probe per number (a cached plan of "= ANY(array)" made while the
+-- table was small would go on scanning it).
+SELECT c.msisdn, c.capable
+FROM unnest($1::text[]) AS n(msisdn)
+JOIN rcs_capabilities c ON c.msisdn = n.msisdn
+WHERE c.checked_at > $2;
 
 -- name: rcs_store_capabilities
 -- The caller passes each number once (ON CONFLICT cannot touch a row twice).
