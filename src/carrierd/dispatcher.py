@@ -3,13 +3,17 @@
 One cycle (`dispatch_once`):
   1. which accounts have due work, and tokens from their shared buckets
      (rows in PostgreSQL, so daemons together hold each account's rate);
-  2. claim up to that many messages per account under a lease
-     (FOR UPDATE SKIP LOCKED), oldest first;
-  3. per message: validate SQL-feed rows, pick the channel leg, resolve the
-     carrier, apply the carrier restriction and the au gate;
-  4. mark the survivors 'sending' with 'pending' parts in one transaction,
-     *then* submit; outcomes go to the write-behind recorder.
-Waiting (pacing, au gate) is a not_before timestamp, never a task.
+  2. in one transaction: lock up to that many messages per account
+     (FOR UPDATE SKIP LOCKED), oldest first; per message validate SQL-feed
+     rows, pick the channel leg, resolve the carrier, apply the carrier
+     restriction and the au gate; record what was decided, and mark the SMS
+     survivors 'sending' with 'pending' parts;
+  3. after the commit, *then* submit; outcomes go to the write-behind
+     recorder. +Message rows leave the transaction 'dispatching' under a
+     lease and go to the +Message leg.
+A claim writes nothing until its decisions do, and a crash before the
+commit leaves the rows queued. Waiting (pacing, au gate) is a not_before
+timestamp, never a task.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from carrierd.domain.routing import resolve_carrier
 from carrierd.domain.sms_text import SmsTextError, prepare_sms, split_gsm7, split_ucs2
 from carrierd.domain.states import State
 from carrierd.recorder import Recorder, SubmittedPart
-from carrierd.store.db import Database, Row, Transaction, Transition
+from carrierd.store.db import TRANSIENT_DB_ERRORS, Database, Row, Transaction, Transition
 
 log = structlog.get_logger("carrierd.dispatcher")
 
@@ -62,6 +66,15 @@ class Planned:
     carrier_source: str
     attempt: int
     request: SmsRequest
+
+
+@dataclass
+class _Claim:
+    """What one claim transaction decided, acted on once it has committed."""
+
+    claimed_per_account: dict[str, int]
+    sending: list[Planned]
+    rcs_rows: list[Row]
 
 
 class Dispatcher:
@@ -100,15 +113,26 @@ class Dispatcher:
         max_in_flight = max(1000, config.engine.claim_batch * 4)
         renew_every_s = config.engine.lease_s / 3
         last_renewal = self._clock.now()
+        failures = 0
         while self._claiming:
             now = self._clock.now()
-            if (now - last_renewal).total_seconds() >= renew_every_s:
-                await self.renew_leases(now)
-                last_renewal = now
-            if len(self._in_flight) >= max_in_flight:
-                await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+            try:
+                if (now - last_renewal).total_seconds() >= renew_every_s:
+                    await self.renew_leases(now)
+                    last_renewal = now
+                if len(self._in_flight) >= max_in_flight:
+                    await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                claimed = await self.dispatch_once(now)
+            except TRANSIENT_DB_ERRORS:
+                # A claim that failed committed nothing (its rows stay
+                # queued); one whose commit went through was handed over
+                # before anything else could fail. Try again, more slowly.
+                failures += 1
+                log.exception("dispatch_cycle_failed", failures=failures)
+                await asyncio.sleep(min(0.1 * 2**failures, 5.0))
                 continue
-            claimed = await self.dispatch_once(now)
+            failures = 0
             if claimed == 0:
                 idle_s = self._config().engine.idle_poll_s
                 await asyncio.sleep(min(max(self.pacing_wait_s, idle_s), 1.0))
@@ -167,19 +191,28 @@ class Dispatcher:
         if not quotas:
             return 0
         lease_until = now + timedelta(seconds=config.engine.lease_s)
-        rows = await self._db.fetch(
-            "claim_due", now, self._daemon_id, lease_until, list(quotas), list(quotas.values())
-        )
-        claimed_per_account: dict[str, int] = defaultdict(int)
-        for row in rows:
-            claimed_per_account[row["account_id"]] += 1
+
+        async def claim(tx: Transaction) -> _Claim:
+            rows = await tx.fetch("claim_due", now, list(quotas), list(quotas.values()))
+            decided = _Claim(defaultdict(int), [], [])
+            for row in rows:
+                decided.claimed_per_account[row["account_id"]] += 1
+            if rows:
+                await self._decide(tx, rows, now, lease_until, config, decided)
+            return decided
+
+        decided = await self._db.in_transaction(claim)
+        # Handed over first: what the claim marked 'sending' must leave even
+        # if the next statement fails, or it would end 'unknown' unsent.
+        if decided.sending:
+            self._hand_over(decided.sending, now)
+        if decided.rcs_rows and self.rcs_leg is not None:
+            await self.rcs_leg.dispatch(decided.rcs_rows, now)
         if config.engine.pacing:
             await self._return_tokens(
-                {a: quotas[a] - claimed_per_account.get(a, 0) for a in quotas}
+                {a: quotas[a] - decided.claimed_per_account.get(a, 0) for a in quotas}
             )
-        if rows:
-            await self._process(rows, now, config)
-        return len(rows)
+        return sum(decided.claimed_per_account.values())
 
     async def _take_tokens(
         self, wants: Mapping[str, int], now: datetime, accounts: Mapping[str, AccountConfig]
@@ -226,14 +259,22 @@ class Dispatcher:
 
     # -- deciding ------------------------------------------------------------------
 
-    async def _process(self, rows: list[Row], now: datetime, config: Config) -> None:
+    async def _decide(
+        self,
+        tx: Transaction,
+        rows: list[Row],
+        now: datetime,
+        lease_until: datetime,
+        config: Config,
+        decided: _Claim,
+    ) -> None:
         transitions: list[Transition] = []
         sms_rows: list[Row] = []
         rcs_rows: list[Row] = []
         for row in rows:
             account = config.accounts[row["account_id"]]
             if not row["validated"]:
-                rejection = await self._validate_fed_row(row, account)
+                rejection = await self._validate_fed_row(tx, row, account)
                 if rejection is not None:
                     transitions.append(_to(row, State.REJECTED, "rejected", rejection))
                     continue
@@ -250,14 +291,23 @@ class Dispatcher:
                     transitions.append(_to(row, State.FAILED, "failed", RCS_NOT_CONFIGURED))
                 continue
             sms_rows.append(row)
-        if transitions:
-            await self._apply(transitions, now)
-        if rcs_rows and self.rcs_leg is not None:
-            await self.rcs_leg.dispatch(rcs_rows, now)
+        planned: list[Planned] = []
         if sms_rows:
-            await self._dispatch_sms(sms_rows, now, config)
+            planned, held = await self._plan_sms(tx, sms_rows, now, config)
+            transitions += held
+        if transitions:
+            await self._apply_in(tx, transitions, now)
+        if rcs_rows:
+            await tx.execute(
+                "lease_claims", [r["id"] for r in rcs_rows], self._daemon_id, lease_until, now
+            )
+            decided.rcs_rows = rcs_rows
+        if planned:
+            decided.sending = await self._mark_sending(tx, planned, now, lease_until)
 
-    async def _validate_fed_row(self, row: Row, account: AccountConfig) -> Reason | None:
+    async def _validate_fed_row(
+        self, tx: Transaction, row: Row, account: AccountConfig
+    ) -> Reason | None:
         """SQL-feed rows get the checks HTTP intake gives; store the result."""
         try:
             msisdn = normalize_msisdn(row["recipient_raw"], allow_m2m=account.allow_m2m)
@@ -282,7 +332,7 @@ class Dispatcher:
             except RcsContentError as exc:
                 first = exc.violations[0]
                 return Reason("invalid_field", f"{first.path}: {first.reason}")
-        await self._db.execute(
+        await tx.execute(
             "store_validation",
             self._clock.now(),
             [row["id"]],
@@ -302,11 +352,15 @@ class Dispatcher:
         )
         return None
 
-    async def _dispatch_sms(self, rows: list[Row], now: datetime, config: Config) -> None:
+    async def _plan_sms(
+        self, tx: Transaction, rows: list[Row], now: datetime, config: Config
+    ) -> tuple[list[Planned], list[Transition]]:
+        """The carrier, sender and parts of each SMS; what cannot go now is
+        held (au gate, no bind, parts budget) or ends here."""
         available = [c for c in self._gateway.carriers() if c in config.carriers]
         learned = {
             r["msisdn"]: r["carrier"]
-            for r in await self._db.fetch("learned_carriers", [r["msisdn"] for r in rows])
+            for r in await tx.fetch("learned_carriers", [r["msisdn"] for r in rows])
         }
         number_ranges = {
             prefix: name for name, c in config.carriers.items() for prefix in c.number_prefixes
@@ -342,7 +396,7 @@ class Dispatcher:
                 transitions.append(
                     Transition(
                         row["id"],
-                        State.DISPATCHING,
+                        State.QUEUED,
                         State.QUEUED,
                         "postponed",
                         not_before=now + timedelta(seconds=NO_BIND_RETRY_S),
@@ -375,18 +429,15 @@ class Dispatcher:
                     ),
                 )
             )
-        planned, held = await self._au_gate(planned, now, config.engine.au_spacing_s)
+        planned, held = await self._au_gate(tx, planned, now, config.engine.au_spacing_s)
         transitions += held
         if config.engine.pacing:
             planned, over = self._parts_budget(planned, config.accounts)
             transitions += over
-        if transitions:
-            await self._apply(transitions, now)
-        if planned:
-            await self._mark_sending_and_submit(planned, now, config)
+        return planned, transitions
 
     async def _au_gate(
-        self, planned: list[Planned], now: datetime, spacing_s: float
+        self, tx: Transaction, planned: list[Planned], now: datetime, spacing_s: float
     ) -> tuple[list[Planned], list[Transition]]:
         """DOMAIN §5: ≥ spacing_s after the previous au SMS to the number got
         its final receipt; while one is in flight, the next waits."""
@@ -395,7 +446,7 @@ class Dispatcher:
             return planned, []
         state = {
             r["msisdn"]: r
-            for r in await self._db.fetch(
+            for r in await tx.fetch(
                 "au_gate_state",
                 sorted({p.request.msisdn for p in au}),
                 [p.request.message_id for p in au],
@@ -424,7 +475,7 @@ class Dispatcher:
                 held.append(
                     Transition(
                         p.row["id"],
-                        State.DISPATCHING,
+                        State.QUEUED,
                         State.QUEUED,
                         "au_gate_hold",
                         not_before=not_before,
@@ -460,7 +511,7 @@ class Dispatcher:
                 over.append(
                     Transition(
                         p.row["id"],
-                        State.DISPATCHING,
+                        State.QUEUED,
                         State.QUEUED,
                         "postponed",
                         detail={"why": "rate counted in parts"},
@@ -473,39 +524,36 @@ class Dispatcher:
 
     # -- handing over --------------------------------------------------------------
 
-    async def _mark_sending_and_submit(
-        self, planned: list[Planned], now: datetime, config: Config
-    ) -> None:
-        lease_until = now + timedelta(seconds=config.engine.lease_s)
-
-        async def mark(tx: Transaction) -> set[int]:
-            marked = {
-                r["id"]
-                for r in await tx.fetch(
-                    "mark_sending",
-                    [p.row["id"] for p in planned],
-                    [p.carrier for p in planned],
-                    [p.attempt for p in planned],
-                    [p.carrier_source for p in planned],
-                    now,
-                    lease_until,
-                    self._daemon_id,
-                )
-            }
-            ours = [p for p in planned if p.row["id"] in marked]
-            await tx.execute(
-                "insert_parts",
-                [p.row["id"] for p in ours for _ in p.request.parts],
-                [p.attempt for p in ours for _ in p.request.parts],
-                [i + 1 for p in ours for i in range(len(p.request.parts))],
-                [len(p.request.parts) for p in ours for _ in p.request.parts],
-                [p.carrier for p in ours for _ in p.request.parts],
+    async def _mark_sending(
+        self, tx: Transaction, planned: list[Planned], now: datetime, lease_until: datetime
+    ) -> list[Planned]:
+        marked = {
+            r["id"]
+            for r in await tx.fetch(
+                "mark_sending",
+                [p.row["id"] for p in planned],
+                [p.carrier for p in planned],
+                [p.attempt for p in planned],
+                [p.carrier_source for p in planned],
                 now,
+                lease_until,
+                self._daemon_id,
             )
-            return marked
-
-        marked = await self._db.in_transaction(mark)
+        }
         ours = [p for p in planned if p.row["id"] in marked]
+        await tx.execute(
+            "insert_parts",
+            [p.row["id"] for p in ours for _ in p.request.parts],
+            [p.attempt for p in ours for _ in p.request.parts],
+            [i + 1 for p in ours for i in range(len(p.request.parts))],
+            [len(p.request.parts) for p in ours for _ in p.request.parts],
+            [p.carrier for p in ours for _ in p.request.parts],
+            now,
+        )
+        return ours
+
+    def _hand_over(self, ours: list[Planned], now: datetime) -> None:
+        """Submit what the committed claim marked 'sending'."""
         if self._on_submitted is not None:
             self._on_submitted(ours, now)
         # FIFO per recipient: messages to one number go out one after another.
@@ -537,14 +585,16 @@ class Dispatcher:
                 )
 
     async def _apply(self, transitions: list[Transition], now: datetime) -> list[Row]:
-        async def work(tx: Transaction) -> list[Row]:
-            changed = await tx.apply_transitions(transitions, now)
-            hook = self._recorder.on_transitions
-            if changed and hook is not None:
-                await hook(tx, changed, now)
-            return changed
+        return await self._db.in_transaction(lambda tx: self._apply_in(tx, transitions, now))
 
-        return await self._db.in_transaction(work)
+    async def _apply_in(
+        self, tx: Transaction, transitions: list[Transition], now: datetime
+    ) -> list[Row]:
+        changed = await tx.apply_transitions(transitions, now)
+        hook = self._recorder.on_transitions
+        if changed and hook is not None:
+            await hook(tx, changed, now)
+        return changed
 
 
 RCS_NOT_CONFIGURED = Reason("rcs_not_configured", "+Message is not configured on this daemon")
@@ -560,7 +610,7 @@ def _to(
 ) -> Transition:
     return Transition(
         row["id"],
-        State.DISPATCHING,
+        State.QUEUED,
         state,
         event,
         reason_code=reason.code if reason else None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime, timedelta
 
 from carrierd.channels.types import PartOutcome, SmsRequest
@@ -108,6 +109,10 @@ async def test_resend_just_before_the_quiet_window_is_allowed(dsn: str, db: Data
     assert (await row(db, mid))["state"] == "queued"
 
 
+class DiedMidClaim(Exception):
+    """The daemon's process ended inside its claim transaction."""
+
+
 class StallingNetwork(NetworkStandIn):
     """A daemon that dies after marking its messages sending: the submit
     never comes back (the process is gone)."""
@@ -134,7 +139,8 @@ async def test_a_dead_daemons_messages_are_never_resent_blindly(dsn: str, db: Da
         config,
     )
     # The dead daemon marked the first as sending (its submit "left"), and
-    # had claimed the second without handing it over.
+    # died in the middle of a claim that held the second: that transaction
+    # rolls back with its connection.
     await db.call_raw(
         "UPDATE messages SET not_before = not_before + interval '1 hour' WHERE id = $1",
         claimed_only,
@@ -143,9 +149,11 @@ async def test_a_dead_daemons_messages_are_never_resent_blindly(dsn: str, db: Da
     await db.call_raw(
         "UPDATE messages SET not_before = $2 WHERE id = $1", claimed_only, clock.now()
     )
-    await db.fetch(
-        "claim_due", clock.now(), "dead", clock.now() + timedelta(seconds=60), ["acme"], [10]
-    )
+    with contextlib.suppress(DiedMidClaim):
+        async with db.transaction() as tx:
+            held = await tx.fetch("claim_due", clock.now(), ["acme"], [10])
+            assert [h["id"] for h in held] == [claimed_only]
+            raise DiedMidClaim
     for task in list(dead.dispatcher._in_flight):
         task.cancel()
     live = await make_engine(config, db, clock, daemon_id="live")

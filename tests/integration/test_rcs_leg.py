@@ -299,9 +299,16 @@ async def test_status_webhook_that_beats_the_send_is_applied_with_it(
 ) -> None:
     async with rig(dsn, db, delivery_delay_min_s=5.0, delivery_delay_max_s=5.0) as r:
         message_id = await r.send(CAPABLE)
-        claimed = await db.fetch(
-            "claim_due", r.clock.now(), "d1", r.clock.now() + timedelta(seconds=60), ["acme"], [10]
-        )
+        # A claim hands +Message rows to the leg 'dispatching' under a lease.
+        async with db.transaction() as tx:
+            claimed = await tx.fetch("claim_due", r.clock.now(), ["acme"], [10])
+            await tx.execute(
+                "lease_claims",
+                [c["id"] for c in claimed],
+                "d1",
+                r.clock.now() + timedelta(seconds=60),
+                r.clock.now(),
+            )
         # The platform reports delivery before our send is recorded.
         assert await r.post_webhook(status_payload(message_id, "delivered", CAPABLE)) == 204
         assert (await r.row(message_id))["state"] == "dispatching"

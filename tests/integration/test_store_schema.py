@@ -82,8 +82,6 @@ async def test_claim_query_uses_its_index_on_100k_rows(db: Database) -> None:
     plan_rows = await db.call_raw(
         "EXPLAIN (FORMAT JSON) " + QUERIES["claim_due"],
         NOW + timedelta(hours=1),
-        "d1",
-        NOW + timedelta(hours=1, minutes=1),
         ["a", "b", "c"],
         [100, 100, 100],
     )

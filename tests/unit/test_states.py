@@ -105,13 +105,15 @@ def test_allowed_sources_is_the_inverse_table() -> None:
 @pytest.mark.parametrize(
     ("src", "dst"),
     [
-        (State.DISPATCHING, State.QUEUED),  # postponed by pacing / au gate
         (State.SENDING, State.DELIVERED),  # receipt before the last submit_sm_resp
         (State.SENDING, State.UNKNOWN),  # crash with parts in flight
         (State.SUBMITTED, State.QUEUED),  # reroute / system resend
         (State.RCS_SENT, State.QUEUED),  # SMS fallback
         (State.RCS_SENT, State.EXPIRED),  # 72 h discard
-        (State.DISPATCHING, State.SKIPPED),  # carrier restriction
+        (State.QUEUED, State.SENDING),  # marked in the claim, before submit_sm
+        (State.QUEUED, State.QUEUED),  # postponed in the claim (au gate, no bind)
+        (State.QUEUED, State.SKIPPED),  # carrier restriction
+        (State.DISPATCHING, State.QUEUED),  # +Message lease given back
     ],
 )
 def test_domain_edges_exist(src: State, dst: State) -> None:
@@ -121,12 +123,12 @@ def test_domain_edges_exist(src: State, dst: State) -> None:
 @pytest.mark.parametrize(
     ("src", "dst"),
     [
-        (State.QUEUED, State.SENDING),  # must be claimed first
+        (State.SCHEDULED, State.SENDING),  # must be due and claimed first
         (State.SCHEDULED, State.DISPATCHING),
         (State.DELIVERED, State.FAILED),
         (State.UNKNOWN, State.QUEUED),  # never resend an ambiguous outcome
         (State.SUBMITTED, State.CANCELLED),  # the SMSC already has it
-        (State.QUEUED, State.QUEUED),
+        (State.SENDING, State.SENDING),
     ],
 )
 def test_dangerous_edges_do_not_exist(src: State, dst: State) -> None:

@@ -10,10 +10,20 @@ edge listed here even when several daemons race for it.
                  -> expired     validity ended before send_at
 
     queued       due (or waiting for not_before); claimable by a dispatcher.
-                 -> dispatching claimed under a lease
-                 -> cancelled, expired
+                 A claim locks the row for one transaction that decides it,
+                 so these moves happen in the claim itself:
+                 -> sending     SMS: marked before the first submit_sm
+                                leaves, so a crash after this point is never
+                                resent blindly
+                 -> queued      postponed (au gate, no bind up, parts
+                                budget); not_before is set
+                 -> dispatching +Message: handed to its leg under a lease
+                 -> skipped     carrier restriction excludes the recipient
+                 -> rejected    SQL-feed row that fails validation
+                 -> failed, expired, cancelled
 
-    dispatching  claimed under a lease: being decided and paced.
+    dispatching  +Message rows under a lease while the leg talks to the
+                 platform (and rows claimed by an older version).
                  -> queued      postponed (account bucket, au gate, lease
                                 given back on shutdown); not_before is set
                  -> sending     SMS: marked before the first submit_sm
@@ -94,7 +104,18 @@ INITIAL_STATES: frozenset[State] = frozenset({State.SCHEDULED, State.QUEUED, Sta
 TRANSITIONS: Mapping[State, frozenset[State]] = MappingProxyType(
     {
         State.SCHEDULED: frozenset({State.QUEUED, State.CANCELLED, State.EXPIRED}),
-        State.QUEUED: frozenset({State.DISPATCHING, State.CANCELLED, State.EXPIRED}),
+        State.QUEUED: frozenset(
+            {
+                State.QUEUED,
+                State.DISPATCHING,
+                State.SENDING,
+                State.SKIPPED,
+                State.REJECTED,
+                State.FAILED,
+                State.CANCELLED,
+                State.EXPIRED,
+            }
+        ),
         State.DISPATCHING: frozenset(
             {
                 State.QUEUED,

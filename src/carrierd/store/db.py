@@ -160,6 +160,20 @@ def transition_arrays(transitions: Sequence[Transition]) -> list[list[Any]]:
     ]
 
 
+# Failures after which the same work can simply be tried again later: the
+# database aborted the transaction, restarts, or the connection broke. Loops
+# that must outlive them (the dispatcher) catch these and nothing else, so a
+# programming error still stops the daemon loudly.
+TRANSIENT_DB_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    OSError,
+)
+
+
 class Database:
     """A pool plus the named statements. Create with ``await Database.open(...)``."""
 

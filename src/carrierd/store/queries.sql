@@ -101,33 +101,36 @@ CROSS JOIN LATERAL (
 WHERE d.due > 0;
 
 -- name: claim_due
--- Claim up to quota[i] due messages of account[i] under a lease.
+-- Lock up to quota[i] due messages of account[i] for this claim's
+-- transaction, which decides them and marks the SMS ones 'sending' before it
+-- commits: no row version is written just to claim, and a daemon that dies
+-- mid-claim leaves the rows queued (its transaction rolls back).
 WITH quotas AS (
     -- Each account's share of this claim: the tokens it was granted, so one
     -- busy account cannot starve another.
-    SELECT account_id, quota FROM unnest($4::text[], $5::int[]) AS q(account_id, quota)
-),
-due AS (
-    -- Oldest first within the account (FIFO per recipient follows); SKIP
-    -- LOCKED lets several daemons claim from one queue without waiting.
-    SELECT picked.id
-    FROM quotas q
-    CROSS JOIN LATERAL (
-        SELECT id FROM messages
-        WHERE account_id = q.account_id AND state = 'queued' AND not_before <= $1
-        ORDER BY not_before, id
-        LIMIT q.quota
-        FOR UPDATE SKIP LOCKED
-    ) AS picked
+    SELECT account_id, quota FROM unnest($2::text[], $3::int[]) AS q(account_id, quota)
 )
-UPDATE messages m
-   SET state = 'dispatching', lease_owner = $2, lease_expires_at = $3, updated_at = $1
-  FROM due
- WHERE m.id = due.id
-RETURNING m.id, m.account_id, m.channel, m.leg, m.validated, m.recipient_raw, m.msisdn,
-          m.sms_text, m.sms_encoding, m.sms_parts, m.rcs_content, m.carrier_named,
-          m.carriers_allowed, m.carrier, m.carriers_wrong, m.attempt, m.resends_done,
-          m.expires_at, m.accepted_at, m.send_at;
+-- Oldest first within the account (FIFO per recipient follows); SKIP
+-- LOCKED lets several daemons claim from one queue without waiting.
+SELECT picked.*
+FROM quotas q
+CROSS JOIN LATERAL (
+    SELECT id, account_id, channel, leg, validated, recipient_raw, msisdn, sms_text,
+           sms_encoding, sms_parts, rcs_content, carrier_named, carriers_allowed, carrier,
+           carriers_wrong, attempt, resends_done, expires_at, accepted_at, send_at
+    FROM messages
+    WHERE account_id = q.account_id AND state = 'queued' AND not_before <= $1
+    ORDER BY not_before, id
+    LIMIT q.quota
+    FOR UPDATE SKIP LOCKED
+) AS picked;
+
+-- name: lease_claims
+-- Claimed rows handed to a leg that works on them after the claim commits
+-- (+Message): 'dispatching' under this daemon's lease until they move on.
+UPDATE messages
+   SET state = 'dispatching', lease_owner = $2, lease_expires_at = $3, updated_at = $4
+ WHERE id = ANY($1::bigint[]) AND state = 'queued';
 
 -- name: ensure_buckets
 -- A new bucket starts empty: a restart or a new account never bursts above
@@ -208,7 +211,8 @@ UPDATE messages m
 
 -- name: mark_sending
 -- Before the first submit_sm leaves: the message is 'sending' and its parts
--- 'pending', durably. A crash from here on is never resent blindly.
+-- 'pending', durably. A crash from here on is never resent blindly. Runs in
+-- the claim's transaction, on rows claim_due holds locked.
 WITH input AS (
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::int[], $4::text[])
              AS i(id, carrier, attempt, carrier_source)
@@ -216,9 +220,9 @@ WITH input AS (
 updated AS (
     UPDATE messages m
        SET state = 'sending', carrier = i.carrier, attempt = i.attempt,
-           lease_expires_at = $6, updated_at = $5
+           lease_owner = $7, lease_expires_at = $6, updated_at = $5
       FROM input i
-     WHERE m.id = i.id AND m.state = 'dispatching' AND m.lease_owner = $7
+     WHERE m.id = i.id AND m.state = 'queued'
     RETURNING m.id, i.carrier, i.attempt, i.carrier_source
 ),
 logged AS (
@@ -467,8 +471,19 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::time
 
 -- name: renew_leases
 -- The daemon is alive: keep its claims. One statement for all of them.
-UPDATE messages SET lease_expires_at = $2
-WHERE lease_owner = $1 AND state IN ('dispatching', 'sending');
+-- Locked in id order like every other multi-message writer (recorder
+-- flushes lock their messages in id order), and a row a flush holds right
+-- now is skipped: it is being settled, and the next renewal catches it if it
+-- stays in flight. Updating in scan order instead deadlocked with flushes.
+WITH mine AS (
+    SELECT id FROM messages
+    WHERE lease_owner = $1 AND state IN ('dispatching', 'sending')
+    ORDER BY id
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE messages m SET lease_expires_at = $2
+  FROM mine
+ WHERE m.id = mine.id;
 
 -- name: mark_wrong_carrier
 -- "Not our subscriber": never ask this carrier again for this message (§4).
