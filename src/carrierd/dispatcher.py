@@ -454,6 +454,7 @@ class Dispatcher:
         }
         kept: list[Planned] = []
         held: list[Transition] = []
+        waiting: list[tuple[int, str, datetime]] = []
         taken_in_batch: set[str] = set()
         for p in planned:
             if p.carrier != "au":
@@ -472,6 +473,8 @@ class Dispatcher:
                 taken_in_batch.add(p.request.msisdn)
                 kept.append(p)
             else:
+                if why == "in_flight":
+                    waiting.append((p.request.message_id, p.request.msisdn, not_before))
                 held.append(
                     Transition(
                         p.row["id"],
@@ -482,6 +485,14 @@ class Dispatcher:
                         detail={"why": why},
                     )
                 )
+        if waiting:
+            # The receipt that ends the one in flight releases these.
+            await tx.execute(
+                "au_gate_hold",
+                [message_id for message_id, _, _ in waiting],
+                [msisdn for _, msisdn, _ in waiting],
+                [recheck_at for _, _, recheck_at in waiting],
+            )
         return kept, held
 
     def _parts_budget(

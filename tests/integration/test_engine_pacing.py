@@ -160,4 +160,6 @@ async def test_au_messages_to_one_number_keep_22_seconds_after_the_previous_rece
     order = sorted(submitted_at, key=lambda m: submitted_at[m])
     assert order == ids  # first in, first out per recipient
     for previous, following in itertools.pairwise(order):
-        assert submitted_at[following] >= receipt_at[previous] + timedelta(seconds=22)
+        # Exactly then: the receipt itself releases the held message, not a
+        # later re-check of the gate.
+        assert submitted_at[following] == receipt_at[previous] + timedelta(seconds=22)

@@ -182,8 +182,10 @@ FROM unnest($1::text[]) AS n(msisdn)
 LEFT JOIN au_gate g ON g.msisdn = n.msisdn;
 
 -- name: au_gate_release
--- A final receipt for an au SMS: remember when, and move the number's
--- waiting messages to not before (final + spacing).
+-- A final receipt for an au SMS: remember when, and move the messages the
+-- gate held for the number (au_gate_waiting) to final + spacing. One whose
+-- not_before changed since the hold (rescheduled for another reason) keeps
+-- its own time.
 WITH input AS (
     SELECT msisdn, max(final_at) AS final_at
     FROM unnest($1::text[], $2::timestamptz[]) AS i(msisdn, final_at)
@@ -194,11 +196,25 @@ gate AS (
     SELECT msisdn, final_at FROM input ORDER BY msisdn
     ON CONFLICT (msisdn) DO UPDATE
        SET last_final_at = greatest(au_gate.last_final_at, EXCLUDED.last_final_at)
+),
+released AS (
+    DELETE FROM au_gate_waiting w
+     USING input i
+     WHERE w.msisdn = i.msisdn
+    RETURNING w.message_id, w.recheck_at, i.final_at
 )
 UPDATE messages m
-   SET not_before = greatest(m.not_before, i.final_at + make_interval(secs => $3::float8))
-  FROM input i
- WHERE m.msisdn = i.msisdn AND m.state = 'queued';
+   SET not_before = r.final_at + make_interval(secs => $3::float8)
+  FROM released r
+ WHERE m.id = r.message_id AND m.state = 'queued' AND m.not_before = r.recheck_at;
+
+-- name: au_gate_hold
+-- au SMS that wait for the previous one's final receipt, and the re-check
+-- time their hold set (in case that receipt never comes).
+INSERT INTO au_gate_waiting (message_id, msisdn, recheck_at)
+SELECT * FROM unnest($1::bigint[], $2::text[], $3::timestamptz[]) ORDER BY 1
+ON CONFLICT (message_id) DO UPDATE
+   SET msisdn = EXCLUDED.msisdn, recheck_at = EXCLUDED.recheck_at;
 
 -- name: store_validation
 -- SQL-feed rows validated at claim time by the same rules as HTTP intake.
