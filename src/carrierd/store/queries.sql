@@ -271,9 +271,17 @@ UPDATE parts p
 -- meet their part once the part knows its SMSC id: the newest accepted part
 -- with the id, as in record_receipts. Driven from early_receipts, usually
 -- empty, with one index probe each: cheap whatever the size of parts.
-WITH found AS (
+WITH waiting AS (
+    -- Rows another flush (or daemon) holds are its to match: concurrent
+    -- flushes waited on each other here, and a receipt's deliver_sm is
+    -- answered only when its flush commits. What is skipped meets its part
+    -- in the next flush or the settler's sweep.
+    SELECT carrier, smsc_message_id FROM early_receipts
+    FOR UPDATE SKIP LOCKED
+),
+found AS (
     SELECT e.carrier, e.smsc_message_id, p.message_id, p.attempt, p.part_no
-    FROM early_receipts e
+    FROM waiting e
     CROSS JOIN LATERAL (
         SELECT message_id, attempt, part_no FROM parts
         WHERE carrier = e.carrier AND smsc_message_id = e.smsc_message_id
