@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
+
 from carrierd.channels.types import PartOutcome, SmsRequest
 from carrierd.config import Config
 from carrierd.domain.clock import FakeClock
@@ -189,3 +191,76 @@ async def test_at_least_once_accounts_get_ambiguous_parts_resent(dsn: str, db: D
     await live.cycle()
     r = await row(db, mid)
     assert r["state"] == "submitted" and r["attempt"] == 2
+
+
+class DeadlocksOnce:
+    """The database as the dispatcher sees it, aborting its first query the
+    way PostgreSQL aborts the loser of a deadlock."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self.failures = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._db, name)
+
+    async def fetch(self, name: str, *args: object) -> list[dict[str, object]]:
+        if self.failures == 0:
+            self.failures += 1
+            raise asyncpg.exceptions.DeadlockDetectedError("deadlock detected")
+        return await self._db.fetch(name, *args)
+
+
+async def test_the_dispatch_loop_outlives_a_deadlock(dsn: str, db: Database) -> None:
+    clock = FakeClock(JST_10_00)
+    config = resend_config(dsn)
+    engine = await make_engine(config, db, clock)
+    flaky = DeadlocksOnce(db)
+    engine.dispatcher._db = flaky  # type: ignore[assignment]
+    [mid] = await enqueue(
+        db,
+        "acme",
+        [{"to": "09011112222", "sms": {"text": "x"}, "carrier": "docomo"}],
+        clock.now(),
+        config,
+    )
+    loop = asyncio.ensure_future(engine.dispatcher.run())
+    try:
+        for _ in range(100):
+            if engine.network.submitted or loop.done():
+                break
+            await asyncio.sleep(0.05)
+        assert not loop.done(), loop.exception()
+        assert flaky.failures == 1
+        assert [s.request.message_id for s in engine.network.submitted] == [mid]
+    finally:
+        await engine.dispatcher.stop(drain_timeout_s=1.0)
+        await loop
+
+
+async def test_lease_renewal_never_waits_for_a_flush(dsn: str, db: Database) -> None:
+    """A recorder flush locks its messages in id order until it commits;
+    renewal waiting for them (in whatever order it met them) deadlocked
+    against flushes. It renews the rest and leaves those to the next round."""
+    clock = FakeClock(JST_10_00)
+    config = resend_config(dsn)
+    dead = await make_engine(
+        config, db, clock, daemon_id="d1", network=StallingNetwork(clock, list(config.carriers))
+    )
+    ids = await enqueue(
+        db,
+        "acme",
+        [{"to": f"0901111{n:04d}", "sms": {"text": "x"}, "carrier": "docomo"} for n in range(3)],
+        clock.now(),
+        config,
+    )
+    await dead.dispatcher.dispatch_once(clock.now())
+    for task in list(dead.dispatcher._in_flight):
+        task.cancel()
+    renewed_until = clock.now() + timedelta(hours=1)
+    async with db.transaction() as flush:
+        await flush.fetch("lock_messages", [ids[1]])
+        await asyncio.wait_for(dead.dispatcher.renew_leases(clock.now() + timedelta(minutes=59)), 5)
+    leases = {i: (await row(db, i))["lease_expires_at"] for i in ids}
+    assert leases[ids[0]] == leases[ids[2]] == renewed_until
+    assert leases[ids[1]] != renewed_until
