@@ -108,6 +108,11 @@ async def test_twenty_thousand_messages_survive_a_sigkill(
             states = await count_states(db)
             if sum(states.get(s, 0) for s in FINAL) == MESSAGES:
                 break
+            # A daemon that stopped by itself will not finish the queue:
+            # say so now, with its log, instead of after the whole wait.
+            assert daemon.proc is not None and daemon.proc.poll() is None, (
+                daemon.log_path.read_text()[-2000:]
+            )
             await asyncio.sleep(0.1)
         assert set(states) <= set(FINAL), (killed_with, states)
         assert await daemon.terminate() == 0
