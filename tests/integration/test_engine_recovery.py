@@ -244,7 +244,7 @@ async def test_lease_renewal_never_waits_for_a_flush(dsn: str, db: Database) -> 
     against flushes. It renews the rest and leaves those to the next round."""
     clock = FakeClock(JST_10_00)
     config = resend_config(dsn)
-    dead = await make_engine(
+    engine = await make_engine(
         config, db, clock, daemon_id="d1", network=StallingNetwork(clock, list(config.carriers))
     )
     ids = await enqueue(
@@ -254,13 +254,14 @@ async def test_lease_renewal_never_waits_for_a_flush(dsn: str, db: Database) -> 
         clock.now(),
         config,
     )
-    await dead.dispatcher.dispatch_once(clock.now())
-    for task in list(dead.dispatcher._in_flight):
+    await engine.dispatcher.dispatch_once(clock.now())
+    for task in list(engine.dispatcher._in_flight):
         task.cancel()
-    renewed_until = clock.now() + timedelta(hours=1)
+    renew_at = clock.now() + timedelta(minutes=59)
+    renewed_until = renew_at + timedelta(seconds=config.engine.lease_s)
     async with db.transaction() as flush:
         await flush.fetch("lock_messages", [ids[1]])
-        await asyncio.wait_for(dead.dispatcher.renew_leases(clock.now() + timedelta(minutes=59)), 5)
+        await asyncio.wait_for(engine.dispatcher.renew_leases(renew_at), 5)
     leases = {i: (await row(db, i))["lease_expires_at"] for i in ids}
     assert leases[ids[0]] == leases[ids[2]] == renewed_until
     assert leases[ids[1]] != renewed_until
