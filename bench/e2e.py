@@ -156,6 +156,26 @@ async def run(dsn: str, port: int, pid: int, sim_pid: int, total: int, batch: in
                  WHERE p.attempt = 1 AND p.part_no = 1) x"""
     )
     states = await conn.fetch("SELECT state, count(*) AS n FROM messages GROUP BY state")
+    # Per second of the run: where the pipeline keeps up and where it queues.
+    timeline = await conn.fetch(
+        """WITH t0 AS (SELECT min(accepted_at) AS t FROM messages),
+                stamps AS (
+                    SELECT accepted_at AS at, 'accepted' AS what FROM messages
+                    UNION ALL SELECT sent_at, 'sent' FROM parts
+                    UNION ALL SELECT resp_at, 'responded' FROM parts
+                    UNION ALL SELECT receipt_at, 'receipted' FROM parts
+                    UNION ALL SELECT final_at, 'final' FROM messages)
+           SELECT floor(extract(epoch FROM s.at - t0.t))::int AS second,
+                  count(*) FILTER (WHERE what = 'accepted') AS accepted,
+                  count(*) FILTER (WHERE what = 'sent') AS sent,
+                  count(*) FILTER (WHERE what = 'responded') AS responded,
+                  count(*) FILTER (WHERE what = 'receipted') AS receipted,
+                  count(*) FILTER (WHERE what = 'final') AS final
+           FROM stamps s, t0 WHERE s.at IS NOT NULL GROUP BY 1 ORDER BY 1"""
+    )
+    events = await conn.fetch(
+        "SELECT kind, count(*) AS n FROM message_events GROUP BY kind ORDER BY min(id)"
+    )
     await conn.close()
     print(
         f"e2e: {total} messages accepted in {intake_s:.1f} s, all final after {elapsed:.1f} s "
@@ -176,6 +196,15 @@ async def run(dsn: str, port: int, pid: int, sim_pid: int, total: int, batch: in
         + f"; busy {sum(used.values()) / elapsed / (os.cpu_count() or 1):.0%} of the machine"
     )
     print("e2e: final states " + ", ".join(f"{r['state']}={r['n']}" for r in states))
+    columns = ("accepted", "sent", "responded", "receipted", "final")
+    print("e2e: per second  " + "".join(f"{c:>10}" for c in columns))
+    for r in timeline:
+        print(f"e2e: {r['second']:>9} s  " + "".join(f"{r[c]:>10}" for c in columns))
+    # Each event is a row version of the message: what the database writes.
+    print(
+        "e2e: history events per message: "
+        + ", ".join(f"{r['kind']} {r['n'] / total:.2f}" for r in events)
+    )
 
 
 def main() -> None:

@@ -58,7 +58,9 @@ def fresh_database(prefix: str) -> Iterator[str]:
     try:
         yield with_database(admin, name)
     finally:
-        asyncio.run(drop())
+        # BENCH_KEEP_DB=1 leaves the database behind, to query after a run.
+        if not os.environ.get("BENCH_KEEP_DB"):
+            asyncio.run(drop())
 
 
 def free_port() -> int:

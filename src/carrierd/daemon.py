@@ -114,6 +114,7 @@ class Daemon:
             accounts=lambda: self.config.accounts,
             carriers=lambda: self.config.carriers,
             au_spacing_s=lambda: self.config.engine.au_spacing_s,
+            submitted_grace_s=lambda: self.config.engine.submitted_grace_s,
             on_transitions=self._on_transitions,
         )
         gateway = SmppGateway(

@@ -7,6 +7,14 @@ domain/routing.decide_attempt. Nothing is acknowledged upstream from here,
 so a crash loses at most the buffer, whose parts then settle through the
 lease and receipt timers like any ambiguous outcome.
 
+A message whose parts the SMSC all accepted is not marked submitted at
+once: it stays 'sending' for `submitted_grace_s`, and a receipt in that time
+settles it straight to its final state. Most receipts come within a second
+or two, so most messages are settled once instead of twice. The responses
+themselves are written at once; a crash meanwhile leaves a 'sending' message
+whose parts all have their response, which lease recovery settles from its
+parts like any other.
+
 Up to `max_concurrent_flushes` transactions run at once. A deliver_sm is
 answered only after its receipt commits, so the SMSC's deliver window
 divided by the commit latency bounds the receipt rate: one flush at a time
@@ -50,6 +58,8 @@ class _Batch:
     inbound: list[InboundSms]
     receipt_commits: list[asyncio.Future[None]]
     inbound_commits: list[asyncio.Future[None]]
+    # Messages whose grace for a receipt is over: settled from their parts.
+    grace_over: list[int]
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,7 @@ class Recorder:
         accounts: Callable[[], Mapping[str, AccountConfig]],
         carriers: Callable[[], Mapping[str, CarrierConfig]],
         au_spacing_s: Callable[[], float],
+        submitted_grace_s: Callable[[], float] = lambda: 0.0,
         flush_interval_s: float = 0.005,
         max_batch: int = 2000,
         max_concurrent_flushes: int = 3,
@@ -84,6 +95,7 @@ class Recorder:
         self._accounts = accounts
         self._carriers = carriers
         self._au_spacing_s = au_spacing_s
+        self._submitted_grace_s = submitted_grace_s
         self._flush_interval_s = flush_interval_s
         self._max_batch = max_batch
         self.on_transitions = on_transitions
@@ -95,6 +107,9 @@ class Recorder:
         # SMSC's deliver_sm is acknowledged only then.
         self._receipt_commits: list[asyncio.Future[None]] = []
         self._inbound_commits: list[asyncio.Future[None]] = []
+        # Message id -> when its grace for a receipt ends, in that order (the
+        # grace is the same for all, so insertion order is due order).
+        self._awaiting_receipt: dict[int, datetime] = {}
         self._flush_slots = asyncio.Semaphore(max_concurrent_flushes)
         self._flushing: set[asyncio.Task[None]] = set()
 
@@ -125,24 +140,46 @@ class Recorder:
     def backlog(self) -> int:
         return len(self._responses) + len(self._receipts) + len(self._inbound)
 
+    @property
+    def awaiting_receipt(self) -> int:
+        """Messages kept 'sending' while their receipt may still come."""
+        return len(self._awaiting_receipt)
+
+    def _grace_over(self, now: datetime) -> bool:
+        first_due = next(iter(self._awaiting_receipt.values()), None)
+        return first_due is not None and first_due <= now
+
+    def _has_work(self, now: datetime) -> bool:
+        return bool(self.backlog) or self._grace_over(now)
+
     # -- the flush loop ------------------------------------------------------------
 
     async def run(self) -> None:
         while True:
-            await self._wake.wait()
-            self._wake.clear()
+            await self._wait_for_work()
             # A short pause gathers the outcomes of a whole window into one write.
             await asyncio.sleep(self._flush_interval_s)
-            while self.backlog:
+            while self._has_work(self._clock.now()):
                 # While every slot is busy the buffer grows: batches get
                 # larger exactly when the database is the bottleneck.
                 await self._flush_slots.acquire()
-                if not self.backlog:
+                now = self._clock.now()
+                if not self._has_work(now):
                     self._flush_slots.release()
                     break
-                task = asyncio.ensure_future(self._flush(self._take_batch()))
+                task = asyncio.ensure_future(self._flush(self._take_batch(now), now))
                 self._flushing.add(task)
                 task.add_done_callback(self._flush_finished)
+
+    async def _wait_for_work(self) -> None:
+        first_due = next(iter(self._awaiting_receipt.values()), None)
+        if first_due is None:
+            await self._wake.wait()
+        else:
+            wait_s = max((first_due - self._clock.now()).total_seconds(), self._flush_interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait_s)
+        self._wake.clear()
 
     def _flush_finished(self, task: asyncio.Task[None]) -> None:
         self._flushing.discard(task)
@@ -151,24 +188,36 @@ class Recorder:
             log.error("recorder_flush_crashed", error=repr(task.exception()))
 
     async def drain(self) -> None:
-        """Write out everything buffered (shutdown)."""
+        """Write out everything buffered and settle every message awaiting its
+        receipt (shutdown: what this daemon holds in memory is written)."""
         while self._flushing:
             await asyncio.gather(*list(self._flushing), return_exceptions=True)
-        while self.backlog:
-            await self.flush_once()
+        while self.backlog or self._awaiting_receipt:
+            now = self._clock.now()
+            await self._flush(self._take_batch(now, whole_grace=True), now)
 
     async def flush_once(self) -> None:
-        await self._flush(self._take_batch())
+        """One flush of what is buffered and of the messages whose grace is over."""
+        now = self._clock.now()
+        await self._flush(self._take_batch(now), now)
 
-    def _take_batch(self) -> _Batch:
+    def _take_batch(self, now: datetime, *, whole_grace: bool = False) -> _Batch:
         n_receipts = min(len(self._receipts), self._max_batch)
         n_inbound = min(len(self._inbound), self._max_batch)
+        grace_over: list[int] = []
+        for message_id, due in self._awaiting_receipt.items():
+            if len(grace_over) >= self._max_batch or (due > now and not whole_grace):
+                break
+            grace_over.append(message_id)
+        for message_id in grace_over:
+            del self._awaiting_receipt[message_id]
         batch = _Batch(
             responses=self._responses[: self._max_batch],
             receipts=self._receipts[:n_receipts],
             inbound=self._inbound[:n_inbound],
             receipt_commits=self._receipt_commits[:n_receipts],
             inbound_commits=self._inbound_commits[:n_inbound],
+            grace_over=grace_over,
         )
         del self._responses[: len(batch.responses)]
         del self._receipts[:n_receipts]
@@ -177,12 +226,12 @@ class Recorder:
         del self._inbound_commits[:n_inbound]
         return batch
 
-    async def _flush(self, batch: _Batch) -> None:
+    async def _flush(self, batch: _Batch, now: datetime) -> None:
         responses, receipts, inbound = batch.responses, batch.receipts, batch.inbound
-        now = self._clock.now()
+        grace_over = batch.grace_over
         try:
-            await self._db.in_transaction(
-                lambda tx: self._write(tx, responses, receipts, inbound, now)
+            awaiting, settled = await self._db.in_transaction(
+                lambda tx: self._write(tx, responses, receipts, inbound, grace_over, now)
             )
         except OSError:
             # The database is unreachable: keep everything, in front, and retry.
@@ -191,6 +240,7 @@ class Recorder:
             self._inbound[:0] = inbound
             self._receipt_commits[:0] = batch.receipt_commits
             self._inbound_commits[:0] = batch.inbound_commits
+            self._awaiting_receipt = {**dict.fromkeys(grace_over, now), **self._awaiting_receipt}
             log.exception("recorder_flush_failed", responses=len(responses))
             await asyncio.sleep(0.5)
             self._wake.set()
@@ -199,7 +249,18 @@ class Recorder:
             # One bad row must not stall every outcome behind it: write the
             # batch item by item, and log (and leave to the timers) what fails.
             log.exception("recorder_batch_failed", responses=len(responses))
-            await self._write_one_by_one(responses, receipts, inbound, now)
+            awaiting, settled = await self._write_one_by_one(
+                responses, receipts, inbound, grace_over, now
+            )
+        # Only once committed. A receipt settles most messages within their
+        # grace; settling them again when it ends would be wasted work (and
+        # is harmless when a concurrent flush races this: the message is then
+        # found final and left alone).
+        for message_id in settled:
+            self._awaiting_receipt.pop(message_id, None)
+        due = now + timedelta(seconds=self._submitted_grace_s())
+        for message_id in awaiting:
+            self._awaiting_receipt.setdefault(message_id, due)
         for future in (*batch.receipt_commits, *batch.inbound_commits):
             if not future.done():
                 future.set_result(None)
@@ -209,29 +270,40 @@ class Recorder:
         responses: Sequence[SubmittedPart],
         receipts: Sequence[Receipt],
         inbound: Sequence[InboundSms],
+        grace_over: Sequence[int],
         now: datetime,
-    ) -> None:
-        items: list[tuple[list[SubmittedPart], list[Receipt], list[InboundSms]]] = [
-            *(([r], [], []) for r in responses),
-            *(([], [r], []) for r in receipts),
-            *(([], [], [m]) for m in inbound),
+    ) -> tuple[set[int], set[int]]:
+        items: list[tuple[list[SubmittedPart], list[Receipt], list[InboundSms], list[int]]] = [
+            *(([r], [], [], []) for r in responses),
+            *(([], [r], [], []) for r in receipts),
+            *(([], [], [m], []) for m in inbound),
+            *(([], [], [], [i]) for i in grace_over),
         ]
-        for one_response, one_receipt, one_inbound in items:
+        awaiting: set[int] = set()
+        settled: set[int] = set()
+        for one_response, one_receipt, one_inbound, one_grace_over in items:
 
             async def write_one(
                 tx: Transaction,
                 a: list[SubmittedPart] = one_response,
                 b: list[Receipt] = one_receipt,
                 c: list[InboundSms] = one_inbound,
-            ) -> None:
-                await self._write(tx, a, b, c, now)
+                d: list[int] = one_grace_over,
+            ) -> tuple[set[int], set[int]]:
+                return await self._write(tx, a, b, c, d, now)
 
             try:
-                await self._db.in_transaction(write_one)
+                one_awaiting, one_settled = await self._db.in_transaction(write_one)
+                awaiting |= one_awaiting
+                settled |= one_settled
             except Exception:
                 log.exception(
-                    "recorder_item_dropped", response=repr(one_response), receipt=repr(one_receipt)
+                    "recorder_item_dropped",
+                    response=repr(one_response),
+                    receipt=repr(one_receipt),
+                    message_id=one_grace_over[0] if one_grace_over else None,
                 )
+        return awaiting, settled
 
     async def _write(
         self,
@@ -239,9 +311,13 @@ class Recorder:
         responses: Sequence[SubmittedPart],
         receipts: Sequence[Receipt],
         inbound: Sequence[InboundSms],
+        grace_over: Sequence[int],
         now: datetime,
-    ) -> None:
-        touched: set[int] = set()
+    ) -> tuple[set[int], set[int]]:
+        """Write one batch; returns the messages to settle when their grace
+        for a receipt ends, and those it settled."""
+        touched: set[int] = set(grace_over)
+        awaiting: set[int] = set()
         if responses:
             await tx.execute(
                 "record_part_responses",
@@ -254,7 +330,14 @@ class Recorder:
                 [r.outcome.bind_id for r in responses],
                 now,
             )
-            touched.update(r.message_id for r in responses)
+            accepted = {r.message_id for r in responses if r.outcome.result == "accepted"}
+            # A refusal or an unsendable part decides now (reroute, fail).
+            decisive = {r.message_id for r in responses} - accepted
+            touched |= decisive
+            if self._submitted_grace_s() > 0:
+                awaiting = accepted - decisive
+            else:
+                touched |= accepted
         changed_parts: list[Row] = []
         if receipts:
             changed_parts += await tx.fetch(
@@ -272,6 +355,7 @@ class Recorder:
             await self._store_inbound(tx, inbound)
         if touched:
             await self.settle(tx, sorted(touched), now, delivered_parts=changed_parts)
+        return awaiting - touched, touched
 
     async def settle(
         self,
@@ -305,6 +389,14 @@ class Recorder:
                 continue
             state = State(row["state"])
             reason = outcome.reason
+            # Settled from 'sending' with every part accepted: the SMSC took
+            # the attempt at its last response, whether or not the message
+            # ever showed 'submitted'.
+            submitted_at = (
+                row["last_resp_at"]
+                if state is State.SENDING and not parts.pending and not parts.refused
+                else None
+            )
             if outcome.to_state is State.SUBMITTED:
                 timeout_s = carrier_config.receipt_timeout_s if carrier_config else 72 * 3600.0
                 transitions.append(
@@ -315,6 +407,7 @@ class Recorder:
                         "submitted",
                         receipt_deadline=now + timedelta(seconds=timeout_s),
                         sms_units_added=units_delivered.get(row["id"]),
+                        submitted_at=submitted_at,
                     )
                 )
                 continue
@@ -339,6 +432,7 @@ class Recorder:
                     sms_units_added=units_delivered.get(row["id"]),
                     resends_done=row["resends_done"] + 1 if outcome.resend else None,
                     detail=detail,
+                    submitted_at=submitted_at,
                 )
             )
             if outcome.to_state is State.UNKNOWN:

@@ -141,6 +141,7 @@ async def make_engine(
         accounts=lambda: config.accounts,
         carriers=lambda: config.carriers,
         au_spacing_s=lambda: config.engine.au_spacing_s,
+        submitted_grace_s=lambda: config.engine.submitted_grace_s,
     )
     dispatcher = Dispatcher(
         db, clock, network, recorder, config=lambda: config, daemon_id=daemon_id

@@ -135,6 +135,7 @@ class Transition:
     resends_done: int | None = None
     fallback_at: datetime | None = None
     carrier: str | None = None
+    submitted_at: datetime | None = None
 
 
 def transition_arrays(transitions: Sequence[Transition]) -> list[list[Any]]:
@@ -157,6 +158,7 @@ def transition_arrays(transitions: Sequence[Transition]) -> list[list[Any]]:
         [t.resends_done for t in transitions],
         [t.fallback_at for t in transitions],
         [t.carrier for t in transitions],
+        [t.submitted_at for t in transitions],
     ]
 
 

@@ -367,7 +367,8 @@ SELECT m.id, m.state, m.account_id, m.channel, m.carrier, m.attempt, m.msisdn, m
            AS failed_stat,
        (array_agg(p.receipt_err ORDER BY p.part_no) FILTER (WHERE p.state = 'failed'))[1]
            AS failed_err,
-       max(p.receipt_at) AS last_receipt_at
+       max(p.receipt_at) AS last_receipt_at,
+       max(p.resp_at) AS last_resp_at
 FROM messages m
 JOIN parts p ON p.message_id = m.id AND p.attempt = m.attempt
 WHERE m.id = ANY($1::bigint[]) AND m.state IN ('sending', 'submitted')
@@ -386,10 +387,10 @@ WITH input AS (
     SELECT * FROM unnest(
         $1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
         $7::timestamptz[], $8::int[], $9::int[], $10::text[], $11::text[], $12::text[],
-        $13::int[], $14::timestamptz[], $15::text[])
+        $13::int[], $14::timestamptz[], $15::text[], $16::timestamptz[])
         AS i(id, from_state, to_state, reason_code, reason_text, not_before,
              receipt_deadline, sms_units_added, rcs_units, event_kind, event_detail, leg,
-             resends_done, fallback_at, carrier)
+             resends_done, fallback_at, carrier, submitted_at)
 ),
 updated AS (
     UPDATE messages m
@@ -401,12 +402,16 @@ updated AS (
            not_before = coalesce(i.not_before, m.not_before),
            receipt_deadline = CASE WHEN i.to_state = 'submitted' THEN i.receipt_deadline
                                    ELSE m.receipt_deadline END,
-           submitted_at = CASE WHEN i.to_state = 'submitted' THEN $16 ELSE m.submitted_at END,
-           rcs_sent_at = CASE WHEN i.to_state = 'rcs_sent' THEN $16 ELSE m.rcs_sent_at END,
+           -- When the SMSC accepted the attempt (its last submit_sm_resp); also
+           -- for a message whose receipt settled it straight from 'sending'.
+           submitted_at = coalesce(i.submitted_at,
+                                   CASE WHEN i.to_state = 'submitted' THEN $17
+                                        ELSE m.submitted_at END),
+           rcs_sent_at = CASE WHEN i.to_state = 'rcs_sent' THEN $17 ELSE m.rcs_sent_at END,
            fallback_at = coalesce(i.fallback_at, m.fallback_at),
            final_at = CASE WHEN i.to_state IN ('delivered', 'failed', 'expired', 'cancelled',
                                                'skipped', 'rejected', 'unknown')
-                           THEN $16 ELSE m.final_at END,
+                           THEN $17 ELSE m.final_at END,
            sms_units = m.sms_units + coalesce(i.sms_units_added, 0),
            rcs_units = coalesce(i.rcs_units, m.rcs_units),
            leg = coalesce(i.leg, m.leg),
@@ -416,7 +421,7 @@ updated AS (
                               ELSE NULL END,
            lease_expires_at = CASE WHEN i.to_state IN ('dispatching', 'sending')
                                    THEN m.lease_expires_at ELSE NULL END,
-           updated_at = $16
+           updated_at = $17
       FROM input i
      WHERE m.id = i.id AND m.state = i.from_state
     RETURNING m.id, m.state, m.account_id, m.channel, m.carrier, m.callback_url,
@@ -425,7 +430,7 @@ updated AS (
 ),
 logged AS (
     INSERT INTO message_events (message_id, at, kind, state, carrier, detail)
-    SELECT id, $16, event_kind, state, carrier,
+    SELECT id, $17, event_kind, state, carrier,
            CASE WHEN reason_code IS NULL THEN event_detail::jsonb
                 ELSE coalesce(event_detail::jsonb, '{}'::jsonb)
                      || jsonb_build_object('reason', reason_code, 'reason_text', reason_text)
