@@ -68,8 +68,14 @@ def _cmd_sim(args: argparse.Namespace) -> int:
             )
         await asyncio.gather(*tasks)
 
+    try:
+        import uvloop
+
+        runner: Callable[..., object] = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        runner = asyncio.run
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
+        runner(main())
     return 0
 
 

@@ -14,6 +14,7 @@ import pytest
 import uvloop
 
 from carrierd.config import CarrierConfig
+from carrierd.smpp import session as session_module
 from carrierd.smpp.pdu import (
     HEADER_LEN,
     CommandId,
@@ -475,6 +476,40 @@ async def test_deliver_sm_and_data_sm_are_always_answered(
         DataSmResp(sequence_number=12),
     ]
     assert [pdu.sequence_number for pdu, _ in inbox.delivered] == [11, 12]
+
+
+async def test_deliver_sm_is_answered_when_its_handler_future_completes(
+    stub: StubSmsc, sessions: list[SmppSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The recorder hands back a future completed when the receipt is durable;
+    # the SMSC hears OK only then, and a temporary error if it fails or never
+    # completes (it delivers again later).
+    monkeypatch.setattr(session_module, "DELIVER_ACK_TIMEOUT_S", 0.3)
+    futures: dict[int, asyncio.Future[None]] = {}
+
+    def recording(pdu: DeliverSm | DataSm, bind_id: str) -> asyncio.Future[None]:
+        futures[pdu.sequence_number] = asyncio.get_running_loop().create_future()
+        return futures[pdu.sequence_number]
+
+    await started_session(sessions, carrier(stub.port), recording)  # type: ignore[arg-type]
+    for sequence_number in (30, 31, 32):
+        stub.send_to_clients(DeliverSm(sequence_number=sequence_number, short_message=b"x"))
+    await wait_for(lambda: len(futures) == 3)
+    await asyncio.sleep(0.05)
+    assert stub.client_responses == []  # nothing answered before it is recorded
+
+    futures[31].set_result(None)
+    futures[30].set_exception(RuntimeError("database down (test)"))
+    await wait_for(lambda: len(stub.client_responses) == 2)
+    await wait_for(lambda: len(stub.client_responses) == 3)  # 32 times out
+    futures[32].set_result(None)  # too late: must not answer twice
+    await asyncio.sleep(0.1)
+
+    assert sorted(stub.client_responses, key=lambda r: r.sequence_number) == [
+        DeliverSmResp(sequence_number=30, command_status=CommandStatus.ESME_RX_T_APPN),
+        DeliverSmResp(sequence_number=31),
+        DeliverSmResp(sequence_number=32, command_status=CommandStatus.ESME_RX_T_APPN),
+    ]
 
 
 async def test_receipt_before_submit_response(

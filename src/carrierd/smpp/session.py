@@ -226,6 +226,10 @@ class _Connection(asyncio.Protocol):
         self._bind_id = bind_id
         self._on_deliver = on_deliver
         self._deliver_acks: set[asyncio.Task[None]] = set()
+        # Small PDUs (deliver_sm_resp, keepalive) sent in one loop iteration
+        # leave in one write: a receipt flush answers hundreds at once.
+        self._unsent = bytearray()
+        self._flush_scheduled = False
         self._on_lost = on_lost
         self._stats = stats
         self._clock = clock
@@ -290,11 +294,25 @@ class _Connection(asyncio.Protocol):
         return self._last_sequence
 
     def write(self, frames: bytes | bytearray) -> None:
-        if self._transport is not None and not self._transport.is_closing():
+        """Write now, after anything `send` still holds (order is kept)."""
+        if self._unsent:
+            self._unsent += frames
+            self._flush_unsent()
+        elif self._transport is not None and not self._transport.is_closing():
             self._transport.write(frames)
 
     def send(self, pdu: Pdu) -> None:
-        self.write(encode(pdu))
+        """Write at the end of this loop iteration, with whatever else is sent in it."""
+        self._unsent += encode(pdu)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_unsent)
+
+    def _flush_unsent(self) -> None:
+        self._flush_scheduled = False
+        if self._unsent and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(bytes(self._unsent))
+        self._unsent.clear()
 
     async def request(self, pdu: Pdu, timeout_s: float) -> Pdu:
         """Send a control request (bind, enquire_link, unbind) and await its response."""
@@ -312,6 +330,7 @@ class _Connection(asyncio.Protocol):
     def close(self, reason: str) -> None:
         """Close after what is buffered has been written (used after unbind)."""
         self._close_reason = reason
+        self._flush_unsent()
         if self._transport is not None:
             self._transport.close()
 
@@ -479,6 +498,11 @@ class _Connection(asyncio.Protocol):
             log.exception("smpp_deliver_handler_failed", bind=self._bind_id)
             status = CommandStatus.ESME_RX_T_APPN
             pending = None
+        if isinstance(pending, asyncio.Future):
+            # A callback, not a task per receipt: at thousands a second the
+            # task and its wait_for were a visible share of the daemon's CPU.
+            _DeliverAck(self, pdu, pending)
+            return
         if pending is not None:
             task = asyncio.ensure_future(self._answer_when_durable(pdu, pending))
             self._deliver_acks.add(task)
@@ -495,11 +519,50 @@ class _Connection(asyncio.Protocol):
             status = CommandStatus.ESME_RX_T_APPN
         self._answer_deliver(pdu, status)
 
+    def deliver_recorded(self, pdu: DeliverSm | DataSm, failure: BaseException | None) -> None:
+        status: int = CommandStatus.ESME_ROK
+        if failure is not None:
+            log.error("smpp_deliver_not_recorded", bind=self._bind_id, error=repr(failure))
+            status = CommandStatus.ESME_RX_T_APPN
+        self._answer_deliver(pdu, status)
+
     def _answer_deliver(self, pdu: DeliverSm | DataSm, status: int) -> None:
         if isinstance(pdu, DeliverSm):
             self.send(DeliverSmResp(sequence_number=pdu.sequence_number, command_status=status))
         else:
             self.send(DataSmResp(sequence_number=pdu.sequence_number, command_status=status))
+
+
+class _DeliverAck:
+    """Answers one deliver_sm when its handler's future completes, or with a
+    temporary error after DELIVER_ACK_TIMEOUT_S (the SMSC delivers it again)."""
+
+    __slots__ = ("_connection", "_pdu", "_timer")
+
+    def __init__(
+        self, connection: _Connection, pdu: DeliverSm | DataSm, pending: asyncio.Future[None]
+    ) -> None:
+        self._connection = connection
+        self._pdu = pdu
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            DELIVER_ACK_TIMEOUT_S, self._timed_out, pending
+        )
+        pending.add_done_callback(self._done)
+
+    def _done(self, pending: asyncio.Future[None]) -> None:
+        if self._timer is None:
+            return  # already answered by the timeout
+        self._timer.cancel()
+        self._timer = None
+        failure = pending.exception() if not pending.cancelled() else asyncio.CancelledError()
+        self._connection.deliver_recorded(self._pdu, failure)
+
+    def _timed_out(self, pending: asyncio.Future[None]) -> None:
+        self._timer = None
+        pending.remove_done_callback(self._done)
+        self._connection.deliver_recorded(
+            self._pdu, TimeoutError(f"not recorded within {DELIVER_ACK_TIMEOUT_S:g} s")
+        )
 
 
 _BIND_RESPONSES: Final[dict[LinkRole, type[Pdu]]] = {
