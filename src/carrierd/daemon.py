@@ -261,12 +261,15 @@ class Daemon:
                 )
 
     def _on_submitted(self, planned: Any, now: Any) -> None:
+        parts_by_carrier: dict[str, int] = {}
         for p in planned:
-            self.metrics.parts_submitted_total.labels(p.carrier).inc(len(p.request.parts))
+            parts_by_carrier[p.carrier] = parts_by_carrier.get(p.carrier, 0) + len(p.request.parts)
             if p.attempt == 1:
                 self.metrics.intake_to_submit_seconds.observe(
                     max(0.0, (now - p.row["accepted_at"]).total_seconds())
                 )
+        for carrier, parts in parts_by_carrier.items():
+            self.metrics.parts_submitted_total.labels(carrier).inc(parts)
 
     async def _readiness(self) -> dict[str, Any]:
         health = self.gateway.health()
@@ -390,9 +393,16 @@ class _CountingEvents:
     def __init__(self, recorder: Recorder, metrics: Metrics) -> None:
         self._recorder = recorder
         self._metrics = metrics
+        # labels() looks its child up under a lock on every call: a few
+        # (carrier, stat) pairs exist, so keep them.
+        self._receipt_counters: dict[tuple[str, str], Any] = {}
 
     def receipt(self, receipt: Receipt) -> Awaitable[None] | None:
-        self._metrics.receipts_total.labels(receipt.carrier, receipt.stat).inc()
+        key = (receipt.carrier, receipt.stat)
+        counter = self._receipt_counters.get(key)
+        if counter is None:
+            counter = self._receipt_counters[key] = self._metrics.receipts_total.labels(*key)
+        counter.inc()
         return self._recorder.receipt(receipt)
 
     def inbound(self, message: InboundSms) -> Awaitable[None] | None:

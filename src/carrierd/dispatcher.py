@@ -274,10 +274,11 @@ class Dispatcher:
         for row in rows:
             account = config.accounts[row["account_id"]]
             if not row["validated"]:
-                rejection = await self._validate_fed_row(tx, row, account)
-                if rejection is not None:
-                    transitions.append(_to(row, State.REJECTED, "rejected", rejection))
+                checked = await self._validate_fed_row(tx, row, account)
+                if isinstance(checked, Reason):
+                    transitions.append(_to(row, State.REJECTED, "rejected", checked))
                     continue
+                row = checked
             if row["expires_at"] <= now:
                 transitions.append(_to(row, State.EXPIRED, "expired", reasons.VALIDITY_EXPIRED))
                 continue
@@ -307,8 +308,9 @@ class Dispatcher:
 
     async def _validate_fed_row(
         self, tx: Transaction, row: Row, account: AccountConfig
-    ) -> Reason | None:
-        """SQL-feed rows get the checks HTTP intake gives; store the result."""
+    ) -> Reason | Row:
+        """SQL-feed rows get the checks HTTP intake gives; store the result.
+        Returns the rejection, or the row as validated."""
         try:
             msisdn = normalize_msisdn(row["recipient_raw"], allow_m2m=account.allow_m2m)
         except NumberError as exc:
@@ -342,15 +344,15 @@ class Dispatcher:
             [parts],
             [None if rcs_json is None else _json(rcs_json)],
         )
-        row.update(
-            msisdn=msisdn,
-            sms_text=sms_text,
-            sms_encoding=encoding,
-            sms_parts=parts,
-            rcs_content=rcs_json,
-            validated=True,
-        )
-        return None
+        return {
+            **row,
+            "msisdn": msisdn,
+            "sms_text": sms_text,
+            "sms_encoding": encoding,
+            "sms_parts": parts,
+            "rcs_content": rcs_json,
+            "validated": True,
+        }
 
     async def _plan_sms(
         self, tx: Transaction, rows: list[Row], now: datetime, config: Config

@@ -366,7 +366,7 @@ class Recorder:
         delivered_parts: Sequence[Row] = (),
     ) -> list[Row]:
         """Bill delivered parts and move each message to what its parts say."""
-        await tx.fetch("lock_messages", list(message_ids))
+        await tx.execute("lock_messages", list(message_ids))
         # Billing: one unit per part that reached the handset (§11), in the
         # month of its receipt, whatever becomes of the message.
         delivered = [p for p in delivered_parts if p["state"] == "delivered"]

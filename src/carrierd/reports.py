@@ -31,7 +31,7 @@ from aiohttp import web
 from carrierd.api import API_STATE, Handler, authenticate, json_error
 from carrierd.domain.billing import billing_month
 from carrierd.domain.clock import JST, Clock
-from carrierd.store.db import Database
+from carrierd.store.db import Database, Row
 
 log = structlog.get_logger("carrierd.reports")
 
@@ -189,7 +189,7 @@ def _iso(value: datetime | None) -> str:
     return value.isoformat() if value is not None else ""
 
 
-def _export_line(row: dict[str, Any]) -> tuple[Any, ...]:
+def _export_line(row: Row) -> tuple[Any, ...]:
     return (
         row["id"],
         row["client_ref"] or "",

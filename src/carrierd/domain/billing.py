@@ -16,7 +16,8 @@ RCS_BILLABLE_WINDOW_S = 72 * 3600.0
 def billing_month(at: datetime) -> str:
     """ "YYYY-MM" of the JST calendar month containing `at`."""
     require_aware(at, "at")
-    return at.astimezone(JST).strftime("%Y-%m")
+    jst = at.astimezone(JST)
+    return f"{jst.year:04d}-{jst.month:02d}"
 
 
 def sms_units(parts_delivered: int) -> int:

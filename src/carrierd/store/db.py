@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import asyncpg
 
@@ -111,7 +111,11 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-Row = dict[str, Any]
+# A row by column name: a dict from the pool's helpers, an asyncpg Record
+# inside a transaction (copying thousands of Records into dicts per flush was
+# a visible share of the daemon's CPU). Read-only either way; iterating a
+# Record yields its values, so code reads rows by key only.
+Row = Mapping[str, Any]
 T = TypeVar("T")
 
 
@@ -330,11 +334,10 @@ class Transaction:
         self._conn = conn
 
     async def fetch(self, name: str, *args: Any) -> list[Row]:
-        return [dict(r) for r in await self._conn.fetch(QUERIES[name], *args)]
+        return cast(list[Row], await self._conn.fetch(QUERIES[name], *args))
 
     async def fetchrow(self, name: str, *args: Any) -> Row | None:
-        row = await self._conn.fetchrow(QUERIES[name], *args)
-        return dict(row) if row is not None else None
+        return cast(Row | None, await self._conn.fetchrow(QUERIES[name], *args))
 
     async def fetchval(self, name: str, *args: Any) -> Any:
         return await self._conn.fetchval(QUERIES[name], *args)
