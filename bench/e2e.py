@@ -138,10 +138,9 @@ async def run(dsn: str, port: int, pid: int, sim_pid: int, total: int, batch: in
         intake_s = time.perf_counter() - started
         peak_during = 0
         while True:
-            done = await conn.fetchval(
-                "SELECT count(*) FROM messages WHERE state IN "
-                "('delivered','failed','expired','unknown','skipped','rejected')"
-            )
+            # Through the partial index on final_at: polling by state scanned
+            # the whole table four times a second, a load of its own.
+            done = await conn.fetchval("SELECT count(*) FROM messages WHERE final_at IS NOT NULL")
             peak_during = max(peak_during, rss_kib(pid, "VmRSS"))
             if done >= total:
                 break

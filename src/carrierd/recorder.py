@@ -42,13 +42,21 @@ from carrierd.domain import reasons
 from carrierd.domain.billing import billing_month
 from carrierd.domain.clock import Clock
 from carrierd.domain.pacing import QuietWindow
-from carrierd.domain.routing import AttemptParts, ResendPolicy, decide_attempt
+from carrierd.domain.routing import (
+    AttemptParts,
+    ResendPolicy,
+    carrier_by_number_range,
+    decide_attempt,
+)
 from carrierd.domain.states import State
 from carrierd.store.db import Database, Row, Transaction, Transition
 
 log = structlog.get_logger("carrierd.recorder")
 
 EARLY_RECEIPT_KEEP_S = 3600.0
+# How long after leaving a receipt in early_receipts the recorder looks for
+# its part at each flush: past any submit_sm_resp timeout.
+EARLY_RECEIPT_LOOK_S = 120.0
 
 
 @dataclass
@@ -110,6 +118,7 @@ class Recorder:
         # Message id -> when its grace for a receipt ends, in that order (the
         # grace is the same for all, so insertion order is due order).
         self._awaiting_receipt: dict[int, datetime] = {}
+        self._early_receipt_at: datetime | None = None
         self._flush_slots = asyncio.Semaphore(max_concurrent_flushes)
         self._flushing: set[asyncio.Task[None]] = set()
 
@@ -340,15 +349,28 @@ class Recorder:
                 touched |= accepted
         changed_parts: list[Row] = []
         if receipts:
-            changed_parts += await tx.fetch(
+            for row in await tx.fetch(
                 "record_receipts",
                 [r.carrier for r in receipts],
                 [r.smsc_message_id for r in receipts],
                 [r.stat.upper() for r in receipts],
                 [r.err for r in receipts],
                 [r.received_at for r in receipts],
-            )
-        if responses or receipts:
+            ):
+                if row["state"] == "early":
+                    self._early_receipt_at = now
+                else:
+                    changed_parts.append(row)
+        # Receipts that beat their response wait in early_receipts. Looking
+        # for them costs a statement per flush; so the recorder looks only
+        # while some it left there may still meet their part, and the
+        # settler's sweep (every pass) finds the rest, and those that
+        # reached another daemon.
+        early_recent = (
+            self._early_receipt_at is not None
+            and (now - self._early_receipt_at).total_seconds() < EARLY_RECEIPT_LOOK_S
+        )
+        if (responses or receipts) and early_recent:
             changed_parts += await tx.fetch("apply_early_receipts")
         touched.update(p["message_id"] for p in changed_parts)
         if inbound:
@@ -379,6 +401,9 @@ class Recorder:
         au_released: list[tuple[str, datetime]] = []
         accounts = self._accounts()
         carriers = self._carriers()
+        number_ranges = {
+            prefix: name for name, c in carriers.items() for prefix in c.number_prefixes
+        }
         for row in rows:
             carrier_config = carriers.get(row["carrier"])
             parts = _attempt_parts(row, carrier_config)
@@ -411,7 +436,7 @@ class Recorder:
                     )
                 )
                 continue
-            if outcome.to_state is State.DELIVERED:
+            if outcome.to_state is State.DELIVERED and _teaches_resolver(row, number_ranges):
                 learned.append((row["msisdn"], row["carrier"]))
             detail: dict[str, Any] = {"attempt": row["attempt"]}
             if outcome.reroute:
@@ -510,6 +535,17 @@ class Recorder:
             [m.text for m in inbound],
             [m.received_at for m in inbound],
         )
+
+
+def _teaches_resolver(row: Row, number_ranges: Mapping[str, str]) -> bool:
+    """Whether a delivery by row["carrier"] changes what the resolver chain
+    answers next time. It does not when the learned carrier already says
+    so, or, with nothing learned, when the number range does: writing that
+    row anyway was an upsert per delivered message for no information."""
+    learned = row["learned_carrier"]
+    if learned is not None:
+        return bool(learned != row["carrier"])
+    return bool(carrier_by_number_range(row["msisdn"], number_ranges) != row["carrier"])
 
 
 def _resend_policy(account: AccountConfig | None) -> ResendPolicy:

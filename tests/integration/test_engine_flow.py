@@ -170,3 +170,47 @@ async def test_sql_feed_row_is_validated_at_claim(dsn: str, db: Database) -> Non
     assert (await state_of(db, good))["state"] == "submitted"
     row = await state_of(db, bad)
     assert row["state"] == "rejected" and "ip_phone" in row["reason_text"]
+
+
+async def test_only_deliveries_that_teach_the_resolver_are_learned(dsn: str, db: Database) -> None:
+    clock = FakeClock(T0)
+    config = engine_config(
+        dsn,
+        {
+            "engine": {"pacing": False},
+            "carriers": {
+                "docomo": {"port": 1, "number_prefixes": ["090"]},
+                "au": {"port": 1, "number_prefixes": ["080"]},
+            },
+        },
+    )
+    engine = await make_engine(config, db, clock)
+
+    async def learned() -> dict[str, tuple[str, datetime]]:
+        rows = await db.call_raw("SELECT msisdn, carrier, learned_at FROM carrier_learned")
+        return {r["msisdn"]: (r["carrier"], r["learned_at"]) for r in rows}
+
+    async def send_and_deliver(items: list[dict[str, object]]) -> None:
+        await enqueue(db, "acme", items, clock.now(), config)
+        engine.network.submitted.clear()
+        await engine.cycle()
+        for s in engine.network.submitted:
+            for smsc_id in s.smsc_ids:
+                await engine.receipt(s.carrier, smsc_id)
+
+    await send_and_deliver(
+        [
+            # The number range already says docomo: nothing to learn.
+            {"to": "09011112222", "sms": {"text": "x"}},
+            # Named docomo against an au range: the resolver must learn it.
+            {"to": "08033334444", "sms": {"text": "x"}, "carrier": "docomo"},
+        ]
+    )
+    first = await learned()
+    assert {m: c for m, (c, _) in first.items()} == {"+818033334444": "docomo"}
+
+    clock.advance(60)
+    # Learned docomo, delivered by docomo again: the row stays as it was.
+    await send_and_deliver([{"to": "08033334444", "sms": {"text": "y"}}])
+    assert engine.network.submitted[0].carrier == "docomo"
+    assert await learned() == first

@@ -166,6 +166,8 @@ FROM unnest($1::text[]) AS n(msisdn)
 JOIN carrier_learned l ON l.msisdn = n.msisdn;
 
 -- name: learn_carriers
+-- learned_at: when the carrier was learned or last changed (the recorder
+-- skips deliveries that teach the resolver nothing new).
 INSERT INTO carrier_learned (msisdn, carrier, learned_at)
 SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[])
 ON CONFLICT (msisdn) DO UPDATE SET carrier = EXCLUDED.carrier, learned_at = EXCLUDED.learned_at;
@@ -341,8 +343,12 @@ early AS (
     WHERE NOT EXISTS (SELECT 1 FROM parts p
                       WHERE p.carrier = i.carrier AND p.smsc_message_id = i.smsc_message_id)
     ON CONFLICT (carrier, smsc_message_id) DO NOTHING
+    RETURNING carrier
 )
-SELECT message_id, state, carrier, receipt_at, attempt, account_id FROM updated;
+SELECT message_id, state, carrier, receipt_at, attempt, account_id FROM updated
+UNION ALL
+-- One row per receipt left waiting, so that the recorder knows to look again.
+SELECT NULL, 'early', carrier, NULL, NULL, NULL FROM early;
 
 -- name: lock_messages
 -- Taken before deciding from parts, so two daemons handling receipts for
@@ -368,7 +374,8 @@ SELECT m.id, m.state, m.account_id, m.channel, m.carrier, m.attempt, m.msisdn, m
        (array_agg(p.receipt_err ORDER BY p.part_no) FILTER (WHERE p.state = 'failed'))[1]
            AS failed_err,
        max(p.receipt_at) AS last_receipt_at,
-       max(p.resp_at) AS last_resp_at
+       max(p.resp_at) AS last_resp_at,
+       (SELECT l.carrier FROM carrier_learned l WHERE l.msisdn = m.msisdn) AS learned_carrier
 FROM messages m
 JOIN parts p ON p.message_id = m.id AND p.attempt = m.attempt
 WHERE m.id = ANY($1::bigint[]) AND m.state IN ('sending', 'submitted')
