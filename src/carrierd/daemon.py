@@ -225,6 +225,9 @@ class Daemon:
                     for bind in pool.binds:
                         states[bind.state] = states.get(bind.state, 0) + 1
                         self.metrics.window_in_use.labels(carrier, bind.bind_id).set(bind.in_flight)
+                        self.metrics.delivers_unanswered.labels(carrier, bind.bind_id).set(
+                            bind.delivers_unanswered
+                        )
                     for state in ("bound", "throttled", "connecting", "stopped"):
                         self.metrics.binds.labels(carrier, state).set(states.get(state, 0))
             except Exception:

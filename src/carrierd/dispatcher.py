@@ -51,6 +51,10 @@ AU_IN_FLIGHT_RECHECK_S = 30.0
 NO_BIND_RETRY_S = 1.0
 
 
+# A claim waits this long, again and again, while receipts are backlogged.
+RECEIPT_BACKLOG_PAUSE_S = 0.02
+
+
 class RcsLeg(Protocol):
     """The +Message path; the dispatcher hands it rows whose leg is 'rcs'."""
 
@@ -99,6 +103,7 @@ class Dispatcher:
         self.rcs_leg = rcs_leg
         self._on_submitted = on_submitted
         self._in_flight: set[asyncio.Task[None]] = set()
+        self.receipt_backlog_pauses = 0
         self._claiming = True
         self.pacing_wait_s = 0.0
 
@@ -110,7 +115,7 @@ class Dispatcher:
 
     async def run(self) -> None:
         config = self._config()
-        max_in_flight = max(1000, config.engine.claim_batch * 4)
+        max_in_flight = max(1000, config.engine.claim_batch * 2)
         renew_every_s = config.engine.lease_s / 3
         last_renewal = self._clock.now()
         failures = 0
@@ -122,6 +127,14 @@ class Dispatcher:
                     last_renewal = now
                 if len(self._in_flight) >= max_in_flight:
                     await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                if self._gateway.receipts_backlogged():
+                    # Receipts first: they wait on the same database and
+                    # CPU a claim would take, and the SMSC sends no more
+                    # until we answer. Claiming on would only grow both
+                    # queues (and leave messages 'submitted' for longer).
+                    self.receipt_backlog_pauses += 1
+                    await asyncio.sleep(RECEIPT_BACKLOG_PAUSE_S)
                     continue
                 claimed = await self.dispatch_once(now)
             except TRANSIENT_DB_ERRORS:

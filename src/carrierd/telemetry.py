@@ -229,6 +229,11 @@ class Metrics:
         self.window_in_use = gauge(
             "window_in_use", "Requests awaiting a response on a bind.", ("carrier", "bind")
         )
+        self.delivers_unanswered = gauge(
+            "delivers_unanswered",
+            "deliver_sm received on a bind and not yet answered (not yet durable).",
+            ("carrier", "bind"),
+        )
         self.bucket_tokens = gauge(
             "bucket_tokens", "Tokens left in the account's rate bucket.", ("account",)
         )

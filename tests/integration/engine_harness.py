@@ -41,6 +41,7 @@ class NetworkStandIn:
     subscribers: Mapping[str, str] = field(default_factory=dict)
     wrong_carrier_status: int = 0x0000000B
     submitted: list[Submitted] = field(default_factory=list)
+    backlogged: bool = False  # what receipts_backlogged says
     # Unique across stand-ins, as tests may run several against one database.
     _ids: itertools.count[int] = field(default_factory=lambda: _SMSC_IDS)
 
@@ -53,6 +54,9 @@ class NetworkStandIn:
 
     def is_available(self, carrier: str) -> bool:
         return carrier in self.carrier_names
+
+    def receipts_backlogged(self) -> bool:
+        return self.backlogged
 
     async def submit(self, carrier: str, request: SmsRequest) -> list[PartOutcome]:
         owner = self.subscribers.get(request.msisdn, carrier)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 from carrierd.channels.types import Receipt
@@ -214,3 +215,29 @@ async def test_only_deliveries_that_teach_the_resolver_are_learned(dsn: str, db:
     await send_and_deliver([{"to": "08033334444", "sms": {"text": "y"}}])
     assert engine.network.submitted[0].carrier == "docomo"
     assert await learned() == first
+
+
+async def test_dispatcher_claims_nothing_while_receipts_are_backlogged(
+    dsn: str, db: Database
+) -> None:
+    clock = FakeClock(T0)
+    config = engine_config(dsn, {"engine": {"pacing": False}})
+    engine = await make_engine(config, db, clock)
+    [mid] = await enqueue(
+        db, "acme", [{"to": "09011112222", "sms": {"text": "x"}}], clock.now(), config
+    )
+    engine.network.backlogged = True
+    loop_task = asyncio.ensure_future(engine.dispatcher.run())
+    try:
+        await asyncio.sleep(0.3)  # many claim turns of the loop
+        assert engine.network.submitted == []
+        assert (await state_of(db, mid))["state"] == "queued"
+
+        engine.network.backlogged = False
+        async with asyncio.timeout(5):
+            while not engine.network.submitted:  # noqa: ASYNC110 - the stand-in has no event
+                await asyncio.sleep(0.01)
+    finally:
+        await engine.dispatcher.stop(drain_timeout_s=1.0)
+        await loop_task
+    assert engine.network.submitted[0].request.message_id == mid

@@ -210,6 +210,51 @@ class RecordingEvents:
         self.inbound_messages.append(message)
 
 
+async def test_receipts_backlogged_once_the_smsc_deliver_window_is_full(
+    stub: StubSmsc, pools: list[SmppPool]
+) -> None:
+    # Each deliver_sm is answered when its receipt is durable (the future
+    # completes); the SMSC's deliver window is learned as the most ever
+    # unanswered, and being at it means receipts queue at the SMSC.
+    loop = asyncio.get_running_loop()
+    futures: list[asyncio.Future[None]] = []
+
+    def recording(pdu: DeliverSm | DataSm, bind_id: str) -> asyncio.Future[None]:
+        futures.append(loop.create_future())
+        return futures[-1]
+
+    pool = SmppPool(carrier(stub.port, binds=1), recording, initial_backoff_s=0.01)
+    pools.append(pool)
+    await pool.start()
+
+    def deliver(sequence_numbers: range) -> None:
+        for n in sequence_numbers:
+            stub.send_to_clients(DeliverSm(sequence_number=n, short_message=b"x"))
+
+    deliver(range(1, 5))
+    await wait_for(lambda: len(futures) == 4)
+    assert not pool.receipts_backlogged()  # four say nothing about the window yet
+
+    deliver(range(5, 11))
+    await wait_for(lambda: len(futures) == 10)
+    assert pool.receipts_backlogged()
+    assert pool.health().binds[0].delivers_unanswered == 10
+
+    for future in futures[:5]:
+        future.set_result(None)
+    await wait_for(lambda: len(stub.client_responses) == 5)
+    assert not pool.receipts_backlogged()  # 5 of a window of 10
+    assert pool.health().binds[0].delivers_unanswered == 5
+
+    deliver(range(11, 16))
+    await wait_for(lambda: len(futures) == 15)
+    assert pool.receipts_backlogged()  # full again
+    for future in futures[5:]:
+        future.set_result(None)
+    await wait_for(lambda: len(stub.client_responses) == 15)
+    assert not pool.receipts_backlogged()
+
+
 async def test_gateway_submits_parts_and_correlates_receipts(stub: StubSmsc) -> None:
     stub.behaviour.message_id_style = "hex"
     stub.behaviour.receipts = "text"

@@ -326,6 +326,9 @@ class SmppGateway:
         pool = self._pools.get(carrier)
         return pool is not None and pool.is_available()
 
+    def receipts_backlogged(self) -> bool:
+        return any(pool.receipts_backlogged() for pool in self._pools.values())
+
     def pool(self, carrier: str) -> SmppPool:
         try:
             return self._pools[carrier]

@@ -73,6 +73,12 @@ class SmsGateway(Protocol):
         """Hand every part to the carrier; one outcome per part, in order."""
         ...
 
+    def receipts_backlogged(self) -> bool:
+        """A carrier holds receipts back because we have not answered the
+        ones it sent: they wait on our database, and new submits would only
+        add to both queues."""
+        ...
+
 
 class SmsEvents(Protocol):
     """Where the SMS channel delivers what carriers send us. A returned

@@ -24,6 +24,7 @@ import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Final
 
 from carrierd.config import CarrierConfig
 from carrierd.smpp.pdu import SubmitSm
@@ -35,6 +36,10 @@ from carrierd.smpp.session import (
     SubmitResult,
 )
 
+# See SmppPool.receipts_backlogged.
+DELIVER_WINDOW_MIN: Final = 8
+DELIVER_WINDOW_FULL_SHARE: Final = 0.9
+
 
 @dataclass(frozen=True, slots=True)
 class BindHealth:
@@ -44,6 +49,7 @@ class BindHealth:
     in_flight: int
     queued: int
     stats: SessionStats
+    delivers_unanswered: int = 0  # receipts and MO handed over, not yet durable
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +115,7 @@ class SmppPool:
                     session.in_flight,
                     session.queued,
                     replace(session.stats),  # a snapshot, not the live counters
+                    session.deliver_backlog[0],
                 )
                 for session in self.sessions
             ),
@@ -116,6 +123,19 @@ class SmppPool:
 
     def is_available(self) -> bool:
         return any(session.health == "bound" for session in self.sessions)
+
+    def receipts_backlogged(self) -> bool:
+        """The SMSC has its deliver window full on every bind: receipts are
+        queueing there, waiting for our answers (each is answered once its
+        receipt is durable). The window is learned as the most deliver_sm
+        ever unanswered at once; a bind that never had DELIVER_WINDOW_MIN
+        unanswered has told us nothing yet."""
+        unanswered = peak = 0
+        for session in self.sessions:
+            now, most = session.deliver_backlog
+            unanswered += now
+            peak += most
+        return peak >= DELIVER_WINDOW_MIN and unanswered >= DELIVER_WINDOW_FULL_SHARE * peak
 
     async def submit(self, pdu: SubmitSm) -> SubmitResult:
         return (await self.submit_all((pdu,)))[0]

@@ -226,6 +226,11 @@ class _Connection(asyncio.Protocol):
         self._bind_id = bind_id
         self._on_deliver = on_deliver
         self._deliver_acks: set[asyncio.Task[None]] = set()
+        # deliver_sm handed over and not yet answered, and the most there
+        # ever were: once the SMSC has filled its deliver window, that peak
+        # is the window, and being at it means receipts queue at the SMSC.
+        self.delivers_unanswered = 0
+        self.delivers_unanswered_peak = 0
         # Small PDUs (deliver_sm_resp, keepalive) sent in one loop iteration
         # leave in one write: a receipt flush answers hundreds at once.
         self._unsent = bytearray()
@@ -498,6 +503,11 @@ class _Connection(asyncio.Protocol):
             log.exception("smpp_deliver_handler_failed", bind=self._bind_id)
             status = CommandStatus.ESME_RX_T_APPN
             pending = None
+        if pending is not None:
+            self.delivers_unanswered += 1
+            self.delivers_unanswered_peak = max(
+                self.delivers_unanswered_peak, self.delivers_unanswered
+            )
         if isinstance(pending, asyncio.Future):
             # A callback, not a task per receipt: at thousands a second the
             # task and its wait_for were a visible share of the daemon's CPU.
@@ -517,9 +527,11 @@ class _Connection(asyncio.Protocol):
         except Exception:
             log.exception("smpp_deliver_not_recorded", bind=self._bind_id)
             status = CommandStatus.ESME_RX_T_APPN
+        self.delivers_unanswered -= 1
         self._answer_deliver(pdu, status)
 
     def deliver_recorded(self, pdu: DeliverSm | DataSm, failure: BaseException | None) -> None:
+        self.delivers_unanswered -= 1
         status: int = CommandStatus.ESME_ROK
         if failure is not None:
             log.error("smpp_deliver_not_recorded", bind=self._bind_id, error=repr(failure))
@@ -674,6 +686,17 @@ class SmppSession:
     @property
     def load(self) -> int:
         return self.in_flight + len(self._queue)
+
+    @property
+    def deliver_backlog(self) -> tuple[int, int]:
+        """(deliver_sm awaiting our answer, the most there ever were) over
+        this bind's connections; see `SmppGateway.receipts_backlogged`."""
+        now = peak = 0
+        for link in self._links:
+            if link.connection is not None:
+                now += link.connection.delivers_unanswered
+                peak += link.connection.delivers_unanswered_peak
+        return now, peak
 
     # -- lifecycle --------------------------------------------------------------------------
 
