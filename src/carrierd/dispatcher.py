@@ -51,6 +51,7 @@ AU_IN_FLIGHT_RECHECK_S = 30.0
 NO_BIND_RETRY_S = 1.0
 
 
+RENEWALS_PER_LEASE = 3
 # A claim waits this long, again and again, while receipts are backlogged.
 RECEIPT_BACKLOG_PAUSE_S = 0.02
 
@@ -116,7 +117,7 @@ class Dispatcher:
     async def run(self) -> None:
         config = self._config()
         max_in_flight = max(1000, config.engine.claim_batch * 2)
-        renew_every_s = config.engine.lease_s / 3
+        renew_every_s = config.engine.lease_s / RENEWALS_PER_LEASE
         last_renewal = self._clock.now()
         failures = 0
         while self._claiming:
@@ -160,8 +161,17 @@ class Dispatcher:
         await self.release_claims(self._clock.now())
 
     async def renew_leases(self, now: datetime) -> None:
+        """Extend the leases with less than 2.5 renewal periods left
+        (renewals come every lease_s / RENEWALS_PER_LEASE): a lease skipped
+        now survives even a renewal that comes 1.5 periods late."""
         lease_s = self._config().engine.lease_s
-        await self._db.execute("renew_leases", self._daemon_id, now + timedelta(seconds=lease_s))
+        renew_every_s = lease_s / RENEWALS_PER_LEASE
+        await self._db.execute(
+            "renew_leases",
+            self._daemon_id,
+            now + timedelta(seconds=lease_s),
+            now + timedelta(seconds=2.5 * renew_every_s),
+        )
 
     async def release_claims(self, now: datetime) -> None:
         rows = await self._db.fetch("release_lease_claims", self._daemon_id)

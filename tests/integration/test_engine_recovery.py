@@ -10,6 +10,7 @@ import asyncpg
 
 from carrierd.channels.types import PartOutcome, SmsRequest
 from carrierd.config import Config
+from carrierd.dispatcher import RENEWALS_PER_LEASE
 from carrierd.domain.clock import FakeClock
 from carrierd.store.db import Database
 from tests.integration.engine_harness import (
@@ -265,3 +266,39 @@ async def test_lease_renewal_never_waits_for_a_flush(dsn: str, db: Database) -> 
     leases = {i: (await row(db, i))["lease_expires_at"] for i in ids}
     assert leases[ids[0]] == leases[ids[2]] == renewed_until
     assert leases[ids[1]] != renewed_until
+
+
+async def test_renewal_rewrites_only_leases_close_to_their_end(dsn: str, db: Database) -> None:
+    clock = FakeClock(JST_10_00)
+    config = resend_config(dsn)
+    engine = await make_engine(
+        config, db, clock, daemon_id="d1", network=StallingNetwork(clock, list(config.carriers))
+    )
+    lease_s = config.engine.lease_s
+    renew_every_s = lease_s / RENEWALS_PER_LEASE
+    [old] = await enqueue(
+        db, "acme", [{"to": "09011110001", "sms": {"text": "x"}}], clock.now(), config
+    )
+    await engine.dispatcher.dispatch_once(clock.now())
+    clock.advance(renew_every_s * 0.5 + 1)
+    [fresh] = await enqueue(
+        db, "acme", [{"to": "09011110002", "sms": {"text": "x"}}], clock.now(), config
+    )
+    await engine.dispatcher.dispatch_once(clock.now())
+    for task in list(engine.dispatcher._in_flight):
+        task.cancel()
+    fresh_lease = (await row(db, fresh))["lease_expires_at"]
+    fresh_version = await row_version(db, fresh)
+
+    await engine.dispatcher.renew_leases(clock.now())
+
+    # The older lease has less than 2.5 renewal periods left: renewed. The
+    # fresh one has more: its row is not written at all.
+    assert (await row(db, old))["lease_expires_at"] == clock.now() + timedelta(seconds=lease_s)
+    assert (await row(db, fresh))["lease_expires_at"] == fresh_lease
+    assert await row_version(db, fresh) == fresh_version
+
+
+async def row_version(db: Database, message_id: int) -> str:
+    rows = await db.call_raw("SELECT xmin::text AS v FROM messages WHERE id = $1", message_id)
+    return str(rows[0]["v"])

@@ -511,9 +511,12 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::time
 -- flushes lock their messages in id order), and a row a flush holds right
 -- now is skipped: it is being settled, and the next renewal catches it if it
 -- stays in flight. Updating in scan order instead deadlocked with flushes.
+-- Only leases ending before $3 (the dispatcher says which): most messages
+-- leave 'sending' within seconds of their claim, and rewriting their row
+-- anyway was a row version for nothing.
 WITH mine AS (
     SELECT id FROM messages
-    WHERE lease_owner = $1 AND state IN ('dispatching', 'sending')
+    WHERE lease_owner = $1 AND state IN ('dispatching', 'sending') AND lease_expires_at < $3
     ORDER BY id
     FOR UPDATE SKIP LOCKED
 )
