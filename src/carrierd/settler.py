@@ -8,6 +8,7 @@ Each `settle_once(now)` pass:
     flight with no response → unknown "outcome unknown after restart", unless
     the account opted into at-least-once (then queued and resent)
   - receipts that beat their response meet their part (across daemons too)
+  - au gate holds whose re-check is long past, released by no receipt, go
   - +Message fallback and expiry timers, through the RCS leg when configured
 """
 
@@ -28,6 +29,10 @@ from carrierd.recorder import EARLY_RECEIPT_KEEP_S, Recorder
 from carrierd.store.db import Database, Row, Transaction, Transition
 
 log = structlog.get_logger("carrierd.settler")
+
+# A held au message is re-checked at its hold's time; the row that lets a
+# final receipt release it earlier is kept this much longer, then dropped.
+AU_GATE_HOLD_KEEP_S = 600.0
 
 
 class RcsTimers(Protocol):
@@ -191,6 +196,7 @@ class Settler:
         await tx.execute(
             "expire_stale_early_receipts", now - timedelta(seconds=EARLY_RECEIPT_KEEP_S)
         )
+        await tx.execute("expire_stale_au_gate_holds", now - timedelta(seconds=AU_GATE_HOLD_KEEP_S))
         if not changed:
             return 0
         ids = sorted({p["message_id"] for p in changed})

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from carrierd.domain.clock import FakeClock
+from carrierd.settler import AU_GATE_HOLD_KEEP_S
 from carrierd.store.db import Database
 from tests.integration.engine_harness import engine_config, enqueue, make_engine
 
@@ -163,3 +164,50 @@ async def test_au_messages_to_one_number_keep_22_seconds_after_the_previous_rece
         # Exactly then: the receipt itself releases the held message, not a
         # later re-check of the gate.
         assert submitted_at[following] == receipt_at[previous] + timedelta(seconds=22)
+
+
+async def test_a_hold_no_final_receipt_released_is_swept_after_its_recheck(
+    dsn: str, db: Database
+) -> None:
+    clock = FakeClock(T0)
+    config = engine_config(
+        dsn,
+        {"engine": {"pacing": False}, "carriers": {"au": {"port": 1, "receipt_timeout_s": 600}}},
+    )
+    engine = await make_engine(config, db, clock)
+    number = f"080{next(_numbers):08d}"
+    [first, held] = await enqueue(
+        db,
+        "acme",
+        [{"to": number, "sms": {"text": f"message {i}"}, "carrier": "au"} for i in range(2)],
+        clock.now(),
+        config,
+    )
+
+    async def holds() -> list[datetime]:
+        rows = await db.call_raw(
+            "SELECT recheck_at FROM au_gate_waiting WHERE message_id = $1", held
+        )
+        return [r["recheck_at"] for r in rows]
+
+    await engine.cycle()
+    assert [s.request.message_id for s in engine.network.submitted] == [first]
+    assert len(await holds()) == 1
+    # The first never gets a final receipt: it times out as unknown, and the
+    # held one leaves at a re-check of the gate, its hold row left behind.
+    for _ in range(40):
+        clock.advance(30)
+        await engine.settler.settle_once(clock.now())
+        await engine.cycle()
+        if len(engine.network.submitted) == 2:
+            break
+    assert engine.network.submitted[1].request.message_id == held
+    [recheck_at] = await holds()
+    assert recheck_at <= clock.now()
+
+    clock.set(recheck_at + timedelta(seconds=AU_GATE_HOLD_KEEP_S - 1))
+    await engine.settler.settle_once(clock.now())
+    assert len(await holds()) == 1
+    clock.advance(2)
+    await engine.settler.settle_once(clock.now())
+    assert await holds() == []

@@ -493,6 +493,13 @@ LIMIT $2;
 -- On shutdown: what this daemon claimed but did not hand over goes back.
 SELECT id FROM messages WHERE state = 'dispatching' AND lease_owner = $1;
 
+-- name: expire_stale_au_gate_holds
+-- A hold whose re-check time is long past: its message was re-checked by
+-- the gate at that time (and held again under a new time, or sent), and the
+-- final receipt that would have released it never came. The gate's own
+-- check at claim time keeps the spacing without it.
+DELETE FROM au_gate_waiting WHERE recheck_at < $1;
+
 -- name: expire_stale_early_receipts
 -- A receipt whose part never appears (its submit was lost, or the id is
 -- garbage) is kept a while for late responses, then dropped.
