@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -90,10 +91,10 @@ def postgres_pids() -> list[int]:
     return pids
 
 
-def cpu_snapshot(daemon_pid: int, sim_pid: int) -> dict[str, float]:
-    """CPU seconds so far of the daemon, the simulator and every PostgreSQL process."""
+def cpu_snapshot(daemon_pids: list[int], sim_pid: int) -> dict[str, float]:
+    """CPU seconds so far of the daemons, the simulator and every PostgreSQL process."""
     return {
-        "daemon": cpu_s(daemon_pid),
+        "daemon": sum(cpu_s(pid) for pid in daemon_pids),
         "simulator": cpu_s(sim_pid),
         "PostgreSQL": sum(cpu_s(p) for p in postgres_pids()),
         "bench client": cpu_s(os.getpid()),
@@ -118,11 +119,13 @@ async def final_by_metrics(http: aiohttp.ClientSession, port: int) -> float:
     )
 
 
-async def run(dsn: str, port: int, pid: int, sim_pid: int, total: int, batch: int) -> None:
+async def run(
+    dsn: str, ports: list[int], pids: list[int], sim_pid: int, total: int, batch: int
+) -> None:
     headers = {"Authorization": "Bearer bench-token"}
     prefixes = list(CARRIER_PREFIXES.values())
     conn = await asyncpg.connect(dsn)
-    cpu_before = cpu_snapshot(pid, sim_pid)
+    cpu_before = cpu_snapshot(pids, sim_pid)
     started = time.perf_counter()
     async with aiohttp.ClientSession() as http:
         sem = asyncio.Semaphore(4)
@@ -138,7 +141,7 @@ async def run(dsn: str, port: int, pid: int, sim_pid: int, total: int, batch: in
             async with (
                 sem,
                 http.post(
-                    f"http://127.0.0.1:{port}/v1/messages",
+                    f"http://127.0.0.1:{ports[b % len(ports)]}/v1/messages",
                     json={"messages": items},
                     headers=headers,
                 ) as resp,
@@ -153,16 +156,17 @@ async def run(dsn: str, port: int, pid: int, sim_pid: int, total: int, batch: in
             # second was 5% of the database's time at 100k messages. The
             # counter moves inside the settling transaction, so the database
             # confirms the end.
-            if await final_by_metrics(http, port) >= total:
+            final = [await final_by_metrics(http, port) for port in ports]
+            if sum(final) >= total:
                 done = await conn.fetchval(
                     "SELECT count(*) FROM messages WHERE final_at IS NOT NULL"
                 )
                 if done >= total:
                     break
-            peak_during = max(peak_during, rss_kib(pid, "VmRSS"))
+            peak_during = max(peak_during, *(rss_kib(pid, "VmRSS") for pid in pids))
             await asyncio.sleep(0.25)
     elapsed = time.perf_counter() - started
-    cpu_after = cpu_snapshot(pid, sim_pid)
+    cpu_after = cpu_snapshot(pids, sim_pid)
     latency = await conn.fetchrow(
         """SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d) AS p50,
                   percentile_cont(0.99) WITHIN GROUP (ORDER BY d) AS p99
@@ -200,10 +204,11 @@ async def run(dsn: str, port: int, pid: int, sim_pid: int, total: int, batch: in
         f"e2e: intake-to-submit latency p50 {latency['p50'] * 1000:.0f} ms, "
         f"p99 {latency['p99'] * 1000:.0f} ms"
     )
-    print(
-        f"e2e: daemon RSS peak {rss_kib(pid, 'VmHWM') / 1024:.0f} MiB, "
-        f"at the end {rss_kib(pid, 'VmRSS') / 1024:.0f} MiB"
-    )
+    for pid in pids:
+        print(
+            f"e2e: daemon RSS peak {rss_kib(pid, 'VmHWM') / 1024:.0f} MiB, "
+            f"at the end {rss_kib(pid, 'VmRSS') / 1024:.0f} MiB"
+        )
     used = {k: cpu_after[k] - cpu_before[k] for k in cpu_before}
     print(
         f"e2e: CPU per 1,000 messages ({os.cpu_count()} cores): "
@@ -228,6 +233,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1_000)
     parser.add_argument("--binds", type=int, default=2)
     parser.add_argument("--window", type=int, default=64)
+    parser.add_argument(
+        "--daemons",
+        type=int,
+        default=1,
+        help="daemons sharing the database, each with its own binds (intake spread over them)",
+    )
     args = parser.parse_args()
     ports = {carrier: free_port() for carrier in CARRIER_PREFIXES}
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
@@ -249,12 +260,17 @@ def main() -> None:
     )
     try:
         time.sleep(1.0)
-        http_port = free_port()
-        with (
-            fresh_database("e2e") as dsn,
-            daemon_process(daemon_toml(ports, args.binds, args.window), dsn, http_port) as daemon,
-        ):
-            asyncio.run(run(dsn, http_port, daemon.pid, sim.pid, args.messages, args.batch))
+        http_ports = [free_port() for _ in range(args.daemons)]
+        with fresh_database("e2e") as dsn, contextlib.ExitStack() as daemons:
+            pids = [
+                daemons.enter_context(
+                    daemon_process(
+                        daemon_toml(ports, args.binds, args.window), dsn, port, f"bench-{n}"
+                    )
+                ).pid
+                for n, port in enumerate(http_ports, start=1)
+            ]
+            asyncio.run(run(dsn, http_ports, pids, sim.pid, args.messages, args.batch))
     finally:
         sim.terminate()
         sim.wait(10)

@@ -70,7 +70,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def daemon_process(config_text: str, dsn: str, port: int) -> Iterator[subprocess.Popen[bytes]]:
+def daemon_process(
+    config_text: str, dsn: str, port: int, daemon_id: str | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
         f.write(config_text)
         path = f.name
@@ -79,6 +81,7 @@ def daemon_process(config_text: str, dsn: str, port: int) -> Iterator[subprocess
         "CARRIERD_DSN": dsn,
         "CARRIERD_HTTP_PORT": str(port),
         "CARRIERD_LOG_LEVEL": "warning",
+        **({"CARRIERD_DAEMON_ID": daemon_id} if daemon_id else {}),
     }
     proc = subprocess.Popen([sys.executable, "-m", "carrierd", "run", "--config", path], env=env)
     try:
