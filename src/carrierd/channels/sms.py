@@ -78,7 +78,7 @@ from carrierd.smpp.pdu import (
     udh_concat,
 )
 from carrierd.smpp.pool import PoolHealth, SmppPool
-from carrierd.smpp.receipt import MessageIdStyle, normalize_message_id, parse_receipt_text
+from carrierd.smpp.receipt import MessageIdStyle, normalize_message_id, receipt_text_fields
 from carrierd.smpp.session import SubmitResult
 
 log = structlog.get_logger("carrierd.channels.sms")
@@ -230,14 +230,17 @@ def parse_deliver(
     """What a deliver_sm / data_sm says; None for a receipt no part can match."""
     body = _body(pdu)
     if is_receipt(pdu):
-        text = parse_receipt_text(body)
-        raw_id = pdu.receipted_message_id or text.message_id
+        # The id, stat and err only (the same values parse_receipt_text
+        # gives): its dates are not used here, and were half its cost.
+        text = receipt_text_fields(body)
+        raw_id = pdu.receipted_message_id or text.get("id")
         if not raw_id:
             return None
         stat = MESSAGE_STATE_STATS.get(pdu.message_state or 0)
         if stat is None:
-            stat = _LONG_STATS.get(text.stat, text.stat) if text.stat else "UNKNOWN"
-        err = text.err
+            text_stat = (text.get("stat") or "").upper()
+            stat = _LONG_STATS.get(text_stat, text_stat) if text_stat else "UNKNOWN"
+        err = text.get("err") or None
         if err is None and pdu.network_error_code is not None:
             err = f"{pdu.network_error_code.error_code:03d}"
         return Receipt(

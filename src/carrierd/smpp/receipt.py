@@ -89,20 +89,7 @@ _DATE_SEPARATORS: Final = re.compile(r"[\s\-/:.T]")
 
 def parse_receipt_text(short_message: bytes) -> ReceiptText:
     """Parse a delivery-receipt short_message; see the module docstring for the rules."""
-    text = _bytes_to_text(short_message)
-    values: dict[str, str] = {}
-    # (key, where the key starts, where its value starts), first occurrence only.
-    counted: list[tuple[str, int, int]] = []
-    for match in _KEY_PATTERN.finditer(text):
-        key = _canonical_key(match.group(1))
-        if key in values:
-            continue
-        values[key] = ""
-        counted.append((key, match.start(), match.end()))
-    for index, (key, _, value_start) in enumerate(counted):
-        value_end = counted[index + 1][1] if index + 1 < len(counted) else len(text)
-        values[key] = text[value_start:value_end].strip()
-
+    values = receipt_text_fields(short_message)
     err = values.get("err") or None
     stat = values.get("stat")
     return ReceiptText(
@@ -116,6 +103,27 @@ def parse_receipt_text(short_message: bytes) -> ReceiptText:
         text=values.get("text") or None,
         err_code=_parse_err_code(err),
     )
+
+
+def receipt_text_fields(short_message: bytes) -> dict[str, str]:
+    """The raw value of each key of a receipt text (keys in canonical form:
+    "id", "sub", "dlvrd", "submit date", "done date", "stat", "err", "text").
+    What parse_receipt_text reads further; a caller that needs only the id,
+    stat and err (every receipt the daemon receives) skips the dates."""
+    text = _bytes_to_text(short_message)
+    values: dict[str, str] = {}
+    # (key, where the key starts, where its value starts), first occurrence only.
+    counted: list[tuple[str, int, int]] = []
+    for match in _KEY_PATTERN.finditer(text):
+        key = _canonical_key(match.group(1))
+        if key in values:
+            continue
+        values[key] = ""
+        counted.append((key, match.start(), match.end()))
+    for index, (key, _, value_start) in enumerate(counted):
+        value_end = counted[index + 1][1] if index + 1 < len(counted) else len(text)
+        values[key] = text[value_start:value_end].strip()
+    return values
 
 
 def normalize_message_id(raw: str, style: MessageIdStyle) -> str:
