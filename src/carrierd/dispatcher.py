@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -54,6 +55,10 @@ NO_BIND_RETRY_S = 1.0
 RENEWALS_PER_LEASE = 3
 # A claim waits this long, again and again, while receipts are backlogged.
 RECEIPT_BACKLOG_PAUSE_S = 0.02
+# ...but never longer than this in a row: a receipt backlog can take minutes
+# to drain (after an outage), and new messages (one-time passwords) must
+# still flow meanwhile, a claim batch at least this often.
+RECEIPT_BACKLOG_MAX_WAIT_S = 1.0
 
 
 class RcsLeg(Protocol):
@@ -120,6 +125,8 @@ class Dispatcher:
         renew_every_s = config.engine.lease_s / RENEWALS_PER_LEASE
         last_renewal = self._clock.now()
         failures = 0
+        # Real time, like the pauses it bounds (the clock may be a test's).
+        held_since_s: float | None = None
         while self._claiming:
             now = self._clock.now()
             try:
@@ -134,9 +141,12 @@ class Dispatcher:
                     # CPU a claim would take, and the SMSC sends no more
                     # until we answer. Claiming on would only grow both
                     # queues (and leave messages 'submitted' for longer).
-                    self.receipt_backlog_pauses += 1
-                    await asyncio.sleep(RECEIPT_BACKLOG_PAUSE_S)
-                    continue
+                    held_since_s = held_since_s or time.monotonic()
+                    if time.monotonic() - held_since_s < RECEIPT_BACKLOG_MAX_WAIT_S:
+                        self.receipt_backlog_pauses += 1
+                        await asyncio.sleep(RECEIPT_BACKLOG_PAUSE_S)
+                        continue
+                held_since_s = None
                 claimed = await self.dispatch_once(now)
             except TRANSIENT_DB_ERRORS:
                 # A claim that failed committed nothing (its rows stay
