@@ -37,6 +37,8 @@ IP_PHONE_PREFIX = "050"
 _CANONICAL = re.compile(r"\+81[1-9][0-9]{9}")
 
 _ASCII_DIGITS = frozenset("0123456789")
+# Already plain (the usual case from applications): nothing to strip.
+_PLAIN = re.compile(r"\+?[0-9]+")
 
 # Full-width digits and plus come from Japanese input methods; the dash-like
 # characters are what people (and spreadsheets) put between digit groups,
@@ -99,7 +101,10 @@ def _to_national(raw: str) -> str:
     """Strip the spelling down to a national digit string starting with 0."""
     if not raw.strip():
         raise NumberError(EMPTY, "the recipient number is empty")
-    compact = "".join(c for c in raw.translate(_SPELLING_TABLE) if not c.isspace())
+    if _PLAIN.fullmatch(raw):
+        compact = raw
+    else:
+        compact = "".join(c for c in raw.translate(_SPELLING_TABLE) if not c.isspace())
     has_plus = compact.startswith("+")
     digits = compact[1:] if has_plus else compact
     if not digits or not set(digits) <= _ASCII_DIGITS:

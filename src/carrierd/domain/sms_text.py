@@ -42,6 +42,9 @@ _CP932_TO_JIS: dict[str, str] = {
     "\u2011": "\u2010",  # NON-BREAKING HYPHEN -> HYPHEN (1-30)
 }
 _NORMALIZE_TABLE = str.maketrans(_CP932_TO_JIS)
+# Most texts hold none of them: one C-speed search instead of a dict lookup
+# per character (translate was a tenth of intake's CPU).
+_NEEDS_NORMALIZING = re.compile("[" + re.escape("".join(_CP932_TO_JIS)) + "]")
 
 ABSOLUTE_MAX_CHARS = 670  # 10 concatenated UCS-2 parts of 67
 DEFAULT_MAX_CHARS = 660
@@ -121,6 +124,8 @@ _NEEDS_SCAN = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\r\uff61-\uff9f]")
 
 def normalize_text(text: str) -> str:
     """Map CP932 variants to the JIS code point of the same character."""
+    if _NEEDS_NORMALIZING.search(text) is None:
+        return text
     return text.translate(_NORMALIZE_TABLE)
 
 
