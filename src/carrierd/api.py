@@ -9,6 +9,7 @@ account; an account sees only its own messages (another account's id is a
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -158,10 +159,11 @@ async def post_messages(request: web.Request) -> web.Response:
     ]
     rejected = [{"index": r.index, "field": r.field, "reason": r.reason} for r in batch.rejected]
     if state.metrics is not None:
-        for row in batch.rows:
-            state.metrics.messages_accepted_total.labels(account.account_id, row["channel"]).inc()
-        for r in batch.rejected:
-            state.metrics.messages_rejected_total.labels(r.field).inc()
+        # One counter update per label set, not per item of a 10,000-item batch.
+        for channel, count in Counter(row["channel"] for row in batch.rows).items():
+            state.metrics.messages_accepted_total.labels(account.account_id, channel).inc(count)
+        for field, count in Counter(r.field for r in batch.rejected).items():
+            state.metrics.messages_rejected_total.labels(field).inc(count)
     log.info("intake", account=account.account_id, accepted=len(accepted), rejected=len(rejected))
     status = 202 if accepted else 422
     return web.json_response({"accepted": accepted, "rejected": rejected}, status=status)
