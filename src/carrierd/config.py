@@ -126,7 +126,7 @@ class EngineConfig:
     # How long a message whose parts the SMSC all accepted stays 'sending'
     # while its receipt may still come: a receipt within this time settles it
     # straight to its final state, one row update instead of two.
-    submitted_grace_s: float = 5.0
+    submitted_grace_s: float = 15.0
     message_expiry_s: float = 72 * 3600.0
     pacing: bool = True
     default_carrier_order: tuple[str, ...] = CARRIERS
@@ -430,7 +430,7 @@ def parse_config(
         lease_s=eng.number("lease_s", 60.0, minimum=1.0),
         idle_poll_s=eng.number("idle_poll_s", 0.05, minimum=0.001),
         au_spacing_s=eng.number("au_spacing_s", 22.0, minimum=0.0),
-        submitted_grace_s=eng.number("submitted_grace_s", 5.0, minimum=0.0, maximum=60.0),
+        submitted_grace_s=eng.number("submitted_grace_s", 15.0, minimum=0.0, maximum=60.0),
         message_expiry_s=eng.number("message_expiry_s", 72 * 3600.0, minimum=60.0),
         pacing=eng.boolean("pacing", True),
         default_carrier_order=order,
