@@ -37,7 +37,7 @@ from carrierd.domain.numbers import NumberError, normalize_msisdn
 from carrierd.domain.pacing import Bucket, take_tokens
 from carrierd.domain.rcs_content import RcsContentError, content_to_json, validate_rcs
 from carrierd.domain.reasons import Reason
-from carrierd.domain.routing import resolve_carrier
+from carrierd.domain.routing import NumberRanges, resolve_carrier
 from carrierd.domain.sms_text import SmsTextError, prepare_sms, split_gsm7, split_ucs2
 from carrierd.domain.states import State
 from carrierd.recorder import Recorder, SubmittedPart
@@ -397,9 +397,9 @@ class Dispatcher:
             r["msisdn"]: r["carrier"]
             for r in await tx.fetch("learned_carriers", [r["msisdn"] for r in rows])
         }
-        number_ranges = {
-            prefix: name for name, c in config.carriers.items() for prefix in c.number_prefixes
-        }
+        number_ranges = NumberRanges(
+            {prefix: name for name, c in config.carriers.items() for prefix in c.number_prefixes}
+        )
         transitions: list[Transition] = []
         planned: list[Planned] = []
         for row in rows:

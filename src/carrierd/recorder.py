@@ -44,8 +44,8 @@ from carrierd.domain.clock import Clock
 from carrierd.domain.pacing import QuietWindow
 from carrierd.domain.routing import (
     AttemptParts,
+    NumberRanges,
     ResendPolicy,
-    carrier_by_number_range,
     decide_attempt,
 )
 from carrierd.domain.states import State
@@ -401,9 +401,9 @@ class Recorder:
         au_released: list[tuple[str, datetime]] = []
         accounts = self._accounts()
         carriers = self._carriers()
-        number_ranges = {
-            prefix: name for name, c in carriers.items() for prefix in c.number_prefixes
-        }
+        number_ranges = NumberRanges(
+            {prefix: name for name, c in carriers.items() for prefix in c.number_prefixes}
+        )
         for row in rows:
             carrier_config = carriers.get(row["carrier"])
             parts = _attempt_parts(row, carrier_config)
@@ -537,7 +537,7 @@ class Recorder:
         )
 
 
-def _teaches_resolver(row: Row, number_ranges: Mapping[str, str]) -> bool:
+def _teaches_resolver(row: Row, number_ranges: NumberRanges) -> bool:
     """Whether a delivery by row["carrier"] changes what the resolver chain
     answers next time. It does not when the learned carrier already says
     so, or, with nothing learned, when the number range does: writing that
@@ -545,7 +545,7 @@ def _teaches_resolver(row: Row, number_ranges: Mapping[str, str]) -> bool:
     learned = row["learned_carrier"]
     if learned is not None:
         return bool(learned != row["carrier"])
-    return bool(carrier_by_number_range(row["msisdn"], number_ranges) != row["carrier"])
+    return bool(number_ranges.carrier_for(row["msisdn"]) != row["carrier"])
 
 
 def _resend_policy(account: AccountConfig | None) -> ResendPolicy:

@@ -30,12 +30,33 @@ class CarrierChoice:
     source: Literal["named", "learned", "number_range", "default_order", "none"]
 
 
+class NumberRanges:
+    """The number-range table: national prefix -> carrier; the longest
+    matching prefix wins (`090123` beats `0901`).
+
+    A lookup tries one prefix length at a time, longest first, so its cost
+    grows with the number of distinct lengths, not of prefixes: real range
+    tables hold thousands, and every message is looked up (twice)."""
+
+    def __init__(self, prefixes: Mapping[str, str]) -> None:
+        self._carriers = dict(prefixes)
+        self._lengths = sorted({len(prefix) for prefix in self._carriers}, reverse=True)
+
+    def carrier_for(self, msisdn: str) -> str | None:
+        national = national_form(msisdn)
+        for length in self._lengths:
+            carrier = self._carriers.get(national[:length])
+            if carrier is not None:
+                return carrier
+        return None
+
+
 def resolve_carrier(
     msisdn: str,
     *,
     named: str | None,
     learned: str | None,
-    number_ranges: Mapping[str, str],
+    number_ranges: NumberRanges,
     default_order: Sequence[str],
     tried: Collection[str],
     available: Collection[str],
@@ -54,23 +75,13 @@ def resolve_carrier(
         return CarrierChoice(named, "named")
     if usable(learned):
         return CarrierChoice(learned, "learned")
-    by_range = carrier_by_number_range(msisdn, number_ranges)
+    by_range = number_ranges.carrier_for(msisdn)
     if usable(by_range):
         return CarrierChoice(by_range, "number_range")
     for carrier in default_order:
         if usable(carrier):
             return CarrierChoice(carrier, "default_order")
     return CarrierChoice(None, "none")
-
-
-def carrier_by_number_range(msisdn: str, number_ranges: Mapping[str, str]) -> str | None:
-    """Longest matching national prefix wins (`090123` beats `0901`)."""
-    national = national_form(msisdn)
-    best: tuple[int, str] | None = None
-    for prefix, carrier in number_ranges.items():
-        if national.startswith(prefix) and (best is None or len(prefix) > best[0]):
-            best = (len(prefix), carrier)
-    return best[1] if best else None
 
 
 PartState = Literal["pending", "accepted", "refused", "delivered", "failed", "unknown"]
