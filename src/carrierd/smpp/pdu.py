@@ -412,6 +412,13 @@ class _Reader:
         self._pos += count
         return chunk
 
+    def octet(self, what: str) -> int:
+        if self._pos >= len(self._data):
+            raise _BodyError(f"{what}: needs 1 octets, 0 left in body")
+        value = self._data[self._pos]
+        self._pos += 1
+        return value
+
     def c_octet_string(self, what: str, *, lenient_eof: bool) -> str:
         end = self._data.find(b"\x00", self._pos)
         if end < 0:
@@ -455,9 +462,15 @@ class _Int:
         self.width = width
 
     def read(self, reader: _Reader, what: str, *, lenient_eof: bool) -> object:
+        if self.width == 1:
+            # Every integer of a PDU body is one octet: index, don't slice.
+            return reader.octet(what)
         return int.from_bytes(reader.take(self.width, what), "big")
 
     def write(self, out: bytearray, value: object, what: str) -> None:
+        if self.width == 1 and type(value) is int and 0 <= value < 256:
+            out.append(value)
+            return
         out += _check_int(value, self.width, what).to_bytes(self.width, "big")
 
 
