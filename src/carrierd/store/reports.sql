@@ -36,8 +36,9 @@ ORDER BY accepted_at, id
 LIMIT $6;
 
 -- name: purge_final_messages
--- One bounded batch of retention: final messages that ended before $1.
--- Their parts, events and callbacks go by ON DELETE CASCADE. SKIP LOCKED:
+-- One bounded batch of retention: final messages that ended before $1,
+-- with their parts and events (deleted here: no foreign key cascades to
+-- them, see migration 0060) and callbacks (ON DELETE CASCADE). SKIP LOCKED:
 -- two daemons purging at once share the work instead of waiting.
 WITH doomed AS (
     SELECT id FROM messages
@@ -47,6 +48,12 @@ WITH doomed AS (
     ORDER BY final_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
+),
+parts_deleted AS (
+    DELETE FROM parts p USING doomed WHERE p.message_id = doomed.id
+),
+events_deleted AS (
+    DELETE FROM message_events e USING doomed WHERE e.message_id = doomed.id
 ),
 deleted AS (
     DELETE FROM messages m USING doomed WHERE m.id = doomed.id RETURNING 1
