@@ -52,6 +52,7 @@ AU_IN_FLIGHT_RECHECK_S = 30.0
 NO_BIND_RETRY_S = 1.0
 
 
+# Leases are renewed this many times per engine.lease_s.
 RENEWALS_PER_LEASE = 3
 # A claim waits this long, again and again, while receipts are backlogged.
 RECEIPT_BACKLOG_PAUSE_S = 0.02
@@ -109,7 +110,6 @@ class Dispatcher:
         self.rcs_leg = rcs_leg
         self._on_submitted = on_submitted
         self._in_flight: set[asyncio.Task[None]] = set()
-        self.receipt_backlog_pauses = 0
         self._claiming = True
         self.pacing_wait_s = 0.0
 
@@ -143,7 +143,6 @@ class Dispatcher:
                     # queues (and leave messages 'submitted' for longer).
                     held_since_s = held_since_s or time.monotonic()
                     if time.monotonic() - held_since_s < RECEIPT_BACKLOG_MAX_WAIT_S:
-                        self.receipt_backlog_pauses += 1
                         await asyncio.sleep(RECEIPT_BACKLOG_PAUSE_S)
                         continue
                 held_since_s = None

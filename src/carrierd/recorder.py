@@ -9,8 +9,8 @@ lease and receipt timers like any ambiguous outcome.
 
 A message whose parts the SMSC all accepted is not marked submitted at
 once: it stays 'sending' for `submitted_grace_s`, and a receipt in that time
-settles it straight to its final state. Most receipts come within a second
-or two, so most messages are settled once instead of twice. The responses
+settles it straight to its final state. Most receipts come within seconds,
+even under load, so most messages are settled once instead of twice. The responses
 themselves are written at once; a crash meanwhile leaves a 'sending' message
 whose parts all have their response, which lease recovery settles from its
 parts like any other.
