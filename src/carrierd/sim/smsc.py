@@ -102,6 +102,7 @@ from carrierd.smpp.pdu import (
     split_udh,
     udh_concat,
 )
+from carrierd.smpp.writer import CoalescingWriter
 
 _log = structlog.get_logger(__name__)
 
@@ -862,8 +863,7 @@ class _SmppConnection(asyncio.Protocol):
         self._write_paused = False
         # What one loop iteration writes leaves in one write: a syscall per
         # PDU was the simulator's largest cost under load.
-        self._unsent = bytearray()
-        self._flush_scheduled = False
+        self._writer = CoalescingWriter(self._open_transport)
 
     # -- asyncio.Protocol -------------------------------------------------------
 
@@ -1055,20 +1055,14 @@ class _SmppConnection(asyncio.Protocol):
         self._write(GenericNack(sequence_number=sequence_number, command_status=status))
 
     def _write(self, pdu: Pdu) -> None:
-        if self._transport is not None and not self._closing:
-            self._unsent += encode(pdu)
-            if not self._flush_scheduled:
-                self._flush_scheduled = True
-                asyncio.get_running_loop().call_soon(self._flush_unsent)
+        if self._open_transport() is not None:
+            self._writer.later(encode(pdu))
 
-    def _flush_unsent(self) -> None:
-        self._flush_scheduled = False
-        if self._unsent and self._transport is not None and not self._closing:
-            self._transport.write(bytes(self._unsent))
-        self._unsent.clear()
+    def _open_transport(self) -> asyncio.Transport | None:
+        return None if self._closing else self._transport
 
     def _close(self) -> None:
-        self._flush_unsent()
+        self._writer.flush()
         self._closing = True
         if self._transport is not None:
             self._transport.close()
@@ -1076,7 +1070,7 @@ class _SmppConnection(asyncio.Protocol):
     def _abort(self) -> None:
         # Abrupt on purpose: answers still in the buffer are lost, as in a real drop.
         self._closing = True
-        self._unsent.clear()
+        self._writer.discard()
         if self._transport is not None:
             self._transport.abort()
 

@@ -105,6 +105,7 @@ from carrierd.smpp.pdu import (
     is_response,
 )
 from carrierd.smpp.window import ResponseTimeout, Window, WindowTimeout
+from carrierd.smpp.writer import CoalescingWriter
 
 log = structlog.get_logger("carrierd.smpp.session")
 
@@ -233,8 +234,7 @@ class _Connection(asyncio.Protocol):
         self.delivers_unanswered_peak = 0
         # Small PDUs (deliver_sm_resp, keepalive) sent in one loop iteration
         # leave in one write: a receipt flush answers hundreds at once.
-        self._unsent = bytearray()
-        self._flush_scheduled = False
+        self._writer = CoalescingWriter(self._open_transport)
         self._on_lost = on_lost
         self._stats = stats
         self._clock = clock
@@ -300,24 +300,15 @@ class _Connection(asyncio.Protocol):
 
     def write(self, frames: bytes | bytearray) -> None:
         """Write now, after anything `send` still holds (order is kept)."""
-        if self._unsent:
-            self._unsent += frames
-            self._flush_unsent()
-        elif self._transport is not None and not self._transport.is_closing():
-            self._transport.write(frames)
+        self._writer.now(frames)
 
     def send(self, pdu: Pdu) -> None:
         """Write at the end of this loop iteration, with whatever else is sent in it."""
-        self._unsent += encode(pdu)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_unsent)
+        self._writer.later(encode(pdu))
 
-    def _flush_unsent(self) -> None:
-        self._flush_scheduled = False
-        if self._unsent and self._transport is not None and not self._transport.is_closing():
-            self._transport.write(bytes(self._unsent))
-        self._unsent.clear()
+    def _open_transport(self) -> asyncio.Transport | None:
+        transport = self._transport
+        return transport if transport is not None and not transport.is_closing() else None
 
     async def request(self, pdu: Pdu, timeout_s: float) -> Pdu:
         """Send a control request (bind, enquire_link, unbind) and await its response."""
@@ -335,7 +326,7 @@ class _Connection(asyncio.Protocol):
     def close(self, reason: str) -> None:
         """Close after what is buffered has been written (used after unbind)."""
         self._close_reason = reason
-        self._flush_unsent()
+        self._writer.flush()
         if self._transport is not None:
             self._transport.close()
 
