@@ -30,19 +30,19 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from carrierd.api import ApiState, build_app
-from carrierd.callbacks import CallbackSender, enqueue_callback
 from carrierd.channels.rcs import RcsClient
 from carrierd.channels.sms import SmppGateway
 from carrierd.channels.types import InboundSms, Receipt
 from carrierd.config import Config, ConfigError, load_config
-from carrierd.dispatcher import Dispatcher
 from carrierd.domain.clock import Clock, SystemClock
-from carrierd.rcs_leg import RcsLeg, platform_config, webhook_route
-from carrierd.recorder import Recorder
-from carrierd.reports import report_routes, run_retention
-from carrierd.sdnotify import SystemdNotifier
-from carrierd.settler import Settler
+from carrierd.engine.dispatcher import Dispatcher
+from carrierd.engine.rcs_leg import RcsLeg, platform_config, webhook_route
+from carrierd.engine.timers import Timers
+from carrierd.engine.write_behind import WriteBehind
+from carrierd.http.app import ApiState, build_app
+from carrierd.http.reports import report_routes, run_retention
+from carrierd.ops.callbacks import CallbackSender, enqueue_callback
+from carrierd.ops.sdnotify import SystemdNotifier
 from carrierd.store.db import Database, Row, Transaction
 from carrierd.telemetry import Metrics, metrics_route, refresh_queue_gauges
 
@@ -108,7 +108,7 @@ class Daemon:
 
     def _build_engine(self, db: Database) -> None:
         """Phases 3 and 4: carrier side, then the workers that use it."""
-        recorder = Recorder(
+        recorder = WriteBehind(
             db,
             self.clock,
             accounts=lambda: self.config.accounts,
@@ -134,7 +134,7 @@ class Daemon:
             daemon_id=self.config.daemon_id,
             on_submitted=self._on_submitted,
         )
-        settler = Settler(db, self.clock, recorder, config=lambda: self.config)
+        settler = Timers(db, self.clock, recorder, config=lambda: self.config)
         self._rcs_session: aiohttp.ClientSession | None = None
         self._rcs_routes: list[web.RouteDef] = []
         if self.config.rcs.enabled:
@@ -393,7 +393,7 @@ def run(config_path: Path, **overrides: Any) -> int:
 class _CountingEvents:
     """Counts receipts for metrics on their way to the recorder."""
 
-    def __init__(self, recorder: Recorder, metrics: Metrics) -> None:
+    def __init__(self, recorder: WriteBehind, metrics: Metrics) -> None:
         self._recorder = recorder
         self._metrics = metrics
         # labels() looks its child up under a lock on every call: a few

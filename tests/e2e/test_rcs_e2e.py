@@ -20,11 +20,11 @@ from datetime import UTC, datetime
 import aiohttp
 from aiohttp import web
 
-from carrierd.api import ApiState, build_app
 from carrierd.channels.rcs import RcsClient
 from carrierd.channels.types import Receipt
 from carrierd.domain.clock import FakeClock
-from carrierd.rcs_leg import WEBHOOK_PATH, RcsLeg, platform_config, webhook_route
+from carrierd.engine.rcs_leg import WEBHOOK_PATH, RcsLeg, platform_config, webhook_route
+from carrierd.http.app import ApiState, build_app
 from carrierd.sim.rcs import RcsPlatformSim, RcsSimConfig
 from carrierd.store.db import Database
 from carrierd.telemetry import Metrics

@@ -9,9 +9,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from carrierd.api import ApiState, build_app
 from carrierd.config import Config, parse_config
 from carrierd.domain.clock import Clock
+from carrierd.http.app import ApiState, build_app
 from carrierd.store.db import Database
 
 BASE_CONFIG: dict[str, Any] = {

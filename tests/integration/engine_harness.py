@@ -13,10 +13,10 @@ from typing import Any
 
 from carrierd.channels.types import PartOutcome, Receipt, SmsRequest
 from carrierd.config import Config, parse_config
-from carrierd.dispatcher import Dispatcher
 from carrierd.domain.clock import FakeClock
-from carrierd.recorder import Recorder
-from carrierd.settler import Settler
+from carrierd.engine.dispatcher import Dispatcher
+from carrierd.engine.timers import Timers
+from carrierd.engine.write_behind import WriteBehind
 from carrierd.store.db import Database
 
 _SMSC_IDS = itertools.count(1)
@@ -107,9 +107,9 @@ class Engine:
     db: Database
     clock: FakeClock
     network: NetworkStandIn
-    recorder: Recorder
+    recorder: WriteBehind
     dispatcher: Dispatcher
-    settler: Settler
+    settler: Timers
 
     async def cycle(self) -> int:
         """One dispatch pass, every submit answered and recorded."""
@@ -139,7 +139,7 @@ async def make_engine(
         for a in config.accounts.values()
     )
     network = network or NetworkStandIn(clock, list(config.carriers), subscribers or {})
-    recorder = Recorder(
+    recorder = WriteBehind(
         db,
         clock,
         accounts=lambda: config.accounts,
@@ -150,7 +150,7 @@ async def make_engine(
     dispatcher = Dispatcher(
         db, clock, network, recorder, config=lambda: config, daemon_id=daemon_id
     )
-    settler = Settler(db, clock, recorder, config=lambda: config)
+    settler = Timers(db, clock, recorder, config=lambda: config)
     return Engine(config, db, clock, network, recorder, dispatcher, settler)
 
 

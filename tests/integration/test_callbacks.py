@@ -18,13 +18,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from carrierd.callbacks import (
+from carrierd.domain.clock import FakeClock
+from carrierd.ops.callbacks import (
     CallbackSender,
     RetryPolicy,
     enqueue_callback,
     verify_callback,
 )
-from carrierd.domain.clock import FakeClock
 from carrierd.store.db import Database, Row
 from carrierd.telemetry import Metrics
 

@@ -7,8 +7,8 @@ import time
 from datetime import UTC, datetime
 
 from carrierd.channels.types import Receipt
-from carrierd.dispatcher import RECEIPT_BACKLOG_MAX_WAIT_S
 from carrierd.domain.clock import FakeClock
+from carrierd.engine.dispatcher import RECEIPT_BACKLOG_MAX_WAIT_S
 from carrierd.store.db import Database
 from tests.integration.engine_harness import engine_config, enqueue, make_engine
 

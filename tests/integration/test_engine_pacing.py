@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from carrierd.domain.clock import FakeClock
-from carrierd.settler import AU_GATE_HOLD_KEEP_S
+from carrierd.engine.timers import AU_GATE_HOLD_KEEP_S
 from carrierd.store.db import Database
 from tests.integration.engine_harness import engine_config, enqueue, make_engine
 

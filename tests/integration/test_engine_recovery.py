@@ -10,8 +10,8 @@ import asyncpg
 
 from carrierd.channels.types import PartOutcome, SmsRequest
 from carrierd.config import Config
-from carrierd.dispatcher import RENEWALS_PER_LEASE
 from carrierd.domain.clock import FakeClock
+from carrierd.engine.dispatcher import RENEWALS_PER_LEASE
 from carrierd.store.db import Database
 from tests.integration.engine_harness import (
     NetworkStandIn,

@@ -22,7 +22,6 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from carrierd.api import ApiState, build_app
 from carrierd.channels.rcs import (
     BearerAuth,
     RcsClient,
@@ -30,7 +29,7 @@ from carrierd.channels.rcs import (
     webhook_signature,
 )
 from carrierd.domain.clock import FakeClock
-from carrierd.rcs_leg import (
+from carrierd.engine.rcs_leg import (
     DELIVERED_GRACE_S,
     SEND_RETRY_S,
     WEBHOOK_PATH,
@@ -38,6 +37,7 @@ from carrierd.rcs_leg import (
     platform_config,
     webhook_route,
 )
+from carrierd.http.app import ApiState, build_app
 from carrierd.sim.rcs import RcsPlatformSim, RcsSimConfig
 from carrierd.store.db import QUERIES, Database
 from carrierd.telemetry import Metrics

@@ -16,12 +16,11 @@ import asyncpg
 from aiohttp import web
 from yarl import URL
 
-from carrierd.api import ApiState, build_app
-from carrierd.callbacks import enqueue_callback
 from carrierd.config import Config
 from carrierd.domain.billing import billing_month
 from carrierd.domain.clock import JST, Clock, FakeClock
-from carrierd.reports import (
+from carrierd.http.app import ApiState, build_app
+from carrierd.http.reports import (
     BILLING_COLUMNS,
     EXPORT_COLUMNS,
     month_bounds,
@@ -29,6 +28,7 @@ from carrierd.reports import (
     recompute_billing,
     report_routes,
 )
+from carrierd.ops.callbacks import enqueue_callback
 from carrierd.store.db import QUERIES, Database
 from carrierd.telemetry import Metrics, refresh_queue_gauges
 from tests.integration.apiclient import auth, make_config

@@ -8,10 +8,10 @@ from __future__ import annotations
 import asyncio
 
 from carrierd.channels.sms import SmppGateway
-from carrierd.dispatcher import Dispatcher
 from carrierd.domain.clock import SystemClock
-from carrierd.recorder import Recorder
-from carrierd.settler import Settler
+from carrierd.engine.dispatcher import Dispatcher
+from carrierd.engine.timers import Timers
+from carrierd.engine.write_behind import WriteBehind
 from carrierd.sim.smsc import SmscSimulator, sim_config_from_mapping
 from carrierd.store.db import Database
 from tests.integration.engine_harness import engine_config, enqueue
@@ -66,7 +66,7 @@ async def test_ten_thousand_messages_through_a_hostile_smsc(dsn: str, db: Databa
         (a.account_id, a.allow_m2m, a.max_sms_chars, a.token_sha256)
         for a in config.accounts.values()
     )
-    recorder = Recorder(
+    recorder = WriteBehind(
         db,
         clock,
         accounts=lambda: config.accounts,
@@ -77,7 +77,7 @@ async def test_ten_thousand_messages_through_a_hostile_smsc(dsn: str, db: Databa
     dispatcher = Dispatcher(
         db, clock, gateway, recorder, config=lambda: config, daemon_id="pipeline"
     )
-    settler = Settler(db, clock, recorder, config=lambda: config)
+    settler = Timers(db, clock, recorder, config=lambda: config)
     await gateway.start()
     flusher = asyncio.ensure_future(recorder.run())
     try:

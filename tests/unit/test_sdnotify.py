@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from carrierd.daemon import Daemon
-from carrierd.sdnotify import SystemdNotifier
+from carrierd.ops.sdnotify import SystemdNotifier
 
 ROOT = Path(__file__).resolve().parents[2]
 

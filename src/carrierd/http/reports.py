@@ -28,12 +28,12 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from carrierd.api import API_STATE, Handler, authenticate, json_error
 from carrierd.domain.billing import billing_month
 from carrierd.domain.clock import JST, Clock
+from carrierd.http.app import API_STATE, Handler, authenticate, json_error
 from carrierd.store.db import Database, Row
 
-log = structlog.get_logger("carrierd.reports")
+log = structlog.get_logger("carrierd.http.reports")
 
 EXPORT_MAX_SPAN = timedelta(days=93)
 EXPORT_PAGE_ROWS = 2000

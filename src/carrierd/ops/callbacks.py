@@ -42,7 +42,7 @@ from carrierd.domain.clock import Clock
 from carrierd.store.db import Database, Row, Transaction
 from carrierd.telemetry import Metrics
 
-log = structlog.get_logger("carrierd.callbacks")
+log = structlog.get_logger("carrierd.ops.callbacks")
 
 SIGNATURE_HEADER = "X-Carrierd-Signature"
 TIMESTAMP_HEADER = "X-Carrierd-Timestamp"

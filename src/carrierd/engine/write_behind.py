@@ -51,7 +51,7 @@ from carrierd.domain.routing import (
 from carrierd.domain.states import State
 from carrierd.store.db import Database, Row, Transaction, Transition
 
-log = structlog.get_logger("carrierd.recorder")
+log = structlog.get_logger("carrierd.engine.write_behind")
 
 EARLY_RECEIPT_KEEP_S = 3600.0
 # How long after leaving a receipt in early_receipts the recorder looks for
@@ -83,7 +83,7 @@ class SubmittedPart:
 TransitionHook = Callable[[Transaction, Sequence[Row], datetime], Any]
 
 
-class Recorder:
+class WriteBehind:
     def __init__(
         self,
         db: Database,

@@ -1,4 +1,4 @@
-"""Settler: every timer is a row (DESIGN principle 4); this claims the due ones.
+"""Timers: every timer is a row (DESIGN principle 4); this claims the due ones.
 
 Each `settle_once(now)` pass:
   - scheduled sends whose time came → queued
@@ -25,10 +25,10 @@ from carrierd.config import Config
 from carrierd.domain import reasons
 from carrierd.domain.clock import Clock
 from carrierd.domain.states import State
-from carrierd.recorder import EARLY_RECEIPT_KEEP_S, Recorder
+from carrierd.engine.write_behind import EARLY_RECEIPT_KEEP_S, WriteBehind
 from carrierd.store.db import Database, Row, Transaction, Transition
 
-log = structlog.get_logger("carrierd.settler")
+log = structlog.get_logger("carrierd.engine.timers")
 
 # A held au message is re-checked at its hold's time; the row that lets a
 # final receipt release it earlier is kept this much longer, then dropped.
@@ -39,12 +39,12 @@ class RcsTimers(Protocol):
     async def settle_due(self, now: datetime, limit: int) -> int: ...
 
 
-class Settler:
+class Timers:
     def __init__(
         self,
         db: Database,
         clock: Clock,
-        recorder: Recorder,
+        recorder: WriteBehind,
         *,
         config: Callable[[], Config],
         batch: int = 1000,

@@ -40,10 +40,10 @@ from carrierd.domain.reasons import Reason
 from carrierd.domain.routing import NumberRanges, resolve_carrier
 from carrierd.domain.sms_text import SmsTextError, prepare_sms, split_gsm7, split_ucs2
 from carrierd.domain.states import State
-from carrierd.recorder import Recorder, SubmittedPart
+from carrierd.engine.write_behind import SubmittedPart, WriteBehind
 from carrierd.store.db import TRANSIENT_DB_ERRORS, Database, Row, Transaction, Transition
 
-log = structlog.get_logger("carrierd.dispatcher")
+log = structlog.get_logger("carrierd.engine.dispatcher")
 
 # Re-check interval for a message held because an earlier SMS to the same
 # au number is still in flight: the receipt moves not_before precisely, this
@@ -94,7 +94,7 @@ class Dispatcher:
         db: Database,
         clock: Clock,
         gateway: SmsGateway,
-        recorder: Recorder,
+        recorder: WriteBehind,
         *,
         config: Callable[[], Config],
         daemon_id: str,

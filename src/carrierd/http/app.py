@@ -24,7 +24,7 @@ from carrierd.intake import RequestShapeError, validate_batch
 from carrierd.store.db import Database, Row
 from carrierd.telemetry import Metrics
 
-log = structlog.get_logger("carrierd.api")
+log = structlog.get_logger("carrierd.http.app")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 
 import structlog
 
-log = structlog.get_logger("carrierd.sdnotify")
+log = structlog.get_logger("carrierd.ops.sdnotify")
 
 
 class SystemdNotifier:

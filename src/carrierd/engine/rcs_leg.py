@@ -80,11 +80,11 @@ from carrierd.domain.numbers import NumberError, normalize_msisdn
 from carrierd.domain.rcs_content import RcsContent, RcsContentError, content_from_json
 from carrierd.domain.reasons import Reason
 from carrierd.domain.states import State
-from carrierd.recorder import TransitionHook
+from carrierd.engine.write_behind import TransitionHook
 from carrierd.store.db import Database, Row, Transaction, Transition
 from carrierd.telemetry import Metrics
 
-log = structlog.get_logger("carrierd.rcs_leg")
+log = structlog.get_logger("carrierd.engine.rcs_leg")
 
 WEBHOOK_PATH = "/v1/webhooks/rcs"
 # After a platform error on a capability check or send (the client has
@@ -153,7 +153,7 @@ def rcs_possible(carrier_named: str | None, carriers_allowed: Sequence[str] | No
 
 
 class HasTransitionHook(Protocol):
-    """The Recorder: its hook (status callbacks, metrics) sees our changes too."""
+    """The WriteBehind: its hook (status callbacks, metrics) sees our changes too."""
 
     on_transitions: TransitionHook | None
 

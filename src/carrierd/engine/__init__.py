@@ -1,0 +1,1 @@
+"""I/O shells around the domain decisions; engine/lifecycle.py is the only state writer."""

@@ -1,0 +1,1 @@
+"""The HTTP server: one route table (app.py), one module per resource."""

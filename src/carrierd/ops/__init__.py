@@ -1,0 +1,1 @@
+"""Operations: status callbacks, retention, gauges, systemd notification."""
