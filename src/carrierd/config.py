@@ -18,8 +18,10 @@ from datetime import time
 from pathlib import Path
 from typing import Any, Literal
 
+from carrierd.domain import rcs_flow
+
 CARRIERS: tuple[str, ...] = ("docomo", "au", "softbank", "rakuten")
-RCS_CARRIERS: frozenset[str] = frozenset({"docomo", "au", "softbank"})
+RCS_CARRIERS: frozenset[str] = rcs_flow.RCS_CARRIERS
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 ConcatMode = Literal["udh8", "udh16", "sar", "payload"]

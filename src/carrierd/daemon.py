@@ -36,14 +36,18 @@ from carrierd.channels.types import InboundSms, Receipt
 from carrierd.config import Config, ConfigError, load_config
 from carrierd.domain.clock import Clock, SystemClock
 from carrierd.engine.dispatcher import Dispatcher
+from carrierd.engine.inbound import Inbound
+from carrierd.engine.leases import Leases
+from carrierd.engine.lifecycle import Lifecycle
 from carrierd.engine.rcs_leg import RcsLeg, platform_config, webhook_route
+from carrierd.engine.sms_leg import Planned, SmsLeg, counts_by_carrier
 from carrierd.engine.timers import Timers
 from carrierd.engine.write_behind import WriteBehind
 from carrierd.http.app import ApiState, build_app
 from carrierd.http.reports import report_routes, run_retention
-from carrierd.ops.callbacks import CallbackSender, enqueue_callback
+from carrierd.ops.callbacks import CallbackSender
 from carrierd.ops.sdnotify import SystemdNotifier
-from carrierd.store.db import Database, Row, Transaction
+from carrierd.store.db import Database
 from carrierd.telemetry import Metrics, metrics_route, refresh_queue_gauges
 
 log = structlog.get_logger("carrierd.daemon")
@@ -108,58 +112,74 @@ class Daemon:
 
     def _build_engine(self, db: Database) -> None:
         """Phases 3 and 4: carrier side, then the workers that use it."""
-        recorder = WriteBehind(
+        config = lambda: self.config  # noqa: E731 - read on every use: SIGHUP swaps it
+        lifecycle = Lifecycle(self.metrics)
+        inbound = Inbound(
+            accounts=lambda: self.config.accounts, rcs_bot_id=lambda: self.config.rcs.bot_id
+        )
+        write_behind = WriteBehind(
             db,
             self.clock,
+            lifecycle,
+            inbound,
             accounts=lambda: self.config.accounts,
             carriers=lambda: self.config.carriers,
             au_spacing_s=lambda: self.config.engine.au_spacing_s,
             submitted_grace_s=lambda: self.config.engine.submitted_grace_s,
-            on_transitions=self._on_transitions,
+            metrics=self.metrics,
         )
         gateway = SmppGateway(
             self.config.carriers,
-            _CountingEvents(recorder, self.metrics),
+            _CountingEvents(write_behind, self.metrics),
             self.clock,
             receipt_message_id_styles={
                 name: c.receipt_id_style for name, c in self.config.carriers.items()
             },
         )
+        daemon_id = self.config.daemon_id
+        leases = Leases(db, lifecycle, config=config, daemon_id=daemon_id)
+        sms_leg = SmsLeg(
+            gateway,
+            write_behind,
+            lifecycle,
+            config=config,
+            daemon_id=daemon_id,
+            on_submitted=self._on_submitted,
+        )
         dispatcher = Dispatcher(
             db,
             self.clock,
             gateway,
-            recorder,
-            config=lambda: self.config,
-            daemon_id=self.config.daemon_id,
-            on_submitted=self._on_submitted,
+            sms_leg,
+            lifecycle,
+            leases,
+            config=config,
+            daemon_id=daemon_id,
+            metrics=self.metrics,
         )
-        settler = Timers(db, self.clock, recorder, config=lambda: self.config)
+        timers = Timers(db, self.clock, write_behind, lifecycle, leases, config=config)
         self._rcs_session: aiohttp.ClientSession | None = None
         self._rcs_routes: list[web.RouteDef] = []
         if self.config.rcs.enabled:
             # +Message: the dispatcher hands it rows whose leg is 'rcs'; the
-            # settler runs its fallback and expiry timers; the platform
-            # posts its webhooks to our HTTP server.
+            # timers run its fallback and expiry; the platform posts its
+            # webhooks to our HTTP server.
             self._rcs_session = aiohttp.ClientSession()
             client = RcsClient(self._rcs_session, platform_config(self.config.rcs))
             leg = RcsLeg(
-                db,
-                self.clock,
-                client,
-                config=lambda: self.config,
-                hooks=recorder,
-                metrics=self.metrics,
+                db, self.clock, client, lifecycle, inbound, config=config, metrics=self.metrics
             )
             dispatcher.rcs_leg = leg
-            settler.rcs_timers = leg
+            timers.rcs_timers = leg
             self._rcs_routes.append(webhook_route(leg))
+        self.lifecycle = lifecycle
         self.recorder, self.gateway, self.dispatcher, self.settler = (
-            recorder,
+            write_behind,
             gateway,
             dispatcher,
-            settler,
+            timers,
         )
+        recorder, settler = write_behind, timers
 
         async def start_carriers() -> None:
             await gateway.start()
@@ -235,43 +255,13 @@ class Daemon:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ops_stop.wait(), self.gauge_interval_s)
 
-    async def _on_transitions(self, tx: Transaction, rows: Sequence[Row], now: datetime) -> None:
-        """Inside the transaction that changed them: metrics and durable
-        status callbacks (a restart does not lose a pending callback)."""
-        final = {"delivered", "failed", "expired", "cancelled", "skipped", "rejected", "unknown"}
-        for row in rows:
-            if row["state"] in final:
-                self.metrics.messages_final_total.labels(row["channel"], row["state"]).inc()
-            if row["callback_url"] and (row["state"] in final or row["callback_every_change"]):
-                await enqueue_callback(
-                    tx,
-                    row["id"],
-                    row["account_id"],
-                    row["callback_url"],
-                    {
-                        "id": str(row["id"]),
-                        "client_ref": row["client_ref"],
-                        "state": row["state"],
-                        "channel": row["channel"],
-                        "carrier": row["carrier"],
-                        "reason": {"code": row["reason_code"], "text": row["reason_text"]}
-                        if row["reason_code"]
-                        else None,
-                        "billing": {"sms_units": row["sms_units"], "rcs_units": row["rcs_units"]},
-                        "at": now.isoformat(),
-                    },
-                    now,
-                )
-
-    def _on_submitted(self, planned: Any, now: Any) -> None:
-        parts_by_carrier: dict[str, int] = {}
+    def _on_submitted(self, planned: Sequence[Planned], now: datetime) -> None:
         for p in planned:
-            parts_by_carrier[p.carrier] = parts_by_carrier.get(p.carrier, 0) + len(p.request.parts)
             if p.attempt == 1:
                 self.metrics.intake_to_submit_seconds.observe(
-                    max(0.0, (now - p.row["accepted_at"]).total_seconds())
+                    max(0.0, (now - p.message.accepted_at).total_seconds())
                 )
-        for carrier, parts in parts_by_carrier.items():
+        for carrier, parts in counts_by_carrier(planned).items():
             self.metrics.parts_submitted_total.labels(carrier).inc(parts)
 
     async def _readiness(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 from carrierd.config import CARRIERS, RCS_CARRIERS, AccountConfig
 from carrierd.domain.numbers import NumberError, normalize_msisdn
 from carrierd.domain.rcs_content import RcsContentError, content_to_json, validate_rcs
+from carrierd.domain.reasons import Reason
 from carrierd.domain.sms_text import SmsTextError, prepare_sms
 from carrierd.domain.states import State
 
@@ -269,3 +270,49 @@ def validate_batch(
         indexes.append(index)
         parts.append(n)
     return IntakeBatch(rows=rows, row_indexes=indexes, parts=parts, rejected=rejected)
+
+
+@dataclass(frozen=True)
+class FedMessage:
+    """A SQL-feed row as HTTP intake would have stored it."""
+
+    msisdn: str
+    sms_text: str | None
+    sms_encoding: str | None
+    sms_parts: int | None
+    rcs_content: dict[str, Any] | None
+
+
+def validate_fed(
+    recipient_raw: str,
+    channel: str,
+    sms_text: str | None,
+    rcs_content: Any,
+    account: AccountConfig,
+) -> FedMessage | Reason:
+    """The checks HTTP intake gives, for a row written by carrierd_enqueue:
+    the row as validated, or the reason it is rejected (naming the field)."""
+    try:
+        msisdn = normalize_msisdn(recipient_raw, allow_m2m=account.allow_m2m)
+    except NumberError as exc:
+        return Reason("invalid_field", f"to: {exc.reason}: {exc.message}")
+    encoding = None
+    parts = None
+    if channel in ("sms", "rcs_then_sms"):
+        if not sms_text:
+            return Reason("invalid_field", "sms.text: required")
+        try:
+            body = prepare_sms(
+                sms_text, max_chars=account.max_sms_chars, allow_gsm7=account.allow_gsm7
+            )
+        except SmsTextError as exc:
+            return Reason("invalid_field", f"sms.text: {exc.reason}: {exc.message}")
+        sms_text, encoding, parts = body.text, body.encoding, len(body.parts)
+    rcs_json = None
+    if channel in ("rcs", "rcs_then_sms"):
+        try:
+            rcs_json = content_to_json(validate_rcs(rcs_content))
+        except RcsContentError as exc:
+            first = exc.violations[0]
+            return Reason("invalid_field", f"{first.path}: {first.reason}")
+    return FedMessage(msisdn, sms_text, encoding, parts, rcs_json)

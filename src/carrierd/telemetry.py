@@ -184,6 +184,11 @@ class Metrics:
         self.messages_final_total = counter(
             "messages_final_total", "Messages that reached a final state.", ("channel", "state")
         )
+        self.transitions_total = counter(
+            "transitions_total",
+            "Message state changes applied by the lifecycle writer.",
+            ("from_state", "to_state"),
+        )
         self.fallbacks_total = counter(
             "fallbacks_total", "+Message messages sent as SMS instead, by cause.", ("cause",)
         )

@@ -27,7 +27,6 @@ from carrierd.engine.rcs_leg import WEBHOOK_PATH, RcsLeg, platform_config, webho
 from carrierd.http.app import ApiState, build_app
 from carrierd.sim.rcs import RcsPlatformSim, RcsSimConfig
 from carrierd.store.db import Database
-from carrierd.telemetry import Metrics
 from tests.integration.engine_harness import Engine, engine_config, enqueue, make_engine
 from tests.integration.test_rcs_leg import serve
 
@@ -89,13 +88,14 @@ async def test_each_recipient_is_reached_exactly_once_and_billed_right(
             },
         )
         engine = await make_engine(config, db, clock)
-        metrics = Metrics()
+        metrics = engine.metrics
         leg = RcsLeg(
             db,
             clock,
             RcsClient(session, platform_config(config.rcs)),
+            engine.lifecycle,
+            engine.inbound,
             config=lambda: config,
-            hooks=engine.recorder,
             metrics=metrics,
         )
         engine.dispatcher.rcs_leg = leg

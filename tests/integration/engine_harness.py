@@ -15,9 +15,14 @@ from carrierd.channels.types import PartOutcome, Receipt, SmsRequest
 from carrierd.config import Config, parse_config
 from carrierd.domain.clock import FakeClock
 from carrierd.engine.dispatcher import Dispatcher
+from carrierd.engine.inbound import Inbound
+from carrierd.engine.leases import Leases
+from carrierd.engine.lifecycle import Lifecycle
+from carrierd.engine.sms_leg import SmsLeg
 from carrierd.engine.timers import Timers
 from carrierd.engine.write_behind import WriteBehind
 from carrierd.store.db import Database
+from carrierd.telemetry import Metrics
 
 _SMSC_IDS = itertools.count(1)
 
@@ -110,6 +115,9 @@ class Engine:
     recorder: WriteBehind
     dispatcher: Dispatcher
     settler: Timers
+    lifecycle: Lifecycle
+    inbound: Inbound
+    metrics: Metrics
 
     async def cycle(self) -> int:
         """One dispatch pass, every submit answered and recorded."""
@@ -139,19 +147,37 @@ async def make_engine(
         for a in config.accounts.values()
     )
     network = network or NetworkStandIn(clock, list(config.carriers), subscribers or {})
+    metrics = Metrics()
+    lifecycle = Lifecycle(metrics)
+    inbound = Inbound(accounts=lambda: config.accounts, rcs_bot_id=lambda: config.rcs.bot_id)
     recorder = WriteBehind(
         db,
         clock,
+        lifecycle,
+        inbound,
         accounts=lambda: config.accounts,
         carriers=lambda: config.carriers,
         au_spacing_s=lambda: config.engine.au_spacing_s,
         submitted_grace_s=lambda: config.engine.submitted_grace_s,
+        metrics=metrics,
     )
+    leases = Leases(db, lifecycle, config=lambda: config, daemon_id=daemon_id)
+    sms_leg = SmsLeg(network, recorder, lifecycle, config=lambda: config, daemon_id=daemon_id)
     dispatcher = Dispatcher(
-        db, clock, network, recorder, config=lambda: config, daemon_id=daemon_id
+        db,
+        clock,
+        network,
+        sms_leg,
+        lifecycle,
+        leases,
+        config=lambda: config,
+        daemon_id=daemon_id,
+        metrics=metrics,
     )
-    settler = Timers(db, clock, recorder, config=lambda: config)
-    return Engine(config, db, clock, network, recorder, dispatcher, settler)
+    settler = Timers(db, clock, recorder, lifecycle, leases, config=lambda: config)
+    return Engine(
+        config, db, clock, network, recorder, dispatcher, settler, lifecycle, inbound, metrics
+    )
 
 
 async def enqueue(

@@ -104,7 +104,12 @@ async def test_rerouting_walks_every_carrier_and_learns_the_right_one(
 async def test_no_carrier_left_fails_and_restriction_skips(dsn: str, db: Database) -> None:
     clock = FakeClock(T0)
     config = engine_config(dsn, {"engine": {"pacing": False}})
-    engine = await make_engine(config, db, clock, subscribers={"+819044445555": "nowhere"})
+    engine = await make_engine(
+        config,
+        db,
+        clock,
+        subscribers={"+819044445555": "nowhere", "+819011112222": "docomo"},
+    )
     [lost, skipped] = await enqueue(
         db,
         "acme",
@@ -125,7 +130,32 @@ async def test_no_carrier_left_fails_and_restriction_skips(dsn: str, db: Databas
     assert (await state_of(db, lost))["state"] == "failed"
     assert (await state_of(db, lost))["reason_code"] == "no_carrier_left"
     row = await state_of(db, skipped)
+    # Skipped only once every allowed carrier said "not our subscriber".
     assert row["state"] == "skipped" and row["sms_units"] == 0
+    assert sorted(row["carriers_wrong"]) == ["au", "softbank"]
+    assert row["reason_code"] == "not_in_carrier_restriction"
+
+
+async def test_a_restricted_send_tries_its_carriers_before_skipping(dsn: str, db: Database) -> None:
+    """DOMAIN §4: an au subscriber never seen before, restricted to au, is
+    delivered by au, although the first guess for an unknown number is
+    docomo (the restriction is not checked against a guess)."""
+    clock = FakeClock(T0)
+    config = engine_config(dsn, {"engine": {"pacing": False}})
+    engine = await make_engine(config, db, clock, subscribers={"+819077778888": "au"})
+    [message] = await enqueue(
+        db,
+        "acme",
+        [{"to": "09077778888", "sms": {"text": "x"}, "carriers": ["au"]}],
+        clock.now(),
+        config,
+    )
+    await engine.cycle()
+    [submitted] = engine.network.submitted
+    assert submitted.carrier == "au"
+    await engine.receipt("au", submitted.smsc_ids[0])
+    row = await state_of(db, message)
+    assert row["state"] == "delivered" and row["carrier"] == "au"
 
 
 async def test_receipt_timeout_settles_unknown_and_scheduled_waits(dsn: str, db: Database) -> None:

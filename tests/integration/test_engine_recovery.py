@@ -11,7 +11,7 @@ import asyncpg
 from carrierd.channels.types import PartOutcome, SmsRequest
 from carrierd.config import Config
 from carrierd.domain.clock import FakeClock
-from carrierd.engine.dispatcher import RENEWALS_PER_LEASE
+from carrierd.engine.leases import RENEWALS_PER_LEASE
 from carrierd.store.db import Database
 from tests.integration.engine_harness import (
     NetworkStandIn,
@@ -157,7 +157,7 @@ async def test_a_dead_daemons_messages_are_never_resent_blindly(dsn: str, db: Da
             held = await tx.fetch("claim_due", clock.now(), ["acme"], [10])
             assert [h["id"] for h in held] == [claimed_only]
             raise DiedMidClaim
-    for task in list(dead.dispatcher._in_flight):
+    for task in list(dead.dispatcher.sms_leg._in_flight):
         task.cancel()
     live = await make_engine(config, db, clock, daemon_id="live")
     clock.advance(61)
@@ -183,7 +183,7 @@ async def test_at_least_once_accounts_get_ambiguous_parts_resent(dsn: str, db: D
         config,
     )
     await dead.dispatcher.dispatch_once(clock.now())
-    for task in list(dead.dispatcher._in_flight):
+    for task in list(dead.dispatcher.sms_leg._in_flight):
         task.cancel()
     live = await make_engine(config, db, clock, daemon_id="live")
     clock.advance(61)
@@ -256,13 +256,13 @@ async def test_lease_renewal_never_waits_for_a_flush(dsn: str, db: Database) -> 
         config,
     )
     await engine.dispatcher.dispatch_once(clock.now())
-    for task in list(engine.dispatcher._in_flight):
+    for task in list(engine.dispatcher.sms_leg._in_flight):
         task.cancel()
     renew_at = clock.now() + timedelta(minutes=59)
     renewed_until = renew_at + timedelta(seconds=config.engine.lease_s)
     async with db.transaction() as flush:
         await flush.fetch("lock_messages", [ids[1]])
-        await asyncio.wait_for(engine.dispatcher.renew_leases(renew_at), 5)
+        await asyncio.wait_for(engine.dispatcher.leases.renew(renew_at), 5)
     leases = {i: (await row(db, i))["lease_expires_at"] for i in ids}
     assert leases[ids[0]] == leases[ids[2]] == renewed_until
     assert leases[ids[1]] != renewed_until
@@ -285,12 +285,12 @@ async def test_renewal_rewrites_only_leases_close_to_their_end(dsn: str, db: Dat
         db, "acme", [{"to": "09011110002", "sms": {"text": "x"}}], clock.now(), config
     )
     await engine.dispatcher.dispatch_once(clock.now())
-    for task in list(engine.dispatcher._in_flight):
+    for task in list(engine.dispatcher.sms_leg._in_flight):
         task.cancel()
     fresh_lease = (await row(db, fresh))["lease_expires_at"]
     fresh_version = await row_version(db, fresh)
 
-    await engine.dispatcher.renew_leases(clock.now())
+    await engine.dispatcher.leases.renew(clock.now())
 
     # The older lease has less than 2.5 renewal periods left: renewed. The
     # fresh one has more: its row is not written at all.

@@ -29,9 +29,11 @@ from carrierd.channels.rcs import (
     webhook_signature,
 )
 from carrierd.domain.clock import FakeClock
+from carrierd.domain.lifecycle import Event, Move
+from carrierd.domain.rcs_flow import SEND_RETRY_S
+from carrierd.domain.states import State
 from carrierd.engine.rcs_leg import (
     DELIVERED_GRACE_S,
-    SEND_RETRY_S,
     WEBHOOK_PATH,
     RcsLeg,
     platform_config,
@@ -40,6 +42,7 @@ from carrierd.engine.rcs_leg import (
 from carrierd.http.app import ApiState, build_app
 from carrierd.sim.rcs import RcsPlatformSim, RcsSimConfig
 from carrierd.store.db import QUERIES, Database
+from carrierd.store.rows import ClaimedMessage
 from carrierd.telemetry import Metrics
 from tests.integration.engine_harness import Engine, engine_config, enqueue, make_engine
 
@@ -189,11 +192,17 @@ async def rig(dsn: str, db: Database, **sim: Any) -> AsyncIterator[Rig]:
             },
         )
         engine = await make_engine(config, db, clock)
-        metrics = Metrics()
+        metrics = engine.metrics
 
         def make_leg(client: RcsClient) -> RcsLeg:
             return RcsLeg(
-                db, clock, client, config=lambda: config, hooks=engine.recorder, metrics=metrics
+                db,
+                clock,
+                client,
+                engine.lifecycle,
+                engine.inbound,
+                config=lambda: config,
+                metrics=metrics,
             )
 
         fast = replace(
@@ -291,7 +300,7 @@ async def test_delivered_in_time_is_billed_one_rcs_unit(dsn: str, db: Database) 
         assert r.sim.counters.revoke_requests == 0
         assert r.engine.network.submitted == []
         kinds = [e["kind"] for e in await r.events(message_id)]
-        assert kinds == ["accepted", "rcs_sent", "delivered"]
+        assert kinds == ["accepted", "claimed", "rcs_sent", "delivered"]
 
 
 async def test_status_webhook_that_beats_the_send_is_applied_with_it(
@@ -301,12 +310,23 @@ async def test_status_webhook_that_beats_the_send_is_applied_with_it(
         message_id = await r.send(CAPABLE)
         # A claim hands +Message rows to the leg 'dispatching' under a lease.
         async with db.transaction() as tx:
-            claimed = await tx.fetch("claim_due", r.clock.now(), ["acme"], [10])
-            await tx.execute(
-                "lease_claims",
-                [c["id"] for c in claimed],
-                "d1",
-                r.clock.now() + timedelta(seconds=60),
+            claimed = [
+                ClaimedMessage.from_row(c)
+                for c in await tx.fetch("claim_due", r.clock.now(), ["acme"], [10])
+            ]
+            await r.engine.lifecycle.apply(
+                tx,
+                [
+                    Move(
+                        c.id,
+                        State.QUEUED,
+                        State.DISPATCHING,
+                        Event.CLAIMED,
+                        lease_owner="d1",
+                        lease_until=r.clock.now() + timedelta(seconds=60),
+                    )
+                    for c in claimed
+                ],
                 r.clock.now(),
             )
         # The platform reports delivery before our send is recorded.

@@ -10,6 +10,10 @@ import asyncio
 from carrierd.channels.sms import SmppGateway
 from carrierd.domain.clock import SystemClock
 from carrierd.engine.dispatcher import Dispatcher
+from carrierd.engine.inbound import Inbound
+from carrierd.engine.leases import Leases
+from carrierd.engine.lifecycle import Lifecycle
+from carrierd.engine.sms_leg import SmsLeg
 from carrierd.engine.timers import Timers
 from carrierd.engine.write_behind import WriteBehind
 from carrierd.sim.smsc import SmscSimulator, sim_config_from_mapping
@@ -66,18 +70,31 @@ async def test_ten_thousand_messages_through_a_hostile_smsc(dsn: str, db: Databa
         (a.account_id, a.allow_m2m, a.max_sms_chars, a.token_sha256)
         for a in config.accounts.values()
     )
+    lifecycle = Lifecycle()
+    inbound = Inbound(accounts=lambda: config.accounts, rcs_bot_id=lambda: None)
     recorder = WriteBehind(
         db,
         clock,
+        lifecycle,
+        inbound,
         accounts=lambda: config.accounts,
         carriers=lambda: config.carriers,
         au_spacing_s=lambda: 22.0,
     )
     gateway = SmppGateway(config.carriers, recorder, clock)
+    leases = Leases(db, lifecycle, config=lambda: config, daemon_id="pipeline")
+    sms_leg = SmsLeg(gateway, recorder, lifecycle, config=lambda: config, daemon_id="pipeline")
     dispatcher = Dispatcher(
-        db, clock, gateway, recorder, config=lambda: config, daemon_id="pipeline"
+        db,
+        clock,
+        gateway,
+        sms_leg,
+        lifecycle,
+        leases,
+        config=lambda: config,
+        daemon_id="pipeline",
     )
-    settler = Timers(db, clock, recorder, config=lambda: config)
+    settler = Timers(db, clock, recorder, lifecycle, leases, config=lambda: config)
     await gateway.start()
     flusher = asyncio.ensure_future(recorder.run())
     try:

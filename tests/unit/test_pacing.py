@@ -9,7 +9,6 @@ from carrierd.domain.pacing import (
     Bucket,
     QuietWindow,
     au_not_before,
-    au_wait_s,
     next_resend_at,
     take_tokens,
 )
@@ -176,10 +175,6 @@ def test_au_gate_counts_from_the_previous_receipt() -> None:
     receipt_at = T0 + timedelta(seconds=5)
     assert au_not_before(receipt_at) == receipt_at + timedelta(seconds=22)
     assert au_not_before(receipt_at, spacing_s=30) == receipt_at + timedelta(seconds=30)
-    assert au_wait_s(receipt_at, receipt_at + timedelta(seconds=21)) == pytest.approx(1.0)
-    assert au_wait_s(receipt_at, receipt_at + timedelta(seconds=22)) == 0.0
-    assert au_wait_s(receipt_at, receipt_at + timedelta(hours=1)) == 0.0
-    assert au_wait_s(None, T0) == 0.0
 
 
 NIGHT = QuietWindow(time(21, 0), time(9, 0))

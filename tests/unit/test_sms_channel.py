@@ -209,14 +209,15 @@ def test_part_outcomes_normalise_ids() -> None:
     ]
 
 
-def test_part_outcomes_of_one_payload_pdu_cover_every_part() -> None:
+def test_one_payload_pdu_is_one_record_for_every_part() -> None:
     results = [SubmitResult("accepted", "docomo-2", message_id="AbC-9")]
 
     outcomes = part_outcomes(request(("a", "b")), results, "as_is")
 
+    # One submit_sm, one SMSC id, one receipt: one record, not two parts
+    # sharing an id that a single receipt can never both settle.
     assert [(o.part_no, o.result, o.smsc_message_id) for o in outcomes] == [
         (1, "accepted", "abc-9"),
-        (2, "accepted", "abc-9"),
     ]
 
 

@@ -9,7 +9,7 @@ Outbound, ``build_submit_pdus`` (pure) turns an ``SmsRequest`` into submit_sm PD
   each part and set UDHI in esm_class; ``sar`` sends the same reference, count and
   part number as sar_* TLVs and lets the SMSC build the header; ``payload`` sends the
   whole text as one submit_sm with message_payload and lets the SMSC split it (that
-  one PDU's outcome and message id then stand for every part). A single part is
+  one PDU is one record: one outcome, one message id, one receipt). A single part is
   sent plain in every mode.
 - The concatenation reference is derived from (message_id, attempt), never from a
   counter: a resend of the same attempt after a crash reuses it, and the next attempt
@@ -191,10 +191,9 @@ def build_submit_pdus(request: SmsRequest, config: CarrierConfig) -> list[Submit
 def part_outcomes(
     request: SmsRequest, results: Sequence[SubmitResult], message_id_style: MessageIdStyle
 ) -> list[PartOutcome]:
-    """One outcome per part; a single message_payload PDU stands for every part."""
-    if len(results) == 1 and len(request.parts) > 1:
-        results = [results[0]] * len(request.parts)
-    if len(results) != len(request.parts):
+    """One outcome per submit_sm, numbered as the engine's part records: a
+    single message_payload PDU is one record (part 1) for the whole text."""
+    if len(results) != 1 and len(results) != len(request.parts):
         raise ValueError(f"{len(results)} results for {len(request.parts)} parts")
     return [
         PartOutcome(

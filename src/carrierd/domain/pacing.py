@@ -8,6 +8,7 @@ under a row lock: the rate is per account, not per host.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta, tzinfo
 from math import ceil, floor
@@ -87,15 +88,6 @@ def au_not_before(previous_final_receipt_at: datetime, spacing_s: float = AU_SPA
     return previous_final_receipt_at + timedelta(seconds=spacing_s)
 
 
-def au_wait_s(
-    previous_final_receipt_at: datetime | None, now: datetime, spacing_s: float = AU_SPACING_S
-) -> float:
-    """Seconds to wait before the next SMS to this au number (0.0 if none)."""
-    if previous_final_receipt_at is None:
-        return 0.0
-    return max(0.0, (au_not_before(previous_final_receipt_at, spacing_s) - now).total_seconds())
-
-
 @dataclass(frozen=True)
 class QuietWindow:
     """Local time-of-day window in which no resend may happen.
@@ -146,3 +138,33 @@ def next_resend_at(
     if quiet is not None and quiet.contains(at):
         return None
     return at
+
+
+def parts_budget(claimed: Sequence[tuple[str, int, bool]]) -> list[bool]:
+    """Which claimed SMS fit their account's budget, in claim order.
+
+    `claimed` is (account, parts, counts_parts) per message. Each message
+    was claimed with one token; an account that counts its rate in parts
+    spends one per part, so a multipart message may overspend what the claim
+    took: it and every later message of the account wait for the next cycle
+    (FIFO holds). The first message of an account always fits, or a message
+    longer than a cycle's tokens would never leave.
+    """
+    budget: dict[str, int] = {}
+    for account, _, _ in claimed:
+        budget[account] = budget.get(account, 0) + 1
+    spent: dict[str, int] = {}
+    closed: set[str] = set()
+    fits: list[bool] = []
+    for account, parts, counts_parts in claimed:
+        if not counts_parts:
+            fits.append(True)
+            continue
+        used = spent.get(account, 0)
+        if account in closed or (used + parts > budget[account] and used > 0):
+            closed.add(account)
+            fits.append(False)
+            continue
+        spent[account] = used + parts
+        fits.append(True)
+    return fits

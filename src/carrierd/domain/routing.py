@@ -1,27 +1,18 @@
-"""Carrier determination and the outcome of an SMS attempt (DOMAIN §4, §9, §10).
+"""Carrier determination (DOMAIN §4).
 
-Pure: the dispatcher and the receipt recorder gather the facts from the
-database, these functions decide, and the shell writes the decision.
+Pure: the SMS leg gathers the facts (learned carriers, configured pools,
+bound binds), `pick_carrier` decides, the shell writes the decision.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Literal
 
 from carrierd.domain import reasons
 from carrierd.domain.numbers import national_form
-from carrierd.domain.pacing import QuietWindow, next_resend_at
 from carrierd.domain.reasons import Reason
-from carrierd.domain.states import State
-
-NOT_HANDED_OVER = Reason("not_handed_over", "no bind of the carrier was available; retrying")
-INCOMPLETE_SUBMISSION = Reason(
-    "incomplete_submission", "some parts were never handed to the carrier"
-)
-UNSENT_RETRY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -84,92 +75,51 @@ def resolve_carrier(
     return CarrierChoice(None, "none")
 
 
-PartState = Literal["pending", "accepted", "refused", "delivered", "failed", "unknown"]
-
-
 @dataclass(frozen=True)
-class AttemptParts:
-    """What the parts of a message's current attempt say."""
+class CarrierPick:
+    """What to do with one SMS now: send to `carrier`, wait for a bind of
+    it, skip the recipient (carrier restriction), or fail (no carrier left)."""
 
-    state: State  # the message's state now (sending or submitted)
-    total: int
-    pending: int
-    accepted: int
-    refused: int
-    delivered: int
-    failed: int
-    unknown: int
-    unsent: int  # never handed over (no bind up, shutdown)
-    wrong_carrier: bool  # a refusal or receipt meaning "not our subscriber"
-    refused_status: int | None
-    failure: Reason | None  # reason of the first failed part
-
-
-@dataclass(frozen=True)
-class ResendPolicy:
-    max_resends: int
-    interval_s: float
-    quiet: QuietWindow | None
-
-
-@dataclass(frozen=True)
-class AttemptOutcome:
-    to_state: State
+    action: Literal["send", "wait", "skip", "fail"]
+    carrier: str | None
+    source: str
     reason: Reason | None = None
-    not_before: datetime | None = None
-    resend: bool = False
-    reroute: bool = False
 
 
-def decide_attempt(
-    parts: AttemptParts,
-    now: datetime,
+def pick_carrier(
+    msisdn: str,
     *,
-    resends_done: int,
-    policy: ResendPolicy,
-) -> AttemptOutcome | None:
-    """The message's next state from its parts, or None when nothing changes.
+    named: str | None,
+    learned: str | None,
+    number_ranges: NumberRanges,
+    default_order: Sequence[str],
+    wrong: Collection[str],
+    configured: Collection[str],
+    allowed: Collection[str] | None,
+    bound: Collection[str],
+) -> CarrierPick:
+    """The carrier for the next attempt (§4).
 
-    A multipart message is delivered when every part is, failed as soon as
-    one part finally fails (§10). "Not our subscriber" reroutes (§4); any
-    other failure receipt may be resent under the account's policy (§9).
+    A send restricted to some carriers ("carrier-specific delivery") tries
+    only those, in the resolver's order, and skips the recipient only when
+    none is left: every allowed carrier said "not our subscriber" (or none
+    is configured here). The first guess alone never skips anyone: a ported
+    number is often on another carrier than its range says.
     """
-    if parts.wrong_carrier:
-        return AttemptOutcome(State.QUEUED, reasons.WRONG_CARRIER, not_before=now, reroute=True)
-    if parts.refused:
-        status = parts.refused_status if parts.refused_status is not None else 0
-        return AttemptOutcome(State.FAILED, reasons.from_smpp_status(status))
-    if parts.failed:
-        failure = parts.failure or reasons.from_receipt("UNDELIV", None)
-        if policy.max_resends <= 0:
-            return AttemptOutcome(State.FAILED, failure)
-        at = next_resend_at(now, resends_done, policy.max_resends, policy.interval_s, policy.quiet)
-        if at is None:
-            if resends_done >= policy.max_resends:
-                exhausted = reasons.RESENDS_EXHAUSTED
-                return AttemptOutcome(
-                    State.FAILED, Reason(exhausted.code, f"{exhausted.text}: {failure.text}")
-                )
-            quiet = reasons.QUIET_WINDOW
-            return AttemptOutcome(State.FAILED, Reason(quiet.code, f"{quiet.text}: {failure.text}"))
-        return AttemptOutcome(State.QUEUED, failure, not_before=at, resend=True)
-    if parts.delivered == parts.total:
-        return AttemptOutcome(State.DELIVERED)
-    if parts.pending:
-        return None
-    if parts.unsent:
-        if parts.unsent == parts.total:
-            # Nothing left this process: safe to try again shortly.
-            return AttemptOutcome(
-                State.QUEUED, NOT_HANDED_OVER, not_before=now + timedelta(seconds=UNSENT_RETRY_S)
-            )
-        return AttemptOutcome(State.FAILED, INCOMPLETE_SUBMISSION)
-    if parts.unknown:
-        return AttemptOutcome(State.UNKNOWN, reasons.OUTCOME_UNKNOWN_AFTER_RESTART)
-    if parts.state is State.SENDING:
-        return AttemptOutcome(State.SUBMITTED)
-    return None
-
-
-def receipt_deadline(now: datetime, receipt_timeout_s: float) -> datetime:
-    return now + timedelta(seconds=receipt_timeout_s)
+    candidates = configured if allowed is None else [c for c in configured if c in allowed]
+    choice = resolve_carrier(
+        msisdn,
+        named=named,
+        learned=learned,
+        number_ranges=number_ranges,
+        default_order=[*default_order, *sorted(candidates)],
+        tried=wrong,
+        available=candidates,
+    )
+    if choice.carrier is None:
+        if allowed is not None:
+            return CarrierPick("skip", None, choice.source, reasons.NOT_IN_CARRIER_RESTRICTION)
+        return CarrierPick("fail", None, choice.source, reasons.NO_CARRIER_LEFT)
+    if choice.carrier not in bound:
+        return CarrierPick("wait", choice.carrier, choice.source)
+    return CarrierPick("send", choice.carrier, choice.source)

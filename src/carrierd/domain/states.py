@@ -1,8 +1,10 @@
 """Message state machine (DOMAIN §4, §8, §9, §10).
 
-The table below is the whole machine; the store guards every UPDATE with
-`WHERE state = ANY(allowed_sources(dst))`, so a row can only move along an
-edge listed here even when several daemons race for it.
+The table below is the whole machine. domain/lifecycle.py builds every
+state change as a `Move` checked against it, and the one writer
+(engine/lifecycle.py) applies a Move only while the row is still in the
+state it was decided from, so a row moves along an edge listed here even
+when several daemons race for it.
 
     scheduled    send_at is in the future.
                  -> queued      send_at reached
@@ -57,8 +59,14 @@ edge listed here even when several daemons race for it.
                  -> expired     72 h passed, discard request sent (§9)
                  -> failed, cancelled
 
-    delivered, failed, expired, cancelled, skipped, rejected, unknown are
-    final: nothing leaves them. `skipped` and `unknown` are not billed.
+    unknown      the carrier never revealed the outcome (no receipt before
+                 the timeout, or parts in flight when a daemon died).
+                 -> delivered, failed   a final receipt that came late: the
+                                        truth wins, and billing follows it
+
+    delivered, failed, expired, cancelled, skipped, rejected are final:
+    nothing leaves them. `unknown` is final too, except for a late receipt.
+    `skipped` and `unknown` are not billed.
 
 Intake may create a message only in scheduled, queued or rejected.
 """
@@ -137,12 +145,10 @@ TRANSITIONS: Mapping[State, frozenset[State]] = MappingProxyType(
         State.RCS_SENT: frozenset(
             {State.DELIVERED, State.QUEUED, State.EXPIRED, State.FAILED, State.CANCELLED}
         ),
-        **{final: frozenset() for final in FINAL_STATES},
+        # A late final receipt (§9, §10): the carrier did reveal the outcome.
+        State.UNKNOWN: frozenset({State.DELIVERED, State.FAILED}),
+        **{final: frozenset() for final in FINAL_STATES - {State.UNKNOWN}},
     }
-)
-
-_SOURCES: Mapping[State, frozenset[State]] = MappingProxyType(
-    {dst: frozenset(src for src, dsts in TRANSITIONS.items() if dst in dsts) for dst in State}
 )
 
 
@@ -160,8 +166,3 @@ def check_transition(src: State, dst: State) -> None:
 
 def is_final(state: State) -> bool:
     return state in FINAL_STATES
-
-
-def allowed_sources(dst: State) -> frozenset[State]:
-    """Every state that may move to `dst` (for SQL `state = ANY(...)` guards)."""
-    return _SOURCES[dst]

@@ -48,12 +48,11 @@ and charges for it. Every webhook is idempotent.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import structlog
 from aiohttp import web
@@ -73,23 +72,34 @@ from carrierd.channels.rcs import (
     WebhookRejected,
     verify_and_parse_webhook,
 )
-from carrierd.config import RCS_CARRIERS, Config, RcsConfig
+from carrierd.config import Config, RcsConfig
 from carrierd.domain import billing, reasons
 from carrierd.domain.clock import Clock
-from carrierd.domain.numbers import NumberError, normalize_msisdn
+from carrierd.domain.lifecycle import Event, Move, Note
 from carrierd.domain.rcs_content import RcsContent, RcsContentError, content_from_json
-from carrierd.domain.reasons import Reason
+from carrierd.domain.rcs_flow import (
+    RCS_CAPACITY_EXCEEDED,
+    RCS_INVALID_CONTENT,
+    RcsFacts,
+    after_platform_error,
+    after_send,
+    after_status,
+    assumed_delivered,
+    discarded,
+    not_by_rcs,
+    not_delivered_in_time,
+    rcs_possible,
+)
 from carrierd.domain.states import State
-from carrierd.engine.write_behind import TransitionHook
-from carrierd.store.db import Database, Row, Transaction, Transition
+from carrierd.engine.inbound import Inbound, our_message_id
+from carrierd.engine.lifecycle import Lifecycle
+from carrierd.store.db import Database, Row, Transaction
+from carrierd.store.rows import ClaimedMessage
 from carrierd.telemetry import Metrics
 
 log = structlog.get_logger("carrierd.engine.rcs_leg")
 
 WEBHOOK_PATH = "/v1/webhooks/rcs"
-# After a platform error on a capability check or send (the client has
-# already retried a few times within the request): try again this much later.
-SEND_RETRY_S = 30.0
 # A due fallback or expiry is leased this long while its revoke is in
 # flight; it is also when a revoke that failed is asked again.
 REVOKE_RETRY_S = 30.0
@@ -105,21 +115,6 @@ DISCARD_GIVE_UP_S = 3600.0
 PURGE_EVERY_S = 60.0
 PURGE_BATCH = 1000
 EARLY_STATUS_KEEP_S = 24 * 3600.0
-
-RCS_CAPACITY_EXCEEDED = Reason(
-    "rcs_capacity_exceeded", "the +Message platform had no capacity for the message"
-)
-RCS_INVALID_CONTENT = Reason("rcs_invalid_content", "the stored +Message content could not be read")
-RCS_DELIVERY_FAILED = Reason("rcs_failed", "the +Message platform reported the delivery failed")
-
-FallbackCause = Literal[
-    "not_capable",
-    "capacity_exceeded",
-    "carrier_restriction",
-    "invalid_content",
-    "not_delivered_in_time",
-    "rcs_failed",
-]
 
 
 def platform_config(rcs: RcsConfig) -> RcsPlatformConfig:
@@ -143,21 +138,6 @@ def platform_config(rcs: RcsConfig) -> RcsPlatformConfig:
     )
 
 
-def rcs_possible(carrier_named: str | None, carriers_allowed: Sequence[str] | None) -> bool:
-    """+Message exists on docomo, au and SoftBank only (§1, §4): a send
-    restricted to other carriers cannot use it. Within those three the
-    platform decides by capability; it does not tell us the carrier."""
-    if carrier_named is not None and carrier_named not in RCS_CARRIERS:
-        return False
-    return carriers_allowed is None or any(c in RCS_CARRIERS for c in carriers_allowed)
-
-
-class HasTransitionHook(Protocol):
-    """The WriteBehind: its hook (status callbacks, metrics) sees our changes too."""
-
-    on_transitions: TransitionHook | None
-
-
 @dataclass(frozen=True)
 class _Status:
     """A platform status to settle: 'displayed' counts as delivered."""
@@ -172,31 +152,33 @@ class _Status:
 
 @dataclass
 class _Effects:
-    """What to tell Prometheus once the transaction has committed."""
+    """What to tell Prometheus once the transaction has committed (the
+    writer counts the moves themselves: fallbacks, final states, billing)."""
 
-    fallbacks: list[str] = field(default_factory=list)
     discards: list[str] = field(default_factory=list)
-    billed: list[tuple[str, str]] = field(default_factory=list)
     delivery_s: list[float] = field(default_factory=list)
 
-    def add(self, other: _Effects) -> None:
-        self.fallbacks += other.fallbacks
-        self.discards += other.discards
-        self.billed += other.billed
-        self.delivery_s += other.delivery_s
+
+def _facts(message: ClaimedMessage) -> RcsFacts:
+    return RcsFacts(message.id, message.channel, message.accepted_at, message.send_at)
+
+
+def _row_facts(row: Row) -> RcsFacts:
+    return RcsFacts(row["id"], row["channel"], row["accepted_at"], None, row["rcs_sent_at"])
 
 
 class RcsLeg:
-    """Implements the dispatcher's `RcsLeg` and the settler's `RcsTimers`."""
+    """Implements the dispatcher's `RcsLeg` and the timers' `RcsTimers`."""
 
     def __init__(
         self,
         db: Database,
         clock: Clock,
         client: RcsClient,
+        lifecycle: Lifecycle,
+        inbound: Inbound,
         *,
         config: Callable[[], Config],
-        hooks: HasTransitionHook | None = None,
         metrics: Metrics | None = None,
         max_concurrent_requests: int = 32,
         max_batches_in_flight: int = 4,
@@ -204,8 +186,9 @@ class RcsLeg:
         self._db = db
         self._clock = clock
         self._client = client
+        self._lifecycle = lifecycle
+        self._inbound = inbound
         self._config = config
-        self._hooks = hooks
         self._metrics = metrics
         self._requests = asyncio.Semaphore(max_concurrent_requests)
         self._max_batches_in_flight = max_batches_in_flight
@@ -214,14 +197,14 @@ class RcsLeg:
 
     # -- dispatch ------------------------------------------------------------------
 
-    async def dispatch(self, rows: Sequence[Row], now: datetime) -> None:
-        """Take over claimed rows. Returns once the batch is under way (the
-        dispatcher keeps claiming and renewing leases meanwhile); waits first
-        while `max_batches_in_flight` batches are still talking to the
+    async def dispatch(self, messages: Sequence[ClaimedMessage], now: datetime) -> None:
+        """Take over claimed messages. Returns once the batch is under way
+        (the dispatcher keeps claiming and renewing leases meanwhile); waits
+        first while `max_batches_in_flight` batches are still talking to the
         platform, so a slow platform slows the claims instead of piling up."""
         while len(self._in_flight) >= self._max_batches_in_flight:
             await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
-        task = asyncio.ensure_future(self._dispatch_batch(list(rows), now))
+        task = asyncio.ensure_future(self._dispatch_batch(list(messages), now))
         self._in_flight.add(task)
         task.add_done_callback(self._batch_done)
 
@@ -229,7 +212,7 @@ class RcsLeg:
         self._in_flight.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
             # The rows stay 'dispatching' until their lease runs out; the
-            # settler then queues them again and the send is repeated under
+            # timers then queue them again and the send is repeated under
             # the same msgId, which the platform de-duplicates.
             log.error("rcs_dispatch_failed", error=repr(exc), exc_info=exc)
 
@@ -250,17 +233,17 @@ class RcsLeg:
             for task in pending:
                 task.cancel()
 
-    async def _dispatch_batch(self, rows: list[Row], now: datetime) -> None:
+    async def _dispatch_batch(self, messages: list[ClaimedMessage], now: datetime) -> None:
         config = self._config()
         keeper = asyncio.ensure_future(
-            self._keep_leases([r["id"] for r in rows], config.engine.lease_s, config.daemon_id)
+            self._keep_leases([m.id for m in messages], config.engine.lease_s, config.daemon_id)
         )
         try:
-            transitions, checked, effects = await self._decide_and_send(rows, now, config.rcs)
+            moves, checked, effects = await self._decide_and_send(messages, now, config.rcs)
         finally:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
-        await self._record_dispatch(transitions, checked, effects, config.rcs)
+        await self._record_dispatch(moves, checked, effects)
 
     async def _keep_leases(self, message_ids: list[int], lease_s: float, daemon_id: str) -> None:
         """While a slow platform holds the batch, keep its rows ours: a lease
@@ -279,99 +262,110 @@ class RcsLeg:
                 log.exception("rcs_lease_renewal_failed")
 
     async def _decide_and_send(
-        self, rows: list[Row], now: datetime, rcs: RcsConfig
-    ) -> tuple[list[Transition], dict[str, bool], _Effects]:
-        """Capability and send for each row: the transitions to record, the
+        self, messages: list[ClaimedMessage], now: datetime, rcs: RcsConfig
+    ) -> tuple[list[Move], dict[str, bool], _Effects]:
+        """Capability and send for each message: the moves to record, the
         capability answers to cache."""
-        transitions: list[Transition] = []
+        moves: list[Move] = []
         effects = _Effects()
-        candidates: list[tuple[Row, RcsContent]] = []
-        for row in rows:
-            if not rcs_possible(row["carrier_named"], row["carriers_allowed"]):
-                transitions.append(
-                    self._not_by_rcs(
-                        row,
+        candidates: list[tuple[ClaimedMessage, RcsContent]] = []
+        for message in messages:
+            facts = _facts(message)
+            if not rcs_possible(message.carrier_named, message.carriers_allowed):
+                moves.append(
+                    not_by_rcs(
+                        facts,
                         State.DISPATCHING,
                         "carrier_restriction",
                         reasons.NOT_IN_CARRIER_RESTRICTION,
                         now,
-                        effects,
                         final=State.SKIPPED,
                     )
                 )
                 continue
             try:
-                content = content_from_json(row["rcs_content"])
+                content = content_from_json(message.rcs_content)
             except RcsContentError as exc:
-                transitions.append(
-                    self._not_by_rcs(
-                        row,
+                moves.append(
+                    not_by_rcs(
+                        facts,
                         State.DISPATCHING,
                         "invalid_content",
                         RCS_INVALID_CONTENT,
                         now,
-                        effects,
                         detail={"problem": str(exc)},
                     )
                 )
                 continue
-            candidates.append((row, content))
+            candidates.append((message, content))
 
         capable, checked = await self._capabilities(
-            sorted({row["msisdn"] for row, _ in candidates}), now, rcs
+            sorted({m.msisdn for m, _ in candidates if m.msisdn}), now, rcs
         )
-        to_send: list[tuple[Row, RcsContent]] = []
-        for row, content in candidates:
-            answer = capable[row["msisdn"]]
+        to_send: list[tuple[ClaimedMessage, RcsContent]] = []
+        for message, content in candidates:
+            facts = _facts(message)
+            assert message.msisdn is not None
+            answer = capable[message.msisdn]
             if not isinstance(answer, RcsPlatformError):
                 if answer:
-                    to_send.append((row, content))
+                    to_send.append((message, content))
                 else:
-                    transitions.append(
-                        self._not_by_rcs(
-                            row,
-                            State.DISPATCHING,
-                            "not_capable",
-                            reasons.RCS_NOT_CAPABLE,
-                            now,
-                            effects,
+                    moves.append(
+                        not_by_rcs(
+                            facts, State.DISPATCHING, "not_capable", reasons.RCS_NOT_CAPABLE, now
                         )
                     )
             elif answer.reason == "capacity_exceeded":
-                transitions.append(
-                    self._not_by_rcs(
-                        row,
+                moves.append(
+                    not_by_rcs(
+                        facts,
                         State.DISPATCHING,
                         "capacity_exceeded",
                         RCS_CAPACITY_EXCEEDED,
                         now,
-                        effects,
                         detail={"during": "capability", "platform": answer.detail},
                     )
                 )
             else:
-                transitions.append(
-                    self._platform_error(row, now, "capability", answer.reason, answer.detail, rcs)
+                moves.append(
+                    after_platform_error(
+                        facts,
+                        now,
+                        during="capability",
+                        error=answer.reason,
+                        platform=answer.detail,
+                        fallback_after_s=rcs.fallback_after_s,
+                    )
                 )
 
         sent = await self._send_all(to_send)
         answered_at = self._clock.now()
-        for row, outcome in sent:
-            if outcome.kind == "not_capable":
+        for message, outcome in sent:
+            if outcome.kind == "not_capable" and message.msisdn:
                 # The handset lost +Message since the check: remember that.
-                checked[row["msisdn"]] = False
-            transitions.append(self._after_send(row, outcome, answered_at, rcs, effects))
-        return transitions, checked, effects
+                checked[message.msisdn] = False
+            moves.append(
+                after_send(
+                    _facts(message),
+                    outcome.kind,
+                    answered_at,
+                    fallback_after_s=rcs.fallback_after_s,
+                    expiry_s=rcs.expiry_s,
+                    attempts=outcome.attempts,
+                    already_existed=outcome.already_existed,
+                    error=outcome.reason,
+                    http_status=outcome.http_status,
+                    platform=outcome.detail,
+                )
+            )
+        return moves, checked, effects
 
     async def _record_dispatch(
-        self,
-        transitions: list[Transition],
-        checked: dict[str, bool],
-        effects: _Effects,
-        rcs: RcsConfig,
+        self, moves: list[Move], checked: dict[str, bool], effects: _Effects
     ) -> None:
-        """One transaction for the batch: capability cache, state changes,
-        the discard timer of channel rcs, and statuses that came early."""
+        """One transaction for the batch: capability cache, the moves, and
+        statuses that came early."""
         sent_at = self._clock.now()
 
         async def work(tx: Transaction) -> _Effects:
@@ -383,14 +377,9 @@ class RcsLeg:
                     [checked[n] for n in numbers],
                     [sent_at] * len(numbers),
                 )
-            changed = await self._apply(tx, transitions, sent_at)
-            now_sent = [c for c in changed if c["state"] == State.RCS_SENT]
-            rcs_only = [c["id"] for c in now_sent if c["channel"] == "rcs"]
-            if rcs_only:
-                await tx.execute(
-                    "rcs_set_expiry", rcs_only, sent_at + timedelta(seconds=rcs.expiry_s)
-                )
-            early = await tx.fetch("rcs_take_early_statuses", [c["id"] for c in now_sent])
+            applied = await self._lifecycle.apply(tx, moves, sent_at)
+            now_sent = [a.move.message_id for a in applied if a.move.dst is State.RCS_SENT]
+            early = await tx.fetch("rcs_take_early_statuses", now_sent)
             # A message delivered and failed before we knew: delivered wins.
             early.sort(key=lambda e: (e["message_id"], e["status"] != "delivered"))
             return await self._settle_statuses(
@@ -402,7 +391,8 @@ class RcsLeg:
                 sent_at,
             )
 
-        effects.add(await self._db.in_transaction(work))
+        late = await self._db.in_transaction(work)
+        effects.delivery_s += late.delivery_s
         self._observe(effects)
 
     async def _capabilities(
@@ -432,146 +422,38 @@ class RcsLeg:
         return answers, checked
 
     async def _send_all(
-        self, to_send: list[tuple[Row, RcsContent]]
-    ) -> list[tuple[Row, SendOutcome]]:
+        self, to_send: list[tuple[ClaimedMessage, RcsContent]]
+    ) -> list[tuple[ClaimedMessage, SendOutcome]]:
         # FIFO per recipient: messages to one number leave one after another.
-        by_recipient: dict[str, list[tuple[Row, RcsContent]]] = defaultdict(list)
-        for row, content in to_send:
-            by_recipient[row["msisdn"]].append((row, content))
+        by_recipient: dict[str, list[tuple[ClaimedMessage, RcsContent]]] = defaultdict(list)
+        for message, content in to_send:
+            by_recipient[message.msisdn or ""].append((message, content))
 
         async def send_in_order(
-            queue: list[tuple[Row, RcsContent]],
-        ) -> list[tuple[Row, SendOutcome]]:
-            results: list[tuple[Row, SendOutcome]] = []
-            for row, content in queue:
+            queue: list[tuple[ClaimedMessage, RcsContent]],
+        ) -> list[tuple[ClaimedMessage, SendOutcome]]:
+            results: list[tuple[ClaimedMessage, SendOutcome]] = []
+            for message, content in queue:
                 async with self._requests:
                     try:
-                        outcome = await self._client.send(str(row["id"]), row["msisdn"], content)
+                        outcome = await self._client.send(
+                            str(message.id), message.msisdn or "", content
+                        )
                     except Exception as exc:
                         # The request may have reached the platform: this is an
                         # unknown outcome, and a resend under the msgId is safe.
-                        log.exception("rcs_send_crashed", message_id=row["id"])
+                        log.exception("rcs_send_crashed", message_id=message.id)
                         outcome = SendOutcome("error", "exception", repr(exc))
-                results.append((row, outcome))
+                results.append((message, outcome))
             return results
 
         groups = await asyncio.gather(*map(send_in_order, by_recipient.values()))
         return [result for group in groups for result in group]
 
-    def _after_send(
-        self, row: Row, outcome: SendOutcome, at: datetime, rcs: RcsConfig, effects: _Effects
-    ) -> Transition:
-        if outcome.kind == "accepted":
-            detail: dict[str, Any] = {"attempts": outcome.attempts}
-            if outcome.already_existed:
-                detail["already_existed"] = True
-            return Transition(
-                row["id"],
-                State.DISPATCHING,
-                State.RCS_SENT,
-                "rcs_sent",
-                fallback_at=(
-                    at + timedelta(seconds=rcs.fallback_after_s)
-                    if row["channel"] == "rcs_then_sms"
-                    else None
-                ),
-                detail=detail,
-            )
-        platform = {"platform": outcome.detail, "http_status": outcome.http_status}
-        if outcome.kind == "capacity_exceeded":
-            return self._not_by_rcs(
-                row,
-                State.DISPATCHING,
-                "capacity_exceeded",
-                RCS_CAPACITY_EXCEEDED,
-                at,
-                effects,
-                detail={"during": "send", **platform},
-            )
-        if outcome.kind == "not_capable":
-            return self._not_by_rcs(
-                row,
-                State.DISPATCHING,
-                "not_capable",
-                reasons.RCS_NOT_CAPABLE,
-                at,
-                effects,
-                detail={"during": "send", **platform},
-            )
-        if outcome.kind == "error":
-            return self._platform_error(row, at, "send", outcome.reason, outcome.detail, rcs)
-        reason = Reason(
-            f"rcs_{outcome.reason or 'rejected'}",
-            f"the +Message platform refused the message (HTTP {outcome.http_status})"
-            + (f": {outcome.detail}" if outcome.detail else ""),
-        )
-        return _to_state(row["id"], State.DISPATCHING, State.FAILED, "failed", reason)
-
-    def _platform_error(
-        self,
-        row: Row,
-        now: datetime,
-        during: str,
-        reason: str | None,
-        detail: str | None,
-        rcs: RcsConfig,
-    ) -> Transition:
-        """Try again shortly. rcs_then_sms stops trying once it has waited as
-        long as the fallback delay (§8), but through rcs_sent with the
-        fallback due at once: an earlier send whose answer was lost may be
-        stored at the platform, and only a revoke can tell before the SMS."""
-        info = {"during": during, "error": reason, "platform": detail}
-        started = max(row["accepted_at"], row["send_at"] or row["accepted_at"])
-        waited_s = (now - started).total_seconds()
-        if row["channel"] == "rcs_then_sms" and waited_s >= rcs.fallback_after_s:
-            return Transition(
-                row["id"],
-                State.DISPATCHING,
-                State.RCS_SENT,
-                "rcs_send_unknown",
-                fallback_at=now,
-                detail=info,
-            )
-        return Transition(
-            row["id"],
-            State.DISPATCHING,
-            State.QUEUED,
-            "rcs_retry",
-            not_before=now + timedelta(seconds=SEND_RETRY_S),
-            detail=info,
-        )
-
-    def _not_by_rcs(
-        self,
-        row: Row,
-        from_state: State,
-        cause: FallbackCause,
-        reason: Reason,
-        at: datetime,
-        effects: _Effects,
-        *,
-        final: State = State.FAILED,
-        detail: dict[str, Any] | None = None,
-    ) -> Transition:
-        """+Message cannot take this message: the SMS leg at once for
-        rcs_then_sms (§8), else `final` with the reason."""
-        if row["channel"] == "rcs_then_sms":
-            effects.fallbacks.append(cause)
-            return Transition(
-                row["id"],
-                from_state,
-                State.QUEUED,
-                "fallback",
-                not_before=at,
-                leg="sms",
-                detail={"cause": cause, **(detail or {})},
-            )
-        return _to_state(row["id"], from_state, final, final.value, reason, detail)
-
     # -- timers --------------------------------------------------------------------
 
     async def settle_due(self, now: datetime, limit: int) -> int:
-        """One settler pass: discards first (a message whose validity ended
+        """One timer pass: discards first (a message whose validity ended
         gets no SMS), then fallbacks, then housekeeping."""
         rcs = self._config().rcs
         done = await self._settle_expiries(now, limit, rcs)
@@ -599,53 +481,34 @@ class RcsLeg:
         to_ask = [r for r in rows if r["refused_at"] is None]
         answers = await self._revoke_all(to_ask)
         at = self._clock.now()
-        effects = _Effects()
-        transitions: list[Transition] = []
-        bills: list[tuple[str, datetime]] = []
-        postponed: list[tuple[int, datetime, str]] = []
+        moves: list[Move] = []
+        notes: list[Note] = []
         for row in rows:
             if row["refused_at"] is None:
                 continue
             # The platform said it delivered; the webhook never came.
-            units = billing.rcs_units(row["rcs_sent_at"], row["refused_at"])
-            transitions.append(
-                Transition(
-                    row["id"],
-                    State.RCS_SENT,
-                    State.DELIVERED,
-                    "delivered",
-                    rcs_units=units,
-                    detail={
-                        "channel": "rcs",
-                        "assumed": True,
+            moves.append(
+                assumed_delivered(
+                    _row_facts(row),
+                    row["refused_at"],
+                    {
                         "why": "revoke answered already delivered; no delivered webhook "
-                        f"within {DELIVERED_GRACE_S:.0f} s",
+                        f"within {DELIVERED_GRACE_S:.0f} s"
                     },
                 )
             )
-            if units:
-                bills.append((row["account_id"], row["refused_at"]))
         for row, answer in zip(to_ask, answers, strict=True):
             revoke = _revoke_detail(answer)
             if answer.kind in ("revoked", "not_found"):
-                effects.fallbacks.append("not_delivered_in_time")
-                transitions.append(
-                    Transition(
+                moves.append(not_delivered_in_time(_row_facts(row), at, revoke))
+            elif answer.kind == "already_delivered":
+                notes.append(
+                    Note(
                         row["id"],
                         State.RCS_SENT,
-                        State.QUEUED,
-                        "fallback",
-                        not_before=at,
-                        leg="sms",
-                        detail={"cause": "not_delivered_in_time", "revoke": revoke},
-                    )
-                )
-            elif answer.kind == "already_delivered":
-                postponed.append(
-                    (
-                        row["id"],
-                        at + timedelta(seconds=DELIVERED_GRACE_S),
-                        json.dumps({"revoke": revoke}, ensure_ascii=False),
+                        Event.RCS_REVOKE_REFUSED,
+                        detail={"revoke": revoke},
+                        fallback_at=at + timedelta(seconds=DELIVERED_GRACE_S),
                     )
                 )
             else:
@@ -657,22 +520,11 @@ class RcsLeg:
                 )
 
         async def work(tx: Transaction) -> int:
-            if postponed:
-                await tx.execute(
-                    "rcs_postpone_fallback",
-                    [p[0] for p in postponed],
-                    [p[1] for p in postponed],
-                    [p[2] for p in postponed],
-                    "rcs_revoke_refused",
-                    at,
-                )
-            changed = await self._apply(tx, transitions, at)
-            await self._bill(tx, bills, effects)
-            return len(changed) + len(postponed)
+            noted = await self._lifecycle.note(tx, notes, at)
+            applied = await self._lifecycle.apply(tx, moves, at)
+            return len(applied) + len(noted)
 
-        done = await self._db.in_transaction(work)
-        self._observe(effects)
-        return done
+        return await self._db.in_transaction(work)
 
     async def _settle_expiries(self, now: datetime, limit: int, rcs: RcsConfig) -> int:
         rows = await self._db.fetch(
@@ -683,8 +535,7 @@ class RcsLeg:
         answers = await self._revoke_all(rows)
         at = self._clock.now()
         effects = _Effects()
-        transitions: list[Transition] = []
-        bills: list[tuple[str, datetime]] = []
+        moves: list[Move] = []
         for row, answer in zip(rows, answers, strict=True):
             discard = _revoke_detail(answer)
             give_up_at = row["rcs_sent_at"] + timedelta(seconds=rcs.expiry_s + DISCARD_GIVE_UP_S)
@@ -700,33 +551,12 @@ class RcsLeg:
             if answer.kind == "already_delivered":
                 # Delivered inside the platform's retention (72 h) and the
                 # webhook was lost: the sender gets the truth, and it is billed.
-                transitions.append(
-                    Transition(
-                        row["id"],
-                        State.RCS_SENT,
-                        State.DELIVERED,
-                        "delivered",
-                        rcs_units=1,
-                        detail={"channel": "rcs", "assumed": True, "discard": discard},
-                    )
-                )
-                bills.append((row["account_id"], at))
+                moves.append(assumed_delivered(_row_facts(row), at, {"discard": discard}))
             else:
-                transitions.append(
-                    _to_state(
-                        row["id"],
-                        State.RCS_SENT,
-                        State.EXPIRED,
-                        "expired",
-                        reasons.RCS_DISCARDED,
-                        {"discard": discard},
-                    )
-                )
+                moves.append(discarded(_row_facts(row), discard))
 
         async def work(tx: Transaction) -> int:
-            changed = await self._apply(tx, transitions, at)
-            await self._bill(tx, bills, effects)
-            return len(changed)
+            return len(await self._lifecycle.apply(tx, moves, at))
 
         done = await self._db.in_transaction(work)
         self._observe(effects)
@@ -785,7 +615,10 @@ class RcsLeg:
             )
             self._observe(effects)
         elif isinstance(event, InboundEvent):
-            await self._store_inbound(event, now)
+            inbound_event = event
+            await self._db.in_transaction(
+                lambda tx: self._inbound.store_rcs(tx, inbound_event, now)
+            )
         elif isinstance(event, TypingEvent):
             pass  # "is typing" changes nothing we keep
 
@@ -799,18 +632,45 @@ class RcsLeg:
             r["id"]: r
             for r in await tx.fetch("rcs_lock_messages", sorted({s.message_id for s in statuses}))
         }
-        transitions: list[Transition] = []
-        bills: list[tuple[str, datetime]] = []
+        moves: list[Move] = []
+        notes: list[Note] = []
         settled: set[int] = set()
         for status in statuses:
             row = rows.get(status.message_id)
             if row is None:
                 log.info("rcs_status_for_unknown_message", message_id=status.message_id)
                 continue
+            if not _on_rcs_leg(row):
+                # Only a message that went, or goes, by +Message can hear
+                # from the platform: a msgId naming anything else (an SMS
+                # of any account) is refused, never applied or billed.
+                log.warning(
+                    "rcs_status_for_message_not_on_rcs",
+                    message_id=row["id"],
+                    channel=row["channel"],
+                    leg=row["leg"],
+                )
+                if self._metrics is not None:
+                    self._metrics.webhooks_rejected_total.labels("not_on_rcs_leg").inc()
+                continue
             state = row["state"]
+            facts = _row_facts(row)
             if state == State.RCS_SENT and row["id"] not in settled:
                 settled.add(row["id"])
-                transitions.append(self._status_transition(row, status, now, bills, effects))
+                move = after_status(
+                    facts,
+                    status.status,
+                    status.at,
+                    now,
+                    reported_as=status.reported_as,
+                    error=status.error,
+                    early=status.early,
+                )
+                moves.append(move)
+                if move.dst is State.DELIVERED and row["rcs_sent_at"] is not None:
+                    effects.delivery_s.append(
+                        max(0.0, (status.at - row["rcs_sent_at"]).total_seconds())
+                    )
             elif row["leg"] == "rcs" and state in (State.QUEUED, State.DISPATCHING):
                 # Our send is not recorded yet (or is waiting for a retry).
                 await tx.execute(
@@ -824,149 +684,20 @@ class RcsLeg:
             elif status.status == "delivered" and not (
                 state == State.DELIVERED and row["leg"] == "rcs"
             ):
-                await self._late_delivery(tx, row, status, now, bills)
+                notes.append(_late_delivery(row, status))
             # Anything else is a repeat or a failure after the fact: nothing to do.
-        await self._apply(tx, transitions, now)
-        await self._bill(tx, bills, effects)
+        await self._lifecycle.apply(tx, moves, now)
+        noted = await self._lifecycle.note(tx, notes, now)
+        for message_id in noted:
+            log.warning("rcs_late_delivery", message_id=message_id)
         return effects
-
-    def _status_transition(
-        self,
-        row: Row,
-        status: _Status,
-        now: datetime,
-        bills: list[tuple[str, datetime]],
-        effects: _Effects,
-    ) -> Transition:
-        if status.status == "delivered":
-            units = billing.rcs_units(row["rcs_sent_at"], status.at)
-            if units:
-                bills.append((row["account_id"], status.at))
-            effects.delivery_s.append(max(0.0, (status.at - row["rcs_sent_at"]).total_seconds()))
-            detail: dict[str, Any] = {
-                "channel": "rcs",
-                "status": status.reported_as,
-                "platform_at": status.at.isoformat(),
-            }
-            if status.early:
-                detail["early"] = True
-            return Transition(
-                row["id"],
-                State.RCS_SENT,
-                State.DELIVERED,
-                "delivered",
-                rcs_units=units,
-                detail=detail,
-            )
-        failure = {"platform": status.error} if status.error else {}
-        reason = RCS_DELIVERY_FAILED
-        if status.error:
-            reason = Reason(reason.code, f"{reason.text}: {status.error}")
-        return self._not_by_rcs(
-            row, State.RCS_SENT, "rcs_failed", reason, now, effects, detail=failure
-        )
-
-    async def _late_delivery(
-        self,
-        tx: Transaction,
-        row: Row,
-        status: _Status,
-        now: datetime,
-        bills: list[tuple[str, datetime]],
-    ) -> None:
-        sent_at = row["rcs_sent_at"] or status.at
-        units = billing.rcs_units(sent_at, status.at)
-        detail = {
-            "status": status.reported_as,
-            "platform_at": status.at.isoformat(),
-            "billed": bool(units),
-            "leg": row["leg"],
-        }
-        result = await tx.fetchrow(
-            "rcs_record_late_delivery",
-            row["id"],
-            now,
-            json.dumps(detail, ensure_ascii=False),
-            units,
-        )
-        if result is not None and result["billed"]:
-            bills.append((row["account_id"], status.at))
-        if result is not None and result["logged"]:
-            log.warning(
-                "rcs_late_delivery",
-                message_id=row["id"],
-                state=row["state"],
-                leg=row["leg"],
-                billed=bool(units),
-            )
-
-    async def _store_inbound(self, event: InboundEvent, now: datetime) -> None:
-        msisdn = _canonical(event.msisdn)
-        named = _our_id(event.in_reply_to)
-        raw: dict[str, Any] = {
-            "msgId": event.message_id,
-            "kind": event.kind,
-            "inReplyTo": event.in_reply_to,
-            "platform_at": event.at.isoformat() if event.at else None,
-        }
-
-        async def work(tx: Transaction) -> None:
-            owner = await tx.fetchrow("rcs_reply_owner", named, msisdn)
-            raw["owner_inferred"] = owner is not None and owner["id"] != named
-            await tx.fetch(
-                "rcs_insert_inbound",
-                owner["account_id"] if owner else None,
-                msisdn,
-                self._config().rcs.bot_id or None,
-                event.text,
-                event.postback,
-                owner["id"] if owner else None,
-                now,
-                json.dumps(raw, ensure_ascii=False),
-            )
-
-        await self._db.in_transaction(work)
-
-    # -- shared --------------------------------------------------------------------
-
-    async def _apply(
-        self, tx: Transaction, transitions: Sequence[Transition], now: datetime
-    ) -> list[Row]:
-        changed = await tx.apply_transitions(transitions, now)
-        hook = self._hooks.on_transitions if self._hooks is not None else None
-        if changed and hook is not None:
-            await hook(tx, changed, now)
-        return changed
-
-    async def _bill(
-        self, tx: Transaction, bills: Iterable[tuple[str, datetime]], effects: _Effects
-    ) -> None:
-        """+Message units (§11) per account and JST month of the delivery."""
-        per_month: dict[tuple[str, str], int] = defaultdict(int)
-        for account_id, delivered_at in bills:
-            per_month[(account_id, billing.billing_month(delivered_at))] += 1
-        if not per_month:
-            return
-        await tx.execute(
-            "add_billing",
-            [a for a, _ in per_month],
-            [m for _, m in per_month],
-            ["rcs"] * len(per_month),
-            list(per_month.values()),
-        )
-        for key, units in per_month.items():
-            effects.billed += [key] * units
 
     def _observe(self, effects: _Effects) -> None:
         metrics = self._metrics
         if metrics is None:
             return
-        for cause in effects.fallbacks:
-            metrics.fallbacks_total.labels(cause).inc()
         for outcome in effects.discards:
             metrics.discards_total.labels(outcome).inc()
-        for account_id, month in effects.billed:
-            metrics.billing_units_total.labels(account_id, "rcs", month).inc()
         for seconds in effects.delivery_s:
             metrics.rcs_delivery_seconds.observe(seconds)
 
@@ -976,28 +707,40 @@ def webhook_route(leg: RcsLeg, path: str = WEBHOOK_PATH) -> web.RouteDef:
     return web.post(path, leg.handle_webhook)
 
 
-def _to_state(
-    message_id: int,
-    from_state: State,
-    to_state: State,
-    event: str,
-    reason: Reason,
-    detail: dict[str, Any] | None = None,
-) -> Transition:
-    return Transition(
-        message_id,
-        from_state,
-        to_state,
-        event,
-        reason_code=reason.code,
-        reason_text=reason.text,
-        detail=detail,
+def _on_rcs_leg(row: Row) -> bool:
+    """A message the +Message platform may report on: a +Message channel,
+    and either still on the +Message leg or sent by +Message before its
+    SMS fallback."""
+    return row["channel"] in ("rcs", "rcs_then_sms") and (
+        row["leg"] == "rcs" or row["rcs_sent_at"] is not None
+    )
+
+
+def _late_delivery(row: Row, status: _Status) -> Note:
+    """A delivery reported after the message left rcs_sent (SMS fallback
+    under way, expired, cancelled): the platform did deliver it and charges
+    for it, so it is logged once and billed if within 72 h of the send."""
+    sent_at = row["rcs_sent_at"] or status.at
+    units = billing.rcs_units(sent_at, status.at)
+    return Note(
+        row["id"],
+        None,
+        Event.RCS_LATE_DELIVERY,
+        detail={
+            "status": status.reported_as,
+            "platform_at": status.at.isoformat(),
+            "billed": bool(units),
+            "leg": row["leg"],
+        },
+        rcs_units=units,
+        billed_at=status.at if units else None,
+        once=True,
     )
 
 
 def _status_of(event: MessageStatusEvent, now: datetime) -> _Status | None:
     """'sent' and 'cancelled' (the echo of our revoke) settle nothing."""
-    message_id = _our_id(event.message_id)
+    message_id = our_message_id(event.message_id)
     if message_id is None:
         log.info("rcs_status_for_foreign_msg_id", msg_id=event.message_id)
         return None
@@ -1018,17 +761,3 @@ def _revoke_detail(answer: RevokeOutcome) -> dict[str, Any]:
     if answer.detail:
         detail["platform"] = answer.detail
     return detail
-
-
-def _our_id(msg_id: str | None) -> int | None:
-    """Our msgIds are our message ids; anything else is not ours."""
-    if msg_id is None or not msg_id.isdigit() or len(msg_id) > 18:
-        return None
-    return int(msg_id)
-
-
-def _canonical(msisdn: str) -> str:
-    try:
-        return normalize_msisdn(msisdn, allow_m2m=True)
-    except NumberError:
-        return msisdn

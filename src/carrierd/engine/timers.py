@@ -15,7 +15,7 @@ Each `settle_once(now)` pass:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -24,9 +24,12 @@ import structlog
 from carrierd.config import Config
 from carrierd.domain import reasons
 from carrierd.domain.clock import Clock
+from carrierd.domain.lifecycle import Event, Move
 from carrierd.domain.states import State
+from carrierd.engine.leases import Leases
+from carrierd.engine.lifecycle import Lifecycle
 from carrierd.engine.write_behind import EARLY_RECEIPT_KEEP_S, WriteBehind
-from carrierd.store.db import Database, Row, Transaction, Transition
+from carrierd.store.db import Database, Row, Transaction
 
 log = structlog.get_logger("carrierd.engine.timers")
 
@@ -44,7 +47,9 @@ class Timers:
         self,
         db: Database,
         clock: Clock,
-        recorder: WriteBehind,
+        write_behind: WriteBehind,
+        lifecycle: Lifecycle,
+        leases: Leases,
         *,
         config: Callable[[], Config],
         batch: int = 1000,
@@ -53,7 +58,9 @@ class Timers:
     ) -> None:
         self._db = db
         self._clock = clock
-        self._recorder = recorder
+        self._write_behind = write_behind
+        self._lifecycle = lifecycle
+        self._leases = leases
         self._config = config
         self._batch = batch
         self._interval_s = interval_s
@@ -85,19 +92,13 @@ class Timers:
     async def _in_tx(self, work: Callable[[Transaction], Awaitable[int]]) -> int:
         return await self._db.in_transaction(work)
 
-    async def _apply(
-        self, tx: Transaction, transitions: Sequence[Transition], now: datetime
-    ) -> int:
-        changed = await tx.apply_transitions(transitions, now)
-        hook = self._recorder.on_transitions
-        if changed and hook is not None:
-            await hook(tx, changed, now)
-        return len(changed)
+    async def _apply(self, tx: Transaction, moves: list[Move], now: datetime) -> int:
+        return len(await self._lifecycle.apply(tx, moves, now))
 
     async def _scheduled(self, tx: Transaction, now: datetime) -> int:
         rows = await tx.fetch("due_scheduled", now, self._batch)
         return await self._apply(
-            tx, [Transition(r["id"], State.SCHEDULED, State.QUEUED, "due") for r in rows], now
+            tx, [Move(r["id"], State.SCHEDULED, State.QUEUED, Event.DUE) for r in rows], now
         )
 
     async def _expired(self, tx: Transaction, now: datetime) -> int:
@@ -105,13 +106,12 @@ class Timers:
         return await self._apply(
             tx,
             [
-                Transition(
+                Move(
                     r["id"],
-                    r["state"],
+                    State(r["state"]),
                     State.EXPIRED,
-                    "expired",
-                    reason_code=reasons.VALIDITY_EXPIRED.code,
-                    reason_text=reasons.VALIDITY_EXPIRED.text,
+                    Event.EXPIRED,
+                    reasons.VALIDITY_EXPIRED,
                 )
                 for r in rows
             ],
@@ -120,76 +120,26 @@ class Timers:
 
     async def _receipt_timeouts(self, tx: Transaction, now: datetime) -> int:
         rows = await tx.fetch("due_receipt_timeouts", now, self._batch)
-        if not rows:
-            return 0
-        ids = [r["id"] for r in rows]
-        await tx.execute("parts_outcome_unknown", ids)
         return await self._apply(
             tx,
             [
-                Transition(
-                    i,
+                Move(
+                    r["id"],
                     State.SUBMITTED,
                     State.UNKNOWN,
-                    "receipt_timeout",
-                    reason_code=reasons.RECEIPT_TIMEOUT.code,
-                    reason_text=reasons.RECEIPT_TIMEOUT.text,
+                    Event.RECEIPT_TIMEOUT,
+                    reasons.RECEIPT_TIMEOUT,
                 )
-                for i in ids
+                for r in rows
             ],
             now,
         )
 
     async def _lost_leases(self, tx: Transaction, now: datetime) -> int:
-        rows = await tx.fetch("due_lost_leases", now, self._batch)
-        if not rows:
+        settle_from_parts = await self._leases.recover_lost(tx, now, self._batch)
+        if not settle_from_parts:
             return 0
-        config = self._config()
-        transitions: list[Transition] = []
-        settle_from_parts: list[int] = []
-        unknown_ids: list[int] = []
-        for row in rows:
-            if row["state"] == State.DISPATCHING:
-                # Nothing was handed over: any daemon may take it again.
-                transitions.append(
-                    Transition(row["id"], State.DISPATCHING, State.QUEUED, "lease_recovered")
-                )
-            elif row["pending"] == 0:
-                # Every part has its response recorded: the parts decide.
-                settle_from_parts.append(row["id"])
-            else:
-                account = config.accounts.get(row["account_id"])
-                # Parts in flight are ambiguous either way: never counted as sent.
-                unknown_ids.append(row["id"])
-                if account is not None and account.at_least_once:
-                    transitions.append(
-                        Transition(
-                            row["id"],
-                            State.SENDING,
-                            State.QUEUED,
-                            "lease_recovered",
-                            detail={"at_least_once": True, "pending_parts": row["pending"]},
-                        )
-                    )
-                else:
-                    reason = reasons.OUTCOME_UNKNOWN_AFTER_RESTART
-                    transitions.append(
-                        Transition(
-                            row["id"],
-                            State.SENDING,
-                            State.UNKNOWN,
-                            "lease_lost",
-                            reason_code=reason.code,
-                            reason_text=reason.text,
-                            detail={"pending_parts": row["pending"]},
-                        )
-                    )
-        if unknown_ids:
-            await tx.execute("parts_outcome_unknown", unknown_ids)
-        count = await self._apply(tx, transitions, now)
-        if settle_from_parts:
-            count += len(await self._recorder.settle(tx, settle_from_parts, now))
-        return count
+        return len(await self._write_behind.settle(tx, settle_from_parts, now))
 
     async def _early_receipts(self, tx: Transaction, now: datetime) -> int:
         changed: list[Row] = await tx.fetch("apply_early_receipts")
@@ -200,4 +150,4 @@ class Timers:
         if not changed:
             return 0
         ids = sorted({p["message_id"] for p in changed})
-        return len(await self._recorder.settle(tx, ids, now, delivered_parts=changed))
+        return len(await self._write_behind.settle(tx, ids, now))

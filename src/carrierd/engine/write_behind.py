@@ -1,11 +1,15 @@
 """Write-behind of SMS outcomes: submit responses and receipts to PostgreSQL.
 
 Outcomes are buffered for a few milliseconds and written in one transaction
-per flush (DESIGN principle 3): parts updated, early receipts matched,
-billing counted per delivered part, and every touched message settled by
-domain/routing.decide_attempt. Nothing is acknowledged upstream from here,
-so a crash loses at most the buffer, whose parts then settle through the
-lease and receipt timers like any ambiguous outcome.
+per flush (DESIGN principle 3): parts updated, early receipts matched, and
+every touched message settled: domain/attempt.py decides what its parts
+mean, the lifecycle writer applies the move (history, billing, callbacks).
+A receipt's deliver_sm is answered OK only once the flush that stored it
+has committed; a flush that fails answers its receipts with a transient
+error (ESME_RX_T_APPN), so the SMSC delivers them again, and keeps the
+submit responses (ours alone) to write again. A crash loses at most the
+buffered responses, whose parts then settle through the lease and receipt
+timers like any ambiguous outcome.
 
 A message whose parts the SMSC all accepted is not marked submitted at
 once: it stays 'sending' for `submitted_grace_s`, and a receipt in that time
@@ -39,17 +43,24 @@ import structlog
 from carrierd.channels.types import FINAL_RECEIPT_STATS, InboundSms, PartOutcome, Receipt
 from carrierd.config import AccountConfig, CarrierConfig
 from carrierd.domain import reasons
-from carrierd.domain.billing import billing_month
-from carrierd.domain.clock import Clock
-from carrierd.domain.pacing import QuietWindow
-from carrierd.domain.routing import (
+from carrierd.domain.attempt import (
+    AttemptFacts,
     AttemptParts,
-    NumberRanges,
     ResendPolicy,
+    attempt_move,
     decide_attempt,
 )
+from carrierd.domain.au_gate import au_gate_releases
+from carrierd.domain.clock import Clock
+from carrierd.domain.lifecycle import Event, Move, Note
+from carrierd.domain.pacing import QuietWindow
+from carrierd.domain.routing import NumberRanges
 from carrierd.domain.states import State
-from carrierd.store.db import Database, Row, Transaction, Transition
+from carrierd.engine.inbound import Inbound
+from carrierd.engine.lifecycle import Lifecycle
+from carrierd.store.db import TRANSIENT_DB_ERRORS, Database, Row, Transaction
+from carrierd.store.rows import AttemptRow
+from carrierd.telemetry import Metrics
 
 log = structlog.get_logger("carrierd.engine.write_behind")
 
@@ -78,9 +89,9 @@ class SubmittedPart:
     outcome: PartOutcome
 
 
-# Called with the rows apply_transitions changed, inside the transaction:
-# status callbacks and metrics hook in here.
-TransitionHook = Callable[[Transaction, Sequence[Row], datetime], Any]
+class NotDurable(Exception):
+    """A receipt or MO the write-behind could not store: its deliver_sm is
+    answered with a transient error, and the SMSC delivers it again."""
 
 
 class WriteBehind:
@@ -88,6 +99,8 @@ class WriteBehind:
         self,
         db: Database,
         clock: Clock,
+        lifecycle: Lifecycle,
+        inbound: Inbound,
         *,
         accounts: Callable[[], Mapping[str, AccountConfig]],
         carriers: Callable[[], Mapping[str, CarrierConfig]],
@@ -96,17 +109,20 @@ class WriteBehind:
         flush_interval_s: float = 0.005,
         max_batch: int = 2000,
         max_concurrent_flushes: int = 3,
-        on_transitions: TransitionHook | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._db = db
         self._clock = clock
+        self._lifecycle = lifecycle
+        self._inbound_store = inbound
+        self._metrics = metrics
+        self._receipt_seconds: dict[str, Any] = {}
         self._accounts = accounts
         self._carriers = carriers
         self._au_spacing_s = au_spacing_s
         self._submitted_grace_s = submitted_grace_s
         self._flush_interval_s = flush_interval_s
         self._max_batch = max_batch
-        self.on_transitions = on_transitions
         self._responses: list[SubmittedPart] = []
         self._receipts: list[Receipt] = []
         self._inbound: list[InboundSms] = []
@@ -242,25 +258,23 @@ class WriteBehind:
             awaiting, settled = await self._db.in_transaction(
                 lambda tx: self._write(tx, responses, receipts, inbound, grace_over, now)
             )
-        except OSError:
-            # The database is unreachable: keep everything, in front, and retry.
-            self._responses[:0] = responses
-            self._receipts[:0] = receipts
-            self._inbound[:0] = inbound
-            self._receipt_commits[:0] = batch.receipt_commits
-            self._inbound_commits[:0] = batch.inbound_commits
-            self._awaiting_receipt = {**dict.fromkeys(grace_over, now), **self._awaiting_receipt}
-            log.exception("recorder_flush_failed", responses=len(responses))
+        except TRANSIENT_DB_ERRORS as exc:
+            # The database is away (restart, outage): the receipts are not
+            # durable, so the SMSC is told to deliver them again; the
+            # responses exist only here and wait, in front, for the next try.
+            self._keep(responses, grace_over, now)
+            self._refuse(batch, exc)
+            log.exception("write_behind_flush_failed", responses=len(responses))
             await asyncio.sleep(0.5)
             self._wake.set()
             return
         except Exception:
             # One bad row must not stall every outcome behind it: write the
-            # batch item by item, and log (and leave to the timers) what fails.
-            log.exception("recorder_batch_failed", responses=len(responses))
-            awaiting, settled = await self._write_one_by_one(
-                responses, receipts, inbound, grace_over, now
-            )
+            # batch item by item; a receipt or MO that still fails is refused
+            # (the SMSC delivers it again), a response is logged and left to
+            # the timers.
+            log.exception("write_behind_batch_failed", responses=len(responses))
+            awaiting, settled = await self._write_one_by_one(batch, now)
         # Only once committed. A receipt settles most messages within their
         # grace; settling them again when it ends would be wasted work (and
         # is harmless when a concurrent flush races this: the message is then
@@ -274,23 +288,42 @@ class WriteBehind:
             if not future.done():
                 future.set_result(None)
 
-    async def _write_one_by_one(
-        self,
-        responses: Sequence[SubmittedPart],
-        receipts: Sequence[Receipt],
-        inbound: Sequence[InboundSms],
-        grace_over: Sequence[int],
-        now: datetime,
-    ) -> tuple[set[int], set[int]]:
-        items: list[tuple[list[SubmittedPart], list[Receipt], list[InboundSms], list[int]]] = [
-            *(([r], [], [], []) for r in responses),
-            *(([], [r], [], []) for r in receipts),
-            *(([], [], [m], []) for m in inbound),
-            *(([], [], [], [i]) for i in grace_over),
+    def _keep(
+        self, responses: Sequence[SubmittedPart], grace_over: Sequence[int], now: datetime
+    ) -> None:
+        self._responses[:0] = responses
+        self._awaiting_receipt = {**dict.fromkeys(grace_over, now), **self._awaiting_receipt}
+
+    @staticmethod
+    def _refuse(batch: _Batch, exc: BaseException) -> None:
+        for future in (*batch.receipt_commits, *batch.inbound_commits):
+            if not future.done():
+                future.set_exception(NotDurable(repr(exc)))
+
+    async def _write_one_by_one(self, batch: _Batch, now: datetime) -> tuple[set[int], set[int]]:
+        items: list[
+            tuple[
+                list[SubmittedPart],
+                list[Receipt],
+                list[InboundSms],
+                list[int],
+                asyncio.Future[None] | None,
+            ]
+        ] = [
+            *(([r], [], [], [], None) for r in batch.responses),
+            *(
+                ([], [r], [], [], f)
+                for r, f in zip(batch.receipts, batch.receipt_commits, strict=True)
+            ),
+            *(
+                ([], [], [m], [], f)
+                for m, f in zip(batch.inbound, batch.inbound_commits, strict=True)
+            ),
+            *(([], [], [], [i], None) for i in batch.grace_over),
         ]
         awaiting: set[int] = set()
         settled: set[int] = set()
-        for one_response, one_receipt, one_inbound, one_grace_over in items:
+        for one_response, one_receipt, one_inbound, one_grace_over, future in items:
 
             async def write_one(
                 tx: Transaction,
@@ -305,12 +338,15 @@ class WriteBehind:
                 one_awaiting, one_settled = await self._db.in_transaction(write_one)
                 awaiting |= one_awaiting
                 settled |= one_settled
-            except Exception:
+            except Exception as exc:
+                if future is not None and not future.done():
+                    future.set_exception(NotDurable(repr(exc)))
                 log.exception(
-                    "recorder_item_dropped",
+                    "write_behind_item_failed",
                     response=repr(one_response),
                     receipt=repr(one_receipt),
                     message_id=one_grace_over[0] if one_grace_over else None,
+                    refused=future is not None,
                 )
         return awaiting, settled
 
@@ -373,30 +409,73 @@ class WriteBehind:
         if (responses or receipts) and early_recent:
             changed_parts += await tx.fetch("apply_early_receipts")
         touched.update(p["message_id"] for p in changed_parts)
+        if changed_parts:
+            tx.after_commit(lambda: self._observe_receipts(changed_parts))
         if inbound:
-            await self._store_inbound(tx, inbound)
+            await self._inbound_store.store_sms(tx, inbound)
         if touched:
-            await self.settle(tx, sorted(touched), now, delivered_parts=changed_parts)
+            moved = set(await self.settle(tx, sorted(touched), now))
+            await self._bill_late_parts(tx, changed_parts, moved, now)
         return awaiting - touched, touched
 
-    async def settle(
-        self,
-        tx: Transaction,
-        message_ids: Sequence[int],
-        now: datetime,
-        *,
-        delivered_parts: Sequence[Row] = (),
-    ) -> list[Row]:
-        """Bill delivered parts and move each message to what its parts say."""
+    async def _bill_late_parts(
+        self, tx: Transaction, parts: Sequence[Row], moved: set[int], now: datetime
+    ) -> None:
+        """Parts delivered after their attempt was settled are billed on
+        their own (§11: they reached the handset); the parts of an attempt
+        that settled in this flush were billed with its move."""
+        delivered = [p for p in parts if p["state"] == "delivered" and p["message_id"] not in moved]
+        if not delivered:
+            return
+        settled = {
+            (r["message_id"], r["attempt"])
+            for r in await tx.fetch(
+                "settled_attempts",
+                [p["message_id"] for p in delivered],
+                [p["attempt"] for p in delivered],
+            )
+        }
+        late: dict[int, list[Row]] = defaultdict(list)
+        for p in delivered:
+            if (p["message_id"], p["attempt"]) in settled:
+                late[p["message_id"]].append(p)
+        await self._lifecycle.note(
+            tx,
+            [
+                Note(
+                    message_id,
+                    None,
+                    Event.PART_DELIVERED_LATE,
+                    detail={"attempt": ps[0]["attempt"], "parts": len(ps)},
+                    sms_units=sum(p["units"] for p in ps),
+                    billed_at=max(p["receipt_at"] for p in ps),
+                )
+                for message_id, ps in sorted(late.items())
+            ],
+            now,
+        )
+
+    def _observe_receipts(self, parts: Sequence[Row]) -> None:
+        """receipt_seconds: from the submit_sm_resp to the receipt, per carrier."""
+        if self._metrics is None:
+            return
+        for part in parts:
+            if part["resp_at"] is None or part["receipt_at"] is None:
+                continue
+            carrier = part["carrier"]
+            child = self._receipt_seconds.get(carrier)
+            if child is None:
+                child = self._receipt_seconds[carrier] = self._metrics.receipt_seconds.labels(
+                    carrier
+                )
+            child.observe(max(0.0, (part["receipt_at"] - part["resp_at"]).total_seconds()))
+
+    async def settle(self, tx: Transaction, message_ids: Sequence[int], now: datetime) -> list[int]:
+        """Move each message to what its current attempt's parts say;
+        returns the messages that moved."""
         await tx.execute("lock_messages", list(message_ids))
-        # Billing: one unit per part that reached the handset (§11), in the
-        # month of its receipt, whatever becomes of the message.
-        delivered = [p for p in delivered_parts if p["state"] == "delivered"]
-        units_delivered: dict[int, int] = defaultdict(int)
-        for part in delivered:
-            units_delivered[part["message_id"]] += 1
-        rows = await tx.fetch("attempt_parts", list(message_ids))
-        transitions: list[Transition] = []
+        rows = [AttemptRow.from_row(r) for r in await tx.fetch("attempt_parts", list(message_ids))]
+        moves: list[Move] = []
         learned: list[tuple[str, str]] = []
         au_released: list[tuple[str, datetime]] = []
         accounts = self._accounts()
@@ -405,82 +484,36 @@ class WriteBehind:
             {prefix: name for name, c in carriers.items() for prefix in c.number_prefixes}
         )
         for row in rows:
-            carrier_config = carriers.get(row["carrier"])
-            parts = _attempt_parts(row, carrier_config)
-            account = accounts.get(row["account_id"])
-            policy = _resend_policy(account)
-            outcome = decide_attempt(parts, now, resends_done=row["resends_done"], policy=policy)
+            carrier_config = carriers.get(row.carrier)
+            facts = AttemptFacts(
+                message_id=row.id,
+                carrier=row.carrier,
+                attempt=row.attempt,
+                resends_done=row.resends_done,
+                parts=_attempt_parts(row, carrier_config),
+                last_receipt_at=row.last_receipt_at,
+                last_resp_at=row.last_resp_at,
+            )
+            outcome = decide_attempt(
+                facts.parts,
+                now,
+                resends_done=row.resends_done,
+                policy=_resend_policy(accounts.get(row.account_id)),
+            )
             if outcome is None:
                 continue
-            state = State(row["state"])
-            reason = outcome.reason
-            # Settled from 'sending' with every part accepted: the SMSC took
-            # the attempt at its last response, whether or not the message
-            # ever showed 'submitted'.
-            submitted_at = (
-                row["last_resp_at"]
-                if state is State.SENDING and not parts.pending and not parts.refused
-                else None
-            )
-            if outcome.to_state is State.SUBMITTED:
-                timeout_s = carrier_config.receipt_timeout_s if carrier_config else 72 * 3600.0
-                transitions.append(
-                    Transition(
-                        row["id"],
-                        state,
-                        State.SUBMITTED,
-                        "submitted",
-                        receipt_deadline=now + timedelta(seconds=timeout_s),
-                        sms_units_added=units_delivered.get(row["id"]),
-                        submitted_at=submitted_at,
-                    )
-                )
-                continue
+            timeout_s = carrier_config.receipt_timeout_s if carrier_config else 72 * 3600.0
+            moves.append(attempt_move(facts, outcome, now, receipt_timeout_s=timeout_s))
             if outcome.to_state is State.DELIVERED and _teaches_resolver(row, number_ranges):
-                learned.append((row["msisdn"], row["carrier"]))
-            detail: dict[str, Any] = {"attempt": row["attempt"]}
-            if outcome.reroute:
-                detail["wrong_carrier"] = row["carrier"]
-            transitions.append(
-                Transition(
-                    row["id"],
-                    state,
-                    outcome.to_state,
-                    "rerouted"
-                    if outcome.reroute
-                    else "resend_scheduled"
-                    if outcome.resend
-                    else outcome.to_state.value,
-                    reason_code=reason.code if reason else None,
-                    reason_text=reason.text if reason else None,
-                    not_before=outcome.not_before,
-                    sms_units_added=units_delivered.get(row["id"]),
-                    resends_done=row["resends_done"] + 1 if outcome.resend else None,
-                    detail=detail,
-                    submitted_at=submitted_at,
-                )
-            )
-            if outcome.to_state is State.UNKNOWN:
-                await tx.execute("parts_outcome_unknown", [row["id"]])
-            # The au gate opens spacing_s after a *final receipt* (§5): a
-            # refusal or reroute never reached the handset.
-            if (
-                row["carrier"] == "au"
-                and row["last_receipt_at"] is not None
-                and outcome.to_state in (State.DELIVERED, State.FAILED, State.QUEUED)
-                and not outcome.reroute
+                learned.append((row.msisdn, row.carrier))
+            if au_gate_releases(
+                carrier=row.carrier,
+                last_receipt_at=row.last_receipt_at,
+                to_state=outcome.to_state,
+                reroute=outcome.reroute,
             ):
-                au_released.append((row["msisdn"], row["last_receipt_at"]))
-        rerouted = [t.message_id for t in transitions if t.event == "rerouted"]
-        if rerouted:
-            await tx.execute("mark_wrong_carrier", rerouted)
-        changed = await tx.apply_transitions(transitions, now)
-        # Units ride on the transition that settles the message (one row
-        # update, and its callback shows them); the rest are added here.
-        counted = {r["id"] for r in changed}
-        rest = {m: n for m, n in units_delivered.items() if m not in counted}
-        if rest:
-            await tx.execute("add_sms_units", list(rest), list(rest.values()))
+                assert row.last_receipt_at is not None
+                au_released.append((row.msisdn, row.last_receipt_at))
         if learned:
             # In key order, like every multi-row upsert here: concurrent
             # flushes then wait for each other instead of deadlocking.
@@ -498,54 +531,18 @@ class WriteBehind:
                 [t for _, t in au_released],
                 self._au_spacing_s(),
             )
-        if changed and self.on_transitions is not None:
-            await self.on_transitions(tx, changed, now)
-        if delivered:
-            # Last: every flush adds to the same (account, month) row, and
-            # its lock is held until commit.
-            await self._add_billing(tx, delivered)
-        return changed
-
-    async def _add_billing(self, tx: Transaction, delivered: Sequence[Row]) -> None:
-        per_month: dict[tuple[str, str], int] = {}
-        for part in delivered:
-            key = (part["account_id"], billing_month(part["receipt_at"]))
-            per_month[key] = per_month.get(key, 0) + 1
-        months = sorted(per_month)
-        await tx.execute(
-            "add_billing",
-            [a for a, _ in months],
-            [m for _, m in months],
-            ["sms"] * len(months),
-            [per_month[k] for k in months],
-        )
-
-    async def _store_inbound(self, tx: Transaction, inbound: Sequence[InboundSms]) -> None:
-        owners = {
-            address: account.account_id
-            for account in self._accounts().values()
-            for address in (*account.inbound_addresses, *account.senders.values())
-        }
-        await tx.execute(
-            "insert_inbound_sms",
-            [owners.get(m.to_address) for m in inbound],
-            [m.carrier for m in inbound],
-            [m.msisdn for m in inbound],
-            [m.to_address for m in inbound],
-            [m.text for m in inbound],
-            [m.received_at for m in inbound],
-        )
+        applied = await self._lifecycle.apply(tx, moves, now)
+        return [a.move.message_id for a in applied]
 
 
-def _teaches_resolver(row: Row, number_ranges: NumberRanges) -> bool:
-    """Whether a delivery by row["carrier"] changes what the resolver chain
+def _teaches_resolver(row: AttemptRow, number_ranges: NumberRanges) -> bool:
+    """Whether a delivery by row.carrier changes what the resolver chain
     answers next time. It does not when the learned carrier already says
     so, or, with nothing learned, when the number range does: writing that
     row anyway was an upsert per delivered message for no information."""
-    learned = row["learned_carrier"]
-    if learned is not None:
-        return bool(learned != row["carrier"])
-    return bool(number_ranges.carrier_for(row["msisdn"]) != row["carrier"])
+    if row.learned_carrier is not None:
+        return row.learned_carrier != row.carrier
+    return number_ranges.carrier_for(row.msisdn) != row.carrier
 
 
 def _resend_policy(account: AccountConfig | None) -> ResendPolicy:
@@ -558,9 +555,9 @@ def _resend_policy(account: AccountConfig | None) -> ResendPolicy:
     return ResendPolicy(resend.max_resends, resend.interval_s, quiet)
 
 
-def _attempt_parts(row: Row, carrier: CarrierConfig | None) -> AttemptParts:
-    refused_status = row["refused_status"]
-    failed_err = row["failed_err"]
+def _attempt_parts(row: AttemptRow, carrier: CarrierConfig | None) -> AttemptParts:
+    refused_status = row.refused_status
+    failed_err = row.failed_err
     wrong_carrier = False
     if carrier is not None:
         if refused_status is not None and refused_status in carrier.wrong_carrier_statuses:
@@ -569,21 +566,22 @@ def _attempt_parts(row: Row, carrier: CarrierConfig | None) -> AttemptParts:
         if err_code is not None and err_code in carrier.wrong_carrier_receipt_errors:
             wrong_carrier = True
     failure = None
-    if row["failed"]:
-        failure = reasons.from_receipt(row["failed_stat"] or "UNDELIV", failed_err)
+    if row.failed:
+        failure = reasons.from_receipt(row.failed_stat or "UNDELIV", failed_err)
     return AttemptParts(
-        state=State(row["state"]),
-        total=row["total"],
-        pending=row["pending"],
-        accepted=row["accepted"],
-        refused=row["refused"],
-        delivered=row["delivered"],
-        failed=row["failed"],
-        unknown=row["unknown"],
-        unsent=row["unsent"],
+        state=State(row.state),
+        total=row.total,
+        pending=row.pending,
+        accepted=row.accepted,
+        refused=row.refused,
+        delivered=row.delivered,
+        failed=row.failed,
+        unknown=row.unknown,
+        unsent=row.unsent,
         wrong_carrier=wrong_carrier,
         refused_status=refused_status,
         failure=failure,
+        delivered_units=row.delivered_units,
     )
 
 

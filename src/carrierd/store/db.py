@@ -119,53 +119,6 @@ Row = Mapping[str, Any]
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Transition:
-    """One state change, applied by apply_transitions if the row is still in
-    `from_state`. None fields keep the column as it is."""
-
-    message_id: int
-    from_state: str
-    to_state: str
-    event: str
-    reason_code: str | None = None
-    reason_text: str | None = None
-    not_before: datetime | None = None
-    receipt_deadline: datetime | None = None
-    sms_units_added: int | None = None  # delivered parts to add to sms_units
-    rcs_units: int | None = None
-    detail: Mapping[str, Any] | None = None
-    leg: str | None = None
-    resends_done: int | None = None
-    fallback_at: datetime | None = None
-    carrier: str | None = None
-    submitted_at: datetime | None = None
-
-
-def transition_arrays(transitions: Sequence[Transition]) -> list[list[Any]]:
-    return [
-        [t.message_id for t in transitions],
-        [t.from_state for t in transitions],
-        [t.to_state for t in transitions],
-        [t.reason_code for t in transitions],
-        [t.reason_text for t in transitions],
-        [t.not_before for t in transitions],
-        [t.receipt_deadline for t in transitions],
-        [t.sms_units_added for t in transitions],
-        [t.rcs_units for t in transitions],
-        [t.event for t in transitions],
-        [
-            None if t.detail is None else json.dumps(t.detail, ensure_ascii=False)
-            for t in transitions
-        ],
-        [t.leg for t in transitions],
-        [t.resends_done for t in transitions],
-        [t.fallback_at for t in transitions],
-        [t.carrier for t in transitions],
-        [t.submitted_at for t in transitions],
-    ]
-
-
 # Failures after which the same work can simply be tried again later: the
 # database aborted the transaction, restarts, or the connection broke. Loops
 # that must outlive them (the dispatcher) catch these and nothing else, so a
@@ -216,7 +169,9 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
         async with self._pool.acquire() as conn, conn.transaction():
-            yield Transaction(conn)
+            tx = Transaction(conn)
+            yield tx
+        _run_committed_effects(tx)
 
     async def in_transaction(
         self, work: Callable[[Transaction], Awaitable[T]], *, attempts: int = 5
@@ -227,7 +182,10 @@ class Database:
         for attempt in range(1, attempts + 1):
             try:
                 async with self._pool.acquire() as conn, conn.transaction():
-                    return await work(Transaction(conn))
+                    tx = Transaction(conn)
+                    result = await work(tx)
+                _run_committed_effects(tx)
+                return result
             except (
                 asyncpg.exceptions.DeadlockDetectedError,
                 asyncpg.exceptions.SerializationError,
@@ -327,11 +285,17 @@ class Database:
         return await self.fetchrow("get_message", message_id, account_id)
 
 
+def _run_committed_effects(tx: Transaction) -> None:
+    for effect in tx.committed_effects:
+        effect()
+
+
 class Transaction:
     """Named statements on one connection inside a transaction."""
 
     def __init__(self, conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy) -> None:
         self._conn = conn
+        self.committed_effects: list[Callable[[], None]] = []
 
     async def fetch(self, name: str, *args: Any) -> list[Row]:
         return cast(list[Row], await self._conn.fetch(QUERIES[name], *args))
@@ -348,13 +312,10 @@ class Transaction:
     async def executemany(self, name: str, args: Iterable[Sequence[Any]]) -> None:
         await self._conn.executemany(QUERIES[name], args)
 
-    async def apply_transitions(
-        self, transitions: Sequence[Transition], now: datetime
-    ) -> list[Row]:
-        """Apply state changes; returns the rows that really changed."""
-        if not transitions:
-            return []
-        return await self.fetch("apply_transitions", *transition_arrays(transitions), now)
+    def after_commit(self, effect: Callable[[], None]) -> None:
+        """Run `effect` once this transaction has committed (metrics and
+        other in-memory effects must not count work that rolled back)."""
+        self.committed_effects.append(effect)
 
 
 async def create_database_from_template(admin_dsn: str, name: str, template: str) -> None:

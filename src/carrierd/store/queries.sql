@@ -125,13 +125,6 @@ CROSS JOIN LATERAL (
     FOR UPDATE SKIP LOCKED
 ) AS picked;
 
--- name: lease_claims
--- Claimed rows handed to a leg that works on them after the claim commits
--- (+Message): 'dispatching' under this daemon's lease until they move on.
-UPDATE messages
-   SET state = 'dispatching', lease_owner = $2, lease_expires_at = $3, updated_at = $4
- WHERE id = ANY($1::bigint[]) AND state = 'queued';
-
 -- name: ensure_buckets
 -- A new bucket starts empty: a restart or a new account never bursts above
 -- the contracted rate; tokens accrue from the first claim on.
@@ -227,35 +220,12 @@ UPDATE messages m
        AS i(id, msisdn, sms_text, sms_encoding, sms_parts, rcs_content)
  WHERE m.id = i.id;
 
--- name: mark_sending
--- Before the first submit_sm leaves: the message is 'sending' and its parts
--- 'pending', durably. A crash from here on is never resent blindly. Runs in
--- the claim's transaction, on rows claim_due holds locked.
-WITH input AS (
-    SELECT * FROM unnest($1::bigint[], $2::text[], $3::int[], $4::text[])
-             AS i(id, carrier, attempt, carrier_source)
-),
-updated AS (
-    UPDATE messages m
-       SET state = 'sending', carrier = i.carrier, attempt = i.attempt,
-           lease_owner = $7, lease_expires_at = $6, updated_at = $5
-      FROM input i
-     WHERE m.id = i.id AND m.state = 'queued'
-    RETURNING m.id, i.carrier, i.attempt, i.carrier_source
-),
-logged AS (
-    INSERT INTO message_events (message_id, at, kind, state, carrier, detail)
-    SELECT id, $5, 'sending', 'sending', carrier,
-           jsonb_build_object('attempt', attempt, 'carrier_from', carrier_source)
-    FROM updated
-)
-SELECT id FROM updated;
-
 -- name: insert_parts
-INSERT INTO parts (message_id, attempt, part_no, part_total, carrier, state, sent_at)
-SELECT i.message_id, i.attempt, i.part_no, i.part_total, i.carrier, 'pending', $6
-FROM unnest($1::bigint[], $2::int[], $3::int[], $4::int[], $5::text[])
-     AS i(message_id, attempt, part_no, part_total, carrier);
+-- One row per submit_sm ($6: the §3 units each stands for).
+INSERT INTO parts (message_id, attempt, part_no, part_total, carrier, state, sent_at, units)
+SELECT i.message_id, i.attempt, i.part_no, i.part_total, i.carrier, 'pending', $7, i.units
+FROM unnest($1::bigint[], $2::int[], $3::int[], $4::int[], $5::text[], $6::int[])
+     AS i(message_id, attempt, part_no, part_total, carrier, units);
 
 -- name: record_part_responses
 -- submit_sm_resp outcomes, written behind in batches. Only a pending part
@@ -304,8 +274,7 @@ UPDATE parts p
   FROM matched m
  WHERE p.message_id = m.message_id AND p.attempt = m.attempt AND p.part_no = m.part_no
    AND p.state = 'accepted'
-RETURNING p.message_id, p.state, p.carrier, p.receipt_at, p.attempt,
-          (SELECT account_id FROM messages WHERE id = p.message_id) AS account_id;
+RETURNING p.message_id, p.state, p.carrier, p.receipt_at, p.resp_at, p.attempt, p.units;
 
 -- name: record_receipts
 -- Final receipts by SMSC id; one that finds no part yet waits in
@@ -333,8 +302,7 @@ updated AS (
        -- daemon) holding the same receipt re-sent may have settled the part
        -- meanwhile; PostgreSQL re-checks this after waiting for its lock.
        AND p.state IN ('accepted', 'unknown')
-    RETURNING p.message_id, p.state, p.carrier, p.receipt_at, p.attempt,
-              (SELECT account_id FROM messages WHERE id = p.message_id) AS account_id
+    RETURNING p.message_id, p.state, p.carrier, p.receipt_at, p.resp_at, p.attempt, p.units
 ),
 early AS (
     INSERT INTO early_receipts (carrier, smsc_message_id, stat, err, received_at)
@@ -345,10 +313,10 @@ early AS (
     ON CONFLICT (carrier, smsc_message_id) DO NOTHING
     RETURNING carrier
 )
-SELECT message_id, state, carrier, receipt_at, attempt, account_id FROM updated
+SELECT message_id, state, carrier, receipt_at, resp_at, attempt, units FROM updated
 UNION ALL
--- One row per receipt left waiting, so that the recorder knows to look again.
-SELECT NULL, 'early', carrier, NULL, NULL, NULL FROM early;
+-- One row per receipt left waiting, so that the write-behind looks again.
+SELECT NULL, 'early', carrier, NULL, NULL, NULL, NULL FROM early;
 
 -- name: lock_messages
 -- Taken before deciding from parts, so two daemons handling receipts for
@@ -356,9 +324,10 @@ SELECT NULL, 'early', carrier, NULL, NULL, NULL FROM early;
 SELECT id FROM messages WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE;
 
 -- name: attempt_parts
--- What the parts of each message's current attempt say.
-SELECT m.id, m.state, m.account_id, m.channel, m.carrier, m.attempt, m.msisdn, m.leg,
-       m.resends_done, m.accepted_at, m.submitted_at,
+-- What the parts of each message's current attempt say. 'unknown' too: a
+-- late final receipt settles a message whose outcome was unknown.
+SELECT m.id, m.state, m.account_id, m.channel, m.carrier, m.attempt, m.msisdn,
+       m.resends_done,
        count(p.part_no)::int AS total,
        count(*) FILTER (WHERE p.state = 'pending')::int AS pending,
        count(*) FILTER (WHERE p.state = 'accepted')::int AS accepted,
@@ -367,6 +336,7 @@ SELECT m.id, m.state, m.account_id, m.channel, m.carrier, m.attempt, m.msisdn, m
        count(*) FILTER (WHERE p.state = 'failed')::int AS failed,
        count(*) FILTER (WHERE p.state = 'unknown')::int AS unknown,
        count(*) FILTER (WHERE p.state = 'unsent')::int AS unsent,
+       coalesce(sum(p.units) FILTER (WHERE p.state = 'delivered'), 0)::int AS delivered_units,
        (array_agg(p.command_status ORDER BY p.part_no) FILTER (WHERE p.state = 'refused'))[1]
            AS refused_status,
        (array_agg(p.receipt_stat ORDER BY p.part_no) FILTER (WHERE p.state = 'failed'))[1]
@@ -378,26 +348,26 @@ SELECT m.id, m.state, m.account_id, m.channel, m.carrier, m.attempt, m.msisdn, m
        (SELECT l.carrier FROM carrier_learned l WHERE l.msisdn = m.msisdn) AS learned_carrier
 FROM messages m
 JOIN parts p ON p.message_id = m.id AND p.attempt = m.attempt
-WHERE m.id = ANY($1::bigint[]) AND m.state IN ('sending', 'submitted')
+WHERE m.id = ANY($1::bigint[]) AND m.state IN ('sending', 'submitted', 'unknown')
 GROUP BY m.id;
 
--- name: count_delivered_parts
-SELECT message_id, count(*)::int AS delivered
-FROM parts WHERE message_id = ANY($1::bigint[]) AND state = 'delivered'
-GROUP BY message_id;
-
--- name: apply_transitions
--- Every state change of every message goes through here, guarded by the
--- state it was decided from: a row another daemon moved meanwhile is left
--- alone (and not logged). NULL inputs keep the column as it is.
+-- name: apply_moves
+-- Every state change of every message goes through here, and only
+-- engine/lifecycle.py runs it (tests/unit/test_state_writer.py checks):
+-- the moves domain/lifecycle.py checked against the state table, applied
+-- only to a row still in the state each was decided from (a row another
+-- daemon moved meanwhile is left alone, and not logged). NULL inputs keep
+-- the column as it is.
 WITH input AS (
     SELECT * FROM unnest(
         $1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
-        $7::timestamptz[], $8::int[], $9::int[], $10::text[], $11::text[], $12::text[],
-        $13::int[], $14::timestamptz[], $15::text[], $16::timestamptz[])
+        $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[],
+        $11::text[], $12::text[], $13::int[], $14::int[], $15::boolean[], $16::text[],
+        $17::timestamptz[], $18::int[], $19::int[], $20::text[], $21::text[])
         AS i(id, from_state, to_state, reason_code, reason_text, not_before,
-             receipt_deadline, sms_units_added, rcs_units, event_kind, event_detail, leg,
-             resends_done, fallback_at, carrier, submitted_at)
+             receipt_deadline, fallback_at, expires_at, submitted_at,
+             leg, carrier, attempt, resends_done, wrong_carrier, lease_owner,
+             lease_until, sms_units, rcs_units, event_kind, event_detail)
 ),
 updated AS (
     UPDATE messages m
@@ -412,52 +382,112 @@ updated AS (
            -- When the SMSC accepted the attempt (its last submit_sm_resp); also
            -- for a message whose receipt settled it straight from 'sending'.
            submitted_at = coalesce(i.submitted_at,
-                                   CASE WHEN i.to_state = 'submitted' THEN $17
+                                   CASE WHEN i.to_state = 'submitted' THEN $22
                                         ELSE m.submitted_at END),
-           rcs_sent_at = CASE WHEN i.to_state = 'rcs_sent' THEN $17 ELSE m.rcs_sent_at END,
+           rcs_sent_at = CASE WHEN i.to_state = 'rcs_sent' THEN $22 ELSE m.rcs_sent_at END,
            fallback_at = coalesce(i.fallback_at, m.fallback_at),
+           expires_at = coalesce(i.expires_at, m.expires_at),
            final_at = CASE WHEN i.to_state IN ('delivered', 'failed', 'expired', 'cancelled',
                                                'skipped', 'rejected', 'unknown')
-                           THEN $17 ELSE m.final_at END,
-           sms_units = m.sms_units + coalesce(i.sms_units_added, 0),
-           rcs_units = coalesce(i.rcs_units, m.rcs_units),
+                           THEN $22 ELSE m.final_at END,
+           sms_units = m.sms_units + i.sms_units,
+           rcs_units = m.rcs_units + i.rcs_units,
            leg = coalesce(i.leg, m.leg),
            carrier = coalesce(i.carrier, m.carrier),
+           attempt = coalesce(i.attempt, m.attempt),
            resends_done = coalesce(i.resends_done, m.resends_done),
-           lease_owner = CASE WHEN i.to_state IN ('dispatching', 'sending') THEN m.lease_owner
-                              ELSE NULL END,
+           -- "Not our subscriber" (§4): the carrier of this attempt is
+           -- never asked again for this message.
+           carriers_wrong = CASE WHEN i.wrong_carrier AND m.carrier IS NOT NULL
+                                      AND NOT (m.carrier = ANY(m.carriers_wrong))
+                                 THEN m.carriers_wrong || m.carrier
+                                 ELSE m.carriers_wrong END,
+           -- A claim is held under a lease only in dispatching and sending.
+           lease_owner = CASE WHEN i.to_state IN ('dispatching', 'sending')
+                              THEN coalesce(i.lease_owner, m.lease_owner) END,
            lease_expires_at = CASE WHEN i.to_state IN ('dispatching', 'sending')
-                                   THEN m.lease_expires_at ELSE NULL END,
-           updated_at = $17
+                                   THEN coalesce(i.lease_until, m.lease_expires_at) END,
+           updated_at = $22
       FROM input i
      WHERE m.id = i.id AND m.state = i.from_state
     RETURNING m.id, m.state, m.account_id, m.channel, m.carrier, m.callback_url,
-              m.callback_every_change, m.client_ref, m.sms_units, m.rcs_units, m.reason_code,
-              m.reason_text, i.event_kind, i.event_detail, m.accepted_at
+              m.callback_every_change, m.reason_code, m.reason_text, i.event_kind,
+              i.event_detail
 ),
 logged AS (
     INSERT INTO message_events (message_id, at, kind, state, carrier, detail)
-    SELECT id, $17, event_kind, state, carrier,
+    SELECT id, $22, event_kind, state, carrier,
            CASE WHEN reason_code IS NULL THEN event_detail::jsonb
                 ELSE coalesce(event_detail::jsonb, '{}'::jsonb)
                      || jsonb_build_object('reason', reason_code, 'reason_text', reason_text)
            END
     FROM updated
 )
-SELECT id, state, account_id, channel, carrier, callback_url, callback_every_change, client_ref,
-       sms_units, rcs_units, reason_code, reason_text, accepted_at
+SELECT id, state, account_id, channel, carrier, callback_url, callback_every_change
 FROM updated;
+
+-- name: apply_notes
+-- History without a state change (engine/lifecycle.py only): applied while
+-- the message is still in the state the note was decided in (NULL: any);
+-- a note marked once is logged once per message. +Message units are set
+-- once per message (§11: 1 per message), and `bills` says whether this
+-- note set them.
+WITH input AS (
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[],
+                         $5::timestamptz[], $6::int[], $7::boolean[], $9::int[])
+             AS i(id, state, kind, detail, fallback_at, rcs_units, once, sms_units)
+),
+target AS (
+    SELECT i.*, (i.rcs_units > 0 AND m.rcs_units = 0) AS bills
+    FROM input i
+    JOIN messages m ON m.id = i.id
+    WHERE (i.state IS NULL OR m.state = i.state)
+      AND NOT (i.once AND EXISTS (SELECT 1 FROM message_events e
+                                   WHERE e.message_id = i.id AND e.kind = i.kind))
+    ORDER BY i.id
+    FOR UPDATE OF m
+),
+updated AS (
+    UPDATE messages m
+       SET fallback_at = coalesce(t.fallback_at, m.fallback_at),
+           rcs_units = CASE WHEN t.bills THEN t.rcs_units ELSE m.rcs_units END,
+           sms_units = m.sms_units + t.sms_units,
+           updated_at = $8
+      FROM target t
+     WHERE m.id = t.id
+    RETURNING m.id, m.state, m.account_id, m.carrier, t.kind, t.detail, t.bills
+),
+logged AS (
+    INSERT INTO message_events (message_id, at, kind, state, carrier, detail)
+    SELECT id, $8, kind, state, carrier, detail::jsonb FROM updated
+)
+SELECT id, account_id, bills FROM updated;
+
+-- name: status_documents
+-- What the public status document (domain/status.py) is built from, for
+-- the status callbacks of messages that just moved.
+SELECT id, account_id, client_ref, channel, leg, state, reason_code, reason_text,
+       recipient_raw, msisdn, sms_parts, sms_encoding, carrier_named, carriers_allowed,
+       carrier, carriers_wrong, attempt, resends_done, send_at, not_before, fallback_at,
+       expires_at, receipt_deadline, accepted_at, submitted_at, rcs_sent_at, final_at,
+       updated_at, sms_units, rcs_units, callback_url
+FROM messages
+WHERE id = ANY($1::bigint[]);
+
+-- name: settled_attempts
+-- Of these (message, attempt) pairs, those whose attempt was settled before
+-- (the message moved on, or ended): a part of it delivered now is billed on
+-- its own. An attempt still open, or unknown, is billed when it settles.
+SELECT i.message_id, i.attempt
+FROM unnest($1::bigint[], $2::int[]) AS i(message_id, attempt)
+JOIN messages m ON m.id = i.message_id
+WHERE NOT (m.attempt = i.attempt AND m.state IN ('sending', 'submitted', 'unknown'));
 
 -- name: add_billing
 INSERT INTO billing_counts (account_id, month, channel, units)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
 ON CONFLICT (account_id, month, channel) DO UPDATE
    SET units = billing_counts.units + EXCLUDED.units;
-
--- name: add_sms_units
-UPDATE messages m SET sms_units = m.sms_units + i.units
-FROM unnest($1::bigint[], $2::int[]) AS i(id, units)
-WHERE m.id = i.id;
 
 -- name: parts_outcome_unknown
 -- Parts with no response when their message settles as unknown.
@@ -531,7 +561,3 @@ UPDATE messages m SET lease_expires_at = $2
   FROM mine
  WHERE m.id = mine.id;
 
--- name: mark_wrong_carrier
--- "Not our subscriber": never ask this carrier again for this message (§4).
-UPDATE messages SET carriers_wrong = carriers_wrong || carrier
-WHERE id = ANY($1::bigint[]) AND carrier IS NOT NULL AND NOT (carrier = ANY(carriers_wrong));

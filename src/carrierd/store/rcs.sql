@@ -1,5 +1,5 @@
 -- carrierd +Message leg: one "-- name: x" block per statement, the time
--- always passed in. State changes go through apply_transitions
+-- always passed in. State changes go through apply_moves
 -- (queries.sql); these are the leg's own reads and bookkeeping.
 
 -- name: rcs_cached_capabilities
@@ -25,12 +25,6 @@ DELETE FROM rcs_capabilities
 WHERE msisdn IN (SELECT msisdn FROM rcs_capabilities WHERE checked_at <= $1
                  ORDER BY checked_at LIMIT $2);
 
--- name: rcs_set_expiry
--- channel 'rcs': the platform keeps trying for expiry_s after the send
--- (§9), so the discard timer counts from rcs_sent, not from intake.
-UPDATE messages SET expires_at = $2
-WHERE id = ANY($1::bigint[]) AND state = 'rcs_sent';
-
 -- name: rcs_renew_leases
 -- A batch still waiting on the platform keeps its claims ($3 = daemon id).
 UPDATE messages SET lease_expires_at = $2
@@ -53,7 +47,7 @@ UPDATE messages m
    SET fallback_at = $3
   FROM due
  WHERE m.id = due.id
-RETURNING m.id, m.account_id, m.channel, m.rcs_sent_at,
+RETURNING m.id, m.account_id, m.channel, m.rcs_sent_at, m.accepted_at,
           -- A revoke already answered "already delivered": the grace for
           -- the delivered webhook is over, nothing is asked again.
           (SELECT max(e.at) FROM message_events e
@@ -75,28 +69,12 @@ UPDATE messages m
    SET expires_at = $3
   FROM due
  WHERE m.id = due.id
-RETURNING m.id, m.account_id, m.channel, m.rcs_sent_at;
-
--- name: rcs_postpone_fallback
--- Move fallback_at without a state change and log why ($4 kind, $5 time).
-WITH input AS (
-    SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::text[])
-             AS i(id, fallback_at, detail)
-),
-updated AS (
-    UPDATE messages m
-       SET fallback_at = i.fallback_at, updated_at = $5
-      FROM input i
-     WHERE m.id = i.id AND m.state = 'rcs_sent'
-    RETURNING m.id, m.state, i.detail
-)
-INSERT INTO message_events (message_id, at, kind, state, detail)
-SELECT id, $5, $4, state, detail::jsonb FROM updated;
+RETURNING m.id, m.account_id, m.channel, m.rcs_sent_at, m.accepted_at;
 
 -- name: rcs_lock_messages
 -- What a +Message status needs to settle the message, locked so that a
 -- webhook and a timer (or two repeated webhooks) decide one after the other.
-SELECT id, account_id, channel, leg, state, rcs_sent_at, rcs_units, msisdn
+SELECT id, account_id, channel, leg, state, rcs_sent_at, rcs_units, msisdn, accepted_at
 FROM messages WHERE id = ANY($1::bigint[])
 ORDER BY id
 FOR UPDATE;
@@ -116,25 +94,6 @@ RETURNING message_id, status, at, error;
 DELETE FROM rcs_early_statuses
 WHERE (message_id, status) IN (SELECT message_id, status FROM rcs_early_statuses
                                WHERE received_at <= $1 ORDER BY received_at LIMIT $2);
-
--- name: rcs_record_late_delivery
--- A delivery reported after the message left rcs_sent (SMS fallback under
--- way, expired, cancelled): logged once per message, billed once ($4 units).
-WITH billed AS (
-    UPDATE messages SET rcs_units = $4
-     WHERE id = $1 AND rcs_units = 0 AND $4 > 0
-    RETURNING id
-),
-logged AS (
-    INSERT INTO message_events (message_id, at, kind, state, detail)
-    SELECT m.id, $2, 'rcs_late_delivery', m.state, $3::text::jsonb
-    FROM messages m
-    WHERE m.id = $1
-      AND NOT EXISTS (SELECT 1 FROM message_events e
-                      WHERE e.message_id = $1 AND e.kind = 'rcs_late_delivery')
-    RETURNING message_id
-)
-SELECT (SELECT count(*) FROM billed)::int AS billed, (SELECT count(*) FROM logged)::int AS logged;
 
 -- name: rcs_reply_owner
 -- The message a +Message reply answers: the one it names (inReplyTo is our

@@ -1,0 +1,200 @@
+"""The outcome of an SMS attempt (DOMAIN §4, §9, §10, §11).
+
+Pure: the write-behind and the timers read what the parts of a message's
+current attempt say, `decide_attempt` says what that means, and
+`attempt_move` turns it into the checked Move the lifecycle writer applies
+(history event, reason, resend time, billing units).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from carrierd.domain import reasons
+from carrierd.domain.lifecycle import BILLED_STATES, Event, Move
+from carrierd.domain.pacing import QuietWindow, next_resend_at
+from carrierd.domain.reasons import Reason
+from carrierd.domain.states import State
+
+NOT_HANDED_OVER = Reason("not_handed_over", "no bind of the carrier was available; retrying")
+INCOMPLETE_SUBMISSION = Reason(
+    "incomplete_submission", "some parts were never handed to the carrier"
+)
+UNSENT_RETRY_S = 1.0
+
+
+PartState = Literal["pending", "accepted", "refused", "delivered", "failed", "unknown"]
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptParts:
+    """What the parts of a message's current attempt say."""
+
+    state: State  # the message's state now (sending, submitted or unknown)
+    total: int
+    pending: int
+    accepted: int
+    refused: int
+    delivered: int
+    failed: int
+    unknown: int
+    unsent: int  # never handed over (no bind up, shutdown)
+    wrong_carrier: bool  # a refusal or receipt meaning "not our subscriber"
+    refused_status: int | None
+    failure: Reason | None  # reason of the first failed part
+    # §3 units of the delivered parts (a part row stands for several when
+    # one submit_sm carried a whole multipart text, concat = "payload").
+    delivered_units: int = 0
+
+
+@dataclass(frozen=True)
+class ResendPolicy:
+    max_resends: int
+    interval_s: float
+    quiet: QuietWindow | None
+
+
+@dataclass(frozen=True)
+class AttemptOutcome:
+    to_state: State
+    reason: Reason | None = None
+    not_before: datetime | None = None
+    resend: bool = False
+    reroute: bool = False
+
+
+def decide_attempt(
+    parts: AttemptParts,
+    now: datetime,
+    *,
+    resends_done: int,
+    policy: ResendPolicy,
+) -> AttemptOutcome | None:
+    """The message's next state from its parts, or None when nothing changes.
+
+    A multipart message is delivered when every part is, failed as soon as
+    one part finally fails (§10). "Not our subscriber" reroutes (§4); any
+    other failure receipt may be resent under the account's policy (§9).
+    A message whose outcome was `unknown` moves only when a late final
+    receipt reveals it: failed as soon as one part failed, delivered when
+    every part is. It is never sent again (an ambiguous outcome).
+    """
+    if parts.state is State.UNKNOWN:
+        if parts.failed:
+            return AttemptOutcome(
+                State.FAILED, parts.failure or reasons.from_receipt("UNDELIV", None)
+            )
+        if parts.delivered == parts.total:
+            return AttemptOutcome(State.DELIVERED)
+        return None
+    if parts.wrong_carrier:
+        return AttemptOutcome(State.QUEUED, reasons.WRONG_CARRIER, not_before=now, reroute=True)
+    if parts.refused:
+        status = parts.refused_status if parts.refused_status is not None else 0
+        return AttemptOutcome(State.FAILED, reasons.from_smpp_status(status))
+    if parts.failed:
+        failure = parts.failure or reasons.from_receipt("UNDELIV", None)
+        if policy.max_resends <= 0:
+            return AttemptOutcome(State.FAILED, failure)
+        at = next_resend_at(now, resends_done, policy.max_resends, policy.interval_s, policy.quiet)
+        if at is None:
+            if resends_done >= policy.max_resends:
+                exhausted = reasons.RESENDS_EXHAUSTED
+                return AttemptOutcome(
+                    State.FAILED, Reason(exhausted.code, f"{exhausted.text}: {failure.text}")
+                )
+            quiet = reasons.QUIET_WINDOW
+            return AttemptOutcome(State.FAILED, Reason(quiet.code, f"{quiet.text}: {failure.text}"))
+        return AttemptOutcome(State.QUEUED, failure, not_before=at, resend=True)
+    if parts.delivered == parts.total:
+        return AttemptOutcome(State.DELIVERED)
+    if parts.pending:
+        return None
+    if parts.unsent:
+        if parts.unsent == parts.total:
+            # Nothing left this process: safe to try again shortly.
+            return AttemptOutcome(
+                State.QUEUED, NOT_HANDED_OVER, not_before=now + timedelta(seconds=UNSENT_RETRY_S)
+            )
+        return AttemptOutcome(State.FAILED, INCOMPLETE_SUBMISSION)
+    if parts.unknown:
+        return AttemptOutcome(State.UNKNOWN, reasons.OUTCOME_UNKNOWN_AFTER_RESTART)
+    if parts.state is State.SENDING:
+        return AttemptOutcome(State.SUBMITTED)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptFacts:
+    """The message an attempt belongs to, as the settle reads it."""
+
+    message_id: int
+    carrier: str
+    attempt: int
+    resends_done: int
+    parts: AttemptParts
+    last_receipt_at: datetime | None
+    last_resp_at: datetime | None
+
+
+def attempt_move(
+    facts: AttemptFacts, outcome: AttemptOutcome, now: datetime, *, receipt_timeout_s: float
+) -> Move:
+    """The checked Move for an attempt's outcome.
+
+    Billing (§11) follows the state: the parts that reached the handset are
+    billed when the attempt ends (delivered, failed, rerouted, resent), in
+    the month of the last receipt; nothing while it is still open, and
+    nothing for `unknown` until a late receipt reveals the outcome.
+    """
+    parts = facts.parts
+    state = parts.state
+    detail: dict[str, Any] = {"attempt": facts.attempt}
+    if outcome.reroute:
+        event = Event.REROUTED
+        detail["wrong_carrier"] = facts.carrier
+    elif outcome.resend:
+        event = Event.RESEND_SCHEDULED
+    else:
+        event = _EVENT_OF_STATE[outcome.to_state]
+    if state is State.UNKNOWN:
+        detail["late"] = True
+    units = parts.delivered_units if outcome.to_state in BILLED_STATES else 0
+    # Settled from 'sending' with every part accepted: the SMSC took the
+    # attempt at its last response, whether or not it ever showed 'submitted'.
+    submitted_at = (
+        facts.last_resp_at
+        if state is State.SENDING and not parts.pending and not parts.refused
+        else None
+    )
+    return Move(
+        facts.message_id,
+        state,
+        outcome.to_state,
+        event,
+        reason=outcome.reason,
+        detail=detail,
+        not_before=outcome.not_before,
+        receipt_deadline=(
+            now + timedelta(seconds=receipt_timeout_s)
+            if outcome.to_state is State.SUBMITTED
+            else None
+        ),
+        submitted_at=submitted_at,
+        resends_done=facts.resends_done + 1 if outcome.resend else None,
+        wrong_carrier=outcome.reroute,
+        sms_units=units,
+        billed_at=(facts.last_receipt_at or now) if units else None,
+    )
+
+
+_EVENT_OF_STATE: dict[State, Event] = {
+    State.DELIVERED: Event.DELIVERED,
+    State.FAILED: Event.FAILED,
+    State.SUBMITTED: Event.SUBMITTED,
+    State.UNKNOWN: Event.UNKNOWN,
+    # Nothing was handed over: tried again shortly.
+    State.QUEUED: Event.POSTPONED,
+}

@@ -1,0 +1,66 @@
+"""The au spacing rule (DOMAIN §5), in one place.
+
+Consecutive SMS to the same au number leave at least `spacing_s` after the
+previous one *arrived* (its final receipt), also inside an all-carrier send.
+While one is still in flight the next waits; the final receipt that ends it
+releases the waiting ones to `receipt + spacing_s`.
+
+Pure: the SMS leg reads the gate's facts per number, `au_gate_check` says
+hold or go, `au_gate_releases` says whether a settled attempt opens the
+gate; the shell writes the holds and releases.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from carrierd.domain.pacing import au_not_before
+from carrierd.domain.states import State
+
+AU = "au"
+# Re-check interval for a message held because an earlier SMS to the same au
+# number is still in flight: the receipt moves not_before precisely, this
+# only bounds the wait when the receipt never comes.
+AU_IN_FLIGHT_RECHECK_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class AuGateFacts:
+    in_flight: bool  # an SMS to the number is sending/submitted on au
+    last_final_at: datetime | None  # the last final receipt of an au SMS to it
+
+
+@dataclass(frozen=True, slots=True)
+class AuHold:
+    not_before: datetime
+    why: Literal["in_flight", "spacing"]
+
+
+def au_gate_check(
+    facts: AuGateFacts | None, *, taken_in_batch: bool, now: datetime, spacing_s: float
+) -> AuHold | None:
+    """Hold (until when, and why) or None to send now. `taken_in_batch`:
+    an earlier message of the same claim already goes to the number."""
+    if taken_in_batch or (facts is not None and facts.in_flight):
+        return AuHold(now + timedelta(seconds=AU_IN_FLIGHT_RECHECK_S), "in_flight")
+    if facts is not None and facts.last_final_at is not None:
+        opens_at = au_not_before(facts.last_final_at, spacing_s)
+        if opens_at > now:
+            return AuHold(opens_at, "spacing")
+    return None
+
+
+def au_gate_releases(
+    *, carrier: str | None, last_receipt_at: datetime | None, to_state: State, reroute: bool
+) -> bool:
+    """Whether a settled SMS attempt opens the gate for its number: only a
+    final receipt from au does (a refusal or a reroute never reached the
+    handset, so nothing arrived to count from)."""
+    return (
+        carrier == AU
+        and last_receipt_at is not None
+        and to_state in (State.DELIVERED, State.FAILED, State.QUEUED)
+        and not reroute
+    )

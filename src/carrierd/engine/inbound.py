@@ -1,0 +1,92 @@
+"""Inbound messages: one owner for what recipients send us.
+
+SMS MO (through the write-behind, acknowledged once durable) and +Message
+replies and taps (through the webhook) are stored here, each with the
+account it belongs to:
+  - SMS: the account whose sender or inbound address it was sent to;
+  - +Message: the account of the message it answers (inReplyTo, our msgId),
+    else of the latest +Message sent to the number.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from carrierd.channels.rcs import InboundEvent
+from carrierd.channels.types import InboundSms
+from carrierd.config import AccountConfig
+from carrierd.domain.numbers import NumberError, normalize_msisdn
+from carrierd.store.db import Transaction
+
+
+def sms_owners(accounts: Mapping[str, AccountConfig]) -> dict[str, str]:
+    """Address an SMS was sent to -> the account it belongs to."""
+    return {
+        address: account.account_id
+        for account in accounts.values()
+        for address in (*account.inbound_addresses, *account.senders.values())
+    }
+
+
+class Inbound:
+    def __init__(
+        self,
+        *,
+        accounts: Callable[[], Mapping[str, AccountConfig]],
+        rcs_bot_id: Callable[[], str | None],
+    ) -> None:
+        self._accounts = accounts
+        self._rcs_bot_id = rcs_bot_id
+
+    async def store_sms(self, tx: Transaction, inbound: Sequence[InboundSms]) -> None:
+        owners = sms_owners(self._accounts())
+        await tx.execute(
+            "insert_inbound_sms",
+            [owners.get(m.to_address) for m in inbound],
+            [m.carrier for m in inbound],
+            [m.msisdn for m in inbound],
+            [m.to_address for m in inbound],
+            [m.text for m in inbound],
+            [m.received_at for m in inbound],
+        )
+
+    async def store_rcs(self, tx: Transaction, event: InboundEvent, now: datetime) -> None:
+        """A +Message reply or tap; a repeated webhook stores nothing."""
+        msisdn = _canonical(event.msisdn)
+        named = our_message_id(event.in_reply_to)
+        raw: dict[str, Any] = {
+            "msgId": event.message_id,
+            "kind": event.kind,
+            "inReplyTo": event.in_reply_to,
+            "platform_at": event.at.isoformat() if event.at else None,
+        }
+        owner = await tx.fetchrow("rcs_reply_owner", named, msisdn)
+        raw["owner_inferred"] = owner is not None and owner["id"] != named
+        await tx.fetch(
+            "rcs_insert_inbound",
+            owner["account_id"] if owner else None,
+            msisdn,
+            self._rcs_bot_id() or None,
+            event.text,
+            event.postback,
+            owner["id"] if owner else None,
+            now,
+            json.dumps(raw, ensure_ascii=False),
+        )
+
+
+def our_message_id(msg_id: str | None) -> int | None:
+    """Our +Message msgIds are our message ids; anything else is not ours."""
+    if msg_id is None or not msg_id.isdigit() or len(msg_id) > 18:
+        return None
+    return int(msg_id)
+
+
+def _canonical(msisdn: str) -> str:
+    try:
+        return normalize_msisdn(msisdn, allow_m2m=True)
+    except NumberError:
+        return msisdn

@@ -1,0 +1,125 @@
+"""Leases: a daemon's claim on the messages it works on.
+
+A message in 'dispatching' (the +Message leg talks to the platform) or
+'sending' (SMS parts leaving) is held under its daemon's lease; the daemon
+renews its leases while it lives, gives back what it did not hand over when
+it stops, and a lease that ran out (the daemon died) is recovered by the
+timers of any daemon:
+
+  dispatching            -> queued: nothing was handed over
+  sending, every part answered -> settled from its parts (write-behind)
+  sending, parts in flight     -> unknown ("outcome unknown after restart"),
+                                  or queued again for an account that chose
+                                  at-least-once delivery
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from carrierd.config import Config
+from carrierd.domain import reasons
+from carrierd.domain.lifecycle import Event, Move
+from carrierd.domain.states import State
+from carrierd.engine.lifecycle import Lifecycle
+from carrierd.store.db import Database, Transaction
+
+# Leases are renewed this many times per engine.lease_s.
+RENEWALS_PER_LEASE = 3
+
+
+class Leases:
+    def __init__(
+        self,
+        db: Database,
+        lifecycle: Lifecycle,
+        *,
+        config: Callable[[], Config],
+        daemon_id: str,
+    ) -> None:
+        self._db = db
+        self._lifecycle = lifecycle
+        self._config = config
+        self._daemon_id = daemon_id
+
+    async def renew(self, now: datetime) -> None:
+        """Extend the leases with less than 2.5 renewal periods left
+        (renewals come every lease_s / RENEWALS_PER_LEASE): a lease skipped
+        now survives even a renewal that comes 1.5 periods late."""
+        lease_s = self._config().engine.lease_s
+        renew_every_s = lease_s / RENEWALS_PER_LEASE
+        await self._db.execute(
+            "renew_leases",
+            self._daemon_id,
+            now + timedelta(seconds=lease_s),
+            now + timedelta(seconds=2.5 * renew_every_s),
+        )
+
+    async def release(self, now: datetime) -> None:
+        """On shutdown: what this daemon claimed but did not hand over goes back."""
+
+        async def work(tx: Transaction) -> None:
+            rows = await tx.fetch("release_lease_claims", self._daemon_id)
+            await self._lifecycle.apply(
+                tx,
+                [
+                    Move(
+                        r["id"],
+                        State.DISPATCHING,
+                        State.QUEUED,
+                        Event.RELEASED,
+                        detail={"why": "daemon stopping"},
+                    )
+                    for r in rows
+                ],
+                now,
+            )
+
+        await self._db.in_transaction(work)
+
+    async def recover_lost(self, tx: Transaction, now: datetime, limit: int) -> list[int]:
+        """Apply what a dead daemon's lost leases mean; returns the messages
+        whose every part was answered, for the caller to settle from them."""
+        rows = await tx.fetch("due_lost_leases", now, limit)
+        if not rows:
+            return []
+        config = self._config()
+        moves: list[Move] = []
+        settle_from_parts: list[int] = []
+        for row in rows:
+            if row["state"] == State.DISPATCHING:
+                # Nothing was handed over: any daemon may take it again.
+                moves.append(
+                    Move(row["id"], State.DISPATCHING, State.QUEUED, Event.LEASE_RECOVERED)
+                )
+            elif row["pending"] == 0:
+                # Every part has its response recorded: the parts decide.
+                settle_from_parts.append(row["id"])
+            else:
+                account = config.accounts.get(row["account_id"])
+                # Parts in flight are ambiguous either way: never counted as sent.
+                if account is not None and account.at_least_once:
+                    moves.append(
+                        Move(
+                            row["id"],
+                            State.SENDING,
+                            State.QUEUED,
+                            Event.LEASE_RECOVERED,
+                            detail={"at_least_once": True, "pending_parts": row["pending"]},
+                        )
+                    )
+                    await tx.execute("parts_outcome_unknown", [row["id"]])
+                else:
+                    moves.append(
+                        Move(
+                            row["id"],
+                            State.SENDING,
+                            State.UNKNOWN,
+                            Event.LEASE_LOST,
+                            reasons.OUTCOME_UNKNOWN_AFTER_RESTART,
+                            detail={"pending_parts": row["pending"]},
+                        )
+                    )
+        await self._lifecycle.apply(tx, moves, now)
+        return settle_from_parts

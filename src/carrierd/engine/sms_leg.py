@@ -1,0 +1,350 @@
+"""The SMS leg: plan claimed messages, mark them sending, hand them over.
+
+Inside the claim's transaction (`plan`, then `mark_sending`):
+  - the carrier (domain/routing.pick_carrier: named, learned, number range,
+    default order; a carrier restriction tries only its carriers),
+  - the au gate (domain/au_gate: hold while the previous SMS to the number
+    is in flight, then spacing_s after its final receipt),
+  - the parts budget of accounts that count their rate in parts,
+  - the survivors move to 'sending' under this daemon's lease, with one
+    'pending' part row per submit_sm, durably before anything leaves.
+After the commit (`hand_over`): submit_sm per part, FIFO per recipient;
+every outcome goes to the write-behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+import structlog
+
+from carrierd.channels.types import PartOutcome, SmsGateway, SmsRequest
+from carrierd.config import Config
+from carrierd.domain.au_gate import AU, AuGateFacts, au_gate_check
+from carrierd.domain.lifecycle import Event, Move
+from carrierd.domain.pacing import parts_budget
+from carrierd.domain.routing import NumberRanges, pick_carrier
+from carrierd.domain.sms_text import split_gsm7, split_ucs2
+from carrierd.domain.states import State
+from carrierd.engine.lifecycle import Lifecycle
+from carrierd.engine.write_behind import SubmittedPart, WriteBehind
+from carrierd.store.db import Transaction
+from carrierd.store.rows import ClaimedMessage
+
+log = structlog.get_logger("carrierd.engine.sms_leg")
+
+NO_BIND_RETRY_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    message: ClaimedMessage
+    carrier: str
+    carrier_source: str
+    attempt: int
+    request: SmsRequest
+    # One record per submit_sm: (part_no, part_total, §3 units it carries).
+    records: tuple[tuple[int, int, int], ...]
+
+
+class SmsLeg:
+    def __init__(
+        self,
+        gateway: SmsGateway,
+        write_behind: WriteBehind,
+        lifecycle: Lifecycle,
+        *,
+        config: Callable[[], Config],
+        daemon_id: str,
+        on_submitted: Callable[[Sequence[Planned], datetime], None] | None = None,
+    ) -> None:
+        self._gateway = gateway
+        self._write_behind = write_behind
+        self._lifecycle = lifecycle
+        self._config = config
+        self._daemon_id = daemon_id
+        self._on_submitted = on_submitted
+        self._in_flight: set[asyncio.Task[None]] = set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    async def wait_for_slot(self, max_in_flight: int) -> None:
+        while len(self._in_flight) >= max_in_flight:
+            await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+
+    async def wait_idle(self) -> None:
+        """Tests: wait for every spawned submit to finish."""
+        while self._in_flight:
+            await asyncio.gather(*list(self._in_flight), return_exceptions=True)
+
+    async def stop(self, drain_timeout_s: float) -> None:
+        if self._in_flight:
+            _done, pending = await asyncio.wait(self._in_flight, timeout=drain_timeout_s)
+            for task in pending:
+                task.cancel()
+
+    # -- in the claim's transaction --------------------------------------------------
+
+    async def plan(
+        self, tx: Transaction, messages: Sequence[ClaimedMessage], now: datetime, config: Config
+    ) -> tuple[list[Planned], list[Move]]:
+        """The carrier, sender and parts of each SMS; what cannot go now is
+        held (au gate, no bind, parts budget) or ends here (skipped, failed)."""
+        configured = [c for c in self._gateway.carriers() if c in config.carriers]
+        bound = {c for c in configured if self._gateway.is_available(c)}
+        learned = {
+            r["msisdn"]: r["carrier"]
+            for r in await tx.fetch("learned_carriers", [m.msisdn for m in messages])
+        }
+        number_ranges = NumberRanges(
+            {prefix: name for name, c in config.carriers.items() for prefix in c.number_prefixes}
+        )
+        moves: list[Move] = []
+        planned: list[Planned] = []
+        for message in messages:
+            assert message.msisdn is not None and message.sms_text is not None
+            pick = pick_carrier(
+                message.msisdn,
+                named=message.carrier_named,
+                learned=learned.get(message.msisdn),
+                number_ranges=number_ranges,
+                default_order=config.engine.default_carrier_order,
+                wrong=message.carriers_wrong,
+                configured=configured,
+                allowed=message.carriers_allowed,
+                bound=bound,
+            )
+            if pick.action in ("skip", "fail"):
+                final = State.SKIPPED if pick.action == "skip" else State.FAILED
+                moves.append(
+                    Move(
+                        message.id,
+                        State.QUEUED,
+                        final,
+                        Event(final.value),
+                        reason=pick.reason,
+                        detail={"carriers_wrong": list(message.carriers_wrong)},
+                    )
+                )
+                continue
+            assert pick.carrier is not None
+            if pick.action == "wait":
+                moves.append(
+                    Move(
+                        message.id,
+                        State.QUEUED,
+                        State.QUEUED,
+                        Event.POSTPONED,
+                        not_before=now + timedelta(seconds=NO_BIND_RETRY_S),
+                        detail={"why": "no bind up", "carrier": pick.carrier},
+                    )
+                )
+                continue
+            planned.append(self._planned(message, pick.carrier, pick.source, config))
+        planned, held = await self._au_gate(tx, planned, now, config.engine.au_spacing_s)
+        moves += held
+        if config.engine.pacing:
+            fits = parts_budget(
+                [
+                    (
+                        p.request.account_id,
+                        len(p.request.parts),
+                        config.accounts[p.request.account_id].count_parts,
+                    )
+                    for p in planned
+                ]
+            )
+            moves += [
+                Move(
+                    p.message.id,
+                    State.QUEUED,
+                    State.QUEUED,
+                    Event.POSTPONED,
+                    detail={"why": "rate counted in parts"},
+                )
+                for p, fit in zip(planned, fits, strict=True)
+                if not fit
+            ]
+            planned = [p for p, fit in zip(planned, fits, strict=True) if fit]
+        return planned, moves
+
+    def _planned(
+        self, message: ClaimedMessage, carrier: str, source: str, config: Config
+    ) -> Planned:
+        assert message.msisdn is not None and message.sms_text is not None
+        account = config.accounts[message.account_id]
+        # Validated and normalised at intake: only the split is redone, not
+        # the charset scan (the text and its encoding are stored).
+        encoding: Literal["ucs2", "gsm7"] = "gsm7" if message.sms_encoding == "gsm7" else "ucs2"
+        split = split_gsm7 if encoding == "gsm7" else split_ucs2
+        parts = tuple(split(message.sms_text))
+        attempt = message.attempt + 1
+        total = len(parts)
+        if total > 1 and config.carriers[carrier].concat == "payload":
+            # One submit_sm with the whole text: one record, one SMSC id, one
+            # receipt, billed the units of every part it carries.
+            records: tuple[tuple[int, int, int], ...] = ((1, 1, total),)
+        else:
+            records = tuple((n, total, 1) for n in range(1, total + 1))
+        return Planned(
+            message=message,
+            carrier=carrier,
+            carrier_source=source,
+            attempt=attempt,
+            request=SmsRequest(
+                message_id=message.id,
+                attempt=attempt,
+                account_id=message.account_id,
+                msisdn=message.msisdn,
+                source_addr=account.senders.get(carrier, ""),
+                encoding=encoding,
+                parts=parts,
+                expires_at=message.expires_at,
+            ),
+            records=records,
+        )
+
+    async def _au_gate(
+        self, tx: Transaction, planned: list[Planned], now: datetime, spacing_s: float
+    ) -> tuple[list[Planned], list[Move]]:
+        """DOMAIN §5 (domain/au_gate.py decides); what waits for the SMS in
+        flight is recorded, so that its final receipt releases it."""
+        au = [p for p in planned if p.carrier == AU]
+        if not au:
+            return planned, []
+        facts = {
+            r["msisdn"]: AuGateFacts(r["in_flight"], r["last_final_at"])
+            for r in await tx.fetch(
+                "au_gate_state",
+                sorted({p.request.msisdn for p in au}),
+                [p.request.message_id for p in au],
+            )
+        }
+        kept: list[Planned] = []
+        held: list[Move] = []
+        waiting: list[tuple[int, str, datetime]] = []
+        taken_in_batch: set[str] = set()
+        for p in planned:
+            if p.carrier != AU:
+                kept.append(p)
+                continue
+            msisdn = p.request.msisdn
+            hold = au_gate_check(
+                facts.get(msisdn),
+                taken_in_batch=msisdn in taken_in_batch,
+                now=now,
+                spacing_s=spacing_s,
+            )
+            if hold is None:
+                taken_in_batch.add(msisdn)
+                kept.append(p)
+                continue
+            if hold.why == "in_flight":
+                waiting.append((p.message.id, msisdn, hold.not_before))
+            held.append(
+                Move(
+                    p.message.id,
+                    State.QUEUED,
+                    State.QUEUED,
+                    Event.AU_GATE_HOLD,
+                    not_before=hold.not_before,
+                    detail={"why": hold.why},
+                )
+            )
+        if waiting:
+            # The receipt that ends the one in flight releases these.
+            await tx.execute(
+                "au_gate_hold",
+                [message_id for message_id, _, _ in waiting],
+                [msisdn for _, msisdn, _ in waiting],
+                [recheck_at for _, _, recheck_at in waiting],
+            )
+        return kept, held
+
+    async def mark_sending(
+        self, tx: Transaction, planned: Sequence[Planned], now: datetime, lease_until: datetime
+    ) -> list[Planned]:
+        """'sending' under our lease, parts 'pending': a crash from here on
+        is never resent blindly."""
+        applied = await self._lifecycle.apply(
+            tx,
+            [
+                Move(
+                    p.message.id,
+                    State.QUEUED,
+                    State.SENDING,
+                    Event.SENDING,
+                    leg="sms",
+                    carrier=p.carrier,
+                    attempt=p.attempt,
+                    lease_owner=self._daemon_id,
+                    lease_until=lease_until,
+                    detail={"attempt": p.attempt, "carrier_from": p.carrier_source},
+                )
+                for p in planned
+            ],
+            now,
+        )
+        marked = {a.move.message_id for a in applied}
+        ours = [p for p in planned if p.message.id in marked]
+        records = [(p, record) for p in ours for record in p.records]
+        await tx.execute(
+            "insert_parts",
+            [p.message.id for p, _ in records],
+            [p.attempt for p, _ in records],
+            [part_no for _, (part_no, _, _) in records],
+            [total for _, (_, total, _) in records],
+            [p.carrier for p, _ in records],
+            [units for _, (_, _, units) in records],
+            now,
+        )
+        return ours
+
+    # -- after the commit ------------------------------------------------------------
+
+    def hand_over(self, ours: Sequence[Planned], now: datetime) -> None:
+        """Submit what the committed claim marked 'sending'."""
+        if self._on_submitted is not None:
+            self._on_submitted(ours, now)
+        # FIFO per recipient: messages to one number go out one after another.
+        by_recipient: dict[str, list[Planned]] = defaultdict(list)
+        for p in ours:
+            by_recipient[p.request.msisdn].append(p)
+        for queue in by_recipient.values():
+            task = asyncio.ensure_future(self._submit_in_order(queue))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+
+    async def _submit_in_order(self, queue: list[Planned]) -> None:
+        for p in queue:
+            try:
+                outcomes = await self._gateway.submit(p.carrier, p.request)
+            except Exception:
+                # The gateway reports per submit; an exception here means we
+                # do not know what left: ambiguous, never resent blindly.
+                log.exception("submit_failed", message_id=p.request.message_id)
+                outcomes = [PartOutcome(n, "unknown") for n, _, _ in p.records]
+            for outcome in outcomes:
+                self._write_behind.response(
+                    SubmittedPart(
+                        message_id=p.request.message_id,
+                        attempt=p.attempt,
+                        carrier=p.carrier,
+                        outcome=outcome,
+                    )
+                )
+
+
+def counts_by_carrier(planned: Sequence[Planned]) -> Mapping[str, int]:
+    """Submit records per carrier (the parts_submitted metric)."""
+    counts: dict[str, int] = defaultdict(int)
+    for p in planned:
+        counts[p.carrier] += sum(units for _, _, units in p.records)
+    return counts
