@@ -134,7 +134,7 @@ class Daemon:
             daemon_id=self.config.daemon_id,
             on_submitted=self._on_submitted,
         )
-        settler = Timers(db, self.clock, recorder, config=lambda: self.config)
+        settler = Timers(db, self.clock, recorder, config=lambda: self.config, metrics=self.metrics)
         self._rcs_session: aiohttp.ClientSession | None = None
         self._rcs_routes: list[web.RouteDef] = []
         if self.config.rcs.enabled:

@@ -12,12 +12,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from carrierd.channels.sms import parse_deliver, part_outcomes
 from carrierd.channels.types import PartOutcome, Receipt, SmsRequest
+from carrierd.domain.clock import FakeClock
+from carrierd.engine.timers import Timers
+from carrierd.engine.write_behind import EARLY_RECEIPT_KEEP_S, WriteBehind
 from carrierd.smpp.pdu import ESM_CLASS_RECEIPT, DeliverSm
 from carrierd.smpp.session import SubmitResult
 from carrierd.store.db import QUERIES, Database, Row, Transaction
+from carrierd.telemetry import Metrics
+from tests.integration.engine_harness import engine_config
 
 T0 = datetime(2026, 11, 24, 1, 0, tzinfo=UTC)
 # The SMSC answers submit_sm with this id, in hex (message_id_style "hex").
@@ -273,3 +279,41 @@ def _plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield node
     for child in node.get("Plans", []):
         yield from _plan_nodes(child)
+
+
+async def test_the_settler_logs_and_counts_each_unmatched_receipt_once(
+    dsn: str, db: Database
+) -> None:
+    config = engine_config(dsn)
+    clock = FakeClock(T0)
+    recorder = WriteBehind(
+        db,
+        clock,
+        accounts=lambda: config.accounts,
+        carriers=lambda: config.carriers,
+        au_spacing_s=lambda: config.engine.au_spacing_s,
+    )
+    metrics = Metrics()
+    settler = Timers(db, clock, recorder, config=lambda: config, metrics=metrics)
+    async with db.transaction() as tx:
+        await record_receipts(tx, [receipt("abc", "777", T0)])
+
+    with capture_logs() as logs:
+        await settler.settle_once(T0 + timedelta(seconds=EARLY_RECEIPT_KEEP_S - 1))
+        kept = [e for e in logs if e["event"] == "receipt_unmatched"]
+        await settler.settle_once(T0 + timedelta(seconds=EARLY_RECEIPT_KEEP_S + 1))
+        await settler.settle_once(T0 + timedelta(seconds=EARLY_RECEIPT_KEEP_S + 2))
+
+    assert kept == []
+    [event] = [e for e in logs if e["event"] == "receipt_unmatched"]
+    assert {k: event[k] for k in ("carrier", "smsc_message_id", "alt_smsc_message_id", "stat")} == {
+        "carrier": "docomo",
+        "smsc_message_id": str(0xABC),
+        "alt_smsc_message_id": "777",
+        "stat": "DELIVRD",
+    }
+    assert event["waited_s"] == EARLY_RECEIPT_KEEP_S + 1
+    counted = metrics.registry.get_sample_value(
+        "carrierd_receipts_unmatched_total", {"carrier": "docomo"}
+    )
+    assert counted == 1.0
