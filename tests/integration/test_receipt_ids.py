@@ -6,6 +6,7 @@ straight away or when the receipt came before the response."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -14,16 +15,18 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from carrierd.channels.sms import parse_deliver, part_outcomes
+from carrierd.channels.sms import SmppGateway, parse_deliver, part_outcomes
 from carrierd.channels.types import PartOutcome, Receipt, SmsRequest
-from carrierd.domain.clock import FakeClock
+from carrierd.domain.clock import FakeClock, SystemClock
+from carrierd.engine.dispatcher import Dispatcher
 from carrierd.engine.timers import Timers
 from carrierd.engine.write_behind import EARLY_RECEIPT_KEEP_S, WriteBehind
+from carrierd.sim.smsc import SmscSimulator, sim_config_from_mapping
 from carrierd.smpp.pdu import ESM_CLASS_RECEIPT, DeliverSm
 from carrierd.smpp.session import SubmitResult
 from carrierd.store.db import QUERIES, Database, Row, Transaction
 from carrierd.telemetry import Metrics
-from tests.integration.engine_harness import engine_config
+from tests.integration.engine_harness import engine_config, enqueue
 
 T0 = datetime(2026, 11, 24, 1, 0, tzinfo=UTC)
 # The SMSC answers submit_sm with this id, in hex (message_id_style "hex").
@@ -317,3 +320,89 @@ async def test_the_settler_logs_and_counts_each_unmatched_receipt_once(
         "carrierd_receipts_unmatched_total", {"carrier": "docomo"}
     )
     assert counted == 1.0
+
+
+@pytest.mark.parametrize("tlv_format", ["", "decimal"])
+async def test_messages_settle_through_the_simulator_whatever_base_its_tlv_uses(
+    dsn: str, db: Database, tlv_format: str
+) -> None:
+    # The SMSC answers in hex and writes its receipt text in decimal; its
+    # receipted_message_id follows SMPP 3.4 (the response's hex, "") or
+    # the text (decimal). Half the receipts beat their response.
+    sim = SmscSimulator(
+        sim_config_from_mapping(
+            {
+                "seed": 5,
+                "defaults": {
+                    "accounts": {"demo": "demo"},
+                    "receipt_delay_min_s": 0.0,
+                    "receipt_delay_max_s": 0.05,
+                    "receipt_before_response_share": 0.5,
+                    "submit_resp_id_format": "hex",
+                    "receipt_id_format": "decimal",
+                    "receipt_tlv_id_format": tlv_format,
+                },
+                "carriers": {"docomo": {"port": 0, "subscriber_prefixes": ["090"]}},
+            }
+        )
+    )
+    ports = await sim.start()
+    clock = SystemClock()
+    docomo = {
+        "port": ports["docomo"],
+        "system_id": "demo",
+        "password": "demo",
+        "number_prefixes": ["090"],
+        "message_id_style": "hex",
+        "receipt_id_style": "decimal",
+    }
+    config = engine_config(
+        dsn, {"engine": {"pacing": False, "submitted_grace_s": 0}, "carriers": {"docomo": docomo}}
+    )
+    await db.sync_accounts(
+        (a.account_id, a.allow_m2m, a.max_sms_chars, a.token_sha256)
+        for a in config.accounts.values()
+    )
+    recorder = WriteBehind(
+        db,
+        clock,
+        accounts=lambda: config.accounts,
+        carriers=lambda: config.carriers,
+        au_spacing_s=lambda: 22.0,
+        submitted_grace_s=lambda: 0.0,
+    )
+    # docomo alone: the harness's other carriers have no SMSC to bind to.
+    gateway = SmppGateway(
+        {"docomo": config.carriers["docomo"]},
+        recorder,
+        clock,
+        receipt_message_id_styles={"docomo": config.carriers["docomo"].receipt_id_style},
+    )
+    dispatcher = Dispatcher(db, clock, gateway, recorder, config=lambda: config, daemon_id="t")
+    settler = Timers(db, clock, recorder, config=lambda: config)
+    await gateway.start()
+    flusher = asyncio.ensure_future(recorder.run())
+    try:
+        await enqueue(
+            db,
+            "acme",
+            [{"to": f"090{30_000_000 + n:08d}", "sms": {"text": f"n{n}"}} for n in range(20)],
+            clock.now(),
+            config,
+        )
+        for _ in range(250):
+            await dispatcher.dispatch_once(clock.now())
+            await settler.settle_once(clock.now())
+            rows = await db.call_raw("SELECT state, count(*) AS n FROM messages GROUP BY state")
+            states = {r["state"]: r["n"] for r in rows}
+            if states == {"delivered": 20}:
+                break
+            await asyncio.sleep(0.02)
+        await dispatcher.wait_idle()
+        await recorder.drain()
+    finally:
+        flusher.cancel()
+        await gateway.stop(5.0)
+        await sim.stop()
+    assert states == {"delivered": 20}
+    assert sim.counters.carriers["docomo"].accepted == 20
