@@ -157,7 +157,9 @@ class Daemon:
             daemon_id=daemon_id,
             metrics=self.metrics,
         )
-        timers = Timers(db, self.clock, write_behind, lifecycle, leases, config=config)
+        timers = Timers(
+            db, self.clock, write_behind, lifecycle, leases, config=config, metrics=self.metrics
+        )
         self._rcs_session: aiohttp.ClientSession | None = None
         self._rcs_routes: list[web.RouteDef] = []
         if self.config.rcs.enabled:

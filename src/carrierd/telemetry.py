@@ -181,6 +181,11 @@ class Metrics:
         self.receipts_total = counter(
             "receipts_total", "Delivery receipts received, by stat.", ("carrier", "stat")
         )
+        self.receipts_unmatched_total = counter(
+            "receipts_unmatched_total",
+            "Receipts dropped after waiting for a part with their id that never came.",
+            ("carrier",),
+        )
         self.messages_final_total = counter(
             "messages_final_total", "Messages that reached a final state.", ("channel", "state")
         )

@@ -6,12 +6,12 @@ here; the SMPP path itself is tested against the simulator elsewhere)."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from carrierd.channels.types import PartOutcome, Receipt, SmsRequest
+from carrierd.channels.types import PartOutcome, Receipt, SmsGateway, SmsRequest
 from carrierd.config import Config, parse_config
 from carrierd.domain.clock import FakeClock
 from carrierd.engine.dispatcher import Dispatcher
@@ -141,7 +141,11 @@ async def make_engine(
     daemon_id: str = "d1",
     subscribers: Mapping[str, str] | None = None,
     network: NetworkStandIn | None = None,
+    gateway: Callable[[WriteBehind], SmsGateway] | None = None,
 ) -> Engine:
+    """The engine wired as the daemon wires it; `gateway` builds a real SMS
+    gateway around the write-behind (its receipts' destination) instead of
+    the stand-in."""
     await db.sync_accounts(
         (a.account_id, a.allow_m2m, a.max_sms_chars, a.token_sha256)
         for a in config.accounts.values()
@@ -161,12 +165,13 @@ async def make_engine(
         submitted_grace_s=lambda: config.engine.submitted_grace_s,
         metrics=metrics,
     )
+    sms_gateway: SmsGateway = network if gateway is None else gateway(recorder)
     leases = Leases(db, lifecycle, config=lambda: config, daemon_id=daemon_id)
-    sms_leg = SmsLeg(network, recorder, lifecycle, config=lambda: config, daemon_id=daemon_id)
+    sms_leg = SmsLeg(sms_gateway, recorder, lifecycle, config=lambda: config, daemon_id=daemon_id)
     dispatcher = Dispatcher(
         db,
         clock,
-        network,
+        sms_gateway,
         sms_leg,
         lifecycle,
         leases,
@@ -174,7 +179,7 @@ async def make_engine(
         daemon_id=daemon_id,
         metrics=metrics,
     )
-    settler = Timers(db, clock, recorder, lifecycle, leases, config=lambda: config)
+    settler = Timers(db, clock, recorder, lifecycle, leases, config=lambda: config, metrics=metrics)
     return Engine(
         config, db, clock, network, recorder, dispatcher, settler, lifecycle, inbound, metrics
     )

@@ -221,7 +221,11 @@ async def test_session_binds_submits_and_takes_receipts_from_twisted_smsc(
         assert [a["status"] for a in answers] == ["ESME_ROK", "ESME_ROK"]
         receipts = [
             parse_deliver(
-                pdu, carrier="docomo", receipt_id_style="as_is", received_at=datetime.now(UTC)
+                pdu,
+                carrier="docomo",
+                message_id_style="as_is",
+                receipt_id_style="as_is",
+                received_at=datetime.now(UTC),
             )
             for pdu in delivered
         ]

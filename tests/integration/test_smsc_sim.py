@@ -329,18 +329,19 @@ async def test_submit_response_and_receipt_with_configured_id_formats(
     assert receipt.destination_addr == SENDER
     assert receipt.message_state == MessageState.DELIVERED
     assert receipt.network_error_code is None
-    assert receipt.receipted_message_id is not None
+    # receipted_message_id is the submit_sm_resp id, as SMPP 3.4 defines it.
+    assert receipt.receipted_message_id == response.message_id
     text = parse_receipt_text(receipt.short_message)
-    assert text.message_id == receipt.receipted_message_id
+    assert text.message_id is not None
     assert text.stat == "DELIVRD"
     assert text.err_code == 0
     assert text.dlvrd == 1
     assert text.submit_date == datetime(2026, 1, 2, 15, 30)
     # Written differently, the same id once normalised.
     assert normalize_message_id(response.message_id, resp_format) == normalize_message_id(
-        receipt.receipted_message_id, receipt_format
+        text.message_id, receipt_format
     )
-    assert response.message_id != receipt.receipted_message_id
+    assert response.message_id != text.message_id
     decimal_id = response.message_id if resp_format == "decimal" else text.message_id
     assert decimal_id is not None and decimal_id.isdigit()
 
@@ -370,6 +371,22 @@ async def test_receipt_as_tlvs_or_text(tlvs: bool, text: bool) -> None:
         assert receipt.receipted_message_id is None
         assert receipt.message_state is None
         assert parse_receipt_text(receipt.short_message).message_id == response.message_id
+
+
+async def test_receipt_tlv_id_written_like_the_text_when_configured() -> None:
+    config = one_carrier(
+        submit_resp_id_format="hex", receipt_id_format="decimal", receipt_tlv_id_format="decimal"
+    )
+    async with running(config) as (_sim, ports), bound(ports["docomo"]) as esme:
+        response = await esme.submit()
+        receipt = await esme.next_deliver()
+    text = parse_receipt_text(receipt.short_message)
+    assert receipt.receipted_message_id == text.message_id == str(int(response.message_id, 16))
+
+
+def test_receipt_tlv_id_format_is_checked() -> None:
+    with pytest.raises(ValueError, match="receipt_tlv_id_format"):
+        CarrierSimConfig(receipt_tlv_id_format="octal")  # type: ignore[arg-type]
 
 
 async def test_no_receipt_unless_requested_and_query_says_enroute_until_final() -> None:

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from carrierd.channels.sms import (
+    SmppGateway,
     build_submit_pdus,
     concat_reference,
     decode_text,
@@ -20,7 +21,7 @@ from carrierd.channels.sms import (
 )
 from carrierd.channels.types import InboundSms, PartOutcome, Receipt, SmsRequest
 from carrierd.config import CarrierConfig
-from carrierd.domain.clock import JST
+from carrierd.domain.clock import JST, FakeClock
 from carrierd.domain.sms_text import encode_gsm7, split_ucs2
 from carrierd.smpp.pdu import (
     ESM_CLASS_RECEIPT,
@@ -35,6 +36,7 @@ from carrierd.smpp.pdu import (
     encode,
     split_udh,
 )
+from carrierd.smpp.receipt import MessageIdStyle
 from carrierd.smpp.session import SubmitResult
 
 RECEIVED_AT = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -240,8 +242,20 @@ def receipt_pdu(**fields: object) -> DeliverSm:
     return replace(base, **fields)  # type: ignore[arg-type]
 
 
-def parsed(pdu: DeliverSm | DataSm, style: str = "as_is") -> Receipt | InboundSms | None:
-    return parse_deliver(pdu, carrier="docomo", receipt_id_style=style, received_at=RECEIVED_AT)  # type: ignore[arg-type]
+def parsed(
+    pdu: DeliverSm | DataSm,
+    style: MessageIdStyle = "as_is",
+    *,
+    tlv_style: MessageIdStyle | None = None,
+) -> Receipt | InboundSms | None:
+    """`style` reads the text id, and the TLV too unless `tlv_style` is given."""
+    return parse_deliver(
+        pdu,
+        carrier="docomo",
+        message_id_style=tlv_style or style,
+        receipt_id_style=style,
+        received_at=RECEIVED_AT,
+    )
 
 
 def test_receipt_from_tlvs() -> None:
@@ -251,7 +265,9 @@ def test_receipt_from_tlvs() -> None:
         short_message=b"id:IGNORED stat:UNDELIV err:000",
     )
 
-    assert parsed(pdu, "hex") == Receipt("docomo", "2587", "DELIVRD", "000", RECEIVED_AT)
+    assert parsed(pdu, "hex") == Receipt(
+        "docomo", "2587", "DELIVRD", "000", RECEIVED_AT, alt_smsc_message_id="ignored"
+    )
 
 
 @pytest.mark.parametrize(
@@ -404,3 +420,71 @@ def test_expiry_is_written_in_utc_even_for_a_jst_deadline() -> None:
 
     assert pdu.validity_period == "250103150000000+"
     assert isinstance(pdu, SubmitSm)
+
+
+TEXT_12345 = b"id:0000012345 sub:001 dlvrd:001 stat:DELIVRD err:000"
+
+
+def test_tlv_in_hex_and_text_in_decimal_give_two_candidates() -> None:
+    # The TLV is read in the submit_sm_resp style (hex), the text in decimal:
+    # "1234abcd" and 12345 are different ids, and either may be the part's.
+    pdu = receipt_pdu(receipted_message_id="1234ABCD", short_message=TEXT_12345)
+
+    receipt = parsed(pdu, "decimal", tlv_style="hex")
+
+    assert isinstance(receipt, Receipt)
+    assert (receipt.smsc_message_id, receipt.alt_smsc_message_id) == (str(0x1234ABCD), "12345")
+
+
+def test_tlv_alone_is_read_in_the_response_style() -> None:
+    pdu = receipt_pdu(receipted_message_id="3039", message_state=MessageState.DELIVERED)
+
+    receipt = parsed(pdu, "decimal", tlv_style="hex")
+
+    assert receipt == Receipt("docomo", "12345", "DELIVRD", None, RECEIVED_AT)
+
+
+def test_text_alone_is_read_in_the_receipt_style() -> None:
+    receipt = parsed(receipt_pdu(short_message=TEXT_12345), "decimal", tlv_style="hex")
+
+    assert receipt == Receipt("docomo", "12345", "DELIVRD", "000", RECEIVED_AT)
+
+
+def test_tlv_and_text_naming_the_same_id_give_one_candidate() -> None:
+    pdu = receipt_pdu(receipted_message_id="3039", short_message=TEXT_12345)
+
+    receipt = parsed(pdu, "decimal", tlv_style="hex")
+
+    assert receipt == Receipt("docomo", "12345", "DELIVRD", "000", RECEIVED_AT)
+
+
+class _Collected:
+    def __init__(self) -> None:
+        self.receipts: list[Receipt] = []
+
+    def receipt(self, receipt: Receipt) -> None:
+        self.receipts.append(receipt)
+
+    def inbound(self, message: InboundSms) -> None:
+        raise AssertionError(message)
+
+
+def test_gateway_reads_the_tlv_as_the_response_id_and_the_text_in_its_own_base() -> None:
+    # The carrier answers submit_sm in hex and writes that same id in
+    # receipted_message_id (SMPP 3.4), but its "id:" text in decimal.
+    events = _Collected()
+    gateway = SmppGateway(
+        {"docomo": carrier(message_id_style="hex", receipt_id_style="decimal")},
+        events,
+        FakeClock(RECEIVED_AT),
+        receipt_message_id_styles={"docomo": "decimal"},
+    )
+    [outcome] = part_outcomes(
+        request(), [SubmitResult("accepted", "docomo-1", message_id="3039")], "hex"
+    )
+    pdu = receipt_pdu(receipted_message_id="3039", short_message=b"id:12345 stat:DELIVRD err:000")
+
+    gateway._on_deliver("docomo", pdu, "docomo-1")
+
+    [receipt] = events.receipts
+    assert receipt.smsc_message_id == outcome.smsc_message_id == "12345"

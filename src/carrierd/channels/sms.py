@@ -27,8 +27,11 @@ Outbound, ``build_submit_pdus`` (pure) turns an ``SmsRequest`` into submit_sm PD
 Inbound, ``parse_deliver`` (pure) turns a deliver_sm / data_sm into:
 
 - a ``Receipt`` when esm_class has the receipt bit (0x04) or receipted_message_id is
-  present. Id and state come from the receipted_message_id / message_state TLVs when
-  present, else from the receipt text (``parse_receipt_text``); err from the text,
+  present. The id comes from the receipted_message_id TLV and from the text's ``id:``
+  (``parse_receipt_text``): when both are present and normalise differently, the TLV
+  id is ``smsc_message_id`` and the text id ``alt_smsc_message_id``, and a part that
+  carries either is the receipt's. State comes from the message_state TLV when
+  present, else from the text; err from the text,
   else from network_error_code. message_state maps to the text stats (DELIVERED ->
   DELIVRD, UNDELIVERABLE -> UNDELIV, REJECTED -> REJECTD, ACCEPTED -> ACCEPTD, ...);
   long spellings in text (DELIVERED...) are shortened the same way; no state at all
@@ -40,8 +43,9 @@ Inbound, ``parse_deliver`` (pure) turns a deliver_sm / data_sm into:
 
 Message ids are normalised (``normalize_message_id``) so that the id of
 submit_sm_resp and the id in its receipt compare equal: the carrier's
-``message_id_style`` names the base of the submit_sm_resp id; the receipt id uses
-``receipt_message_id_styles[carrier]`` when given, else the same style.
+``message_id_style`` names the base of the submit_sm_resp id, and so of the
+receipted_message_id TLV (SMPP 3.4: the id returned in submit_sm_resp); the text
+``id:`` uses ``receipt_message_id_styles[carrier]`` when given, else the same style.
 """
 
 from __future__ import annotations
@@ -223,17 +227,27 @@ def parse_deliver(
     pdu: DeliverSm | DataSm,
     *,
     carrier: str,
+    message_id_style: MessageIdStyle,
     receipt_id_style: MessageIdStyle,
     received_at: datetime,
 ) -> Receipt | InboundSms | None:
-    """What a deliver_sm / data_sm says; None for a receipt no part can match."""
+    """What a deliver_sm / data_sm says; None for a receipt no part can match.
+    ``message_id_style`` reads the receipted_message_id TLV, ``receipt_id_style``
+    the text ``id:``."""
     body = _body(pdu)
     if is_receipt(pdu):
         # The id, stat and err only (the same values parse_receipt_text
         # gives): its dates are not used here, and were half its cost.
         text = receipt_text_fields(body)
-        raw_id = pdu.receipted_message_id or text.get("id")
-        if not raw_id:
+        candidates: list[str] = []
+        if pdu.receipted_message_id:
+            candidates.append(normalize_message_id(pdu.receipted_message_id, message_id_style))
+        text_id = text.get("id")
+        if text_id:
+            normalized = normalize_message_id(text_id, receipt_id_style)
+            if normalized not in candidates:
+                candidates.append(normalized)
+        if not candidates:
             return None
         stat = MESSAGE_STATE_STATS.get(pdu.message_state or 0)
         if stat is None:
@@ -244,10 +258,11 @@ def parse_deliver(
             err = f"{pdu.network_error_code.error_code:03d}"
         return Receipt(
             carrier=carrier,
-            smsc_message_id=normalize_message_id(raw_id, receipt_id_style),
+            smsc_message_id=candidates[0],
             stat=stat,
             err=err,
             received_at=received_at,
+            alt_smsc_message_id=candidates[1] if len(candidates) > 1 else None,
         )
     if pdu.esm_class & ESM_CLASS_UDHI:
         _, body = split_udh(body)
@@ -307,8 +322,12 @@ class SmppGateway:
     ) -> None:
         self._events = events
         self._clock = clock
+        # (TLV id style, text id style) per carrier.
         self._receipt_id_styles = {
-            name: (receipt_message_id_styles or {}).get(name, config.message_id_style)
+            name: (
+                config.message_id_style,
+                (receipt_message_id_styles or {}).get(name, config.message_id_style),
+            )
             for name, config in carriers.items()
         }
         self._pools = {
@@ -357,10 +376,12 @@ class SmppGateway:
     ) -> Awaitable[None] | None:
         # Exceptions propagate to the session, which answers ESME_RX_T_APPN so the
         # SMSC delivers the PDU again rather than losing it.
+        tlv_id_style, text_id_style = self._receipt_id_styles[carrier]
         event = parse_deliver(
             pdu,
             carrier=carrier,
-            receipt_id_style=self._receipt_id_styles[carrier],
+            message_id_style=tlv_id_style,
+            receipt_id_style=text_id_style,
             received_at=self._clock.now(),
         )
         if isinstance(event, Receipt):

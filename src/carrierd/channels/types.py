@@ -46,6 +46,10 @@ class Receipt:
     stat: str  # DELIVRD, UNDELIV, EXPIRED, REJECTD, DELETED, UNKNOWN, ACCEPTD, ENROUTE
     err: str | None
     received_at: datetime
+    # A receipt may carry its id twice (receipted_message_id TLV and "id:"
+    # text), each in its own base; when the two normalise differently, the
+    # second one. Either may be the one the part was accepted with.
+    alt_smsc_message_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from carrierd.engine.leases import Leases
 from carrierd.engine.lifecycle import Lifecycle
 from carrierd.engine.write_behind import EARLY_RECEIPT_KEEP_S, WriteBehind
 from carrierd.store.db import Database, Row, Transaction
+from carrierd.telemetry import Metrics
 
 log = structlog.get_logger("carrierd.engine.timers")
 
@@ -55,6 +56,7 @@ class Timers:
         batch: int = 1000,
         interval_s: float = 0.5,
         rcs_timers: RcsTimers | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._db = db
         self._clock = clock
@@ -65,6 +67,7 @@ class Timers:
         self._batch = batch
         self._interval_s = interval_s
         self.rcs_timers = rcs_timers
+        self._metrics = metrics
         self._running = True
 
     async def run(self) -> None:
@@ -143,9 +146,20 @@ class Timers:
 
     async def _early_receipts(self, tx: Transaction, now: datetime) -> int:
         changed: list[Row] = await tx.fetch("apply_early_receipts")
-        await tx.execute(
+        for dropped in await tx.fetch(
             "expire_stale_early_receipts", now - timedelta(seconds=EARLY_RECEIPT_KEEP_S)
-        )
+        ):
+            # Often a carrier writing its ids in a base its config does not say.
+            log.warning(
+                "receipt_unmatched",
+                carrier=dropped["carrier"],
+                smsc_message_id=dropped["smsc_message_id"],
+                alt_smsc_message_id=dropped["alt_smsc_message_id"],
+                stat=dropped["stat"],
+                waited_s=(now - dropped["received_at"]).total_seconds(),
+            )
+            if self._metrics is not None:
+                self._metrics.receipts_unmatched_total.labels(dropped["carrier"]).inc()
         await tx.execute("expire_stale_au_gate_holds", now - timedelta(seconds=AU_GATE_HOLD_KEEP_S))
         if not changed:
             return 0

@@ -392,6 +392,7 @@ class WriteBehind:
                 [r.stat.upper() for r in receipts],
                 [r.err for r in receipts],
                 [r.received_at for r in receipts],
+                [r.alt_smsc_message_id for r in receipts],
             ):
                 if row["state"] == "early":
                     self._early_receipt_at = now

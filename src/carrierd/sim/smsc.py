@@ -166,9 +166,13 @@ class CarrierSimConfig:
     # `receipt_first_lead_s` so that it trails a receipt sent on another bind.
     receipt_before_response_share: float = 0.0
     receipt_first_lead_s: float = 0.05
-    # How message ids are written: in submit_sm_resp, and in receipts.
+    # How message ids are written: in submit_sm_resp, in the receipt text's
+    # "id:", and in receipted_message_id. SMPP 3.4 makes that TLV the
+    # submit_sm_resp id, so "" (the default) writes it in
+    # submit_resp_id_format; some SMSCs write it like their text instead.
     submit_resp_id_format: MessageIdFormat = "hex"
     receipt_id_format: MessageIdFormat = "hex"
+    receipt_tlv_id_format: MessageIdFormat | Literal[""] = ""
 
     # deliver_sm flow to the client: unanswered deliver_sm per bind, and what
     # happens when the client answers one with an error status.
@@ -224,6 +228,8 @@ class CarrierSimConfig:
         for name in ("submit_resp_id_format", "receipt_id_format"):
             if getattr(self, name) not in ("hex", "decimal"):
                 problems.append(f"{name} must be hex or decimal")
+        if self.receipt_tlv_id_format not in ("", "hex", "decimal"):
+            problems.append('receipt_tlv_id_format must be "", hex or decimal')
         if self.throttle_scope not in ("bind", "carrier"):
             problems.append("throttle_scope must be bind or carrier")
         if not (self.receipt_tlvs or self.receipt_text):
@@ -783,6 +789,9 @@ class _Carrier:
         if config.receipt_text:
             short_message = _receipt_text(record, receipt_id, self.clock.now())
         with_tlvs = config.receipt_tlvs
+        tlv_id = _format_message_id(
+            record.message_id, config.receipt_tlv_id_format or config.submit_resp_id_format
+        )
         return DeliverSm(
             sequence_number=sequence_number,
             source_addr_ton=record.dest_ton,
@@ -793,7 +802,7 @@ class _Carrier:
             destination_addr=record.source_addr,
             esm_class=ESM_CLASS_RECEIPT,
             short_message=short_message,
-            receipted_message_id=receipt_id if with_tlvs else None,
+            receipted_message_id=tlv_id if with_tlvs else None,
             message_state=_RECEIPT_STATES[record.stat] if with_tlvs else None,
             network_error_code=(
                 NetworkErrorCode(_NETWORK_TYPE_GSM, record.err)

@@ -241,23 +241,34 @@ UPDATE parts p
 -- name: apply_early_receipts
 -- Receipts that beat their submit_sm_resp (or reached another daemon first)
 -- meet their part once the part knows its SMSC id: the newest accepted part
--- with the id, as in record_receipts. Driven from early_receipts, usually
--- empty, with one index probe each: cheap whatever the size of parts.
+-- with either of the receipt's ids, as in record_receipts. Driven from
+-- early_receipts, usually empty, with one index probe per id: cheap
+-- whatever the size of parts.
 WITH waiting AS (
     -- Rows another flush (or daemon) holds are its to match: concurrent
     -- flushes waited on each other here, and a receipt's deliver_sm is
     -- answered only when its flush commits. What is skipped meets its part
     -- in the next flush or the settler's sweep.
-    SELECT carrier, smsc_message_id FROM early_receipts
+    SELECT carrier, smsc_message_id, alt_smsc_message_id FROM early_receipts
     FOR UPDATE SKIP LOCKED
 ),
 found AS (
     SELECT e.carrier, e.smsc_message_id, p.message_id, p.attempt, p.part_no
     FROM waiting e
     CROSS JOIN LATERAL (
-        SELECT message_id, attempt, part_no FROM parts
-        WHERE carrier = e.carrier AND smsc_message_id = e.smsc_message_id
-          AND state = 'accepted'
+        -- One probe of parts_by_smsc_id per id: an OR of the two ids would
+        -- lose the index's sent_at order, or the index altogether.
+        (SELECT message_id, attempt, part_no, sent_at FROM parts
+          WHERE carrier = e.carrier AND smsc_message_id = e.smsc_message_id
+            AND state = 'accepted'
+          ORDER BY sent_at DESC
+          LIMIT 1)
+        UNION ALL
+        (SELECT message_id, attempt, part_no, sent_at FROM parts
+          WHERE carrier = e.carrier AND smsc_message_id = e.alt_smsc_message_id
+            AND state = 'accepted'
+          ORDER BY sent_at DESC
+          LIMIT 1)
         ORDER BY sent_at DESC
         LIMIT 1
     ) AS p
@@ -277,19 +288,36 @@ UPDATE parts p
 RETURNING p.message_id, p.state, p.carrier, p.receipt_at, p.resp_at, p.attempt, p.units;
 
 -- name: record_receipts
--- Final receipts by SMSC id; one that finds no part yet waits in
+-- Final receipts by SMSC id, and by the receipt's second id ($6, NULL when
+-- it has none: channels/sms.py); one that finds no part yet waits in
 -- early_receipts. Returns the parts that changed, for state and billing.
 WITH input AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
-             AS i(carrier, smsc_message_id, stat, err, received_at)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                         $6::text[])
+             AS i(carrier, smsc_message_id, stat, err, received_at, alt_smsc_message_id)
 ),
 target AS (
-    -- SMSCs recycle ids: the receipt is for the newest part with this id.
+    -- SMSCs recycle ids: the receipt is for the newest part with either id.
+    -- DISTINCT ON: the same receipt twice in one batch settles its part once.
     SELECT DISTINCT ON (i.carrier, i.smsc_message_id)
-           p.message_id, p.attempt, p.part_no, p.state, i.carrier, i.smsc_message_id,
+           p.message_id, p.attempt, p.part_no, i.carrier, i.smsc_message_id,
            i.stat, i.err, i.received_at
     FROM input i
-    JOIN parts p ON p.carrier = i.carrier AND p.smsc_message_id = i.smsc_message_id
+    CROSS JOIN LATERAL (
+        -- One probe of parts_by_smsc_id per id: an OR of the two ids would
+        -- lose the index's sent_at order, or the index altogether.
+        (SELECT message_id, attempt, part_no, sent_at FROM parts
+          WHERE carrier = i.carrier AND smsc_message_id = i.smsc_message_id
+          ORDER BY sent_at DESC
+          LIMIT 1)
+        UNION ALL
+        (SELECT message_id, attempt, part_no, sent_at FROM parts
+          WHERE carrier = i.carrier AND smsc_message_id = i.alt_smsc_message_id
+          ORDER BY sent_at DESC
+          LIMIT 1)
+        ORDER BY sent_at DESC
+        LIMIT 1
+    ) AS p
     ORDER BY i.carrier, i.smsc_message_id, p.sent_at DESC
 ),
 updated AS (
@@ -305,11 +333,13 @@ updated AS (
     RETURNING p.message_id, p.state, p.carrier, p.receipt_at, p.resp_at, p.attempt, p.units
 ),
 early AS (
-    INSERT INTO early_receipts (carrier, smsc_message_id, stat, err, received_at)
-    SELECT i.carrier, i.smsc_message_id, i.stat, i.err, i.received_at
+    INSERT INTO early_receipts (carrier, smsc_message_id, alt_smsc_message_id, stat, err,
+                                received_at)
+    SELECT i.carrier, i.smsc_message_id, i.alt_smsc_message_id, i.stat, i.err, i.received_at
     FROM input i
-    WHERE NOT EXISTS (SELECT 1 FROM parts p
-                      WHERE p.carrier = i.carrier AND p.smsc_message_id = i.smsc_message_id)
+    -- No part with either id, whatever its state (target looked at them all).
+    WHERE NOT EXISTS (SELECT 1 FROM target t
+                      WHERE t.carrier = i.carrier AND t.smsc_message_id = i.smsc_message_id)
     ON CONFLICT (carrier, smsc_message_id) DO NOTHING
     RETURNING carrier
 )
@@ -532,8 +562,11 @@ DELETE FROM au_gate_waiting WHERE recheck_at < $1;
 
 -- name: expire_stale_early_receipts
 -- A receipt whose part never appears (its submit was lost, or the id is
--- garbage) is kept a while for late responses, then dropped.
-DELETE FROM early_receipts WHERE received_at < $1;
+-- garbage, or in a base the carrier's config does not expect) is kept a
+-- while for late responses, then dropped. The rows go back to be reported:
+-- each is dropped, so reported, once.
+DELETE FROM early_receipts WHERE received_at < $1
+RETURNING carrier, smsc_message_id, alt_smsc_message_id, stat, received_at;
 
 -- name: insert_inbound_sms
 -- Mobile-originated SMS, owned by the account whose address it was sent to.
