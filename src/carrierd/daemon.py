@@ -48,7 +48,7 @@ from carrierd.http.reports import report_routes, run_retention
 from carrierd.ops.callbacks import CallbackSender
 from carrierd.ops.sdnotify import SystemdNotifier
 from carrierd.store.db import Database
-from carrierd.telemetry import Metrics, metrics_route, refresh_queue_gauges
+from carrierd.telemetry import Metrics, SubmitMetrics, metrics_route, refresh_queue_gauges
 
 log = structlog.get_logger("carrierd.daemon")
 
@@ -134,6 +134,9 @@ class Daemon:
             self.clock,
             receipt_message_id_styles={
                 name: c.receipt_id_style for name, c in self.config.carriers.items()
+            },
+            submit_observers={
+                name: SubmitMetrics(self.metrics, name) for name in self.config.carriers
             },
         )
         daemon_id = self.config.daemon_id

@@ -15,6 +15,7 @@ from carrierd.config import CarrierConfig
 from carrierd.domain.clock import SystemClock
 from carrierd.smpp.pdu import CommandStatus, DataSm, DeliverSm, SubmitSm
 from carrierd.smpp.pool import SmppPool
+from carrierd.telemetry import Metrics, SubmitMetrics
 from tests.integration.smsc_stub import StubSmsc
 
 WAIT_S = 5.0  # an upper bound for things to happen, not a speed claim
@@ -316,3 +317,40 @@ async def test_gateway_submits_parts_and_correlates_receipts(stub: StubSmsc) -> 
     assert gateway.health()["au"].bound_count == 0
     with pytest.raises(ValueError, match="no SMPP pool"):
         await gateway.submit("docomo", request)
+
+
+async def test_gateway_feeds_the_submit_metrics_of_each_carrier(stub: StubSmsc) -> None:
+    statuses = {0: CommandStatus.ESME_RTHROTTLED, 2: CommandStatus.ESME_RINVDSTADR}
+    stub.behaviour.submit_status = lambda pdu, index: statuses.get(index, 0)
+    metrics = Metrics()
+    config = carrier(stub.port, name="au", binds=2)
+    gateway = SmppGateway(
+        {"au": config},
+        RecordingEvents(),
+        SystemClock(),
+        submit_observers={"au": SubmitMetrics(metrics, "au")},
+    )
+    await gateway.start()
+    request = SmsRequest(
+        message_id=7,
+        attempt=1,
+        account_id="acme",
+        msisdn="+819012345678",
+        source_addr="0120123456",
+        encoding="ucs2",
+        parts=("あ",),
+        expires_at=datetime.now(UTC) + timedelta(hours=72),
+    )
+    try:
+        first = await gateway.submit("au", request)
+        second = await gateway.submit("au", request)
+    finally:
+        await gateway.stop(drain_timeout_s=1.0)
+
+    assert [o.result for o in first + second] == ["accepted", "refused"]
+    sample = metrics.registry.get_sample_value
+    assert sample("carrierd_submit_responses_total", {"carrier": "au", "status": "ok"}) == 1
+    assert sample("carrierd_submit_responses_total", {"carrier": "au", "status": "0x00000058"}) == 1
+    assert sample("carrierd_submit_responses_total", {"carrier": "au", "status": "0x0000000b"}) == 1
+    assert sample("carrierd_throttled_total", {"carrier": "au"}) == 1
+    assert sample("carrierd_submit_response_seconds_count", {"carrier": "au"}) == 3

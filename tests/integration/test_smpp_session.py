@@ -257,6 +257,57 @@ async def test_response_timeout_is_unknown_and_bind_stays(
 # -- answers that are not OK -------------------------------------------------------------
 
 
+@dataclass
+class Observed:
+    """A SubmitObserver that keeps what it was told."""
+
+    answers: list[tuple[int, float]] = field(default_factory=list)
+    throttles: int = 0
+
+    def submit_answered(self, command_status: int, elapsed_s: float) -> None:
+        self.answers.append((command_status, elapsed_s))
+
+    def throttled(self) -> None:
+        self.throttles += 1
+
+
+async def test_observer_hears_every_answer_with_its_time_since_the_write(
+    stub: StubSmsc, inbox: Inbox, sessions: list[SmppSession]
+) -> None:
+    stub.behaviour.response_delay_s = 0.05
+    statuses = {1: CommandStatus.ESME_RTHROTTLED, 3: CommandStatus.ESME_RINVDSTADR}
+    stub.behaviour.submit_status = lambda pdu, index: statuses.get(index, 0)
+    observed = Observed()
+    session = await started_session(
+        sessions, carrier(stub.port, window=1), inbox, observer=observed
+    )
+
+    results = await session.submit_all([message(n) for n in range(3)])
+
+    assert [r.outcome for r in results] == ["accepted", "accepted", "refused"]
+    # Message 1 was throttled once and answered again when resent.
+    assert [status for status, _ in observed.answers] == [
+        0, CommandStatus.ESME_RTHROTTLED, 0, CommandStatus.ESME_RINVDSTADR
+    ]  # fmt: skip
+    assert observed.throttles == 1
+    # Each answer waited out the stub's delay (less the loop's timer slack).
+    assert all(elapsed_s >= 0.04 for _, elapsed_s in observed.answers)
+
+
+async def test_observer_is_not_told_of_submits_without_an_answer(
+    stub: StubSmsc, inbox: Inbox, sessions: list[SmppSession]
+) -> None:
+    stub.behaviour.answer_submits = False
+    observed = Observed()
+    session = await started_session(
+        sessions, carrier(stub.port, response_timeout_s=0.2), inbox, observer=observed
+    )
+
+    assert (await session.submit(message(1))).outcome == "unknown"
+
+    assert observed.answers == [] and observed.throttles == 0
+
+
 @pytest.mark.parametrize(
     "status", [CommandStatus.ESME_RTHROTTLED, CommandStatus.ESME_RMSGQFUL], ids=lambda s: s.name
 )

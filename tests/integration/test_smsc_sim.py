@@ -494,6 +494,18 @@ async def test_not_our_subscriber_as_an_undeliv_receipt() -> None:
     assert sim.duplicates(include_undelivered=True) == [("+818012345678", "こんにちは")]
 
 
+async def test_numbers_under_an_undeliverable_prefix_always_fail() -> None:
+    config = two_carriers(undeliverable_prefixes=("0909",), undeliverable_err=34)
+    async with running(config) as (sim, ports), bound(ports["docomo"]) as esme:
+        stats = []
+        for to in ("+819091234567", "+819012345678", "+819091234567"):
+            assert (await esme.submit(submit_pdu(to=to))).command_status == 0
+            receipt = parse_receipt_text((await esme.next_deliver()).short_message)
+            stats.append((receipt.stat, receipt.err))
+    assert stats == [("UNDELIV", "034"), ("DELIVRD", "000"), ("UNDELIV", "034")]
+    assert sim.counters.carriers["docomo"].receipts_by_stat == {"UNDELIV": 2, "DELIVRD": 1}
+
+
 def test_subscribers_by_stable_hash_unless_a_prefix_claims_them() -> None:
     carriers = {name: CarrierSimConfig() for name in ("docomo", "au", "softbank", "rakuten")}
     config = SmscSimConfig(carriers=carriers)

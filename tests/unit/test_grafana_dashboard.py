@@ -2,72 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import re
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from carrierd.telemetry import Metrics
-
-DASHBOARD = Path(__file__).resolve().parents[2] / "conf/grafana/carrierd.json"
-
-# Words of PromQL that are not metric names when not followed by "(".
-_KEYWORDS = frozenset(
-    {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring", "inf", "nan"}
-)
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'')
-_VARIABLE = re.compile(r"\$\{?\w+\}?")
-_MATCHERS = re.compile(r"\{[^{}]*\}")
-_RANGE = re.compile(r"\[[^\]]*\]")
-_GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
-_IDENTIFIER = re.compile(r"(?<![\w.])[A-Za-z_:][A-Za-z0-9_:]*")
-_LABEL_VALUES = re.compile(r"^\s*label_values\s*\((.*)\)\s*$", re.DOTALL)
-
-
-def metric_names(expression: str) -> set[str]:
-    """Metric names a PromQL expression (or a Grafana label_values query)
-    reads: identifiers that are not functions, keywords or label names."""
-    label_values = _LABEL_VALUES.match(expression)
-    if label_values is not None:
-        # label_values(metric{...}, label): only the first argument is a series.
-        expression = label_values.group(1).rsplit(",", 1)[0]
-    text = _STRING.sub('""', expression)
-    text = _VARIABLE.sub(" ", text)
-    text = _MATCHERS.sub(" ", text)
-    text = _RANGE.sub(" ", text)
-    text = _GROUPING.sub(" ", text)
-    names: set[str] = set()
-    for match in _IDENTIFIER.finditer(text):
-        word = match.group()
-        if text[match.end() :].lstrip().startswith("(") or word.lower() in _KEYWORDS:
-            continue
-        names.add(word)
-    return names
-
-
-def _panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    for panel in panels:
-        yield panel
-        yield from _panels(panel.get("panels", []))
-
-
-def _expressions(dashboard: dict[str, Any]) -> Iterator[tuple[str, str]]:
-    for panel in _panels(dashboard["panels"]):
-        for target in panel.get("targets", []):
-            yield panel["title"], target["expr"]
-    for variable in dashboard["templating"]["list"]:
-        query = variable.get("query")
-        if variable["type"] == "query":
-            yield f"${variable['name']}", query["query"] if isinstance(query, dict) else query
+from tests.grafana_dashboard import expressions, load_dashboard, metric_names, panels
 
 
 @pytest.fixture(scope="module")
 def dashboard() -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads(DASHBOARD.read_text())
-    return loaded
+    return load_dashboard()
 
 
 @pytest.mark.parametrize(
@@ -93,7 +38,7 @@ def test_metric_name_parser(expression: str, names: set[str]) -> None:
 def test_every_expression_names_only_exported_metrics(dashboard: dict[str, Any]) -> None:
     exported = Metrics().exported_names()
     seen: set[str] = set()
-    for title, expression in _expressions(dashboard):
+    for title, expression in expressions(dashboard):
         names = metric_names(expression)
         assert names, f"{title}: no metric in {expression!r}"
         unknown = names - exported
@@ -120,18 +65,18 @@ def test_every_expression_names_only_exported_metrics(dashboard: dict[str, Any])
 
 
 def test_latency_panels_use_histogram_quantile(dashboard: dict[str, Any]) -> None:
-    for title, expression in _expressions(dashboard):
+    for title, expression in expressions(dashboard):
         if any(name.endswith("_bucket") for name in metric_names(expression)):
             assert "histogram_quantile(" in expression, title
             assert "by (le)" in expression or ", le)" in expression, title
 
 
 def test_panels_are_well_formed(dashboard: dict[str, Any]) -> None:
-    ids = [panel["id"] for panel in _panels(dashboard["panels"])]
+    ids = [panel["id"] for panel in panels(dashboard["panels"])]
     assert len(ids) == len(set(ids))
     variables = {v["name"] for v in dashboard["templating"]["list"]}
     assert "datasource" in variables
-    for panel in _panels(dashboard["panels"]):
+    for panel in panels(dashboard["panels"]):
         if panel["type"] == "row":
             continue
         assert panel["datasource"]["uid"] == "${datasource}", panel["title"]

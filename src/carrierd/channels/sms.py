@@ -83,7 +83,7 @@ from carrierd.smpp.pdu import (
 )
 from carrierd.smpp.pool import PoolHealth, SmppPool
 from carrierd.smpp.receipt import MessageIdStyle, normalize_message_id, receipt_text_fields
-from carrierd.smpp.session import SubmitResult
+from carrierd.smpp.session import SubmitObserver, SubmitResult
 
 log = structlog.get_logger("carrierd.channels.sms")
 
@@ -319,6 +319,7 @@ class SmppGateway:
         receipt_message_id_styles: Mapping[str, MessageIdStyle] | None = None,
         bind_wait_s: float = 1.0,
         ssl_context: ssl.SSLContext | None = None,
+        submit_observers: Mapping[str, SubmitObserver] | None = None,
     ) -> None:
         self._events = events
         self._clock = clock
@@ -336,6 +337,7 @@ class SmppGateway:
                 partial(self._on_deliver, name),
                 bind_wait_s=bind_wait_s,
                 ssl_context=ssl_context,
+                observer=(submit_observers or {}).get(name),
             )
             for name, config in carriers.items()
         }

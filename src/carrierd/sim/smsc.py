@@ -158,6 +158,9 @@ class CarrierSimConfig:
     receipt_delay_max_s: float = 2.0
     undeliverable_share: float = 0.0
     undeliverable_err: int = 1
+    # National prefixes of this carrier's subscribers whose every part fails
+    # (UNDELIV, `undeliverable_err`): a scripted failure, unlike the share.
+    undeliverable_prefixes: tuple[str, ...] = ()
     expired_share: float = 0.0
     expired_err: int = 0
     receipt_tlvs: bool = True  # receipted_message_id + message_state (+ network_error_code)
@@ -608,6 +611,10 @@ class _Carrier:
         stat: ReceiptStat
         if not ours:
             stat, err = "UNDELIV", config.wrong_carrier_receipt_err
+        elif config.undeliverable_prefixes and ("0" + destination[3:]).startswith(
+            config.undeliverable_prefixes
+        ):
+            stat, err = "UNDELIV", config.undeliverable_err
         else:
             roll = self._rng.random()
             if roll < config.undeliverable_share:

@@ -13,7 +13,8 @@ idle binds share the traffic. With no session bound, ``submit`` waits up to
 ``bind_wait_s`` for one, then answers unsent. A session that loses its bind while
 the submit sat in its queue answers unsent for all of it; the pool then tries
 another bound session within the same wait. A health change of any session wakes
-the waiting submits.
+the waiting submits. An ``observer`` (``SubmitObserver``) given to the pool is
+shared by all its sessions: it hears every submit answer of the carrier.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from carrierd.smpp.session import (
     SessionHealth,
     SessionStats,
     SmppSession,
+    SubmitObserver,
     SubmitResult,
 )
 
@@ -78,6 +80,7 @@ class SmppPool:
         ssl_context: ssl.SSLContext | None = None,
         initial_backoff_s: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
+        observer: SubmitObserver | None = None,
     ) -> None:
         self.config = config
         self._bind_wait_s = bind_wait_s
@@ -91,6 +94,7 @@ class SmppPool:
                 on_health_change=self._session_changed,
                 initial_backoff_s=initial_backoff_s,
                 clock=clock,
+                observer=observer,
             )
             for number in range(1, config.binds + 1)
         )
