@@ -39,16 +39,17 @@ from carrierd.engine.dispatcher import Dispatcher
 from carrierd.engine.inbound import Inbound
 from carrierd.engine.leases import Leases
 from carrierd.engine.lifecycle import Lifecycle
-from carrierd.engine.rcs_leg import RcsLeg, platform_config, webhook_route
+from carrierd.engine.rcs_leg import RcsLeg, platform_config
 from carrierd.engine.sms_leg import Planned, SmsLeg, counts_by_carrier
 from carrierd.engine.timers import Timers
 from carrierd.engine.write_behind import WriteBehind
 from carrierd.http.app import ApiState, build_app
-from carrierd.http.reports import report_routes, run_retention
 from carrierd.ops.callbacks import CallbackSender
+from carrierd.ops.gauges import GaugeRefresher
+from carrierd.ops.retention import run_retention
 from carrierd.ops.sdnotify import SystemdNotifier
 from carrierd.store.db import Database
-from carrierd.telemetry import Metrics, SubmitMetrics, metrics_route, refresh_queue_gauges
+from carrierd.telemetry import Metrics, SubmitMetrics
 
 log = structlog.get_logger("carrierd.daemon")
 
@@ -95,7 +96,7 @@ class Daemon:
             clock=self.clock,
             readiness=self._readiness,
             metrics=self.metrics,
-            extra_routes=[metrics_route(self.metrics), *report_routes(), *self._rcs_routes],
+            webhook_sink=self._rcs_leg,
         )
         self._api_state = api_state
         for component in self._components:
@@ -164,7 +165,7 @@ class Daemon:
             db, self.clock, write_behind, lifecycle, leases, config=config, metrics=self.metrics
         )
         self._rcs_session: aiohttp.ClientSession | None = None
-        self._rcs_routes: list[web.RouteDef] = []
+        self._rcs_leg: RcsLeg | None = None
         if self.config.rcs.enabled:
             # +Message: the dispatcher hands it rows whose leg is 'rcs'; the
             # timers run its fallback and expiry; the platform posts its
@@ -176,7 +177,7 @@ class Daemon:
             )
             dispatcher.rcs_leg = leg
             timers.rcs_timers = leg
-            self._rcs_routes.append(webhook_route(leg))
+            self._rcs_leg = leg
         self.lifecycle = lifecycle
         self.recorder, self.gateway, self.dispatcher, self.settler = (
             write_behind,
@@ -230,7 +231,15 @@ class Daemon:
             sender = CallbackSender(db, self._http_client, secret_for, self.clock, self.metrics)
             self.add_side_task("callbacks", sender.run(self._ops_stop))
             self.add_side_task("retention", run_retention(db, self.clock, self._ops_stop))
-            self.add_side_task("gauges", self._refresh_gauges())
+            gauges = GaugeRefresher(
+                db,
+                self.clock,
+                self.metrics,
+                config=lambda: self.config,
+                bind_health=self.gateway.health,
+                interval_s=self.gauge_interval_s,
+            )
+            self.add_side_task("gauges", gauges.run(self._ops_stop))
             self.add_side_task("watchdog", self.notifier.run_watchdog(self._ops_stop))
 
         async def stop_operations() -> None:
@@ -239,26 +248,6 @@ class Daemon:
                 await self._http_client.close()
 
         self._components.append(Component("operations", start_operations, stop_operations))
-
-    async def _refresh_gauges(self) -> None:
-        assert self.db is not None
-        while not self._ops_stop.is_set():
-            try:
-                await refresh_queue_gauges(self.metrics, self.db, self.clock.now())
-                for carrier, pool in self.gateway.health().items():
-                    states: dict[str, int] = {}
-                    for bind in pool.binds:
-                        states[bind.state] = states.get(bind.state, 0) + 1
-                        self.metrics.window_in_use.labels(carrier, bind.bind_id).set(bind.in_flight)
-                        self.metrics.delivers_unanswered.labels(carrier, bind.bind_id).set(
-                            bind.delivers_unanswered
-                        )
-                    for state in ("bound", "throttled", "connecting", "stopped"):
-                        self.metrics.binds.labels(carrier, state).set(states.get(state, 0))
-            except Exception:
-                log.exception("gauge_refresh_failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ops_stop.wait(), self.gauge_interval_s)
 
     def _on_submitted(self, planned: Sequence[Planned], now: datetime) -> None:
         for p in planned:

@@ -16,16 +16,11 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Iterable, Mapping, MutableMapping
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 import structlog
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-
-if TYPE_CHECKING:
-    from carrierd.store.db import Database
 
 # -- logging -----------------------------------------------------------------------
 
@@ -337,22 +332,3 @@ class SubmitMetrics:
 
     def throttled(self) -> None:
         self._throttled.inc()
-
-
-def metrics_route(metrics: Metrics) -> web.RouteDef:
-    """GET /metrics for Prometheus (unauthenticated, like every exporter:
-    keep the HTTP listener on a private interface)."""
-
-    async def serve_metrics(request: web.Request) -> web.Response:
-        body, content_type = metrics.render()
-        return web.Response(body=body, headers={"Content-Type": content_type})
-
-    return web.get("/metrics", serve_metrics)
-
-
-async def refresh_queue_gauges(metrics: Metrics, db: Database, now: datetime) -> None:
-    """Read the open messages per state and account (one statement) into
-    queue_depth and queue_oldest_age_seconds. Every daemon on a database
-    reports the same numbers: dashboards take max() across instances."""
-    rows = await db.fetch("queue_gauges", now)
-    metrics.set_queue_gauges(rows)

@@ -37,7 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from carrierd.config import CARRIERS, Config, parse_config
 from carrierd.daemon import Daemon
-from carrierd.engine.rcs_leg import WEBHOOK_PATH
+from carrierd.http.webhooks import WEBHOOK_PATH
 from carrierd.sim.rcs import RcsPlatformSim, RcsSimConfig
 from carrierd.sim.smsc import SmscSimulator, sim_config_from_mapping
 from carrierd.store.db import Database

@@ -23,8 +23,9 @@ from aiohttp import web
 from carrierd.channels.rcs import RcsClient
 from carrierd.channels.types import Receipt
 from carrierd.domain.clock import FakeClock
-from carrierd.engine.rcs_leg import WEBHOOK_PATH, RcsLeg, platform_config, webhook_route
+from carrierd.engine.rcs_leg import RcsLeg, platform_config
 from carrierd.http.app import ApiState, build_app
+from carrierd.http.webhooks import WEBHOOK_PATH
 from carrierd.sim.rcs import RcsPlatformSim, RcsSimConfig
 from carrierd.store.db import Database
 from tests.integration.engine_harness import Engine, engine_config, enqueue, make_engine
@@ -100,9 +101,7 @@ async def test_each_recipient_is_reached_exactly_once_and_billed_right(
         )
         engine.dispatcher.rcs_leg = leg
         engine.settler.rcs_timers = leg
-        runner = web.AppRunner(
-            build_app(ApiState(config, db, clock, extra_routes=[webhook_route(leg)]))
-        )
+        runner = web.AppRunner(build_app(ApiState(config, db, clock, webhook_sink=leg)))
         await runner.setup()
         await web.SockSite(runner, listener).start()
         try:

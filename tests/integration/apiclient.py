@@ -32,13 +32,14 @@ def make_config(dsn: str, extra: Mapping[str, Any] | None = None) -> Config:
 
 @asynccontextmanager
 async def running_api(
-    config: Config, db: Database, clock: Clock
+    config: Config, db: Database, clock: Clock, **state: Any
 ) -> AsyncIterator[tuple[str, aiohttp.ClientSession]]:
+    """`state`: further ApiState fields (metrics, webhook_sink...)."""
     await db.sync_accounts(
         (a.account_id, a.allow_m2m, a.max_sms_chars, a.token_sha256)
         for a in config.accounts.values()
     )
-    app = build_app(ApiState(config=config, db=db, clock=clock))
+    app = build_app(ApiState(config=config, db=db, clock=clock, **state))
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -1,6 +1,6 @@
 """The +Message leg on a fake clock: real PostgreSQL, the real dispatcher and
 settler, the +Message platform simulator and our webhook endpoint (the real
-API app with `webhook_route`) on real sockets. SMS goes to the engine
+API app with the leg as its webhook sink) on real sockets. SMS goes to the engine
 harness's network stand-in.
 
 The simulator's delivery delays are real (a few ms): tests wait for them
@@ -34,12 +34,11 @@ from carrierd.domain.rcs_flow import SEND_RETRY_S
 from carrierd.domain.states import State
 from carrierd.engine.rcs_leg import (
     DELIVERED_GRACE_S,
-    WEBHOOK_PATH,
     RcsLeg,
     platform_config,
-    webhook_route,
 )
 from carrierd.http.app import ApiState, build_app
+from carrierd.http.webhooks import WEBHOOK_PATH
 from carrierd.sim.rcs import RcsPlatformSim, RcsSimConfig
 from carrierd.store.db import QUERIES, Database
 from carrierd.store.rows import ClaimedMessage
@@ -211,7 +210,7 @@ async def rig(dsn: str, db: Database, **sim: Any) -> AsyncIterator[Rig]:
         leg = make_leg(RcsClient(session, fast))
         engine.dispatcher.rcs_leg = leg
         engine.settler.rcs_timers = leg
-        api = build_app(ApiState(config, db, clock, extra_routes=[webhook_route(leg)]))
+        api = build_app(ApiState(config, db, clock, metrics=metrics, webhook_sink=leg))
         runner = web.AppRunner(api)
         await runner.setup()
         await web.SockSite(runner, listener).start()

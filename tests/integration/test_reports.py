@@ -20,17 +20,12 @@ from carrierd.config import Config
 from carrierd.domain.billing import billing_month
 from carrierd.domain.clock import JST, Clock, FakeClock
 from carrierd.http.app import ApiState, build_app
-from carrierd.http.reports import (
-    BILLING_COLUMNS,
-    EXPORT_COLUMNS,
-    month_bounds,
-    purge_expired,
-    recompute_billing,
-    report_routes,
-)
+from carrierd.http.reports import BILLING_COLUMNS, EXPORT_COLUMNS, month_bounds, recompute_billing
 from carrierd.ops.callbacks import enqueue_callback
+from carrierd.ops.gauges import refresh_queue_gauges
+from carrierd.ops.retention import purge_expired
 from carrierd.store.db import QUERIES, Database
-from carrierd.telemetry import Metrics, refresh_queue_gauges
+from carrierd.telemetry import Metrics
 from tests.integration.apiclient import auth, make_config
 
 NOW = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
@@ -50,12 +45,7 @@ async def synced_config(dsn: str, db: Database) -> Config:
 async def reports_api(
     config: Config, db: Database, clock: Clock, *, export_page_rows: int = 3
 ) -> AsyncIterator[tuple[str, aiohttp.ClientSession]]:
-    state = ApiState(
-        config=config,
-        db=db,
-        clock=clock,
-        extra_routes=report_routes(export_page_rows=export_page_rows),
-    )
+    state = ApiState(config=config, db=db, clock=clock, export_page_rows=export_page_rows)
     runner = web.AppRunner(build_app(state))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -11,6 +11,7 @@ from carrierd.domain.pacing import (
     au_not_before,
     next_resend_at,
     take_tokens,
+    tokens_at,
 )
 
 T0 = datetime(2026, 7, 1, 0, 0, tzinfo=UTC)
@@ -64,6 +65,43 @@ def test_clock_behind_the_last_writer_mints_nothing() -> None:
     assert skewed == bucket  # tokens kept, updated_at not moved back
     later, _, _ = take_tokens(skewed, T0 + timedelta(seconds=0.09), 0, RATE_PER_HOUR, BURST)
     assert later.tokens == pytest.approx(4.25)
+
+
+def test_tokens_at_projects_the_refill_without_taking() -> None:
+    # 0.9 s at 40,000/h is 10 tokens; the stored bucket is a value, untouched.
+    bucket = Bucket(2.5, T0)
+    assert tokens_at(bucket, T0 + timedelta(seconds=0.9), RATE_PER_HOUR, BURST) == pytest.approx(
+        12.5
+    )
+    assert tokens_at(bucket, T0 + timedelta(hours=1), RATE_PER_HOUR, BURST) == BURST
+    assert tokens_at(bucket, T0 - timedelta(minutes=1), RATE_PER_HOUR, BURST) == 2.5
+    assert bucket == Bucket(2.5, T0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    tokens=st.floats(min_value=0.0, max_value=500.0),
+    elapsed_s=st.floats(min_value=-60.0, max_value=7200.0),
+    rate=st.floats(min_value=1.0, max_value=1e6),
+    burst=st.integers(min_value=1, max_value=1000),
+)
+def test_tokens_at_is_what_a_zero_take_leaves(
+    tokens: float, elapsed_s: float, rate: float, burst: int
+) -> None:
+    bucket = Bucket(tokens, T0)
+    now = T0 + timedelta(seconds=elapsed_s)
+    level = tokens_at(bucket, now, rate, burst)
+    assert level <= burst
+    assert take_tokens(bucket, now, 0, rate, burst)[0].tokens == level
+
+
+def test_tokens_at_refuses_bad_arguments() -> None:
+    with pytest.raises(ValueError):
+        tokens_at(Bucket.empty(T0), T0, 0.0, BURST)
+    with pytest.raises(ValueError):
+        tokens_at(Bucket.empty(T0), T0, RATE_PER_HOUR, 0)
+    with pytest.raises(ValueError):
+        tokens_at(Bucket.empty(T0), datetime(2026, 7, 1), RATE_PER_HOUR, BURST)
 
 
 def test_lowered_burst_caps_stored_tokens() -> None:

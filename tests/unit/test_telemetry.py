@@ -8,14 +8,12 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-import aiohttp
 import pytest
 import structlog
-from aiohttp import web
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
-from carrierd.telemetry import Metrics, configure_logging, mask_phone_number, metrics_route
+from carrierd.telemetry import Metrics, configure_logging, mask_phone_number
 
 EXPECTED: dict[str, tuple[type, tuple[str, ...]]] = {
     "messages_accepted_total": (Counter, ("account", "channel")),
@@ -100,28 +98,6 @@ def test_queue_gauges_read_zero_when_a_pair_empties() -> None:
     assert 'carrierd_queue_oldest_age_seconds{account="acme",state="queued"} 0.0' in text
     assert 'carrierd_queue_depth{account="acme",state="submitted"} 1.0' in text
     assert 'carrierd_queue_oldest_age_seconds{account="acme",state="submitted"} 4.0' in text
-
-
-async def test_metrics_route_serves_the_exposition() -> None:
-    metrics = Metrics()
-    metrics.callbacks_total.labels("sent").inc(2)
-    app = web.Application()
-    app.add_routes([metrics_route(metrics)])
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.get(f"http://127.0.0.1:{port}/metrics") as response,
-        ):
-            assert response.status == 200
-            assert response.headers["Content-Type"] == metrics.render()[1]
-            assert 'carrierd_callbacks_total{outcome="sent"} 2.0' in await response.text()
-    finally:
-        await runner.cleanup()
 
 
 @pytest.mark.parametrize(

@@ -45,6 +45,20 @@ class Bucket:
         return cls(0.0, at)
 
 
+def tokens_at(bucket: Bucket, now: datetime, rate_per_hour: float, burst: int) -> float:
+    """Tokens in the bucket at `now`: the stored ones plus the refill since
+    `updated_at`, never more than `burst`."""
+    require_aware(now, "now")
+    if rate_per_hour <= 0:
+        raise ValueError(f"rate_per_hour must be > 0, got {rate_per_hour}")
+    if burst < 1:
+        raise ValueError(f"burst must be >= 1, got {burst}")
+    # A daemon whose clock is behind the last writer's must not mint tokens
+    # for time that already counted.
+    elapsed_s = max(0.0, (now - bucket.updated_at).total_seconds())
+    return min(float(burst), bucket.tokens + elapsed_s * rate_per_hour / 3600.0)
+
+
 def take_tokens(
     bucket: Bucket, now: datetime, want: int, rate_per_hour: float, burst: int
 ) -> tuple[Bucket, int, float]:
@@ -54,19 +68,11 @@ def take_tokens(
     least one more token exists when `granted < want`, else 0.0. The caller
     stores the new bucket whether or not anything was granted.
     """
-    require_aware(now, "now")
     if want < 0:
         raise ValueError(f"want must be >= 0, got {want}")
-    if rate_per_hour <= 0:
-        raise ValueError(f"rate_per_hour must be > 0, got {rate_per_hour}")
-    if burst < 1:
-        raise ValueError(f"burst must be >= 1, got {burst}")
-
-    # A daemon whose clock is behind the last writer's must not mint tokens
-    # for time that already counted, nor move updated_at backwards.
-    elapsed_s = max(0.0, (now - bucket.updated_at).total_seconds())
+    available = tokens_at(bucket, now, rate_per_hour, burst)
+    # Nor may a clock behind the last writer's move updated_at backwards.
     updated_at = max(now, bucket.updated_at)
-    available = min(float(burst), bucket.tokens + elapsed_s * rate_per_hour / 3600.0)
 
     granted = min(want, floor(available + _TOKEN_EPSILON))
     remaining = max(0.0, available - granted)

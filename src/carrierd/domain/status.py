@@ -1,4 +1,14 @@
-"""The public status document of a message (DOMAIN §10, §11, §15)."""
+"""The public status document of a message: one shape for every reader.
+
+The status API (GET /v1/messages/{id}) and the status callbacks both start
+from `status_document`, so an account sees the same keys, the same reason
+object and the same timestamps whichever way it asks. Each adds its own
+extras on top (the API: history and SMS parts; a callback: the time of the
+change in "at").
+
+Pure: it reads the columns of the `get_message` statement (STATUS_COLUMNS)
+from a mapping and returns JSON-ready values (ids and instants as strings).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +16,52 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+# What a row must carry; the engine's transition rows feed the callbacks, so
+# a column missing there shows up as a KeyError in its tests, not as a
+# silently absent field in a receiver's payload.
+STATUS_COLUMNS: tuple[str, ...] = (
+    "id",
+    "client_ref",
+    "channel",
+    "leg",
+    "state",
+    "reason_code",
+    "reason_text",
+    "recipient_raw",
+    "msisdn",
+    "carrier",
+    "carriers_wrong",
+    "sms_parts",
+    "attempt",
+    "sms_units",
+    "rcs_units",
+    "accepted_at",
+    "send_at",
+    "submitted_at",
+    "rcs_sent_at",
+    "final_at",
+    "expires_at",
+    "updated_at",
+)
 
-def _iso(value: datetime | None) -> str | None:
+TIMESTAMP_COLUMNS: tuple[str, ...] = (
+    "accepted_at",
+    "send_at",
+    "submitted_at",
+    "rcs_sent_at",
+    "final_at",
+    "expires_at",
+    "updated_at",
+)
+
+
+def iso_instant(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
 def status_document(message: Mapping[str, Any]) -> dict[str, Any]:
-    """What the status API and the status callbacks show of a message."""
+    """The public view of one message row (see STATUS_COLUMNS)."""
+    reason_code, reason_text = message["reason_code"], message["reason_text"]
     return {
         "id": str(message["id"]),
         "client_ref": message["client_ref"],
@@ -20,23 +69,20 @@ def status_document(message: Mapping[str, Any]) -> dict[str, Any]:
         "leg": message["leg"],
         "state": message["state"],
         "reason": (
-            {"code": message["reason_code"], "text": message["reason_text"]}
-            if message["reason_code"] or message["reason_text"]
-            else None
+            {"code": reason_code, "text": reason_text} if reason_code or reason_text else None
         ),
+        # The normalized number once intake could read one, else what the
+        # account sent (a rejected number has no normalized form).
         "to": message["msisdn"] or message["recipient_raw"],
         "carrier": message["carrier"],
         "carriers_wrong": list(message["carriers_wrong"] or []),
         "parts": message["sms_parts"],
         "attempt": message["attempt"],
         "billing": {"sms_units": message["sms_units"], "rcs_units": message["rcs_units"]},
-        "timestamps": {
-            "accepted_at": _iso(message["accepted_at"]),
-            "send_at": _iso(message["send_at"]),
-            "submitted_at": _iso(message["submitted_at"]),
-            "rcs_sent_at": _iso(message["rcs_sent_at"]),
-            "final_at": _iso(message["final_at"]),
-            "expires_at": _iso(message["expires_at"]),
-            "updated_at": _iso(message["updated_at"]),
-        },
+        "timestamps": {column: iso_instant(message[column]) for column in TIMESTAMP_COLUMNS},
     }
+
+
+def callback_payload(message: Mapping[str, Any], at: datetime) -> dict[str, Any]:
+    """The body of a status callback for the change made at `at`."""
+    return {**status_document(message), "at": at.isoformat()}

@@ -30,7 +30,7 @@ from typing import Any
 from carrierd.domain.billing import billing_month
 from carrierd.domain.lifecycle import Event, Move, Note
 from carrierd.domain.states import FINAL_STATES, State
-from carrierd.domain.status import status_document
+from carrierd.domain.status import callback_payload
 from carrierd.store.db import Transaction
 from carrierd.telemetry import Metrics
 
@@ -127,7 +127,7 @@ class Lifecycle:
         transaction as its move: a restart never loses a callback."""
         rows = await tx.fetch("status_documents", sorted(message_ids))
         for row in rows:
-            payload = {**status_document(row), "at": now.isoformat()}
+            payload = callback_payload(row, now)
             await tx.fetchval(
                 "insert_status_callback",
                 row["id"],

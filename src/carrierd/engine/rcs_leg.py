@@ -34,15 +34,16 @@ Timers are rows (DESIGN principle 4); `settle_due` claims them:
                                     with its answer in the event (§9: old
                                     apps could deliver after a discard)
 
-Webhooks (`webhook_route`): delivered/displayed settle an rcs_sent message
-as delivered and bill 1 +Message unit if within 72 h of the send (§11);
-failed falls back to SMS (rcs_then_sms) or fails. A status for a message
-not yet rcs_sent (the platform beat our commit) waits in rcs_early_statuses
-and is applied when the send is recorded. A delivery reported after the
-message left rcs_sent (SMS fallback started, expired, cancelled) changes no
-state and sends nothing: it is logged once as 'rcs_late_delivery' and billed
-as +Message if within 72 h of the send, because the platform did deliver it
-and charges for it. Every webhook is idempotent.
+Webhooks (http/webhooks.py verifies them and calls `apply_webhook`):
+delivered/displayed settle an rcs_sent message as delivered and bill 1
++Message unit if within 72 h of the send (§11); failed falls back to SMS
+(rcs_then_sms) or fails. A status for a message not yet rcs_sent (the
+platform beat our commit) waits in rcs_early_statuses and is applied when
+the send is recorded. A delivery reported after the message left rcs_sent
+(SMS fallback started, expired, cancelled) changes no state and sends
+nothing: it is logged once as 'rcs_late_delivery' and billed as +Message if
+within 72 h of the send, because the platform did deliver it and charges
+for it. Every webhook is idempotent.
 """
 
 from __future__ import annotations
@@ -55,7 +56,6 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import structlog
-from aiohttp import web
 
 from carrierd.channels.rcs import (
     BearerAuth,
@@ -69,8 +69,6 @@ from carrierd.channels.rcs import (
     SendOutcome,
     TypingEvent,
     WebhookEvent,
-    WebhookRejected,
-    verify_and_parse_webhook,
 )
 from carrierd.config import Config, RcsConfig
 from carrierd.domain import billing, reasons
@@ -99,7 +97,6 @@ from carrierd.telemetry import Metrics
 
 log = structlog.get_logger("carrierd.engine.rcs_leg")
 
-WEBHOOK_PATH = "/v1/webhooks/rcs"
 # A due fallback or expiry is leased this long while its revoke is in
 # flight; it is also when a revoke that failed is asked again.
 REVOKE_RETRY_S = 30.0
@@ -575,34 +572,6 @@ class RcsLeg:
 
     # -- webhooks ------------------------------------------------------------------
 
-    async def handle_webhook(self, request: web.Request) -> web.Response:
-        """POST /v1/webhooks/rcs. 401 for a missing or wrong signature, 400
-        for a body we cannot read: logged, counted, never applied. A 5xx
-        (database trouble) makes the platform send it again later."""
-        body = await request.read()
-        secret = self._config().rcs.webhook_secret
-        if not secret:
-            log.error("rcs_webhook_without_secret")
-            return web.json_response({"error": "webhooks are not configured"}, status=503)
-        try:
-            event = verify_and_parse_webhook(body, request.headers, secret)
-        except WebhookRejected as rejected:
-            unauthorized = rejected.reason in ("missing_signature", "bad_signature")
-            log.warning(
-                "rcs_webhook_rejected",
-                reason=rejected.reason,
-                detail=rejected.detail,
-                remote=request.remote,
-                body_bytes=len(body),
-            )
-            if self._metrics is not None:
-                self._metrics.webhooks_rejected_total.labels(rejected.reason).inc()
-            return web.json_response(
-                {"error": rejected.reason}, status=401 if unauthorized else 400
-            )
-        await self.apply_webhook(event)
-        return web.Response(status=204)
-
     async def apply_webhook(self, event: WebhookEvent) -> None:
         """Apply one verified event (idempotent: the platform repeats them)."""
         now = self._clock.now()
@@ -700,11 +669,6 @@ class RcsLeg:
             metrics.discards_total.labels(outcome).inc()
         for seconds in effects.delivery_s:
             metrics.rcs_delivery_seconds.observe(seconds)
-
-
-def webhook_route(leg: RcsLeg, path: str = WEBHOOK_PATH) -> web.RouteDef:
-    """The route for `ApiState.extra_routes` (the platform's webhook URL)."""
-    return web.post(path, leg.handle_webhook)
 
 
 def _on_rcs_leg(row: Row) -> bool:

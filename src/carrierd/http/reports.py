@@ -1,13 +1,13 @@
-"""Reports for the accounts and the retention that bounds them.
+"""Reports for the accounts: billing counts and the delivery-log export.
 
 - ``GET /v1/billing?month=YYYY-MM``: the account's billing counts for a
   JST month (DOMAIN §11), as JSON, or CSV with ``format=csv`` or
   ``Accept: text/csv``.
 - ``GET /v1/messages/export?from=...&to=...``: the account's delivery log
   (DOMAIN §15) for messages accepted in [from, to), as CSV streamed page by
-  page, so a three-month export costs the daemon one page of memory.
-- ``purge_expired``: retention; deletes final messages older than
-  `keep_days` (100 by default, more than the 3 months §15 promises).
+  page, so a three-month export costs the daemon one page of memory
+  (``ApiState.export_page_rows``). Retention, which bounds how far back an
+  export can reach, is ops/retention.py.
 
 Every route authenticates with the account's bearer token and reads only
 that account's rows.
@@ -15,8 +15,6 @@ that account's rows.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import csv
 import io
 import re
@@ -29,16 +27,13 @@ import structlog
 from aiohttp import web
 
 from carrierd.domain.billing import billing_month
-from carrierd.domain.clock import JST, Clock
-from carrierd.http.app import API_STATE, Handler, authenticate, json_error
+from carrierd.domain.clock import JST
+from carrierd.http.app import API_STATE, authenticate, json_error
 from carrierd.store.db import Database, Row
 
 log = structlog.get_logger("carrierd.http.reports")
 
 EXPORT_MAX_SPAN = timedelta(days=93)
-EXPORT_PAGE_ROWS = 2000
-RETENTION_KEEP_DAYS = 100
-PURGE_BATCH_ROWS = 1000
 
 EXPORT_COLUMNS: tuple[str, ...] = (
     "id",
@@ -208,109 +203,53 @@ def _export_line(row: Row) -> tuple[Any, ...]:
     )
 
 
-def _export_handler(page_rows: int) -> Handler:
-    async def export_messages(request: web.Request) -> web.StreamResponse:
-        state = request.app[API_STATE]
-        account = authenticate(request)
-        bounds: dict[str, datetime] = {}
-        for field in ("from", "to"):
-            text = request.query.get(field)
-            if not text:
-                return json_error(400, field, "required query parameter (ISO 8601 with offset)")
-            try:
-                bounds[field] = parse_instant(text)
-            except ValueError as exc:
-                return json_error(400, field, str(exc))
-        start, end = bounds["from"], bounds["to"]
-        if end <= start:
-            return json_error(400, "to", "must be later than from")
-        if end - start > EXPORT_MAX_SPAN:
-            return json_error(400, "to", f"at most {EXPORT_MAX_SPAN.days} days after from")
+async def export_messages(request: web.Request) -> web.StreamResponse:
+    state = request.app[API_STATE]
+    account = authenticate(request)
+    bounds: dict[str, datetime] = {}
+    for field in ("from", "to"):
+        text = request.query.get(field)
+        if not text:
+            return json_error(400, field, "required query parameter (ISO 8601 with offset)")
+        try:
+            bounds[field] = parse_instant(text)
+        except ValueError as exc:
+            return json_error(400, field, str(exc))
+    start, end = bounds["from"], bounds["to"]
+    if end <= start:
+        return json_error(400, "to", "must be later than from")
+    if end - start > EXPORT_MAX_SPAN:
+        return json_error(400, "to", f"at most {EXPORT_MAX_SPAN.days} days after from")
 
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "text/csv; charset=utf-8",
-                "Content-Disposition": (
-                    f'attachment; filename="messages-{account.account_id}.csv"'
-                ),
-            }
-        )
-        response.enable_chunked_encoding()
-        await response.prepare(request)
-        await response.write(_csv_text([EXPORT_COLUMNS]).encode("utf-8"))
-        # The keyset starts just before `from`: (from, 0) precedes every id.
-        after_at, after_id = start, 0
-        exported = 0
-        while True:
-            page = await state.db.fetch(
-                "export_messages_page",
-                account.account_id,
-                start,
-                end,
-                after_at,
-                after_id,
-                page_rows,
-            )
-            if page:
-                await response.write(_csv_text(_export_line(row) for row in page).encode("utf-8"))
-                exported += len(page)
-                after_at, after_id = page[-1]["accepted_at"], page[-1]["id"]
-            if len(page) < page_rows:
-                break
-        await response.write_eof()
-        log.info("messages_exported", account=account.account_id, rows=exported)
-        return response
-
-    return export_messages
-
-
-def report_routes(*, export_page_rows: int = EXPORT_PAGE_ROWS) -> list[web.RouteDef]:
-    """The routes to add to `ApiState.extra_routes`.
-
-    /v1/messages/export sits beside api.py's /v1/messages/{message_id};
-    aiohttp (>= 3.10) resolves a plain path before a variable one in the
-    same place, whatever the registration order.
-    """
-    return [
-        web.get("/v1/billing", get_billing),
-        web.get("/v1/messages/export", _export_handler(export_page_rows)),
-    ]
-
-
-async def purge_expired(
-    db: Database,
-    now: datetime,
-    keep_days: int = RETENTION_KEEP_DAYS,
-    *,
-    batch_rows: int = PURGE_BATCH_ROWS,
-) -> int:
-    """Delete messages that ended more than `keep_days` before `now`, with
-    their parts, events and callbacks; returns how many messages went.
-
-    Each batch is its own short transaction, so the purge never holds many
-    locks nor a long snapshot on the busiest table.
-    """
-    cutoff = now - timedelta(days=keep_days)
-    total = 0
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/csv; charset=utf-8",
+            "Content-Disposition": (f'attachment; filename="messages-{account.account_id}.csv"'),
+        }
+    )
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    await response.write(_csv_text([EXPORT_COLUMNS]).encode("utf-8"))
+    page_rows = state.export_page_rows
+    # The keyset starts just before `from`: (from, 0) precedes every id.
+    after_at, after_id = start, 0
+    exported = 0
     while True:
-        deleted = int(await db.fetchval("purge_final_messages", cutoff, batch_rows))
-        total += deleted
-        if deleted < batch_rows:
-            return total
-
-
-async def run_retention(
-    db: Database,
-    clock: Clock,
-    stop_event: asyncio.Event,
-    *,
-    keep_days: int = RETENTION_KEEP_DAYS,
-    interval_s: float = 3600.0,
-) -> None:
-    """Purge every `interval_s` until `stop_event` is set."""
-    while not stop_event.is_set():
-        deleted = await purge_expired(db, clock.now(), keep_days)
-        if deleted:
-            log.info("retention_purged", messages=deleted, keep_days=keep_days)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop_event.wait(), interval_s)
+        page = await state.db.fetch(
+            "export_messages_page",
+            account.account_id,
+            start,
+            end,
+            after_at,
+            after_id,
+            page_rows,
+        )
+        if page:
+            await response.write(_csv_text(_export_line(row) for row in page).encode("utf-8"))
+            exported += len(page)
+            after_at, after_id = page[-1]["accepted_at"], page[-1]["id"]
+        if len(page) < page_rows:
+            break
+    await response.write_eof()
+    log.info("messages_exported", account=account.account_id, rows=exported)
+    return response

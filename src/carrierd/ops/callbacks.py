@@ -25,7 +25,6 @@ written; if that one fails too the row is marked gave_up.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
@@ -39,6 +38,7 @@ import aiohttp
 import structlog
 
 from carrierd.domain.clock import Clock
+from carrierd.loops import supervise
 from carrierd.store.db import Database, Row, Transaction
 from carrierd.telemetry import Metrics
 
@@ -176,14 +176,15 @@ class CallbackSender:
         )
         return len(rows)
 
+    async def step(self) -> float:
+        """One batch; returns the pause before the next: none after a full
+        batch (more are probably due), idle_poll_s after a partial one."""
+        handled = await self.run_once(self._clock.now())
+        return 0.0 if handled >= self._batch_size else self._idle_poll_s
+
     async def run(self, stop_event: asyncio.Event) -> None:
-        """Send until `stop_event` is set; a full batch is followed at once
-        by the next, a partial one by a pause of idle_poll_s."""
-        while not stop_event.is_set():
-            handled = await self.run_once(self._clock.now())
-            if handled < self._batch_size:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop_event.wait(), self._idle_poll_s)
+        """Send until `stop_event` is set."""
+        await supervise("callbacks", self.step, stop_event)
 
     async def _attempt(self, row: Row, now: datetime) -> _Outcome:
         callback_id = int(row["id"])

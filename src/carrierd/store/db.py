@@ -132,6 +132,36 @@ TRANSIENT_DB_ERRORS: tuple[type[Exception], ...] = (
     OSError,
 )
 
+# asyncpg reports a connection that died under a statement, or a pooled
+# connection found closed, as a bare InterfaceError; only its text tells it
+# from a programming error (another operation in progress, a bad codec).
+_CONNECTION_LOST_TEXTS = ("connection is closed", "connection was closed")
+
+
+def is_transient_db_error(exc: BaseException) -> bool:
+    """Whether `exc` means "the database is unreachable or aborted this
+    transaction": the same work can simply be tried again later.
+
+    TRANSIENT_DB_ERRORS, plus asyncpg's "cannot connect now" (a server
+    starting or shutting down), a connection that no longer exists or was
+    lost, and OSError, which includes a connect timeout (TimeoutError).
+    A closed pool is not transient: that is our own shutdown.
+    """
+    if isinstance(
+        exc,
+        (
+            *TRANSIENT_DB_ERRORS,
+            asyncpg.exceptions.CannotConnectNowError,
+            asyncpg.exceptions.ConnectionDoesNotExistError,
+            TimeoutError,
+        ),
+    ):
+        return True
+    if isinstance(exc, asyncpg.exceptions.InterfaceError):
+        text = str(exc)
+        return any(lost in text for lost in _CONNECTION_LOST_TEXTS)
+    return False
+
 
 class Database:
     """A pool plus the named statements. Create with ``await Database.open(...)``."""

@@ -1,4 +1,4 @@
--- carrierd reports: billing, delivery-log export, retention, queue gauges.
+-- carrierd reports: billing, delivery-log export, retention.
 -- Same rules as queries.sql: one "-- name: x" block per statement, the time
 -- always passed in.
 
@@ -59,14 +59,3 @@ deleted AS (
     DELETE FROM messages m USING doomed WHERE m.id = doomed.id RETURNING 1
 )
 SELECT count(*)::int FROM deleted;
-
--- name: queue_gauges
--- Open messages per state and account, and how long the oldest has waited
--- at $1: since acceptance, or since its send time for a scheduled send (a
--- send still in the future has waited 0 s). greatest() ignores NULLs.
-SELECT state, account_id, count(*)::bigint AS depth,
-       greatest(0, extract(epoch FROM $1::timestamptz - min(greatest(accepted_at, send_at))))
-           ::float8 AS oldest_age_s
-FROM messages
-WHERE state IN ('scheduled', 'queued', 'dispatching', 'sending', 'submitted', 'rcs_sent')
-GROUP BY state, account_id;

@@ -1,0 +1,37 @@
+"""Probes and the metrics exporter: unauthenticated, like every exporter,
+so keep the HTTP listener on a private interface.
+
+- ``GET /healthz``: the process answers (liveness).
+- ``GET /readyz``: the database answers and the daemon's own checks pass
+  (readiness: 503 otherwise, with the failing checks in the body).
+- ``GET /metrics``: the Prometheus exposition (only with ApiState.metrics).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from carrierd.http.app import API_STATE
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "alive"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    state = request.app[API_STATE]
+    checks: dict[str, Any] = {"database": await state.db.ping()}
+    if state.readiness is not None:
+        checks.update(await state.readiness())
+    ready = all(v is True or (isinstance(v, dict) and v.get("ready")) for v in checks.values())
+    return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+
+async def serve_metrics(request: web.Request) -> web.Response:
+    metrics = request.app[API_STATE].metrics
+    if metrics is None:
+        raise web.HTTPNotFound()
+    body, content_type = metrics.render()
+    return web.Response(body=body, headers={"Content-Type": content_type})

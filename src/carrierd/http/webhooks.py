@@ -1,0 +1,63 @@
+"""``POST /v1/webhooks/rcs``: the +Message platform's status and inbound
+events.
+
+This module only checks and reads the request; what an event does to a
+message belongs to the engine, reached through `WebhookSink`. The route
+exists only when ApiState.webhook_sink is set (+Message configured).
+
+Answers: 204 once the sink has applied the event; 401 for a missing or
+wrong signature and 400 for a body we cannot read (both logged
+``rcs_webhook_rejected``, counted, never applied); 503 when no webhook
+secret is configured, since an unverifiable webhook must not be applied.
+A sink failure (the database) is a 500, and the platform sends the event
+again later: sinks apply events idempotently.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import structlog
+from aiohttp import web
+
+from carrierd.channels.rcs import WebhookEvent, WebhookRejected, verify_and_parse_webhook
+from carrierd.http.app import API_STATE
+
+log = structlog.get_logger("carrierd.http.webhooks")
+
+WEBHOOK_PATH = "/v1/webhooks/rcs"
+
+_UNAUTHORIZED_REASONS = frozenset({"missing_signature", "bad_signature"})
+
+
+class WebhookSink(Protocol):
+    async def apply_webhook(self, event: WebhookEvent) -> None:
+        """Apply one verified event; the platform may deliver it twice."""
+
+
+async def receive_rcs_webhook(request: web.Request) -> web.Response:
+    state = request.app[API_STATE]
+    sink = state.webhook_sink
+    if sink is None:  # build_app adds the route only with a sink
+        raise web.HTTPNotFound()
+    body = await request.read()
+    secret = state.config.rcs.webhook_secret
+    if not secret:
+        log.error("rcs_webhook_without_secret")
+        return web.json_response({"error": "webhooks are not configured"}, status=503)
+    try:
+        event = verify_and_parse_webhook(body, request.headers, secret)
+    except WebhookRejected as rejected:
+        log.warning(
+            "rcs_webhook_rejected",
+            reason=rejected.reason,
+            detail=rejected.detail,
+            remote=request.remote,
+            body_bytes=len(body),
+        )
+        if state.metrics is not None:
+            state.metrics.webhooks_rejected_total.labels(rejected.reason).inc()
+        status = 401 if rejected.reason in _UNAUTHORIZED_REASONS else 400
+        return web.json_response({"error": rejected.reason}, status=status)
+    await sink.apply_webhook(event)
+    return web.Response(status=204)

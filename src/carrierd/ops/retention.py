@@ -1,0 +1,65 @@
+"""Retention: final messages go `keep_days` after they ended (100 by
+default, more than the 3 months of delivery log that DOMAIN §15 promises),
+with their parts, events and callbacks.
+
+Every daemon on a database runs the purge; they share the rows (SKIP
+LOCKED in the statement) rather than electing one of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+
+import structlog
+
+from carrierd.domain.clock import Clock
+from carrierd.loops import supervise
+from carrierd.store.db import Database
+
+log = structlog.get_logger("carrierd.ops.retention")
+
+RETENTION_KEEP_DAYS = 100
+PURGE_BATCH_ROWS = 1000
+RETENTION_INTERVAL_S = 3600.0
+
+
+async def purge_expired(
+    db: Database,
+    now: datetime,
+    keep_days: int = RETENTION_KEEP_DAYS,
+    *,
+    batch_rows: int = PURGE_BATCH_ROWS,
+) -> int:
+    """Delete messages that ended more than `keep_days` before `now`, with
+    their parts, events and callbacks; returns how many messages went.
+
+    Each batch is its own short transaction, so the purge never holds many
+    locks nor a long snapshot on the busiest table.
+    """
+    cutoff = now - timedelta(days=keep_days)
+    total = 0
+    while True:
+        deleted = int(await db.fetchval("purge_final_messages", cutoff, batch_rows))
+        total += deleted
+        if deleted < batch_rows:
+            return total
+
+
+async def run_retention(
+    db: Database,
+    clock: Clock,
+    stop_event: asyncio.Event,
+    *,
+    keep_days: int = RETENTION_KEEP_DAYS,
+    interval_s: float = RETENTION_INTERVAL_S,
+) -> None:
+    """Purge every `interval_s` until `stop_event` is set."""
+
+    async def purge_once() -> float:
+        deleted = await purge_expired(db, clock.now(), keep_days)
+        if deleted:
+            log.info("retention_purged", messages=deleted, keep_days=keep_days)
+        return interval_s
+
+    await supervise("retention", purge_once, stop_event)

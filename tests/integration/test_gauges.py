@@ -1,0 +1,134 @@
+"""The gauge refresher against a real PostgreSQL (queue gauges have their
+own test in test_reports.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+from carrierd.config import Config
+from carrierd.domain.clock import FakeClock
+from carrierd.ops.gauges import GaugeRefresher, set_bind_gauges
+from carrierd.smpp.pool import BindHealth, PoolHealth
+from carrierd.smpp.session import SessionStats
+from carrierd.store.db import Database
+from carrierd.telemetry import Metrics
+from tests.integration.apiclient import make_config
+
+NOW = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
+SPACING_S = 22.0
+
+
+async def synced(dsn: str, db: Database, extra_accounts: tuple[str, ...] = ()) -> Config:
+    config = make_config(dsn, {"engine": {"au_spacing_s": SPACING_S}})
+    await db.sync_accounts(
+        [
+            *(
+                (a.account_id, a.allow_m2m, a.max_sms_chars, a.token_sha256)
+                for a in config.accounts.values()
+            ),
+            *((name, False, 670, []) for name in extra_accounts),
+        ]
+    )
+    return config
+
+
+def bucket_samples(metrics: Metrics) -> dict[str, float]:
+    return {
+        sample.labels["account"]: sample.value
+        for family in metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == "carrierd_bucket_tokens"
+    }
+
+
+async def test_au_gate_held_counts_numbers_inside_the_spacing(dsn: str, db: Database) -> None:
+    config = await synced(dsn, db)
+    ages_s = {"+819000000001": 60.0, "+819000000002": SPACING_S, "+819000000003": 21.0}
+    ages_s |= {"+819000000004": 0.0, "+819000000005": -5.0}  # a later daemon's clock
+    for msisdn, age_s in ages_s.items():
+        await db.call_raw(
+            "INSERT INTO au_gate (msisdn, last_final_at) VALUES ($1, $2)",
+            msisdn,
+            NOW - timedelta(seconds=age_s),
+        )
+    metrics = Metrics()
+    await GaugeRefresher(db, FakeClock(NOW), metrics, config=lambda: config).refresh()
+    assert metrics.registry.get_sample_value("carrierd_au_gate_held") == 3
+
+
+async def test_bucket_tokens_project_the_refill_to_now(dsn: str, db: Database) -> None:
+    config = await synced(dsn, db, extra_accounts=("retired",))
+    acme = config.accounts["acme"]
+    # 0.9 s at the default 40,000/h refills 10 tokens.
+    assert acme.rate_per_hour == 40_000.0 and acme.burst == 100
+    for account_id, tokens, updated_at in [
+        ("acme", 2.5, NOW - timedelta(seconds=0.9)),
+        ("retired", 7.0, NOW),
+    ]:
+        await db.call_raw(
+            "INSERT INTO rate_buckets (account_id, tokens, updated_at) VALUES ($1, $2, $3)",
+            account_id,
+            tokens,
+            updated_at,
+        )
+    clock = FakeClock(NOW)
+    metrics = Metrics()
+    current = config
+    refresher = GaugeRefresher(db, clock, metrics, config=lambda: current)
+
+    await refresher.refresh()
+    # globex has no bucket yet (it has sent nothing); "retired" is no longer
+    # configured: neither gets a series.
+    assert bucket_samples(metrics) == {"acme": 12.5}
+
+    clock.advance(3600)
+    await refresher.refresh()
+    assert bucket_samples(metrics) == {"acme": 100.0}
+
+    current = replace(config, engine=replace(config.engine, pacing=False))
+    await refresher.refresh()
+    assert bucket_samples(metrics) == {}
+
+
+def bind(bind_id: str, state: str, in_flight: int) -> BindHealth:
+    return BindHealth(
+        bind_id=bind_id,
+        state=state,  # type: ignore[arg-type]
+        links={"transceiver": state == "bound"},
+        in_flight=in_flight,
+        queued=0,
+        stats=SessionStats(),
+        delivers_unanswered=in_flight // 2,
+    )
+
+
+def test_bind_gauges_report_every_state_per_carrier() -> None:
+    metrics = Metrics()
+    pool = PoolHealth("docomo", (bind("d1", "bound", 4), bind("d2", "connecting", 0)))
+    set_bind_gauges(metrics, {"docomo": pool})
+    value = metrics.registry.get_sample_value
+    assert value("carrierd_binds", {"carrier": "docomo", "state": "bound"}) == 1
+    assert value("carrierd_binds", {"carrier": "docomo", "state": "connecting"}) == 1
+    assert value("carrierd_binds", {"carrier": "docomo", "state": "throttled"}) == 0
+    assert value("carrierd_window_in_use", {"carrier": "docomo", "bind": "d1"}) == 4
+    assert value("carrierd_delivers_unanswered", {"carrier": "docomo", "bind": "d1"}) == 2
+
+
+async def test_the_loop_keeps_sampling_until_stopped(dsn: str, db: Database) -> None:
+    config = await synced(dsn, db)
+    metrics = Metrics()
+    refresher = GaugeRefresher(db, FakeClock(NOW), metrics, config=lambda: config, interval_s=0.0)
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(refresher.run(stop))
+    await db.call_raw(
+        "INSERT INTO au_gate (msisdn, last_final_at) VALUES ('+819000000001', $1)", NOW
+    )
+    for _ in range(1000):
+        if metrics.registry.get_sample_value("carrierd_au_gate_held") == 1:
+            break
+        await asyncio.sleep(0.01)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    assert metrics.registry.get_sample_value("carrierd_au_gate_held") == 1
