@@ -1,0 +1,183 @@
+"""Defects that sat on the seams between the engine's old state writers,
+each reproduced against the real database (and, for the SMPP path, the
+simulator): a payload-concatenated message, a late receipt after
+`unknown`, and receipts the write-behind could not store."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import asyncpg
+
+from carrierd.channels.sms import SmppGateway
+from carrierd.channels.types import Receipt
+from carrierd.domain.clock import FakeClock, SystemClock
+from carrierd.engine.write_behind import NotDurable, WriteBehind
+from carrierd.sim.smsc import SmscSimulator, sim_config_from_mapping
+from carrierd.store.db import Database
+from tests.integration.engine_harness import engine_config, enqueue, make_engine
+
+T0 = datetime(2026, 12, 1, 1, 0, tzinfo=UTC)
+# 134 characters of JIS X 0208 text: two UCS-2 parts, two billable units (§3).
+TWO_PARTS = "あ" * 134
+
+
+async def message(db: Database, message_id: int) -> dict[str, object]:
+    return (await db.call_raw("SELECT * FROM messages WHERE id = $1", message_id))[0]
+
+
+async def sms_billed(db: Database) -> int:
+    rows = await db.call_raw(
+        "SELECT coalesce(sum(units), 0)::int AS n FROM billing_counts WHERE channel = 'sms'"
+    )
+    return int(rows[0]["n"])
+
+
+async def test_a_payload_message_is_one_record_billed_its_units(dsn: str, db: Database) -> None:
+    """concat = "payload": one submit_sm, one SMSC id, one receipt. It used
+    to be stored as two parts sharing the id; the one receipt settled one of
+    them, and the message stayed 'submitted', billed 1 unit instead of 2."""
+    sim = SmscSimulator(
+        sim_config_from_mapping(
+            {
+                "seed": 7,
+                "defaults": {
+                    "accounts": {"demo": "demo"},
+                    "receipt_delay_min_s": 0.0,
+                    "receipt_delay_max_s": 0.05,
+                    "undeliverable_share": 0.0,
+                    "expired_share": 0.0,
+                },
+                "carriers": {"docomo": {"port": 0, "subscriber_prefixes": ["090"]}},
+            }
+        )
+    )
+    ports = await sim.start()
+    clock = SystemClock()
+    docomo = {
+        "port": ports["docomo"],
+        "system_id": "demo",
+        "password": "demo",
+        "number_prefixes": ["090"],
+        "concat": "payload",
+    }
+    config = engine_config(
+        dsn, {"engine": {"pacing": False, "submitted_grace_s": 0}, "carriers": {"docomo": docomo}}
+    )
+    gateways: list[SmppGateway] = []
+
+    def docomo_only(write_behind: WriteBehind) -> SmppGateway:
+        gateways.append(SmppGateway({"docomo": config.carriers["docomo"]}, write_behind, clock))
+        return gateways[0]
+
+    engine = await make_engine(config, db, clock, gateway=docomo_only)
+    await gateways[0].start()
+    flusher = asyncio.ensure_future(engine.recorder.run())
+    try:
+        [message_id] = await enqueue(
+            db, "acme", [{"to": "09030000001", "sms": {"text": TWO_PARTS}}], clock.now(), config
+        )
+        for _ in range(250):
+            await engine.dispatcher.dispatch_once(clock.now())
+            await engine.settler.settle_once(clock.now())
+            if (await message(db, message_id))["state"] == "delivered":
+                break
+            await asyncio.sleep(0.02)
+        await engine.dispatcher.wait_idle()
+        await engine.recorder.drain()
+    finally:
+        flusher.cancel()
+        await gateways[0].stop(5.0)
+        await sim.stop()
+    row = await message(db, message_id)
+    assert (row["state"], row["sms_parts"], row["sms_units"]) == ("delivered", 2, 2)
+    parts = await db.call_raw(
+        "SELECT part_no, part_total, units, state FROM parts WHERE message_id = $1", message_id
+    )
+    assert [dict(p) for p in parts] == [
+        {"part_no": 1, "part_total": 1, "units": 2, "state": "delivered"}
+    ]
+    assert await sms_billed(db) == 2
+
+
+async def test_a_late_receipt_after_unknown_settles_the_message_and_its_billing(
+    dsn: str, db: Database
+) -> None:
+    """No receipt before the timeout: unknown, and not billed. The DELIVRD
+    that comes later used to mark the part and bill a unit while the message
+    stayed 'unknown'; the truth wins now, and billing follows the state."""
+    clock = FakeClock(T0)
+    config = engine_config(dsn, {"engine": {"pacing": False, "submitted_grace_s": 0}})
+    engine = await make_engine(config, db, clock)
+    [message_id] = await enqueue(
+        db, "acme", [{"to": "09012340001", "sms": {"text": "x"}}], clock.now(), config
+    )
+    await engine.cycle()
+    [submitted] = engine.network.submitted
+    assert (await message(db, message_id))["state"] == "submitted"
+    clock.advance(73 * 3600)
+    await engine.settler.settle_once(clock.now())
+    row = await message(db, message_id)
+    assert (row["state"], row["sms_units"]) == ("unknown", 0)
+    assert await sms_billed(db) == 0
+
+    await engine.receipt(submitted.carrier, submitted.smsc_ids[0], "DELIVRD")
+
+    row = await message(db, message_id)
+    assert (row["state"], row["sms_units"], row["reason_code"]) == ("delivered", 1, None)
+    assert await sms_billed(db) == 1
+    events = await db.call_raw(
+        "SELECT kind, state, detail FROM message_events WHERE message_id = $1 ORDER BY id",
+        message_id,
+    )
+    assert [e["kind"] for e in events][-2:] == ["receipt_timeout", "delivered"]
+    assert events[-1]["detail"]["late"] is True
+
+
+async def test_receipts_a_failed_flush_could_not_store_are_refused_not_acknowledged(
+    dsn: str, db: Database
+) -> None:
+    """A flush that fails (here: the database refuses the connection, as
+    during a PostgreSQL restart) used to drop its receipts and answer their
+    deliver_sm OK: lost for good. Now each receipt's future fails, so the
+    session answers ESME_RX_T_APPN and the SMSC delivers it again; the
+    submit responses, which exist only here, are kept for the next flush."""
+    clock = FakeClock(T0)
+    config = engine_config(dsn, {"engine": {"pacing": False}})
+    engine = await make_engine(config, db, clock)
+    [message_id] = await enqueue(
+        db, "acme", [{"to": "09012340002", "sms": {"text": "x"}}], clock.now(), config
+    )
+    await engine.cycle()
+    [submitted] = engine.network.submitted
+    write_behind = engine.recorder
+    real_in_transaction = db.in_transaction
+    failures = {"left": 1}
+
+    async def database_restarting(work, **kwargs):  # type: ignore[no-untyped-def]
+        if failures["left"]:
+            failures["left"] -= 1
+            raise asyncpg.exceptions.CannotConnectNowError("the database system is starting up")
+        return await real_in_transaction(work, **kwargs)
+
+    db.in_transaction = database_restarting  # type: ignore[method-assign]
+    try:
+        pending = write_behind.receipt(
+            Receipt(submitted.carrier, submitted.smsc_ids[0], "DELIVRD", None, clock.now())
+        )
+        assert pending is not None
+        await write_behind.flush_once()
+        assert pending.done()
+        assert isinstance(pending.exception(), NotDurable)
+        assert (await message(db, message_id))["state"] != "delivered"
+        # The SMSC delivers it again; this time it is stored and acknowledged.
+        again = write_behind.receipt(
+            Receipt(submitted.carrier, submitted.smsc_ids[0], "DELIVRD", None, clock.now())
+        )
+        assert again is not None
+        await write_behind.drain()
+        assert again.done() and again.exception() is None
+    finally:
+        db.in_transaction = real_in_transaction  # type: ignore[method-assign]
+    assert (await message(db, message_id))["state"] == "delivered"
