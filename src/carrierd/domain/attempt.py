@@ -8,6 +8,8 @@ current attempt say, `decide_attempt` says what that means, and
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -123,6 +125,37 @@ def decide_attempt(
         return AttemptOutcome(State.UNKNOWN, reasons.OUTCOME_UNKNOWN_AFTER_RESTART)
     if parts.state is State.SENDING:
         return AttemptOutcome(State.SUBMITTED)
+    return None
+
+
+def means_wrong_carrier(
+    refused_status: int | None,
+    receipt_err: str | None,
+    *,
+    statuses: Collection[int],
+    receipt_errors: Collection[int],
+) -> bool:
+    """Whether a refusal (submit_sm_resp status) or a failure receipt's err
+    is the carrier's "not our subscriber" (§4); each carrier names its own
+    codes in config."""
+    if refused_status is not None and refused_status in statuses:
+        return True
+    err_code = receipt_err_code(receipt_err)
+    return err_code is not None and err_code in receipt_errors
+
+
+def receipt_err_code(err: str | None) -> int | None:
+    """A receipt's err as a number: decimal, or hex with or without 0x
+    (carriers write both); None when it is not a number."""
+    if not err:
+        return None
+    text = err.strip().lower()
+    with contextlib.suppress(ValueError):
+        if text.startswith("0x"):
+            return int(text, 16)
+        return int(text, 10)
+    with contextlib.suppress(ValueError):
+        return int(text, 16)
     return None
 
 

@@ -43,7 +43,8 @@ from carrierd.engine.leases import RENEWALS_PER_LEASE, Leases
 from carrierd.engine.lifecycle import Lifecycle
 from carrierd.engine.sms_leg import Planned, SmsLeg
 from carrierd.intake import validate_fed
-from carrierd.store.db import TRANSIENT_DB_ERRORS, Database, Transaction
+from carrierd.loops import supervise
+from carrierd.store.db import Database, Transaction
 from carrierd.store.rows import ClaimedMessage
 from carrierd.telemetry import Metrics
 
@@ -99,7 +100,9 @@ class Dispatcher:
         self._daemon_id = daemon_id
         self.rcs_leg = rcs_leg
         self._metrics = metrics
-        self._claiming = True
+        self._stopping = asyncio.Event()
+        self._last_renewal: datetime | None = None
+        self._held_since_s: float | None = None
         self.pacing_wait_s = 0.0
 
     @property
@@ -109,49 +112,43 @@ class Dispatcher:
     # -- the loop ------------------------------------------------------------------
 
     async def run(self) -> None:
+        """Claim until stopped, under the daemon's one loop policy: a
+        database outage is waited out (a claim that failed committed
+        nothing, and one that committed was handed over first), anything
+        else is logged and retried, and gives up only when it keeps failing."""
+        await supervise("dispatcher", self._step, self._stopping)
+
+    async def _step(self) -> float:
+        """One turn of the loop; returns how long to wait before the next."""
+        now = self._clock.now()
         config = self._config()
-        max_in_flight = max(1000, config.engine.claim_batch * 2)
         renew_every_s = config.engine.lease_s / RENEWALS_PER_LEASE
-        last_renewal = self._clock.now()
-        failures = 0
-        # Real time, like the pauses it bounds (the clock may be a test's).
-        held_since_s: float | None = None
-        while self._claiming:
-            now = self._clock.now()
-            try:
-                if (now - last_renewal).total_seconds() >= renew_every_s:
-                    await self.leases.renew(now)
-                    last_renewal = now
-                if self.sms_leg.in_flight >= max_in_flight:
-                    await self.sms_leg.wait_for_slot(max_in_flight)
-                    continue
-                if self._gateway.receipts_backlogged():
-                    # Receipts first: they wait on the same database and
-                    # CPU a claim would take, and the SMSC sends no more
-                    # until we answer. Claiming on would only grow both
-                    # queues (and leave messages 'submitted' for longer).
-                    held_since_s = held_since_s or time.monotonic()
-                    if time.monotonic() - held_since_s < RECEIPT_BACKLOG_MAX_WAIT_S:
-                        await asyncio.sleep(RECEIPT_BACKLOG_PAUSE_S)
-                        continue
-                held_since_s = None
-                claimed = await self.dispatch_once(now)
-            except TRANSIENT_DB_ERRORS:
-                # A claim that failed committed nothing (its rows stay
-                # queued); one whose commit went through was handed over
-                # before anything else could fail. Try again, more slowly.
-                failures += 1
-                log.exception("dispatch_cycle_failed", failures=failures)
-                await asyncio.sleep(min(0.1 * 2**failures, 5.0))
-                continue
-            failures = 0
-            if claimed == 0:
-                idle_s = self._config().engine.idle_poll_s
-                await asyncio.sleep(min(max(self.pacing_wait_s, idle_s), 1.0))
+        if self._last_renewal is None:
+            self._last_renewal = now
+        elif (now - self._last_renewal).total_seconds() >= renew_every_s:
+            await self.leases.renew(now)
+            self._last_renewal = now
+        max_in_flight = max(1000, config.engine.claim_batch * 2)
+        if self.sms_leg.in_flight >= max_in_flight:
+            await self.sms_leg.wait_for_slot(max_in_flight)
+            return 0.0
+        if self._gateway.receipts_backlogged():
+            # Receipts first: they wait on the same database and CPU a claim
+            # would take, and the SMSC sends no more until we answer.
+            # Claiming on would only grow both queues (and leave messages
+            # 'submitted' for longer). Real time, like the pauses it bounds
+            # (the clock may be a test's).
+            self._held_since_s = self._held_since_s or time.monotonic()
+            if time.monotonic() - self._held_since_s < RECEIPT_BACKLOG_MAX_WAIT_S:
+                return RECEIPT_BACKLOG_PAUSE_S
+        self._held_since_s = None
+        if await self.dispatch_once(now):
+            return 0.0
+        return min(max(self.pacing_wait_s, config.engine.idle_poll_s), 1.0)
 
     async def stop(self, drain_timeout_s: float) -> None:
         """Stop claiming; wait for in-flight submits; give back what is unsent."""
-        self._claiming = False
+        self._stopping.set()
         await self.sms_leg.stop(drain_timeout_s)
         await self.leases.release(self._clock.now())
 

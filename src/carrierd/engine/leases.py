@@ -78,12 +78,15 @@ class Leases:
 
         await self._db.in_transaction(work)
 
-    async def recover_lost(self, tx: Transaction, now: datetime, limit: int) -> list[int]:
-        """Apply what a dead daemon's lost leases mean; returns the messages
-        whose every part was answered, for the caller to settle from them."""
+    async def recover_lost(
+        self, tx: Transaction, now: datetime, limit: int
+    ) -> tuple[int, list[int]]:
+        """Apply what a dead daemon's lost leases mean; returns how many
+        messages moved, and those whose every part was answered, for the
+        caller to settle from their parts."""
         rows = await tx.fetch("due_lost_leases", now, limit)
         if not rows:
-            return []
+            return 0, []
         config = self._config()
         moves: list[Move] = []
         settle_from_parts: list[int] = []
@@ -121,5 +124,5 @@ class Leases:
                             detail={"pending_parts": row["pending"]},
                         )
                     )
-        await self._lifecycle.apply(tx, moves, now)
-        return settle_from_parts
+        applied = await self._lifecycle.apply(tx, moves, now)
+        return len(applied), settle_from_parts

@@ -29,6 +29,7 @@ from carrierd.domain.states import State
 from carrierd.engine.leases import Leases
 from carrierd.engine.lifecycle import Lifecycle
 from carrierd.engine.write_behind import EARLY_RECEIPT_KEEP_S, WriteBehind
+from carrierd.loops import supervise
 from carrierd.store.db import Database, Row, Transaction
 from carrierd.telemetry import Metrics
 
@@ -68,18 +69,17 @@ class Timers:
         self._interval_s = interval_s
         self.rcs_timers = rcs_timers
         self._metrics = metrics
-        self._running = True
+        self._stopping = asyncio.Event()
 
     async def run(self) -> None:
-        while self._running:
-            try:
-                await self.settle_once(self._clock.now())
-            except Exception:
-                log.exception("settle_failed")
-            await asyncio.sleep(self._interval_s)
+        async def step() -> float:
+            await self.settle_once(self._clock.now())
+            return self._interval_s
+
+        await supervise("timers", step, self._stopping)
 
     def stop(self) -> None:
-        self._running = False
+        self._stopping.set()
 
     async def settle_once(self, now: datetime) -> int:
         done = 0
@@ -139,10 +139,10 @@ class Timers:
         )
 
     async def _lost_leases(self, tx: Transaction, now: datetime) -> int:
-        settle_from_parts = await self._leases.recover_lost(tx, now, self._batch)
-        if not settle_from_parts:
-            return 0
-        return len(await self._write_behind.settle(tx, settle_from_parts, now))
+        moved, settle_from_parts = await self._leases.recover_lost(tx, now, self._batch)
+        if settle_from_parts:
+            moved += len(await self._write_behind.settle(tx, settle_from_parts, now))
+        return moved
 
     async def _early_receipts(self, tx: Transaction, now: datetime) -> int:
         changed: list[Row] = await tx.fetch("apply_early_receipts")

@@ -49,6 +49,7 @@ from carrierd.domain.attempt import (
     ResendPolicy,
     attempt_move,
     decide_attempt,
+    means_wrong_carrier,
 )
 from carrierd.domain.au_gate import au_gate_releases
 from carrierd.domain.clock import Clock
@@ -559,13 +560,12 @@ def _resend_policy(account: AccountConfig | None) -> ResendPolicy:
 def _attempt_parts(row: AttemptRow, carrier: CarrierConfig | None) -> AttemptParts:
     refused_status = row.refused_status
     failed_err = row.failed_err
-    wrong_carrier = False
-    if carrier is not None:
-        if refused_status is not None and refused_status in carrier.wrong_carrier_statuses:
-            wrong_carrier = True
-        err_code = _parse_err(failed_err)
-        if err_code is not None and err_code in carrier.wrong_carrier_receipt_errors:
-            wrong_carrier = True
+    wrong_carrier = carrier is not None and means_wrong_carrier(
+        refused_status,
+        failed_err,
+        statuses=carrier.wrong_carrier_statuses,
+        receipt_errors=carrier.wrong_carrier_receipt_errors,
+    )
     failure = None
     if row.failed:
         failure = reasons.from_receipt(row.failed_stat or "UNDELIV", failed_err)
@@ -584,16 +584,3 @@ def _attempt_parts(row: AttemptRow, carrier: CarrierConfig | None) -> AttemptPar
         failure=failure,
         delivered_units=row.delivered_units,
     )
-
-
-def _parse_err(err: str | None) -> int | None:
-    if not err:
-        return None
-    text = err.strip().lower()
-    with contextlib.suppress(ValueError):
-        if text.startswith("0x"):
-            return int(text, 16)
-        return int(text, 10)
-    with contextlib.suppress(ValueError):
-        return int(text, 16)
-    return None
