@@ -83,7 +83,11 @@ def daemon_process(
         "CARRIERD_LOG_LEVEL": "warning",
         **({"CARRIERD_DAEMON_ID": daemon_id} if daemon_id else {}),
     }
-    proc = subprocess.Popen([sys.executable, "-m", "carrierd", "run", "--config", path], env=env)
+    # BENCH_PROFILE=<file>: the daemon runs under cProfile, stats to <file>.
+    profile = os.environ.get("BENCH_PROFILE")
+    cmd = [sys.executable, *(["-m", "cProfile", "-o", profile] if profile else [])]
+    cmd += ["-m", "carrierd", "run", "--config", path]
+    proc = subprocess.Popen(cmd, env=env)
     try:
         wait_for_port(port, proc)
         yield proc

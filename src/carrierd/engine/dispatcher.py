@@ -23,7 +23,7 @@ import json
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -300,7 +300,7 @@ class Dispatcher:
                         detail={"cause": "rcs_not_configured"},
                     )
                 )
-                sms.append(replace(message, leg="sms"))
+                sms.append(message._replace(leg="sms"))
             else:
                 moves.append(
                     Move(message.id, State.QUEUED, State.FAILED, Event.FAILED, RCS_NOT_CONFIGURED)
@@ -350,8 +350,7 @@ class Dispatcher:
             [checked.sms_parts],
             [None if checked.rcs_content is None else _json(checked.rcs_content)],
         )
-        return replace(
-            message,
+        return message._replace(
             msisdn=checked.msisdn,
             sms_text=checked.sms_text,
             sms_encoding=checked.sms_encoding,

@@ -420,8 +420,8 @@ updated AS (
            final_at = CASE WHEN i.to_state IN ('delivered', 'failed', 'expired', 'cancelled',
                                                'skipped', 'rejected', 'unknown')
                            THEN $22 ELSE m.final_at END,
-           sms_units = m.sms_units + i.sms_units,
-           rcs_units = m.rcs_units + i.rcs_units,
+           sms_units = m.sms_units + coalesce(i.sms_units, 0),
+           rcs_units = m.rcs_units + coalesce(i.rcs_units, 0),
            leg = coalesce(i.leg, m.leg),
            carrier = coalesce(i.carrier, m.carrier),
            attempt = coalesce(i.attempt, m.attempt),
