@@ -153,9 +153,9 @@ class Lifecycle:
         counts: Counter[tuple[Any, ...]] = Counter()
         for a in applied:
             move = a.move
-            counts[(metrics.transitions_total, move.src.value, move.dst.value)] += 1
+            counts[(metrics.transitions_total, move.src, move.dst)] += 1
             if move.dst in FINAL_STATES:
-                counts[(metrics.messages_final_total, a.channel, move.dst.value)] += 1
+                counts[(metrics.messages_final_total, a.channel, move.dst)] += 1
             if move.dst is State.EXPIRED:
                 counts[(metrics.expiries_total, a.channel)] += 1
             if move.event is Event.REROUTED:
@@ -222,8 +222,9 @@ def _move_arrays(moves: Sequence[Move]) -> list[list[Any] | None]:
     rows = [
         (
             m.message_id,
-            m.src.value,
-            m.dst.value,
+            # StrEnum members are str: asyncpg sends them as their values.
+            m.src,
+            m.dst,
             m.reason.code if m.reason else None,
             m.reason.text if m.reason else None,
             m.not_before,
@@ -240,12 +241,12 @@ def _move_arrays(moves: Sequence[Move]) -> list[list[Any] | None]:
             m.lease_until,
             m.sms_units or None,
             m.rcs_units or None,
-            m.event.value,
+            m.event,
             None if m.detail is None else _ENCODER.encode(m.detail),
         )
         for m in moves
     ]
     return [
-        list(column) if any(value is not None for value in column) else None
+        None if column.count(None) == len(column) else list(column)
         for column in zip(*rows, strict=True)
     ]
