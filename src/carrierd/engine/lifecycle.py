@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -144,28 +144,23 @@ class Lifecycle:
             [bills.units[k] for k in keys],
         )
 
-    def _count(self, applied: Iterable[Applied], bills: _Bills) -> None:
+    def _count(self, applied: Sequence[Applied], bills: _Bills) -> None:
         metrics = self._metrics
         if metrics is None:
             return
         # Tallied first, then one increment per label set: a counter's
         # labels() and inc() each take a lock, and a flush moves thousands.
         counts: Counter[tuple[Any, ...]] = Counter()
+        moved = Counter([(a.move.src, a.move.dst, a.channel) for a in applied])
+        for (src, dst, channel), n in moved.items():
+            counts[(metrics.transitions_total, src, dst)] += n
+            if dst in FINAL_STATES:
+                counts[(metrics.messages_final_total, channel, dst)] += n
+            if dst is State.EXPIRED:
+                counts[(metrics.expiries_total, channel)] += n
         for a in applied:
-            move = a.move
-            counts[(metrics.transitions_total, move.src, move.dst)] += 1
-            if move.dst in FINAL_STATES:
-                counts[(metrics.messages_final_total, a.channel, move.dst)] += 1
-            if move.dst is State.EXPIRED:
-                counts[(metrics.expiries_total, a.channel)] += 1
-            if move.event is Event.REROUTED:
-                wrong = (move.detail or {}).get("wrong_carrier", "")
-                counts[(metrics.reroutes_total, str(wrong))] += 1
-            elif move.event is Event.RESEND_SCHEDULED:
-                counts[(metrics.resends_total, a.carrier or "")] += 1
-            elif move.event is Event.FALLBACK:
-                cause = (move.detail or {}).get("cause", "")
-                counts[(metrics.fallbacks_total, str(cause))] += 1
+            if a.move.event in _LABELLED_BY_MOVE:
+                counts[_labelled(metrics, a)] += 1
         for (account_id, month, channel), units in bills.units.items():
             counts[(metrics.billing_units_total, account_id, channel, month)] += units
         for (metric, *labels), amount in counts.items():
@@ -209,6 +204,19 @@ class _Bills:
 # One encoder, built once: json.dumps() would build one per call.
 _ENCODER = json.JSONEncoder(ensure_ascii=False)
 _FINAL_VALUES = frozenset(state.value for state in FINAL_STATES)
+
+
+# Events whose metric takes a label from the move itself.
+_LABELLED_BY_MOVE = frozenset({Event.REROUTED, Event.RESEND_SCHEDULED, Event.FALLBACK})
+
+
+def _labelled(metrics: Metrics, a: Applied) -> tuple[Any, ...]:
+    detail = a.move.detail or {}
+    if a.move.event is Event.REROUTED:
+        return (metrics.reroutes_total, str(detail.get("wrong_carrier", "")))
+    if a.move.event is Event.RESEND_SCHEDULED:
+        return (metrics.resends_total, a.carrier or "")
+    return (metrics.fallbacks_total, str(detail.get("cause", "")))
 
 
 def _json(detail: Any) -> str | None:

@@ -485,8 +485,12 @@ class WriteBehind:
         number_ranges = NumberRanges(
             {prefix: name for name, c in carriers.items() for prefix in c.number_prefixes}
         )
+        policies: dict[str, ResendPolicy] = {}
         for row in rows:
             carrier_config = carriers.get(row.carrier)
+            policy = policies.get(row.account_id)
+            if policy is None:
+                policy = policies[row.account_id] = _resend_policy(accounts.get(row.account_id))
             facts = AttemptFacts(
                 message_id=row.id,
                 carrier=row.carrier,
@@ -500,7 +504,7 @@ class WriteBehind:
                 facts.parts,
                 now,
                 resends_done=row.resends_done,
-                policy=_resend_policy(accounts.get(row.account_id)),
+                policy=policy,
             )
             if outcome is None:
                 continue
