@@ -37,7 +37,7 @@ from carrierd.config import Config, ConfigError, load_config
 from carrierd.domain.clock import Clock, SystemClock
 from carrierd.engine.dispatcher import Dispatcher
 from carrierd.engine.inbound import Inbound
-from carrierd.engine.leases import Leases
+from carrierd.engine.leases import Leases, lease_owner_for
 from carrierd.engine.lifecycle import Lifecycle
 from carrierd.engine.rcs_leg import RcsLeg, platform_config
 from carrierd.engine.sms_leg import Planned, SmsLeg, counts_by_carrier
@@ -140,14 +140,14 @@ class Daemon:
                 name: SubmitMetrics(self.metrics, name) for name in self.config.carriers
             },
         )
-        daemon_id = self.config.daemon_id
-        leases = Leases(db, lifecycle, config=config, daemon_id=daemon_id)
+        lease_owner = lease_owner_for(self.config.daemon_id)
+        leases = Leases(db, lifecycle, config=config, lease_owner=lease_owner)
         sms_leg = SmsLeg(
             gateway,
             write_behind,
             lifecycle,
             config=config,
-            daemon_id=daemon_id,
+            lease_owner=lease_owner,
             on_submitted=self._on_submitted,
         )
         dispatcher = Dispatcher(
@@ -158,7 +158,7 @@ class Daemon:
             lifecycle,
             leases,
             config=config,
-            daemon_id=daemon_id,
+            lease_owner=lease_owner,
             metrics=self.metrics,
         )
         timers = Timers(
@@ -173,7 +173,14 @@ class Daemon:
             self._rcs_session = aiohttp.ClientSession()
             client = RcsClient(self._rcs_session, platform_config(self.config.rcs))
             leg = RcsLeg(
-                db, self.clock, client, lifecycle, inbound, config=config, metrics=self.metrics
+                db,
+                self.clock,
+                client,
+                lifecycle,
+                inbound,
+                config=config,
+                lease_owner=lease_owner,
+                metrics=self.metrics,
             )
             dispatcher.rcs_leg = leg
             timers.rcs_timers = leg

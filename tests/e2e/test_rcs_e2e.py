@@ -97,6 +97,7 @@ async def test_each_recipient_is_reached_exactly_once_and_billed_right(
             engine.lifecycle,
             engine.inbound,
             config=lambda: config,
+            lease_owner=engine.dispatcher.lease_owner,
             metrics=metrics,
         )
         engine.dispatcher.rcs_leg = leg

@@ -16,7 +16,7 @@ from carrierd.config import Config, parse_config
 from carrierd.domain.clock import FakeClock
 from carrierd.engine.dispatcher import Dispatcher
 from carrierd.engine.inbound import Inbound
-from carrierd.engine.leases import Leases
+from carrierd.engine.leases import Leases, lease_owner_for
 from carrierd.engine.lifecycle import Lifecycle
 from carrierd.engine.sms_leg import SmsLeg
 from carrierd.engine.timers import Timers
@@ -166,8 +166,13 @@ async def make_engine(
         metrics=metrics,
     )
     sms_gateway: SmsGateway = network if gateway is None else gateway(recorder)
-    leases = Leases(db, lifecycle, config=lambda: config, daemon_id=daemon_id)
-    sms_leg = SmsLeg(sms_gateway, recorder, lifecycle, config=lambda: config, daemon_id=daemon_id)
+    # One lease owner per engine, as per daemon process: two engines given
+    # the same daemon id are two starts of one daemon.
+    lease_owner = lease_owner_for(daemon_id)
+    leases = Leases(db, lifecycle, config=lambda: config, lease_owner=lease_owner)
+    sms_leg = SmsLeg(
+        sms_gateway, recorder, lifecycle, config=lambda: config, lease_owner=lease_owner
+    )
     dispatcher = Dispatcher(
         db,
         clock,
@@ -176,7 +181,7 @@ async def make_engine(
         lifecycle,
         leases,
         config=lambda: config,
-        daemon_id=daemon_id,
+        lease_owner=lease_owner,
         metrics=metrics,
     )
     settler = Timers(db, clock, recorder, lifecycle, leases, config=lambda: config, metrics=metrics)

@@ -194,6 +194,38 @@ async def test_at_least_once_accounts_get_ambiguous_parts_resent(dsn: str, db: D
     assert r["state"] == "submitted" and r["attempt"] == 2
 
 
+async def test_a_daemon_restarted_under_its_id_recovers_what_it_held_before(
+    dsn: str, db: Database
+) -> None:
+    """systemd restarts a daemon under the same id: the new process renews
+    only the leases it took itself, so what the dead one held runs out and
+    is recovered while the restarted daemon keeps renewing."""
+    clock = FakeClock(JST_10_00)
+    config = resend_config(dsn)
+    dead = await make_engine(
+        config, db, clock, daemon_id="d1", network=StallingNetwork(clock, list(config.carriers))
+    )
+    [mid] = await enqueue(
+        db,
+        "acme",
+        [{"to": "09011112222", "sms": {"text": "x"}, "carrier": "docomo"}],
+        clock.now(),
+        config,
+    )
+    await dead.dispatcher.dispatch_once(clock.now())
+    for task in list(dead.dispatcher.sms_leg._in_flight):
+        task.cancel()
+    assert (await row(db, mid))["state"] == "sending"
+    restarted = await make_engine(config, db, clock, daemon_id="d1")
+    renew_every_s = config.engine.lease_s / RENEWALS_PER_LEASE
+    for _ in range(2 * RENEWALS_PER_LEASE):
+        clock.advance(renew_every_s)
+        await restarted.dispatcher.leases.renew(clock.now())
+        await restarted.settler.settle_once(clock.now())
+    r = await row(db, mid)
+    assert r["state"] != "sending" and r["lease_owner"] is None, r
+
+
 class DeadlocksOnce:
     """The database as the dispatcher sees it, aborting its first query the
     way PostgreSQL aborts the loser of a deadlock."""

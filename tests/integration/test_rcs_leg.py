@@ -201,6 +201,7 @@ async def rig(dsn: str, db: Database, **sim: Any) -> AsyncIterator[Rig]:
                 engine.lifecycle,
                 engine.inbound,
                 config=lambda: config,
+                lease_owner=engine.dispatcher.lease_owner,
                 metrics=metrics,
             )
 

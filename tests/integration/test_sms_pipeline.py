@@ -82,8 +82,8 @@ async def test_ten_thousand_messages_through_a_hostile_smsc(dsn: str, db: Databa
         au_spacing_s=lambda: 22.0,
     )
     gateway = SmppGateway(config.carriers, recorder, clock)
-    leases = Leases(db, lifecycle, config=lambda: config, daemon_id="pipeline")
-    sms_leg = SmsLeg(gateway, recorder, lifecycle, config=lambda: config, daemon_id="pipeline")
+    leases = Leases(db, lifecycle, config=lambda: config, lease_owner="pipeline")
+    sms_leg = SmsLeg(gateway, recorder, lifecycle, config=lambda: config, lease_owner="pipeline")
     dispatcher = Dispatcher(
         db,
         clock,
@@ -92,7 +92,7 @@ async def test_ten_thousand_messages_through_a_hostile_smsc(dsn: str, db: Databa
         lifecycle,
         leases,
         config=lambda: config,
-        daemon_id="pipeline",
+        lease_owner="pipeline",
     )
     settler = Timers(db, clock, recorder, lifecycle, leases, config=lambda: config)
     await gateway.start()

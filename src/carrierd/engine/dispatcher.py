@@ -86,7 +86,7 @@ class Dispatcher:
         leases: Leases,
         *,
         config: Callable[[], Config],
-        daemon_id: str,
+        lease_owner: str,
         rcs_leg: RcsLeg | None = None,
         metrics: Metrics | None = None,
     ) -> None:
@@ -97,7 +97,7 @@ class Dispatcher:
         self._lifecycle = lifecycle
         self.leases = leases
         self._config = config
-        self._daemon_id = daemon_id
+        self.lease_owner = lease_owner
         self.rcs_leg = rcs_leg
         self._metrics = metrics
         self._stopping = asyncio.Event()
@@ -320,7 +320,7 @@ class Dispatcher:
                     State.QUEUED,
                     State.DISPATCHING,
                     Event.CLAIMED,
-                    lease_owner=self._daemon_id,
+                    lease_owner=self.lease_owner,
                     lease_until=lease_until,
                 )
                 for m in rcs

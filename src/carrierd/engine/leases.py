@@ -4,7 +4,9 @@ A message in 'dispatching' (the +Message leg talks to the platform) or
 'sending' (SMS parts leaving) is held under its daemon's lease; the daemon
 renews its leases while it lives, gives back what it did not hand over when
 it stops, and a lease that ran out (the daemon died) is recovered by the
-timers of any daemon:
+timers of any daemon. A lease belongs to one process, not to a daemon id:
+a daemon restarted under the same id (systemd does, and so does the
+README's multi-daemon recipe) never renews its dead predecessor's leases.
 
   dispatching            -> queued: nothing was handed over
   sending, every part answered -> settled from its parts (write-behind)
@@ -15,6 +17,7 @@ timers of any daemon:
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -29,6 +32,13 @@ from carrierd.store.db import Database, Transaction
 RENEWALS_PER_LEASE = 3
 
 
+def lease_owner_for(daemon_id: str) -> str:
+    """This process's name on its leases: its daemon id, for people reading
+    the rows, and a token drawn at start, so that each start owns only what
+    it claimed itself."""
+    return f"{daemon_id}/{secrets.token_hex(6)}"
+
+
 class Leases:
     def __init__(
         self,
@@ -36,12 +46,12 @@ class Leases:
         lifecycle: Lifecycle,
         *,
         config: Callable[[], Config],
-        daemon_id: str,
+        lease_owner: str,
     ) -> None:
         self._db = db
         self._lifecycle = lifecycle
         self._config = config
-        self._daemon_id = daemon_id
+        self._lease_owner = lease_owner
 
     async def renew(self, now: datetime) -> None:
         """Extend the leases with less than 2.5 renewal periods left
@@ -51,7 +61,7 @@ class Leases:
         renew_every_s = lease_s / RENEWALS_PER_LEASE
         await self._db.execute(
             "renew_leases",
-            self._daemon_id,
+            self._lease_owner,
             now + timedelta(seconds=lease_s),
             now + timedelta(seconds=2.5 * renew_every_s),
         )
@@ -60,7 +70,7 @@ class Leases:
         """On shutdown: what this daemon claimed but did not hand over goes back."""
 
         async def work(tx: Transaction) -> None:
-            rows = await tx.fetch("release_lease_claims", self._daemon_id)
+            rows = await tx.fetch("release_lease_claims", self._lease_owner)
             await self._lifecycle.apply(
                 tx,
                 [

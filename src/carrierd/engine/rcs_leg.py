@@ -176,6 +176,7 @@ class RcsLeg:
         inbound: Inbound,
         *,
         config: Callable[[], Config],
+        lease_owner: str,
         metrics: Metrics | None = None,
         max_concurrent_requests: int = 32,
         max_batches_in_flight: int = 4,
@@ -186,6 +187,7 @@ class RcsLeg:
         self._lifecycle = lifecycle
         self._inbound = inbound
         self._config = config
+        self._lease_owner = lease_owner
         self._metrics = metrics
         self._requests = asyncio.Semaphore(max_concurrent_requests)
         self._max_batches_in_flight = max_batches_in_flight
@@ -233,7 +235,7 @@ class RcsLeg:
     async def _dispatch_batch(self, messages: list[ClaimedMessage], now: datetime) -> None:
         config = self._config()
         keeper = asyncio.ensure_future(
-            self._keep_leases([m.id for m in messages], config.engine.lease_s, config.daemon_id)
+            self._keep_leases([m.id for m in messages], config.engine.lease_s)
         )
         try:
             moves, checked, effects = await self._decide_and_send(messages, now, config.rcs)
@@ -242,7 +244,7 @@ class RcsLeg:
             await asyncio.gather(keeper, return_exceptions=True)
         await self._record_dispatch(moves, checked, effects)
 
-    async def _keep_leases(self, message_ids: list[int], lease_s: float, daemon_id: str) -> None:
+    async def _keep_leases(self, message_ids: list[int], lease_s: float) -> None:
         """While a slow platform holds the batch, keep its rows ours: a lease
         that ran out would let another daemon decide differently (send SMS
         while our +Message is accepted)."""
@@ -253,7 +255,7 @@ class RcsLeg:
                     "rcs_renew_leases",
                     message_ids,
                     self._clock.now() + timedelta(seconds=lease_s),
-                    daemon_id,
+                    self._lease_owner,
                 )
             except Exception:
                 log.exception("rcs_lease_renewal_failed")

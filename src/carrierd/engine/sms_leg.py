@@ -60,14 +60,14 @@ class SmsLeg:
         lifecycle: Lifecycle,
         *,
         config: Callable[[], Config],
-        daemon_id: str,
+        lease_owner: str,
         on_submitted: Callable[[Sequence[Planned], datetime], None] | None = None,
     ) -> None:
         self._gateway = gateway
         self._write_behind = write_behind
         self._lifecycle = lifecycle
         self._config = config
-        self._daemon_id = daemon_id
+        self._lease_owner = lease_owner
         self._on_submitted = on_submitted
         self._in_flight: set[asyncio.Task[None]] = set()
 
@@ -284,7 +284,7 @@ class SmsLeg:
                     leg="sms",
                     carrier=p.carrier,
                     attempt=p.attempt,
-                    lease_owner=self._daemon_id,
+                    lease_owner=self._lease_owner,
                     lease_until=lease_until,
                     detail={"attempt": p.attempt, "carrier_from": p.carrier_source},
                 )
