@@ -237,7 +237,15 @@ class Daemon:
             self._http_client = aiohttp.ClientSession()
             sender = CallbackSender(db, self._http_client, secret_for, self.clock, self.metrics)
             self.add_side_task("callbacks", sender.run(self._ops_stop))
-            self.add_side_task("retention", run_retention(db, self.clock, self._ops_stop))
+            self.add_side_task(
+                "retention",
+                run_retention(
+                    db,
+                    self.clock,
+                    self._ops_stop,
+                    au_spacing_s=lambda: self.config.engine.au_spacing_s,
+                ),
+            )
             gauges = GaugeRefresher(
                 db,
                 self.clock,

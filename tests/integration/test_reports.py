@@ -23,7 +23,7 @@ from carrierd.http.app import ApiState, build_app
 from carrierd.http.reports import BILLING_COLUMNS, EXPORT_COLUMNS, month_bounds, recompute_billing
 from carrierd.ops.callbacks import enqueue_callback
 from carrierd.ops.gauges import refresh_queue_gauges
-from carrierd.ops.retention import purge_expired
+from carrierd.ops.retention import purge_au_gate, purge_expired
 from carrierd.store.db import QUERIES, Database
 from carrierd.telemetry import Metrics
 from tests.integration.apiclient import auth, make_config
@@ -434,6 +434,23 @@ async def test_purge_deletes_old_final_messages_and_keeps_three_months(
         )
         assert rows[0]["n"] == 0, table
     assert await purge_expired(db, NOW) == 0
+
+
+async def test_retention_forgets_au_numbers_whose_spacing_ran_out(db: Database) -> None:
+    """An au gate row holds the next SMS for 22 s after a final receipt
+    (§5); an hour past that it can go, and nothing sooner."""
+    spacing_s = 22.0
+    recent = {"08011110001": NOW - timedelta(seconds=10), "08011110002": NOW - timedelta(hours=1)}
+    stale = {f"0801112{n:04d}": NOW - timedelta(hours=2, minutes=n) for n in range(5)}
+    for msisdn, last_final_at in {**recent, **stale}.items():
+        await db.call_raw(
+            "INSERT INTO au_gate (msisdn, last_final_at) VALUES ($1, $2)", msisdn, last_final_at
+        )
+
+    assert await purge_au_gate(db, NOW, spacing_s, batch_rows=2) == len(stale)
+    rows = await db.call_raw("SELECT msisdn FROM au_gate")
+    assert {r["msisdn"] for r in rows} == set(recent)
+    assert await purge_au_gate(db, NOW, spacing_s) == 0
 
 
 # -- queue gauges --------------------------------------------------------------------

@@ -24,6 +24,9 @@ AU = "au"
 # number is still in flight: the receipt moves not_before precisely, this
 # only bounds the wait when the receipt never comes.
 AU_IN_FLIGHT_RECHECK_S = 30.0
+# A number's last final receipt is kept this long past its spacing, so that
+# daemons whose clocks disagree by less than this still see it.
+AU_GATE_KEEP_PAST_SPACING_S = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,3 +67,10 @@ def au_gate_releases(
         and to_state in (State.DELIVERED, State.FAILED, State.QUEUED)
         and not reroute
     )
+
+
+def au_gate_forgets_before(now: datetime, spacing_s: float) -> datetime:
+    """Gate rows whose last final receipt is older than this hold nothing
+    back any more (the spacing ran out): retention deletes them, and a
+    number without a row goes at once, exactly as with one."""
+    return now - timedelta(seconds=spacing_s + AU_GATE_KEEP_PAST_SPACING_S)

@@ -1,6 +1,7 @@
 """Retention: final messages go `keep_days` after they ended (100 by
 default, more than the 3 months of delivery log that DOMAIN §15 promises),
-with their parts, events and callbacks.
+with their parts, events and callbacks; au gate rows (DOMAIN §5) go once
+their spacing ran out long ago (domain/au_gate.au_gate_forgets_before).
 
 Every daemon on a database runs the purge; they share the rows (SKIP
 LOCKED in the statement) rather than electing one of them.
@@ -9,10 +10,12 @@ LOCKED in the statement) rather than electing one of them.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import structlog
 
+from carrierd.domain.au_gate import au_gate_forgets_before
 from carrierd.domain.clock import Clock
 from carrierd.loops import supervise
 from carrierd.store.db import Database
@@ -46,11 +49,25 @@ async def purge_expired(
             return total
 
 
+async def purge_au_gate(
+    db: Database, now: datetime, spacing_s: float, *, batch_rows: int = PURGE_BATCH_ROWS
+) -> int:
+    """Delete au gate rows that hold nothing back any more; returns how many."""
+    before = au_gate_forgets_before(now, spacing_s)
+    total = 0
+    while True:
+        deleted = int(await db.fetchval("purge_au_gate", before, batch_rows))
+        total += deleted
+        if deleted < batch_rows:
+            return total
+
+
 async def run_retention(
     db: Database,
     clock: Clock,
     stop_event: asyncio.Event,
     *,
+    au_spacing_s: Callable[[], float],
     keep_days: int = RETENTION_KEEP_DAYS,
     interval_s: float = RETENTION_INTERVAL_S,
 ) -> None:
@@ -60,6 +77,9 @@ async def run_retention(
         deleted = await purge_expired(db, clock.now(), keep_days)
         if deleted:
             log.info("retention_purged", messages=deleted, keep_days=keep_days)
+        forgotten = await purge_au_gate(db, clock.now(), au_spacing_s())
+        if forgotten:
+            log.info("retention_purged_au_gate", numbers=forgotten)
         return interval_s
 
     await supervise("retention", purge_once, stop_event)

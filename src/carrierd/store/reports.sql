@@ -59,3 +59,19 @@ deleted AS (
     DELETE FROM messages m USING doomed WHERE m.id = doomed.id RETURNING 1
 )
 SELECT count(*)::int FROM deleted;
+
+-- name: purge_au_gate
+-- One bounded batch of au gate rows whose spacing ran out before $1
+-- (domain/au_gate.au_gate_forgets_before); SKIP LOCKED as above.
+WITH doomed AS (
+    SELECT msisdn FROM au_gate
+    WHERE last_final_at < $1
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+),
+deleted AS (
+    DELETE FROM au_gate g USING doomed d
+    WHERE g.msisdn = d.msisdn AND g.last_final_at < $1
+    RETURNING 1
+)
+SELECT count(*)::int FROM deleted;
