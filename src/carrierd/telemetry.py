@@ -181,6 +181,18 @@ class Metrics:
             "Receipts dropped after waiting for a part with their id that never came.",
             ("carrier",),
         )
+        self.receipts_correlated_total = counter(
+            "receipts_correlated_total",
+            "Receipts whose id matched no part, given to the one part their recipient, "
+            "submit date and text fit (its submit_sm_resp was lost).",
+            ("carrier",),
+        )
+        self.receipts_ambiguous_total = counter(
+            "receipts_ambiguous_total",
+            "Receipts whose id matched no part and that two or more parts fitted: "
+            "left unmatched rather than guessed.",
+            ("carrier",),
+        )
         self.messages_final_total = counter(
             "messages_final_total", "Messages that reached a final state.", ("channel", "state")
         )

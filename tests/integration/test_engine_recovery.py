@@ -163,7 +163,7 @@ async def test_a_dead_daemons_messages_are_never_resent_blindly(dsn: str, db: Da
     clock.advance(61)
     await live.settler.settle_once(clock.now())
     r = await row(db, in_flight)
-    assert r["state"] == "unknown" and r["reason_text"] == "outcome unknown after restart"
+    assert r["state"] == "unknown" and r["reason_text"] == "daemon stopped with the part in flight"
     assert (await row(db, claimed_only))["state"] == "queued"
     await live.cycle()
     assert [s.request.message_id for s in live.network.submitted] == [claimed_only]

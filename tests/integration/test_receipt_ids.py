@@ -107,6 +107,7 @@ async def record_response(
         [outcome.command_status],
         [outcome.bind_id],
         at,
+        [outcome.unknown_cause],
     )
 
 
@@ -120,6 +121,9 @@ async def record_receipts(tx: Transaction, receipts: Sequence[Receipt]) -> list[
         [r.err for r in receipts],
         [r.received_at for r in receipts],
         [r.alt_smsc_message_id for r in receipts],
+        [r.recipient_addr for r in receipts],
+        [r.submit_date for r in receipts],
+        [r.text_start for r in receipts],
     )
 
 
@@ -253,6 +257,9 @@ async def test_receipt_lookups_probe_the_smsc_id_index_once_per_id(db: Database)
         [r.err for r in batch],
         [r.received_at for r in batch],
         [r.alt_smsc_message_id for r in batch],
+        [r.recipient_addr for r in batch],
+        [r.submit_date for r in batch],
+        [r.text_start for r in batch],
     )
     apply_plan = await db.call_raw("EXPLAIN (FORMAT JSON) " + QUERIES["apply_early_receipts"])
 

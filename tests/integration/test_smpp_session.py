@@ -721,3 +721,55 @@ def test_runs_on_uvloop() -> None:
         return [result.outcome for result in results]
 
     assert uvloop.run(scenario()) == ["accepted"] * 3
+
+
+# -- answers that come after the timeout ---------------------------------------------------
+
+
+async def late_result(result: SubmitResult) -> SubmitResult:
+    assert result.late_answer is not None
+    async with asyncio.timeout(WAIT_S):
+        return await result.late_answer
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [
+        (0, "accepted"),
+        (CommandStatus.ESME_RINVDSTADR, "refused"),
+        # Not taken: the engine sends it again, the bind's queue does not.
+        (CommandStatus.ESME_RTHROTTLED, "unsent"),
+    ],
+)
+async def test_a_late_answer_reaches_the_submitter(
+    stub: StubSmsc, inbox: Inbox, sessions: list[SmppSession], status: int, outcome: str
+) -> None:
+    stub.behaviour.response_delay_s = 0.4
+    stub.behaviour.submit_status = lambda pdu, index: status
+    session = await started_session(sessions, carrier(stub.port, response_timeout_s=0.1), inbox)
+
+    result = await session.submit(message(1))
+
+    assert (result.outcome, result.cause) == ("unknown", "response_timeout")
+    assert result.detail == "no submit_sm_resp within 0.1 s"
+    late = await late_result(result)
+    assert late.outcome == outcome
+    if outcome == "accepted":
+        assert late.message_id == "1"
+    else:
+        assert late.command_status == status
+    assert session.stats.late_answers == 1
+
+
+async def test_no_late_answer_once_the_connection_is_gone(
+    stub: StubSmsc, inbox: Inbox, sessions: list[SmppSession]
+) -> None:
+    stub.behaviour.answer_submits = False
+    session = await started_session(sessions, carrier(stub.port, response_timeout_s=0.1), inbox)
+    result = await session.submit(message(1))
+    assert result.late_answer is not None and not result.late_answer.done()
+
+    stub.drop_connections()
+
+    with pytest.raises(asyncio.CancelledError):
+        await late_result(result)

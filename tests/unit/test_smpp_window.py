@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from carrierd.smpp.window import ResponseTimeout, Window, WindowTimeout
+from carrierd.smpp.window import LateAnswers, ResponseTimeout, Window, WindowTimeout
 
 # Long enough never to fire in these tests: slots are freed explicitly.
 PATIENT_S = 30.0
@@ -267,3 +267,16 @@ async def test_fail_all_also_fails_an_offer_granted_but_not_yet_resumed() -> Non
 def test_size_must_be_positive() -> None:
     with pytest.raises(ValueError):
         Window(0)
+
+
+async def test_late_answers_are_kept_a_while_and_only_so_many() -> None:
+    late: LateAnswers[str] = LateAnswers(keep_s=10.0, max_entries=2)
+    first, second = late.remember(1, 0.0), late.remember(2, 1.0)
+    third = late.remember(3, 2.0)  # over the bound: the oldest goes
+    assert first.cancelled() and len(late) == 2
+    assert late.take(2, 3.0) is second and late.take(2, 3.0) is None
+    assert late.take(3, 12.5) is None  # remembered at 2.0, kept 10 s
+    assert third.cancelled() and len(late) == 0
+    fourth = late.remember(4, 20.0)
+    late.forget_all()
+    assert fourth.cancelled()

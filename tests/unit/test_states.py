@@ -57,8 +57,9 @@ def test_final_states_have_no_exits() -> None:
     for state in FINAL_STATES - {State.UNKNOWN}:
         assert is_final(state)
         assert TRANSITIONS[state] == frozenset()
-    # unknown is left only for the outcome a late final receipt reveals.
-    assert TRANSITIONS[State.UNKNOWN] == {State.DELIVERED, State.FAILED}
+    # unknown is left only for the outcome a late answer reveals: a final
+    # receipt, or a submit_sm_resp showing the SMSC took nothing (queued).
+    assert TRANSITIONS[State.UNKNOWN] == {State.DELIVERED, State.FAILED, State.QUEUED}
     assert not any(is_final(state) for state in set(State) - FINAL_STATES)
 
 
@@ -112,6 +113,9 @@ def test_check_transition_follows_the_table(src: State, dst: State) -> None:
         (State.DISPATCHING, State.QUEUED),  # +Message lease given back
         (State.UNKNOWN, State.DELIVERED),  # a late final receipt: the truth wins
         (State.UNKNOWN, State.FAILED),
+        # Not ambiguous any more: a late "not our subscriber" or throttled
+        # answer (domain/attempt.py decides when).
+        (State.UNKNOWN, State.QUEUED),
     ],
 )
 def test_domain_edges_exist(src: State, dst: State) -> None:
@@ -124,7 +128,6 @@ def test_domain_edges_exist(src: State, dst: State) -> None:
         (State.SCHEDULED, State.SENDING),  # must be due and claimed first
         (State.SCHEDULED, State.DISPATCHING),
         (State.DELIVERED, State.FAILED),
-        (State.UNKNOWN, State.QUEUED),  # never resend an ambiguous outcome
         (State.SUBMITTED, State.CANCELLED),  # the SMSC already has it
         (State.SENDING, State.SENDING),
     ],

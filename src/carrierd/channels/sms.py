@@ -24,6 +24,10 @@ Outbound, ``build_submit_pdus`` (pure) turns an ``SmsRequest`` into submit_sm PD
   quarter-hours, "+"), from ``request.expires_at``. Absolute rather than relative so
   that the deadline does not stretch by however long the PDU waited in a queue.
 
+A part whose submit_sm_resp timed out is reported unknown with a ``late``
+future (``PartOutcome.late``): the outcome the SMSC's late answer reveals,
+or cancelled when none will be read (smpp/session.py).
+
 Inbound, ``parse_deliver`` (pure) turns a deliver_sm / data_sm into:
 
 - a ``Receipt`` when esm_class has the receipt bit (0x04) or receipted_message_id is
@@ -36,7 +40,9 @@ Inbound, ``parse_deliver`` (pure) turns a deliver_sm / data_sm into:
   DELIVRD, UNDELIVERABLE -> UNDELIV, REJECTED -> REJECTD, ACCEPTED -> ACCEPTD, ...);
   long spellings in text (DELIVERED...) are shortened the same way; no state at all
   gives UNKNOWN. A receipt without any message id cannot be matched and is dropped
-  (logged).
+  (logged). The receipt also carries, unparsed, what else says which part it is
+  for (source_addr, the text's ``submit date`` and ``text``): read only when its
+  id matches no part (domain/receipt_match.py).
 - otherwise an ``InboundSms`` (mobile-originated): a UDH is stripped, the text decoded
   per data_coding (UCS-2, GSM 7-bit, else latin-1); parts are not reassembled, each
   is its own InboundSms.
@@ -200,19 +206,47 @@ def part_outcomes(
     if len(results) != 1 and len(results) != len(request.parts):
         raise ValueError(f"{len(results)} results for {len(request.parts)} parts")
     return [
-        PartOutcome(
-            part_no=number,
-            result=result.outcome,
-            smsc_message_id=(
-                normalize_message_id(result.message_id, message_id_style)
-                if result.outcome == "accepted" and result.message_id
-                else None
-            ),
-            command_status=result.command_status,
-            bind_id=result.bind_id,
-        )
+        _part_outcome(number, result, message_id_style)
         for number, result in enumerate(results, start=1)
     ]
+
+
+def _part_outcome(
+    number: int, result: SubmitResult, message_id_style: MessageIdStyle
+) -> PartOutcome:
+    late: asyncio.Future[PartOutcome] | None = None
+    if result.late_answer is not None:
+        late = asyncio.get_running_loop().create_future()
+        result.late_answer.add_done_callback(
+            partial(_late_part_outcome, number, message_id_style, late)
+        )
+    return PartOutcome(
+        part_no=number,
+        result=result.outcome,
+        smsc_message_id=(
+            normalize_message_id(result.message_id, message_id_style)
+            if result.outcome == "accepted" and result.message_id
+            else None
+        ),
+        command_status=result.command_status,
+        bind_id=result.bind_id,
+        unknown_cause=result.cause,
+        late=late,
+    )
+
+
+def _late_part_outcome(
+    number: int,
+    message_id_style: MessageIdStyle,
+    late: asyncio.Future[PartOutcome],
+    answer: asyncio.Future[SubmitResult],
+) -> None:
+    if late.done():
+        return
+    if answer.cancelled():
+        late.cancel()
+    else:
+        late.set_result(_part_outcome(number, answer.result(), message_id_style))
 
 
 # ---------------------------------------------------------------------------
@@ -263,6 +297,9 @@ def parse_deliver(
             err=err,
             received_at=received_at,
             alt_smsc_message_id=candidates[1] if len(candidates) > 1 else None,
+            recipient_addr=pdu.source_addr or None,
+            submit_date=text.get("submit date") or None,
+            text_start=text.get("text") or None,
         )
     if pdu.esm_class & ESM_CLASS_UDHI:
         _, body = split_udh(body)

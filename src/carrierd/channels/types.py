@@ -7,15 +7,20 @@ and mobile-originated messages come the other way through `SmsEvents`.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol
 
 # accepted: submit_sm_resp OK; refused: submit_sm_resp with an error status;
 # unknown: handed over but no response (timeout, disconnect): ambiguous;
-# unsent: never left this process (no bind up, shutting down).
+# unsent: never left this process (no bind up, shutting down), or the SMSC
+# answered that it took nothing for now (throttled).
 PartResult = Literal["accepted", "refused", "unknown", "unsent"]
+# Why an outcome is unknown: the response did not come in time, the bind
+# dropped with the part in flight, the response could not be read.
+UnknownCause = Literal["response_timeout", "bind_lost", "unusable_response"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,10 @@ class PartOutcome:
     smsc_message_id: str | None = None  # normalised per carrier config
     command_status: int | None = None
     bind_id: str | None = None
+    unknown_cause: UnknownCause | None = None  # unknown only
+    # unknown by response timeout only: the outcome the SMSC's late answer
+    # reveals (never unknown again), cancelled when none will come.
+    late: asyncio.Future[PartOutcome] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,14 @@ class Receipt:
     # text), each in its own base; when the two normalise differently, the
     # second one. Either may be the one the part was accepted with.
     alt_smsc_message_id: str | None = None
+    # What else the receipt says about its part, for a receipt whose id no
+    # part carries (its submit_sm_resp was lost): the handset's address as
+    # the SMSC wrote it (the receipt's source_addr), the Appendix B
+    # "submit date" and "text" as written. Read only then, and not part of
+    # what makes two receipts the same.
+    recipient_addr: str | None = field(default=None, compare=False)
+    submit_date: str | None = field(default=None, compare=False)
+    text_start: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

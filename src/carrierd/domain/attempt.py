@@ -25,6 +25,17 @@ INCOMPLETE_SUBMISSION = Reason(
     "incomplete_submission", "some parts were never handed to the carrier"
 )
 UNSENT_RETRY_S = 1.0
+# Why a part's outcome is unknown (parts.unknown_cause): the reason says what
+# happened, so that an operator can tell a slow SMSC from a dropped bind or a
+# dead daemon.
+BIND_LOST_IN_FLIGHT = Reason(
+    "bind_lost_in_flight", "the bind dropped with the part in flight, before its submit_sm_resp"
+)
+UNUSABLE_RESPONSE = Reason("unusable_response", "the submit_sm_resp could not be read")
+DAEMON_STOPPED_IN_FLIGHT = Reason(
+    reasons.OUTCOME_UNKNOWN_AFTER_RESTART.code, "daemon stopped with the part in flight"
+)
+OUTCOME_UNKNOWN = Reason("outcome_unknown", "the part was handed over and its outcome is unknown")
 
 
 PartState = Literal["pending", "accepted", "refused", "delivered", "failed", "unknown"]
@@ -51,6 +62,20 @@ class AttemptParts(NamedTuple):
     # §3 units of the delivered parts (a part row stands for several when
     # one submit_sm carried a whole multipart text, concat = "payload").
     delivered_units: int = 0
+    unknown_reason: Reason | None = None  # of the first unknown part
+
+
+def unknown_reason(cause: str | None, response_timeout_s: float) -> Reason:
+    """What a part's recorded unknown_cause means, for the message's reason."""
+    if cause == "response_timeout":
+        return Reason("response_timeout", f"no submit_sm_resp within {response_timeout_s:g} s")
+    if cause == "bind_lost":
+        return BIND_LOST_IN_FLIGHT
+    if cause == "unusable_response":
+        return UNUSABLE_RESPONSE
+    if cause == "daemon_stopped":
+        return DAEMON_STOPPED_IN_FLIGHT
+    return OUTCOME_UNKNOWN
 
 
 @dataclass(frozen=True)
@@ -80,9 +105,15 @@ def decide_attempt(
     A multipart message is delivered when every part is, failed as soon as
     one part finally fails (§10). "Not our subscriber" reroutes (§4); any
     other failure receipt may be resent under the account's policy (§9).
-    A message whose outcome was `unknown` moves only when a late final
-    receipt reveals it: failed as soon as one part failed, delivered when
-    every part is. It is never sent again (an ambiguous outcome).
+
+    A message whose outcome was `unknown` moves when the SMSC reveals it
+    after all. A late final receipt: failed as soon as one part failed,
+    delivered when every part is. A late submit_sm_resp: while any part is
+    still unknown (or pending) the message is never sent again (ambiguous);
+    once none is, a refusal decides as it would have in time (reroute after
+    "not our subscriber", else failed), and parts the SMSC answered it took
+    nothing for (throttled) are retried like unsent ones; accepted parts
+    wait for their receipts.
     """
     if parts.state is State.UNKNOWN:
         if parts.failed:
@@ -91,7 +122,12 @@ def decide_attempt(
             )
         if parts.delivered == parts.total:
             return AttemptOutcome(State.DELIVERED)
-        return None
+        # A refusal decides as it would have in time, whatever the other
+        # parts: a carrier that refused one part does not complete the text.
+        if not (parts.wrong_carrier or parts.refused) and (
+            parts.unknown or parts.pending or not parts.unsent
+        ):
+            return None  # still ambiguous, or accepted: receipts decide
     if parts.wrong_carrier:
         return AttemptOutcome(State.QUEUED, reasons.WRONG_CARRIER, not_before=now, reroute=True)
     if parts.refused:
@@ -123,7 +159,7 @@ def decide_attempt(
             )
         return AttemptOutcome(State.FAILED, INCOMPLETE_SUBMISSION)
     if parts.unknown:
-        return AttemptOutcome(State.UNKNOWN, reasons.OUTCOME_UNKNOWN_AFTER_RESTART)
+        return AttemptOutcome(State.UNKNOWN, parts.unknown_reason or OUTCOME_UNKNOWN)
     if parts.state is State.SENDING:
         return AttemptOutcome(State.SUBMITTED)
     return None

@@ -60,12 +60,19 @@ when several daemons race for it.
                  -> failed, cancelled
 
     unknown      the carrier never revealed the outcome (no receipt before
-                 the timeout, or parts in flight when a daemon died).
-                 -> delivered, failed   a final receipt that came late: the
-                                        truth wins, and billing follows it
+                 the timeout, no submit_sm_resp in time, or parts in flight
+                 when a bind dropped or a daemon died).
+                 -> delivered, failed   a final receipt (or a refusal) that
+                                        came late: the truth wins, and
+                                        billing follows it
+                 -> queued      a late submit_sm_resp shows the SMSC took
+                                nothing: "not our subscriber" (reroute), or
+                                every part answered throttled. No longer
+                                ambiguous, so sent again like any refusal
+                                answered in time (domain/attempt.py).
 
     delivered, failed, expired, cancelled, skipped, rejected are final:
-    nothing leaves them. `unknown` is final too, except for a late receipt.
+    nothing leaves them. `unknown` is final too, except for a late answer.
     `skipped` and `unknown` are not billed.
 
 Intake may create a message only in scheduled, queued or rejected.
@@ -145,8 +152,8 @@ TRANSITIONS: Mapping[State, frozenset[State]] = MappingProxyType(
         State.RCS_SENT: frozenset(
             {State.DELIVERED, State.QUEUED, State.EXPIRED, State.FAILED, State.CANCELLED}
         ),
-        # A late final receipt (§9, §10): the carrier did reveal the outcome.
-        State.UNKNOWN: frozenset({State.DELIVERED, State.FAILED}),
+        # A late answer (§9, §10): the carrier did reveal the outcome.
+        State.UNKNOWN: frozenset({State.DELIVERED, State.FAILED, State.QUEUED}),
         **{final: frozenset() for final in FINAL_STATES - {State.UNKNOWN}},
     }
 )

@@ -8,11 +8,16 @@ timers of any daemon. A lease belongs to one process, not to a daemon id:
 a daemon restarted under the same id (systemd does, and so does the
 README's multi-daemon recipe) never renews its dead predecessor's leases.
 
-  dispatching            -> queued: nothing was handed over
-  sending, every part answered -> settled from its parts (write-behind)
-  sending, parts in flight     -> unknown ("outcome unknown after restart"),
-                                  or queued again for an account that chose
-                                  at-least-once delivery
+  dispatching  -> queued: nothing was handed over
+  sending      -> its parts still pending become unknown (written or not,
+                  nobody can tell now: "daemon stopped with the part in
+                  flight"), then the message is settled from its parts like
+                  any other (domain/attempt.py): parts recorded refused,
+                  unsent or accepted are known, so a refusal reroutes or
+                  fails, a message none of whose parts left is queued
+                  again, and only a message with a part in doubt ends
+                  unknown. An account that chose at-least-once delivery
+                  gets a message with parts in flight queued again instead.
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from carrierd.config import Config
-from carrierd.domain import reasons
 from carrierd.domain.lifecycle import Event, Move
 from carrierd.domain.states import State
 from carrierd.engine.lifecycle import Lifecycle
@@ -30,6 +34,8 @@ from carrierd.store.db import Database, Transaction
 
 # Leases are renewed this many times per engine.lease_s.
 RENEWALS_PER_LEASE = 3
+# parts.unknown_cause of a part a dead daemon left pending.
+DAEMON_STOPPED = "daemon_stopped"
 
 
 def lease_owner_for(daemon_id: str) -> str:
@@ -100,6 +106,7 @@ class Leases:
         config = self._config()
         moves: list[Move] = []
         settle_from_parts: list[int] = []
+        in_flight: list[int] = []
         for row in rows:
             if row["state"] == State.DISPATCHING:
                 # Nothing was handed over: any daemon may take it again.
@@ -122,17 +129,13 @@ class Leases:
                             detail={"at_least_once": True, "pending_parts": row["pending"]},
                         )
                     )
-                    await tx.execute("parts_outcome_unknown", [row["id"]])
+                    await tx.execute("parts_outcome_unknown", [row["id"]], DAEMON_STOPPED, True)
                 else:
-                    moves.append(
-                        Move(
-                            row["id"],
-                            State.SENDING,
-                            State.UNKNOWN,
-                            Event.LEASE_LOST,
-                            reasons.OUTCOME_UNKNOWN_AFTER_RESTART,
-                            detail={"pending_parts": row["pending"]},
-                        )
-                    )
+                    in_flight.append(row["id"])
+        if in_flight:
+            # The parts with a recorded answer still decide: only the
+            # pending ones are in doubt.
+            await tx.execute("parts_outcome_unknown", in_flight, DAEMON_STOPPED, False)
+            settle_from_parts += in_flight
         applied = await self._lifecycle.apply(tx, moves, now)
         return len(applied), settle_from_parts

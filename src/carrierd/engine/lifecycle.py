@@ -67,7 +67,7 @@ class Lifecycle:
         unknown = [a.move.message_id for a in applied if a.move.dst is State.UNKNOWN]
         if unknown:
             # The parts still open take their message's outcome: nobody knows.
-            await tx.execute("parts_outcome_unknown", unknown)
+            await tx.execute("parts_outcome_unknown", unknown, None, True)
         notify = [
             r["id"]
             for r in rows

@@ -7,7 +7,9 @@ Each `settle_once(now)` pass:
   - lost leases (a daemon died): claimed-but-not-sent → queued again; parts in
     flight with no response → unknown "outcome unknown after restart", unless
     the account opted into at-least-once (then queued and resent)
-  - receipts that beat their response meet their part (across daemons too)
+  - receipts that beat their response meet their part (across daemons too);
+    those whose part never learns an id (its response was lost) are given
+    to the one part their recipient, submit date and text fit
   - au gate holds whose re-check is long past, released by no receipt, go
   - +Message fallback and expiry timers, through the RCS leg when configured
 """
@@ -25,6 +27,7 @@ from carrierd.config import Config
 from carrierd.domain import reasons
 from carrierd.domain.clock import Clock
 from carrierd.domain.lifecycle import Event, Move
+from carrierd.domain.receipt_match import MAX_RECEIPT_AGE_S
 from carrierd.domain.states import State
 from carrierd.engine.leases import Leases
 from carrierd.engine.lifecycle import Lifecycle
@@ -161,7 +164,8 @@ class Timers:
             if self._metrics is not None:
                 self._metrics.receipts_unmatched_total.labels(dropped["carrier"]).inc()
         await tx.execute("expire_stale_au_gate_holds", now - timedelta(seconds=AU_GATE_HOLD_KEEP_S))
-        if not changed:
-            return 0
-        ids = sorted({p["message_id"] for p in changed})
-        return len(await self._write_behind.settle(tx, ids, now))
+        await tx.execute("forget_old_doubts", now - timedelta(seconds=MAX_RECEIPT_AGE_S))
+        # A part the sweep delivers may belong to an attempt already settled
+        # (a concurrent flush failed it on another part): billed on its own.
+        moved = await self._write_behind.settle_receipted(tx, changed, now)
+        return moved + await self._write_behind.correlate_receipts(tx, now)

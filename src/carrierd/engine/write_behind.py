@@ -26,6 +26,16 @@ would make that latency a whole flush. Concurrent flushes are safe for the
 same reasons two daemons are: messages are locked in id order before they
 are settled, and a receipt that misses its part's uncommitted response
 waits in early_receipts for the next flush.
+
+Doubt is resolved when the SMSC speaks after all. A submit whose response
+timed out is recorded unknown, and its late answer, if one comes while the
+connection still listens (smpp/session.py), is recorded on that part
+(accepted with its SMSC id, refused, or unsent when throttled); the message
+then moves on from `unknown` as domain/attempt.py says. A receipt whose id
+matches no part (its response was lost) waits in early_receipts; once it
+has waited `CORRELATE_AFTER_S`, `correlate_receipts` (run by the settler)
+gives it to the one part its recipient, submit date and text fit
+(domain/receipt_match.py), or leaves it when two or more fit.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 import structlog
@@ -50,15 +61,26 @@ from carrierd.domain.attempt import (
     attempt_move,
     decide_attempt,
     means_wrong_carrier,
+    unknown_reason,
 )
 from carrierd.domain.au_gate import au_gate_releases
 from carrierd.domain.clock import Clock
 from carrierd.domain.lifecycle import Event, Move, Note
+from carrierd.domain.numbers import NumberError, normalize_msisdn
 from carrierd.domain.pacing import QuietWindow
+from carrierd.domain.receipt_match import (
+    Candidate,
+    Match,
+    ReceiptClues,
+    match_receipt,
+    part_text,
+    sent_at_window,
+)
 from carrierd.domain.routing import NumberRanges
 from carrierd.domain.states import State
 from carrierd.engine.inbound import Inbound
 from carrierd.engine.lifecycle import Lifecycle
+from carrierd.smpp.receipt import parse_receipt_date
 from carrierd.store.db import TRANSIENT_DB_ERRORS, Database, Row, Transaction
 from carrierd.store.rows import AttemptRow
 from carrierd.telemetry import Metrics
@@ -69,6 +91,14 @@ EARLY_RECEIPT_KEEP_S = 3600.0
 # How long after leaving a receipt in early_receipts the recorder looks for
 # its part at each flush: past any submit_sm_resp timeout.
 EARLY_RECEIPT_LOOK_S = 120.0
+# A receipt that met no part by id is matched by its other clues only after
+# this wait: a receipt that merely beat its response meets its part by id
+# long before (and a pending part counts as a candidate anyway).
+CORRELATE_AFTER_S = 2.0
+# How often a receipt no part fitted (or two did) is tried again: candidates
+# change as responses and late answers come in.
+CORRELATE_AGAIN_S = 10.0
+CORRELATE_BATCH = 500
 
 
 @dataclass
@@ -88,6 +118,8 @@ class SubmittedPart:
     attempt: int
     carrier: str
     outcome: PartOutcome
+    # The answer to a submit already recorded unknown (response timeout).
+    late: bool = False
 
 
 class NotDurable(Exception):
@@ -143,7 +175,16 @@ class WriteBehind:
 
     def response(self, part: SubmittedPart) -> None:
         self._responses.append(part)
+        if part.outcome.late is not None:
+            part.outcome.late.add_done_callback(partial(self._late_response, part))
         self._wake.set()
+
+    def _late_response(self, part: SubmittedPart, late: asyncio.Future[PartOutcome]) -> None:
+        if late.cancelled():
+            return  # no answer will be read: the part stays unknown
+        self.response(
+            SubmittedPart(part.message_id, part.attempt, part.carrier, late.result(), late=True)
+        )
 
     def receipt(self, receipt: Receipt) -> asyncio.Future[None] | None:
         """Buffer a receipt; the future completes once it is committed."""
@@ -364,6 +405,9 @@ class WriteBehind:
         for a receipt ends, and those it settled."""
         touched: set[int] = set(grace_over)
         awaiting: set[int] = set()
+        late = [r for r in responses if r.late]
+        if late:
+            responses = [r for r in responses if not r.late]
         if responses:
             await tx.execute(
                 "record_part_responses",
@@ -375,7 +419,16 @@ class WriteBehind:
                 [r.outcome.command_status for r in responses],
                 [r.outcome.bind_id for r in responses],
                 now,
+                [r.outcome.unknown_cause for r in responses],
             )
+            in_doubt = [r for r in responses if r.outcome.result == "unknown"]
+            if in_doubt:
+                await tx.execute(
+                    "note_parts_in_doubt",
+                    [r.message_id for r in in_doubt],
+                    [r.attempt for r in in_doubt],
+                    [r.outcome.part_no for r in in_doubt],
+                )
             accepted = {r.message_id for r in responses if r.outcome.result == "accepted"}
             # A refusal or an unsendable part decides now (reroute, fail).
             decisive = {r.message_id for r in responses} - accepted
@@ -384,6 +437,22 @@ class WriteBehind:
                 awaiting = accepted - decisive
             else:
                 touched |= accepted
+        if late:
+            recorded = await tx.fetch(
+                "record_late_responses",
+                [r.message_id for r in late],
+                [r.attempt for r in late],
+                [r.outcome.part_no for r in late],
+                [r.outcome.result for r in late],
+                [r.outcome.smsc_message_id for r in late],
+                [r.outcome.command_status for r in late],
+                [r.outcome.bind_id for r in late],
+                now,
+            )
+            touched.update(r["message_id"] for r in recorded)
+            if any(r.outcome.result == "accepted" for r in late):
+                # Its receipt may have come first and wait for the id.
+                self._early_receipt_at = now
         changed_parts: list[Row] = []
         if receipts:
             for row in await tx.fetch(
@@ -394,6 +463,9 @@ class WriteBehind:
                 [r.err for r in receipts],
                 [r.received_at for r in receipts],
                 [r.alt_smsc_message_id for r in receipts],
+                [r.recipient_addr for r in receipts],
+                [r.submit_date for r in receipts],
+                [r.text_start for r in receipts],
             ):
                 if row["state"] == "early":
                     self._early_receipt_at = now
@@ -456,6 +528,112 @@ class WriteBehind:
             ],
             now,
         )
+
+    async def correlate_receipts(self, tx: Transaction, now: datetime) -> int:
+        """Give receipts whose id met no part to the one part their other
+        clues fit (see the module docstring); returns the messages moved."""
+        waiting = await tx.fetch(
+            "early_receipts_to_correlate",
+            now - timedelta(seconds=CORRELATE_AFTER_S),
+            now - timedelta(seconds=CORRELATE_AGAIN_S),
+            CORRELATE_BATCH,
+        )
+        if not waiting:
+            return 0
+        clues: list[ReceiptClues | None] = [_clues(r) for r in waiting]
+        looked_up = [(i, c) for i, c in enumerate(clues) if c is not None]
+        candidates: dict[int, list[Candidate]] = defaultdict(list)
+        if looked_up:
+            windows = [sent_at_window(c) for _, c in looked_up]
+            for row in await tx.fetch(
+                "doubt_candidates",
+                [i for i, _ in looked_up],
+                [c.carrier for _, c in looked_up],
+                [c.msisdn for _, c in looked_up],
+                [w[0] for w in windows],
+                [w[1] for w in windows],
+            ):
+                candidates[row["receipt"]].append(
+                    Candidate(
+                        row["message_id"],
+                        row["attempt"],
+                        row["part_no"],
+                        row["sent_at"],
+                        part_text(
+                            row["sms_text"] or "",
+                            row["sms_encoding"] or "ucs2",
+                            row["part_no"],
+                            row["part_total"],
+                        ),
+                    )
+                )
+        matches = [
+            match_receipt(c, candidates[i]) if c is not None else Match(None, 0)
+            for i, c in enumerate(clues)
+        ]
+        # Two receipts that fit the same one part: one of them is another
+        # part's, and nothing says which.
+        chosen: dict[Candidate, int] = defaultdict(int)
+        for m in matches:
+            if m.part is not None:
+                chosen[m.part] += 1
+        matches = [
+            Match(None, chosen[m.part]) if m.part is not None and chosen[m.part] > 1 else m
+            for m in matches
+        ]
+        found = [(r, m.part) for r, m in zip(waiting, matches, strict=True) if m.part is not None]
+        unmatched = [(r, m) for r, m in zip(waiting, matches, strict=True) if m.part is None]
+        changed_parts: list[Row] = []
+        if found:
+            changed_parts = await tx.fetch(
+                "correlate_receipts",
+                [r["carrier"] for r, _ in found],
+                [r["smsc_message_id"] for r, _ in found],
+                [p.message_id for _, p in found],
+                [p.attempt for _, p in found],
+                [p.part_no for _, p in found],
+            )
+        newly_ambiguous: list[str] = []
+        if unmatched:
+            newly_ambiguous = [
+                r["carrier"]
+                for r in await tx.fetch(
+                    "mark_receipts_checked",
+                    [r["carrier"] for r, _ in unmatched],
+                    [r["smsc_message_id"] for r, _ in unmatched],
+                    now,
+                    [m.fitting > 1 for _, m in unmatched],
+                )
+                if r["newly_ambiguous"]
+            ]
+        if changed_parts or newly_ambiguous:
+            log.info(
+                "receipts_correlated",
+                matched=len(changed_parts),
+                ambiguous=len(newly_ambiguous),
+            )
+        correlated = [p["carrier"] for p in changed_parts]
+        tx.after_commit(lambda: self._count_correlation(correlated, newly_ambiguous))
+        return await self.settle_receipted(tx, changed_parts, now)
+
+    async def settle_receipted(self, tx: Transaction, parts: Sequence[Row], now: datetime) -> int:
+        """Settle the messages of parts a receipt just changed outside a
+        flush (the settler's sweep), billing parts delivered after their
+        attempt was settled; returns the messages moved."""
+        if not parts:
+            return 0
+        tx.after_commit(lambda: self._observe_receipts(parts))
+        moved = set(await self.settle(tx, sorted({p["message_id"] for p in parts}), now))
+        await self._bill_late_parts(tx, parts, moved, now)
+        return len(moved)
+
+    def _count_correlation(self, correlated: Sequence[str], ambiguous: Sequence[str]) -> None:
+        if self._metrics is None:
+            return
+        for carrier in correlated:
+            self._metrics.receipts_correlated_total.labels(carrier).inc()
+        for carrier in ambiguous:
+            self._metrics.receipts_ambiguous_total.labels(carrier).inc()
 
     def _observe_receipts(self, parts: Sequence[Row]) -> None:
         """receipt_seconds: from the submit_sm_resp to the receipt, per carrier."""
@@ -541,6 +719,22 @@ class WriteBehind:
         return [a.move.message_id for a in applied]
 
 
+def _clues(row: Row) -> ReceiptClues | None:
+    """What a waiting receipt says about its part; None when it names no
+    recipient we could have sent to."""
+    try:
+        msisdn = normalize_msisdn(row["recipient_addr"] or "", allow_m2m=True)
+    except NumberError:
+        return None
+    return ReceiptClues(
+        carrier=row["carrier"],
+        msisdn=msisdn,
+        received_at=row["received_at"],
+        submit_date=parse_receipt_date(row["submit_date"]),
+        text_start=row["text_start"],
+    )
+
+
 def _teaches_resolver(row: AttemptRow, number_ranges: NumberRanges) -> bool:
     """Whether a delivery by row.carrier changes what the resolver chain
     answers next time. It does not when the learned carrier already says
@@ -587,4 +781,11 @@ def _attempt_parts(row: AttemptRow, carrier: CarrierConfig | None) -> AttemptPar
         refused_status=refused_status,
         failure=failure,
         delivered_units=row.delivered_units,
+        unknown_reason=(
+            unknown_reason(
+                row.unknown_cause, carrier.response_timeout_s if carrier is not None else 10.0
+            )
+            if row.unknown
+            else None
+        ),
     )

@@ -11,9 +11,11 @@ and a deliver_sm left unanswered when its bind drops is sent again later.
 The awkward parts of real carriers are configuration (`CarrierSimConfig`):
 "not our subscriber" answers (DOMAIN §4) as a submit_sm_resp status or as an
 UNDELIV receipt, UNDELIV/EXPIRED receipts, throttling above a rate, window
-enforcement, delayed, missing and vendor-status responses, receipts that
-overtake their submit_sm_resp, dropped connections, and message ids written
-in hex on one side and decimal on the other.
+enforcement, delayed (`response_delay_min_s` .. `response_delay_max_s`),
+missing and vendor-status responses, receipts that overtake their
+submit_sm_resp, dropped connections (before a submit is taken, or after:
+`disconnect_after_accept_share`, whose receipts still come), and message ids
+written in hex on one side and decimal on the other.
 
 Which carrier a number belongs to: explicit `subscriber_prefixes` (longest
 match over all carriers) win; otherwise a stable hash of the national number
@@ -197,6 +199,10 @@ class CarrierSimConfig:
     missing_response_share: float = 0.0
     missing_response_accepts: bool = True
     disconnect_share: float = 0.0  # the socket is dropped instead of answering
+    # The submit is taken (counted, receipted later like any accepted one) and
+    # the socket dropped before its response: what a bind lost with submits in
+    # flight looks like to a client, whose receipts still come on a new bind.
+    disconnect_after_accept_share: float = 0.0
     vendor_status_share: float = 0.0
     vendor_status: int = 0x0000040B
 
@@ -208,6 +214,7 @@ class CarrierSimConfig:
             "receipt_before_response_share",
             "missing_response_share",
             "disconnect_share",
+            "disconnect_after_accept_share",
             "vendor_status_share",
         ):
             share = getattr(self, name)
@@ -578,6 +585,9 @@ class _Carrier:
         receipt_first = self._chance(config.receipt_before_response_share)
         record = self._accept(connection, pdu, destination, ours, response_delay_s)
         self._schedule_receipt(pdu, record, receipt_first=receipt_first)
+        if self._chance(config.disconnect_after_accept_share):
+            counters.disconnects += 1
+            return _Reply(None, disconnect=True)
         if drop_response:
             counters.responses_dropped += 1
             return _Reply(None)

@@ -173,6 +173,12 @@ def _decimal_or_none(value: str | None) -> int | None:
     return None
 
 
+def parse_receipt_date(value: str | None) -> datetime | None:
+    """A receipt date as written (``submit date``/``done date`` value), read
+    by the rules above; naive, in the SMSC's zone. None when unreadable."""
+    return _parse_date(value)
+
+
 def _parse_date(value: str | None) -> datetime | None:
     if not value:
         return None

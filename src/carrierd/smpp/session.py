@@ -30,14 +30,22 @@ unsent      never written: not bound, stopping, or the bind was lost while  no
   before any submit that was queued after it (PDUs already on the wire stay there).
   There is no retry limit: the SMSC sets the pace, ``stop()`` ends the wait.
 - An optional ``SubmitObserver`` hears every answer to a written submit_sm
-  (its status and the time since the write, on the session's clock) and every
-  throttling pause; outcomes without an answer (timeout, lost) are not told.
+  (its status and the time since the write, on the session's clock; a late
+  answer too) and every throttling pause; outcomes without an answer
+  (timeout, lost) are not told.
 - The queue is ordered by arrival; parts handed to ``submit_all`` in one call are
   written in order on this bind.
 - Sequence numbers are per connection, assigned when the PDU is written (a retried
   PDU gets a new one), 1..0x7FFFFFFF then wrapping to 1.
 - Window size is ``CarrierConfig.window``; an unanswered submit expires after
   ``response_timeout_s`` and is reported unknown, never dropped silently.
+- A submit reported unknown because its response timed out stays listening on its
+  connection for ``LATE_ANSWER_KEEP_FACTOR`` response timeouts (at least
+  ``LATE_ANSWER_MIN_KEEP_S``): its ``SubmitResult.late_answer`` future gets the
+  answer that comes after all (accepted, refused, or unsent for a throttling
+  answer: the SMSC took nothing), or is cancelled when none will be read (the
+  connection closed, the time ran out, or too many were waiting). ``cause`` says
+  why an outcome is unknown.
 - ``submit_rate_per_s`` (> 0) spaces writes with a token bucket of one token.
 - enquire_link goes out when nothing was received for ``enquire_link_interval_s``;
   no answer within ``response_timeout_s`` means a dead peer: drop and reconnect.
@@ -107,12 +115,14 @@ from carrierd.smpp.pdu import (
     encode,
     is_response,
 )
-from carrierd.smpp.window import ResponseTimeout, Window, WindowTimeout
+from carrierd.smpp.window import LateAnswers, ResponseTimeout, Window, WindowTimeout
 from carrierd.smpp.writer import CoalescingWriter
 
 log = structlog.get_logger("carrierd.smpp.session")
 
 SubmitOutcome: TypeAlias = Literal["accepted", "refused", "unknown", "unsent"]
+# Why a written submit's outcome is unknown.
+UnknownCause: TypeAlias = Literal["response_timeout", "bind_lost", "unusable_response"]
 SessionHealth: TypeAlias = Literal["bound", "throttled", "connecting", "stopped"]
 LinkRole: TypeAlias = Literal["transceiver", "transmitter", "receiver"]
 # A handler may return an awaitable: the deliver_sm is then answered only once
@@ -128,6 +138,11 @@ RETRY_LATER_STATUSES: Final = frozenset(
 )
 _TOKEN_SLACK: Final = 1e-9
 _SEQUENCE_OFFSET: Final = 12  # sequence_number sits at octets 12..15 of the header
+# How long a timed-out submit waits for its late answer: SMSCs that answer late
+# under load do so within a few timeouts; a bound keeps memory bounded too.
+LATE_ANSWER_KEEP_FACTOR: Final = 6.0
+LATE_ANSWER_MIN_KEEP_S: Final = 60.0
+LATE_ANSWERS_PER_WINDOW_SLOT: Final = 8
 
 
 class SubmitObserver(Protocol):
@@ -152,6 +167,9 @@ class SubmitResult:
     message_id: str | None = None  # raw, as in submit_sm_resp; accepted only
     command_status: int | None = None  # refused only
     detail: str = ""
+    cause: UnknownCause | None = None  # unknown only
+    # Response timeouts only: resolved with the answer if it comes late after all.
+    late_answer: asyncio.Future[SubmitResult] | None = field(default=None, compare=False)
 
 
 @dataclass(slots=True)
@@ -163,6 +181,7 @@ class SessionStats:
     refused: int = 0
     unknown: int = 0
     unsent: int = 0
+    late_answers: int = 0  # answers to submits already reported unknown
     throttled: int = 0
     binds: int = 0
     bind_failures: int = 0
@@ -263,6 +282,10 @@ class _Connection(asyncio.Protocol):
         self.window: Window[SubmitResponse] | None = (
             Window(config.window, clock=clock) if role != "receiver" else None
         )
+        self.late_answers: LateAnswers[SubmitResponse] = LateAnswers(
+            keep_s=max(LATE_ANSWER_MIN_KEEP_S, LATE_ANSWER_KEEP_FACTOR * config.response_timeout_s),
+            max_entries=max(1, config.window) * LATE_ANSWERS_PER_WINDOW_SLOT,
+        )
         self.last_received_at_s = clock()
         # An Event, not a Future: a cancelled waiter would cancel a Future for everyone.
         self.closed = asyncio.Event()
@@ -302,6 +325,7 @@ class _Connection(asyncio.Protocol):
                 future.set_exception(lost)
         if self.window is not None:
             self.window.fail_all(lost)
+        self.late_answers.forget_all()
         self.closed.set()
         self._on_lost(self, reason)
 
@@ -485,6 +509,13 @@ class _Connection(asyncio.Protocol):
                     UnusableResponse(f"{type(response).__name__} answered a submit_sm"),
                 )
             return
+        if isinstance(response, SubmitSmResp | GenericNack):
+            late = self.late_answers.take(sequence_number, self._clock())
+            if late is not None:
+                # Its submit was reported unknown at the timeout; whoever
+                # holds the future records what the SMSC did after all.
+                late.set_result(response)
+                return
         log.warning(
             "smpp_unmatched_response",
             bind=self._bind_id,
@@ -499,6 +530,9 @@ class _Connection(asyncio.Protocol):
             if not future.done():
                 future.set_exception(exc)
         elif self.window is None or not self.window.fail(sequence_number, exc):
+            late = self.late_answers.take(sequence_number, self._clock())
+            if late is not None:
+                late.cancel()  # an unreadable late answer tells nothing
             log.warning("smpp_unmatched_response", bind=self._bind_id, detail=str(exc))
 
     def _deliver(self, pdu: DeliverSm | DataSm) -> None:
@@ -995,20 +1029,38 @@ class SmppSession:
                     sequence_number.to_bytes(4, "big")
                 )
                 self.stats.written += 1
-                response.add_done_callback(partial(self._submit_answered, item))
+                response.add_done_callback(partial(self._submit_answered, item, connection))
         finally:
             flush()
 
     def _submit_answered(
-        self, item: _QueuedSubmit, response: asyncio.Future[SubmitResponse]
+        self,
+        item: _QueuedSubmit,
+        connection: _Connection,
+        response: asyncio.Future[SubmitResponse],
     ) -> None:
         try:
             answer = response.result()
         except ResponseTimeout as exc:
-            self._resolve(item, "unknown", detail=f"no submit_sm_resp after {exc.waited_s:.3f}s")
+            late: asyncio.Future[SubmitResult] | None = None
+            if connection.is_open:
+                late = asyncio.get_running_loop().create_future()
+                connection.late_answers.remember(
+                    exc.sequence_number, self._clock()
+                ).add_done_callback(partial(self._late_answered, item, late))
+            self._resolve(
+                item,
+                "unknown",
+                detail=f"no submit_sm_resp within {self.config.response_timeout_s:g} s",
+                cause="response_timeout",
+                late_answer=late,
+            )
             return
-        except (ConnectionLost, UnusableResponse) as exc:
-            self._resolve(item, "unknown", detail=str(exc))
+        except ConnectionLost as exc:
+            self._resolve(item, "unknown", detail=str(exc), cause="bind_lost")
+            return
+        except UnusableResponse as exc:
+            self._resolve(item, "unknown", detail=str(exc), cause="unusable_response")
             return
         status = answer.command_status
         if self._observer is not None:
@@ -1018,7 +1070,12 @@ class SmppSession:
         elif status in RETRY_LATER_STATUSES:
             self._retry_later(item, status)
         elif status == CommandStatus.ESME_ROK:
-            self._resolve(item, "unknown", detail="generic_nack without an error status")
+            self._resolve(
+                item,
+                "unknown",
+                detail="generic_nack without an error status",
+                cause="unusable_response",
+            )
         else:
             self._resolve(item, "refused", command_status=status, detail=describe_status(status))
 
@@ -1046,6 +1103,39 @@ class SmppSession:
             )
             self._notify_health()
 
+    def _late_answered(
+        self,
+        item: _QueuedSubmit,
+        late: asyncio.Future[SubmitResult],
+        answer: asyncio.Future[SubmitResponse],
+    ) -> None:
+        """A submit already reported unknown got its answer after all (or never
+        will: ``answer`` was cancelled)."""
+        if late.done():
+            return
+        if answer.cancelled():
+            late.cancel()
+            return
+        response = answer.result()
+        status = response.command_status
+        self.stats.late_answers += 1
+        if self._observer is not None:
+            self._observer.submit_answered(status, self._clock() - item.written_at_s)
+        if status == CommandStatus.ESME_ROK and isinstance(response, SubmitSmResp):
+            result = SubmitResult("accepted", self.bind_id, message_id=response.message_id)
+        elif status in RETRY_LATER_STATUSES:
+            # Not taken: it is the engine's to send again, not this queue's.
+            detail = f"{describe_status(status)}, answered late"
+            result = SubmitResult("unsent", self.bind_id, command_status=status, detail=detail)
+        elif status == CommandStatus.ESME_ROK:
+            late.cancel()  # a generic_nack without an error tells nothing
+            return
+        else:
+            result = SubmitResult(
+                "refused", self.bind_id, command_status=status, detail=describe_status(status)
+            )
+        late.set_result(result)
+
     def _resolve(
         self,
         item: _QueuedSubmit,
@@ -1054,12 +1144,24 @@ class SmppSession:
         message_id: str | None = None,
         command_status: int | None = None,
         detail: str = "",
+        cause: UnknownCause | None = None,
+        late_answer: asyncio.Future[SubmitResult] | None = None,
     ) -> None:
         setattr(self.stats, outcome, getattr(self.stats, outcome) + 1)
         if not item.future.done():
             item.future.set_result(
-                SubmitResult(outcome, self.bind_id, message_id, command_status, detail)
+                SubmitResult(
+                    outcome,
+                    self.bind_id,
+                    message_id,
+                    command_status,
+                    detail,
+                    cause=cause,
+                    late_answer=late_answer,
+                )
             )
+        elif late_answer is not None:
+            late_answer.cancel()  # nobody is there to hear it
         if self._state == "stopping" and self.in_flight == 0:
             self._drained.set()
 

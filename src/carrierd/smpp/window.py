@@ -35,6 +35,23 @@ Rules:
 
 The window does no I/O and has no task of its own; timing of ``expire`` is the
 caller's (``next_expiry_at`` says when the next one is due).
+
+An expired request is not forgotten by the SMSC: its answer may still come, late.
+``LateAnswers`` keeps what the caller needs to make use of it (a future to resolve)
+per sequence number for ``keep_s`` after the timeout, at most ``max_entries`` of
+them (the oldest go first); a forgotten entry's future is cancelled, so whoever
+waits on it learns that no answer will be read any more:
+
+    late: LateAnswers[SubmitSmResp] = LateAnswers(keep_s=60.0, max_entries=640)
+    for seq in window.expire(now, timeout_s):
+        late_future = late.remember(seq, now)       # the caller keeps the future
+    ...
+    # read loop, a response the window no longer knows:
+    late_future = late.take(resp.sequence_number, now)
+    if late_future is not None:
+        late_future.set_result(resp)
+    # on disconnect: no answer can come on this connection any more
+    late.forget_all()
 """
 
 from __future__ import annotations
@@ -245,3 +262,57 @@ class Window(Generic[T]):
         if not waiter.done():
             waiter.set_exception(WindowTimeout(sequence_number, timeout_s))
             self._discard_waiter(waiter)
+
+
+@dataclass(slots=True)
+class _LateEntry(Generic[T]):
+    future: asyncio.Future[T]
+    timed_out_at: float
+
+
+class LateAnswers(Generic[T]):
+    """Timed-out requests whose answer may still arrive (see module docs)."""
+
+    def __init__(self, *, keep_s: float, max_entries: int) -> None:
+        if keep_s <= 0 or max_entries < 1:
+            raise ValueError("keep_s must be > 0 and max_entries >= 1")
+        self._keep_s = keep_s
+        self._max_entries = max_entries
+        # Insertion order is timeout order: the oldest entry is always first.
+        self._entries: dict[int, _LateEntry[T]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def remember(self, sequence_number: int, now: float) -> asyncio.Future[T]:
+        """Keep ``sequence_number`` for a late answer; the future gets it, or is
+        cancelled once the entry is forgotten."""
+        self._forget_older_than(now - self._keep_s)
+        stale = self._entries.pop(sequence_number, None)
+        if stale is not None:
+            stale.future.cancel()
+        while len(self._entries) >= self._max_entries:
+            self._entries.pop(next(iter(self._entries))).future.cancel()
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._entries[sequence_number] = _LateEntry(future, now)
+        return future
+
+    def take(self, sequence_number: int, now: float) -> asyncio.Future[T] | None:
+        """The future of a remembered request, removed; None if it is not (or no
+        longer) remembered."""
+        self._forget_older_than(now - self._keep_s)
+        entry = self._entries.pop(sequence_number, None)
+        return None if entry is None else entry.future
+
+    def forget_all(self) -> None:
+        entries, self._entries = self._entries, {}
+        for entry in entries.values():
+            entry.future.cancel()
+
+    def _forget_older_than(self, limit: float) -> None:
+        while self._entries:
+            sequence_number, entry = next(iter(self._entries.items()))
+            if entry.timed_out_at > limit:
+                return
+            del self._entries[sequence_number]
+            entry.future.cancel()

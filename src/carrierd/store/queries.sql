@@ -229,14 +229,53 @@ FROM unnest($1::bigint[], $2::int[], $3::int[], $4::int[], $5::text[], $6::int[]
 
 -- name: record_part_responses
 -- submit_sm_resp outcomes, written behind in batches. Only a pending part
--- changes: a late response never undoes a receipt.
+-- changes: a late response never undoes a receipt. $9: why an unknown
+-- outcome is unknown (NULL for the others).
 UPDATE parts p
    SET state = i.state, smsc_message_id = i.smsc_message_id, command_status = i.command_status,
-       bind_id = i.bind_id, resp_at = $8
-  FROM unnest($1::bigint[], $2::int[], $3::int[], $4::text[], $5::text[], $6::int[], $7::text[])
-       AS i(message_id, attempt, part_no, state, smsc_message_id, command_status, bind_id)
+       bind_id = i.bind_id, resp_at = $8, unknown_cause = i.unknown_cause
+  FROM unnest($1::bigint[], $2::int[], $3::int[], $4::text[], $5::text[], $6::int[], $7::text[],
+              $9::text[])
+       AS i(message_id, attempt, part_no, state, smsc_message_id, command_status, bind_id,
+            unknown_cause)
  WHERE p.message_id = i.message_id AND p.attempt = i.attempt AND p.part_no = i.part_no
    AND p.state = 'pending';
+
+-- name: record_late_responses
+-- A submit_sm_resp that came after its part was reported unknown (its
+-- response timed out): what the SMSC did after all. Run after
+-- record_part_responses, which may have recorded the unknown in the same
+-- batch. Only a part still in doubt changes: a receipt matched meanwhile
+-- wins. Returns the parts that changed.
+WITH updated AS (
+    UPDATE parts p
+       SET state = i.state, smsc_message_id = i.smsc_message_id,
+           command_status = i.command_status, bind_id = i.bind_id, resp_at = $8
+      FROM unnest($1::bigint[], $2::int[], $3::int[], $4::text[], $5::text[], $6::int[],
+                  $7::text[])
+           AS i(message_id, attempt, part_no, state, smsc_message_id, command_status, bind_id)
+     WHERE p.message_id = i.message_id AND p.attempt = i.attempt AND p.part_no = i.part_no
+       AND p.state IN ('unknown', 'pending')
+    RETURNING p.message_id, p.attempt, p.part_no
+),
+settled_doubt AS (
+    DELETE FROM parts_in_doubt d
+     USING updated u
+     WHERE d.message_id = u.message_id AND d.attempt = u.attempt AND d.part_no = u.part_no
+)
+SELECT message_id, attempt, part_no FROM updated;
+
+-- name: note_parts_in_doubt
+-- Parts just recorded unknown, by carrier and recipient, for a receipt that
+-- comes although their response did not (domain/receipt_match.py).
+INSERT INTO parts_in_doubt (message_id, attempt, part_no, carrier, msisdn, sent_at)
+SELECT p.message_id, p.attempt, p.part_no, p.carrier, m.msisdn, p.sent_at
+FROM unnest($1::bigint[], $2::int[], $3::int[]) AS i(message_id, attempt, part_no)
+JOIN parts p ON p.message_id = i.message_id AND p.attempt = i.attempt AND p.part_no = i.part_no
+JOIN messages m ON m.id = p.message_id
+WHERE p.state = 'unknown' AND p.smsc_message_id IS NULL AND m.msisdn IS NOT NULL
+ORDER BY 1, 2, 3
+ON CONFLICT DO NOTHING;
 
 -- name: apply_early_receipts
 -- Receipts that beat their submit_sm_resp (or reached another daemon first)
@@ -290,11 +329,14 @@ RETURNING p.message_id, p.state, p.carrier, p.receipt_at, p.resp_at, p.attempt, 
 -- name: record_receipts
 -- Final receipts by SMSC id, and by the receipt's second id ($6, NULL when
 -- it has none: channels/sms.py); one that finds no part yet waits in
--- early_receipts. Returns the parts that changed, for state and billing.
+-- early_receipts, with what else it says about its part ($7-$9), should
+-- its part never learn an id. Returns the parts that changed, for state
+-- and billing.
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
-                         $6::text[])
-             AS i(carrier, smsc_message_id, stat, err, received_at, alt_smsc_message_id)
+                         $6::text[], $7::text[], $8::text[], $9::text[])
+             AS i(carrier, smsc_message_id, stat, err, received_at, alt_smsc_message_id,
+                  recipient_addr, submit_date, text_start)
 ),
 target AS (
     -- SMSCs recycle ids: the receipt is for the newest part with either id.
@@ -334,8 +376,9 @@ updated AS (
 ),
 early AS (
     INSERT INTO early_receipts (carrier, smsc_message_id, alt_smsc_message_id, stat, err,
-                                received_at)
-    SELECT i.carrier, i.smsc_message_id, i.alt_smsc_message_id, i.stat, i.err, i.received_at
+                                received_at, recipient_addr, submit_date, text_start)
+    SELECT i.carrier, i.smsc_message_id, i.alt_smsc_message_id, i.stat, i.err, i.received_at,
+           i.recipient_addr, i.submit_date, i.text_start
     FROM input i
     -- No part with either id, whatever its state (target looked at them all).
     WHERE NOT EXISTS (SELECT 1 FROM target t
@@ -373,6 +416,8 @@ SELECT m.id, m.state, m.account_id, m.channel, m.carrier, m.attempt, m.msisdn,
            AS failed_stat,
        (array_agg(p.receipt_err ORDER BY p.part_no) FILTER (WHERE p.state = 'failed'))[1]
            AS failed_err,
+       (array_agg(p.unknown_cause ORDER BY p.part_no) FILTER (WHERE p.state = 'unknown'))[1]
+           AS unknown_cause,
        max(p.receipt_at) AS last_receipt_at,
        max(p.resp_at) AS last_resp_at,
        (SELECT l.carrier FROM carrier_learned l WHERE l.msisdn = m.msisdn) AS learned_carrier
@@ -520,9 +565,123 @@ ON CONFLICT (account_id, month, channel) DO UPDATE
    SET units = billing_counts.units + EXCLUDED.units;
 
 -- name: parts_outcome_unknown
--- Parts with no response when their message settles as unknown.
-UPDATE parts SET state = 'unknown'
-WHERE message_id = ANY($1::bigint[]) AND state IN ('pending', 'accepted');
+-- A dead daemon's parts still pending: written or not, nobody knows ($2:
+-- the cause). With $3, accepted ones too: the message is sent again and
+-- this attempt is over. Those without an SMSC id are noted in doubt, for
+-- receipts that come anyway.
+WITH changed AS (
+    UPDATE parts p
+       SET state = 'unknown',
+           unknown_cause = CASE WHEN p.state = 'pending' THEN $2 ELSE p.unknown_cause END
+      FROM messages m
+     WHERE p.message_id = ANY($1::bigint[]) AND m.id = p.message_id
+       AND (p.state = 'pending' OR ($3 AND p.state = 'accepted'))
+    RETURNING p.message_id, p.attempt, p.part_no, p.carrier, m.msisdn, p.sent_at,
+              p.smsc_message_id
+)
+INSERT INTO parts_in_doubt (message_id, attempt, part_no, carrier, msisdn, sent_at)
+SELECT message_id, attempt, part_no, carrier, msisdn, sent_at FROM changed
+WHERE smsc_message_id IS NULL AND msisdn IS NOT NULL
+ORDER BY 1, 2, 3
+ON CONFLICT DO NOTHING;
+
+-- name: early_receipts_to_correlate
+-- Receipts that waited $1 and more without meeting a part by id, and were
+-- not tried by their other clues since $2: oldest first, $3 at most. Rows
+-- another daemon (or flush) holds are its own.
+SELECT carrier, smsc_message_id, stat, err, received_at, recipient_addr, submit_date,
+       text_start, ambiguous_at
+FROM early_receipts
+WHERE received_at <= $1 AND recipient_addr IS NOT NULL
+  AND (checked_at IS NULL OR checked_at <= $2)
+ORDER BY received_at
+LIMIT $3
+FOR UPDATE SKIP LOCKED;
+
+-- name: doubt_candidates
+-- For each receipt ($1: its index), the carrier's parts to its recipient
+-- that never learned an SMSC id, sent within [earliest, latest]: unknown
+-- ones (parts_in_doubt) and pending ones of messages being sent (through
+-- messages_open_by_msisdn).
+WITH input AS (
+    SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::timestamptz[],
+                         $5::timestamptz[])
+             AS i(receipt, carrier, msisdn, earliest, latest)
+)
+SELECT i.receipt, c.message_id, c.attempt, c.part_no, c.part_total, c.sent_at, c.sms_text,
+       c.sms_encoding
+FROM input i
+CROSS JOIN LATERAL (
+    SELECT p.message_id, p.attempt, p.part_no, p.part_total, p.sent_at, m.sms_text,
+           m.sms_encoding
+    FROM parts_in_doubt d
+    JOIN parts p ON p.message_id = d.message_id AND p.attempt = d.attempt
+                AND p.part_no = d.part_no
+    JOIN messages m ON m.id = d.message_id
+    WHERE d.carrier = i.carrier AND d.msisdn = i.msisdn
+      AND d.sent_at BETWEEN i.earliest AND i.latest AND p.state = 'unknown'
+    UNION ALL
+    SELECT p.message_id, p.attempt, p.part_no, p.part_total, p.sent_at, m.sms_text,
+           m.sms_encoding
+    FROM messages m
+    JOIN parts p ON p.message_id = m.id AND p.attempt = m.attempt
+    WHERE m.msisdn = i.msisdn AND m.state = 'sending' AND p.carrier = i.carrier
+      AND p.state = 'pending' AND p.sent_at BETWEEN i.earliest AND i.latest
+) AS c;
+
+-- name: correlate_receipts
+-- Waiting receipts given to the part their other clues found
+-- (domain/receipt_match.py). The part takes the receipt's id, so that the
+-- same receipt delivered again finds it by id, and never another part.
+-- Returns the parts that changed, as record_receipts does.
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[], $5::int[])
+             AS i(carrier, smsc_message_id, message_id, attempt, part_no)
+),
+matched AS (
+    DELETE FROM early_receipts e
+     USING input i
+     WHERE e.carrier = i.carrier AND e.smsc_message_id = i.smsc_message_id
+    RETURNING i.message_id, i.attempt, i.part_no, e.smsc_message_id, e.stat, e.err,
+              e.received_at
+),
+updated AS (
+    UPDATE parts p
+       SET state = CASE WHEN m.stat = 'DELIVRD' THEN 'delivered' ELSE 'failed' END,
+           smsc_message_id = coalesce(p.smsc_message_id, m.smsc_message_id),
+           receipt_stat = m.stat, receipt_err = m.err, receipt_at = m.received_at
+      FROM matched m
+     WHERE p.message_id = m.message_id AND p.attempt = m.attempt AND p.part_no = m.part_no
+       AND p.state IN ('unknown', 'pending')
+    RETURNING p.message_id, p.state, p.carrier, p.receipt_at, p.resp_at, p.attempt, p.units,
+              p.part_no
+),
+settled_doubt AS (
+    DELETE FROM parts_in_doubt d
+     USING updated u
+     WHERE d.message_id = u.message_id AND d.attempt = u.attempt AND d.part_no = u.part_no
+)
+SELECT message_id, state, carrier, receipt_at, resp_at, attempt, units FROM updated;
+
+-- name: mark_receipts_checked
+-- Receipts tried by their other clues at $3 without a match; $4 says which
+-- found two or more fitting parts. Returns those found ambiguous for the
+-- first time (counted once).
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $4::boolean[])
+             AS i(carrier, smsc_message_id, ambiguous)
+)
+UPDATE early_receipts e
+   SET checked_at = $3,
+       ambiguous_at = CASE WHEN i.ambiguous THEN coalesce(e.ambiguous_at, $3)
+                           ELSE e.ambiguous_at END
+  FROM input i
+ WHERE e.carrier = i.carrier AND e.smsc_message_id = i.smsc_message_id
+RETURNING e.carrier, (i.ambiguous AND e.ambiguous_at = $3) AS newly_ambiguous;
+
+-- name: forget_old_doubts
+-- Parts older than any receipt can be are no longer worth a lookup.
+DELETE FROM parts_in_doubt WHERE sent_at < $1;
 
 -- name: due_scheduled
 SELECT id FROM messages WHERE state = 'scheduled' AND not_before <= $1

@@ -91,6 +91,7 @@ class AttemptRow(NamedTuple):
     last_receipt_at: datetime | None
     last_resp_at: datetime | None
     learned_carrier: str | None
+    unknown_cause: str | None  # of the first unknown part
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> AttemptRow:
@@ -118,6 +119,7 @@ class AttemptRow(NamedTuple):
             row["last_receipt_at"],
             row["last_resp_at"],
             row["learned_carrier"],
+            row["unknown_cause"],
         )
 
 
