@@ -19,10 +19,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    from carrierd.store.db import migrate
+    from carrierd.loops import until_database_answers
+    from carrierd.store.db import describe_db_error, is_transient_db_error, migrate
+    from carrierd.telemetry import configure_logging
 
     config = load_config(args.config)
-    applied = asyncio.run(migrate(config.database.dsn))
+    configure_logging(config.log_level)
+    dsn = config.database.dsn
+    try:
+        # A migration that failed half-way rolled back (one transaction per
+        # migration), so trying again from the start is safe.
+        applied = asyncio.run(
+            until_database_answers("migrate", lambda: migrate(dsn), give_up_after_s=args.wait_s)
+        )
+    except Exception as exc:
+        if not is_transient_db_error(exc):
+            raise
+        print(
+            f"database unreachable after {args.wait_s:g} s: {describe_db_error(exc)}",
+            file=sys.stderr,
+        )
+        return 1
     print(f"migrations applied: {applied or 'none (up to date)'}")
     return 0
 
@@ -89,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     mig = sub.add_parser("migrate", help="apply database migrations (idempotent)")
     mig.add_argument("--config", default="conf/carrierd.toml")
+    mig.add_argument(
+        "--wait-s",
+        type=float,
+        default=0.0,
+        help="wait up to this many seconds for an unreachable database (default: try once)",
+    )
     mig.set_defaults(func=_cmd_migrate)
 
     sim = sub.add_parser("sim", help="run the carrier simulators")

@@ -12,6 +12,13 @@ SIGTERM/SIGINT start a graceful drain bounded by `drain_timeout_s`; a second
 signal exits at once. SIGHUP reloads accounts, rates and routes without
 dropping binds. A side task that dies stops the daemon (fail loudly, and
 systemd restarts us) rather than leaving a half-working process.
+
+The database being away is never a reason to exit, at startup or later:
+phase 2 waits for it (telling systemd so, and extending its start timeout
+while it waits), every loop waits it out under `carrierd.loops`, intake
+answers 503, and /readyz says why the daemon is not ready. Exiting would
+only make systemd restart every daemon into the same outage and drop the
+binds, and with them the receipts the SMSCs are holding for us.
 """
 
 from __future__ import annotations
@@ -44,14 +51,19 @@ from carrierd.engine.sms_leg import Planned, SmsLeg, counts_by_carrier
 from carrierd.engine.timers import Timers
 from carrierd.engine.write_behind import WriteBehind
 from carrierd.http.app import ApiState, build_app
+from carrierd.loops import StopRequested, until_database_answers
 from carrierd.ops.callbacks import CallbackSender
 from carrierd.ops.gauges import GaugeRefresher
 from carrierd.ops.retention import run_retention
 from carrierd.ops.sdnotify import SystemdNotifier
-from carrierd.store.db import Database
+from carrierd.store.db import Database, describe_db_error
 from carrierd.telemetry import Metrics, SubmitMetrics
 
 log = structlog.get_logger("carrierd.daemon")
+
+# While waiting for the database at startup, systemd's start timeout is
+# extended to the next try plus this much.
+START_WAIT_MARGIN_S = 30.0
 
 
 @dataclass
@@ -82,12 +94,9 @@ class Daemon:
     async def start(self) -> None:
         config = self.config
         log.info("starting", daemon_id=config.daemon_id)
-        self.db = await Database.open(
-            config.database.dsn,
-            min_size=config.database.pool_min,
-            max_size=config.database.pool_max,
+        self.db = await until_database_answers(
+            "startup", self._open_database, stop=self._stopping, on_wait=self._waiting_at_start
         )
-        await self._sync_accounts()
         self._build_engine(self.db)
         self._build_operations(self.db)
         api_state = ApiState(
@@ -282,9 +291,33 @@ class Daemon:
             }
         }
 
-    async def _sync_accounts(self) -> None:
-        assert self.db is not None
-        await self.db.sync_accounts(
+    async def _open_database(self) -> Database:
+        """The pool, with the accounts synced: intake needs them in place."""
+        database = self.config.database
+        db = await Database.open(
+            database.dsn, min_size=database.pool_min, max_size=database.pool_max
+        )
+        try:
+            await self._sync_accounts(db)
+        except BaseException:
+            await db.close()
+            raise
+        return db
+
+    def _waiting_at_start(self, error: BaseException, retry_in_s: float) -> None:
+        # systemd would kill a start that takes longer than TimeoutStartSec;
+        # waiting for the database is progress, so the timeout is pushed
+        # past the next try.
+        extend_us = int((retry_in_s + START_WAIT_MARGIN_S) * 1_000_000)
+        self.notifier.notify(
+            f"STATUS=waiting for the database: {describe_db_error(error)}",
+            f"EXTEND_TIMEOUT_USEC={extend_us}",
+        )
+
+    async def _sync_accounts(self, db: Database | None = None) -> None:
+        db = db or self.db
+        assert db is not None
+        await db.sync_accounts(
             (a.account_id, a.allow_m2m, a.max_sms_chars, a.token_sha256)
             for a in self.config.accounts.values()
         )
@@ -323,7 +356,10 @@ class Daemon:
         # connection settings take effect at the next restart).
         self.config = new
         self._api_state.config = new
-        await self._sync_accounts()
+        try:
+            await until_database_answers("reload", self._sync_accounts, stop=self._stopping)
+        except StopRequested:
+            return
         self.notifier.ready(status="reloaded")
         log.info("reloaded", accounts=len(new.accounts))
 
@@ -338,6 +374,11 @@ class Daemon:
                 await asyncio.wait_for(component.stop(), self.drain_timeout_s * 2)
             except TimeoutError:
                 log.error("component_stop_timeout", component=component.name)
+            except Exception:
+                # Stopping during a database outage: what could not be
+                # written is recovered through leases and timers, like after
+                # a kill; the other components still get their stop.
+                log.exception("component_stop_failed", component=component.name)
         for task in self._side_tasks:
             task.cancel()
         for task in self._side_tasks:
@@ -361,8 +402,9 @@ class Daemon:
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         try:
-            await self.start()
-            await self._stopping.wait()
+            with contextlib.suppress(StopRequested):
+                await self.start()
+                await self._stopping.wait()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)

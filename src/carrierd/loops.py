@@ -15,13 +15,20 @@ happens when a step raises:
   the loop, the daemon stops on purpose and systemd restarts it.
 
 A success resets both counts.
+
+`until_database_answers` is the same policy for one piece of work that
+must be done before going on (startup, `carrierd migrate`): it retries while
+the database is away, optionally up to a deadline, and lets anything else
+through at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import structlog
 
@@ -30,8 +37,18 @@ from carrierd.store.db import is_transient_db_error
 log = structlog.get_logger("carrierd.loops")
 
 FIRST_BACKOFF_S = 0.1
+# The longest wait between two tries of a loop: also how late a daemon
+# notices that the database is back.
+MAX_BACKOFF_S = 5.0
 # Only keeps 2**n finite; the cap on seconds is what matters.
 _MAX_BACKOFF_EXPONENT = 60
+
+
+T = TypeVar("T")
+
+
+class StopRequested(Exception):
+    """The wait for the database ended because the daemon is stopping."""
 
 
 class LoopGaveUp(Exception):
@@ -68,7 +85,7 @@ async def supervise(
     step: Callable[[], Awaitable[float]],
     stop: asyncio.Event,
     *,
-    max_backoff_s: float = 5.0,
+    max_backoff_s: float = MAX_BACKOFF_S,
     max_consecutive_failures: int = 20,
 ) -> None:
     """Call `step` until `stop` is set; see the module docstring."""
@@ -100,3 +117,51 @@ async def supervise(
         else:
             failures_in_a_row = step_failures = 0
         await wait_or_stop(stop, wait_s)
+
+
+async def until_database_answers(
+    name: str,
+    work: Callable[[], Awaitable[T]],
+    *,
+    stop: asyncio.Event | None = None,
+    give_up_after_s: float | None = None,
+    max_backoff_s: float = MAX_BACKOFF_S,
+    on_wait: Callable[[BaseException, float], None] | None = None,
+) -> T:
+    """Run `work` until it succeeds, waiting out the database being away.
+
+    Any other error is raised at once. With `give_up_after_s` the last
+    transient error is raised once that many seconds have passed; with
+    `stop`, StopRequested is raised as soon as it is set. `on_wait` hears of
+    each failure and the wait before the next try.
+    """
+    started_s = time.monotonic()
+    failures = 0
+    while True:
+        if stop is not None and stop.is_set():
+            raise StopRequested(name)
+        try:
+            return await work()
+        except Exception as exc:
+            if not is_transient_db_error(exc):
+                raise
+            failures += 1
+            wait_s = backoff_s(failures, max_backoff_s)
+            if give_up_after_s is not None:
+                left_s = give_up_after_s - (time.monotonic() - started_s)
+                if left_s <= 0:
+                    raise
+                wait_s = min(wait_s, left_s)
+            log.warning(
+                "waiting_for_database",
+                name=name,
+                attempt=failures,
+                retry_in_s=round(wait_s, 3),
+                error=repr(exc),
+            )
+            if on_wait is not None:
+                on_wait(exc, wait_s)
+        if stop is None:
+            await asyncio.sleep(wait_s)
+        else:
+            await wait_or_stop(stop, wait_s)

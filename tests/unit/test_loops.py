@@ -13,8 +13,14 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from carrierd.loops import LoopGaveUp, backoff_s, supervise
-from carrierd.store.db import is_transient_db_error
+from carrierd.loops import (
+    LoopGaveUp,
+    StopRequested,
+    backoff_s,
+    supervise,
+    until_database_answers,
+)
+from carrierd.store.db import ConnectionBroken, is_database_unreachable, is_transient_db_error
 
 TINY_BACKOFF_S = 1e-4
 HANG_GUARD_S = 10.0
@@ -146,6 +152,27 @@ async def test_cancellation_is_not_a_failure() -> None:
         await run(cancelled, stop)
 
 
+def test_an_aborted_transaction_is_transient_but_not_the_database_away() -> None:
+    for aborted in (
+        asyncpg.exceptions.DeadlockDetectedError(),
+        asyncpg.exceptions.SerializationError(),
+    ):
+        assert is_transient_db_error(aborted)
+        assert not is_database_unreachable(aborted)
+    assert is_database_unreachable(connection_lost())
+    assert is_database_unreachable(ConnectionRefusedError(111, "Connection refused"))
+
+
+def caused_by(exc: BaseException, cause: BaseException) -> BaseException:
+    exc.__cause__ = cause
+    return exc
+
+
+def in_context_of(exc: BaseException, context: BaseException) -> BaseException:
+    exc.__context__ = context
+    return exc
+
+
 def test_backoff_doubles_from_a_tenth_of_a_second_up_to_the_cap() -> None:
     assert [backoff_s(n, 5.0) for n in range(1, 9)] == pytest.approx(
         [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
@@ -166,7 +193,14 @@ def test_backoff_doubles_from_a_tenth_of_a_second_up_to_the_cap() -> None:
         asyncpg.exceptions.InterfaceError("cannot perform operation: connection is closed"),
         asyncpg.exceptions.InterfaceError("connection is closed"),
         ConnectionRefusedError(111, "Connection refused"),
+        FileNotFoundError(2, "No such file or directory"),
         TimeoutError(),
+        ConnectionBroken("InternalClientError: cannot switch to state 15"),
+        asyncpg.exceptions.PostgresError("the database system is starting up"),
+        caused_by(
+            asyncpg.exceptions.InterfaceError("pool connection failed"),
+            ConnectionResetError(104, "Connection reset by peer"),
+        ),
     ],
 )
 def test_transient_database_errors(exc: BaseException) -> None:
@@ -182,9 +216,80 @@ def test_transient_database_errors(exc: BaseException) -> None:
         asyncpg.exceptions.InterfaceError(
             "cannot perform operation: another operation is in progress"
         ),
+        asyncpg.exceptions.InternalClientError("cannot switch to state 15"),
+        asyncpg.exceptions.InvalidPasswordError("password authentication failed"),
         ValueError("not a database problem"),
         KeyError("state"),
+        # Raised while handling an outage is not the outage: only an
+        # explicit cause (raise ... from) is read.
+        in_context_of(ValueError("bug in a handler"), ConnectionResetError()),
     ],
 )
 def test_errors_that_are_not_the_database_being_away(exc: BaseException) -> None:
     assert not is_transient_db_error(exc)
+
+
+class ScriptedWork:
+    """Raises each scripted error in turn, then returns `result`."""
+
+    def __init__(self, errors: list[BaseException], result: str = "done") -> None:
+        self._errors = iter(errors)
+        self._result = result
+        self.calls = 0
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        error = next(self._errors, None)
+        if error is not None:
+            raise error
+        return self._result
+
+
+async def test_until_database_answers_waits_out_an_outage() -> None:
+    work = ScriptedWork([connection_lost() for _ in range(30)])
+    waits: list[float] = []
+    result = await asyncio.wait_for(
+        until_database_answers(
+            "test",
+            work,
+            max_backoff_s=TINY_BACKOFF_S,
+            on_wait=lambda exc, wait_s: waits.append(wait_s),
+        ),
+        HANG_GUARD_S,
+    )
+    assert result == "done"
+    assert work.calls == 31 and len(waits) == 30
+
+
+async def test_until_database_answers_lets_other_errors_through_at_once() -> None:
+    work = ScriptedWork([connection_lost(), KeyError("bug")])
+    with pytest.raises(KeyError):
+        await until_database_answers("test", work, max_backoff_s=TINY_BACKOFF_S)
+    assert work.calls == 2
+
+
+async def test_until_database_answers_gives_up_after_its_deadline() -> None:
+    work = ScriptedWork([connection_lost() for _ in range(1_000_000)])
+    with pytest.raises(asyncpg.exceptions.ConnectionDoesNotExistError):
+        await asyncio.wait_for(
+            until_database_answers(
+                "test", work, give_up_after_s=0.01, max_backoff_s=TINY_BACKOFF_S
+            ),
+            HANG_GUARD_S,
+        )
+
+
+async def test_until_database_answers_stops_when_asked() -> None:
+    stop = asyncio.Event()
+    work = ScriptedWork([connection_lost() for _ in range(1_000_000)])
+
+    async def stop_soon() -> None:
+        await asyncio.sleep(0.01)
+        stop.set()
+
+    stopper = asyncio.ensure_future(stop_soon())
+    with pytest.raises(StopRequested):
+        await asyncio.wait_for(
+            until_database_answers("test", work, stop=stop, max_backoff_s=3600.0), HANG_GUARD_S
+        )
+    await stopper

@@ -128,7 +128,8 @@ def test_unit_file_waits_for_ready_and_outlasts_the_drain() -> None:
     assert service["NotifyAccess"] == "main"
     assert service["KillSignal"] == "SIGTERM"
     assert service["User"] == "carrierd"
-    assert service["ExecStartPre"].endswith("carrierd migrate --config /etc/carrierd/carrierd.toml")
+    assert " migrate " in service["ExecStartPre"]
+    assert service["ExecStartPre"].endswith("--config /etc/carrierd/carrierd.toml")
     assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
     drain_timeout_s = Daemon.__dataclass_fields__["drain_timeout_s"].default
     assert isinstance(drain_timeout_s, float)

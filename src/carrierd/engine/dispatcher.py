@@ -43,8 +43,8 @@ from carrierd.engine.leases import RENEWALS_PER_LEASE, Leases
 from carrierd.engine.lifecycle import Lifecycle
 from carrierd.engine.sms_leg import Planned, SmsLeg
 from carrierd.intake import validate_fed
-from carrierd.loops import supervise
-from carrierd.store.db import Database, Transaction
+from carrierd.loops import supervise, until_database_answers
+from carrierd.store.db import Database, Transaction, is_transient_db_error
 from carrierd.store.rows import ClaimedMessage
 from carrierd.telemetry import Metrics
 
@@ -146,6 +146,29 @@ class Dispatcher:
             return 0.0
         return min(max(self.pacing_wait_s, config.engine.idle_poll_s), 1.0)
 
+    async def _committed_part(self, decided: _Claim) -> _Claim:
+        """What of a claim whose commit went unanswered the database holds:
+        all of it if it committed, nothing if it rolled back."""
+        ids = [p.message.id for p in decided.sending] + [m.id for m in decided.rcs]
+        held = {
+            r["id"]: (r["state"], r["attempt"])
+            for r in await self._db.fetch("claim_outcome", ids, self.lease_owner)
+        }
+        committed = _Claim(
+            sending=[
+                p for p in decided.sending if held.get(p.message.id) == (State.SENDING, p.attempt)
+            ],
+            rcs=[m for m in decided.rcs if m.id in held and held[m.id][0] == State.DISPATCHING],
+        )
+        if committed.sending or committed.rcs or not ids:
+            committed.claimed_per_account = decided.claimed_per_account
+        log.warning(
+            "claim_outcome",
+            committed=bool(committed.sending or committed.rcs),
+            messages=len(ids),
+        )
+        return committed
+
     async def stop(self, drain_timeout_s: float) -> None:
         """Stop claiming; wait for in-flight submits; give back what is unsent."""
         self._stopping.set()
@@ -176,7 +199,10 @@ class Dispatcher:
             return 0
         lease_until = now + timedelta(seconds=config.engine.lease_s)
 
+        worked_out: list[_Claim] = []
+
         async def claim(tx: Transaction) -> _Claim:
+            worked_out.clear()
             rows = await tx.fetch("claim_due", now, list(quotas), list(quotas.values()))
             decided = _Claim()
             messages = [ClaimedMessage.from_row(r) for r in rows]
@@ -184,9 +210,24 @@ class Dispatcher:
                 decided.claimed_per_account[message.account_id] += 1
             if messages:
                 await self._decide(tx, messages, now, lease_until, config, decided)
+            worked_out.append(decided)
             return decided
 
-        decided = await self._db.in_transaction(claim)
+        try:
+            decided = await self._db.in_transaction(claim)
+        except Exception as exc:
+            if not (worked_out and is_transient_db_error(exc)):
+                raise
+            # The connection broke after the claim's work, at its COMMIT:
+            # it may have committed with the answer lost (a server restart).
+            # Its messages would then be 'sending' under our lease, renewed
+            # for as long as we live and never sent: ask the database.
+            log.warning("claim_commit_unanswered", error=repr(exc))
+            decided = await until_database_answers(
+                "claim_outcome",
+                lambda: self._committed_part(worked_out[0]),
+                stop=self._stopping,
+            )
         # Handed over first: what the claim marked 'sending' must leave even
         # if the next statement fails, or it would end 'unknown' unsent.
         if decided.sending:

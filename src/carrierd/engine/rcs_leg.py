@@ -91,6 +91,7 @@ from carrierd.domain.rcs_flow import (
 from carrierd.domain.states import State
 from carrierd.engine.inbound import Inbound, our_message_id
 from carrierd.engine.lifecycle import Lifecycle
+from carrierd.loops import until_database_answers
 from carrierd.store.db import Database, Row, Transaction
 from carrierd.store.rows import ClaimedMessage
 from carrierd.telemetry import Metrics
@@ -242,7 +243,12 @@ class RcsLeg:
         finally:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
-        await self._record_dispatch(moves, checked, effects)
+        # The platform has answered: its outcome is ours alone, so it is
+        # held while the database is away rather than dropped (which would
+        # send the batch again after its lease ran out).
+        await until_database_answers(
+            "rcs_record_dispatch", lambda: self._record_dispatch(moves, checked, effects)
+        )
 
     async def _keep_leases(self, message_ids: list[int], lease_s: float) -> None:
         """While a slow platform holds the batch, keep its rows ours: a lease

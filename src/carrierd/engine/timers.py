@@ -6,7 +6,11 @@ Each `settle_once(now)` pass:
   - submitted messages with no final receipt by the deadline → unknown (§9, §10)
   - lost leases (a daemon died): claimed-but-not-sent → queued again; parts in
     flight with no response → unknown "outcome unknown after restart", unless
-    the account opted into at-least-once (then queued and resent)
+    the account opted into at-least-once (then queued and resent). After a
+    database outage lost leases are recovered only after a grace
+    (domain/outage.py): every daemon's leases ran out during the outage,
+    this one's included, not only dead ones'; the grace lets each daemon's
+    dispatcher renew its own first.
   - receipts that beat their response meet their part (across daemons too);
     those whose part never learns an id (its response was lost) are given
     to the one part their recipient, submit date and text fit
@@ -27,13 +31,14 @@ from carrierd.config import Config
 from carrierd.domain import reasons
 from carrierd.domain.clock import Clock
 from carrierd.domain.lifecycle import Event, Move
+from carrierd.domain.outage import lost_lease_grace_s, may_recover_lost_leases
 from carrierd.domain.receipt_match import MAX_RECEIPT_AGE_S
 from carrierd.domain.states import State
 from carrierd.engine.leases import Leases
 from carrierd.engine.lifecycle import Lifecycle
 from carrierd.engine.write_behind import EARLY_RECEIPT_KEEP_S, WriteBehind
-from carrierd.loops import supervise
-from carrierd.store.db import Database, Row, Transaction
+from carrierd.loops import MAX_BACKOFF_S, supervise
+from carrierd.store.db import Database, Row, Transaction, is_database_unreachable
 from carrierd.telemetry import Metrics
 
 log = structlog.get_logger("carrierd.engine.timers")
@@ -73,13 +78,28 @@ class Timers:
         self.rcs_timers = rcs_timers
         self._metrics = metrics
         self._stopping = asyncio.Event()
+        # A pass failed for the database being away; the next one that
+        # reaches it notes when: lost leases wait for a grace after that.
+        self._database_failed = False
+        self._database_back_at: datetime | None = None
 
     async def run(self) -> None:
-        async def step() -> float:
-            await self.settle_once(self._clock.now())
-            return self._interval_s
+        await supervise("timers", self.settle_step, self._stopping)
 
-        await supervise("timers", step, self._stopping)
+    async def settle_step(self) -> float:
+        """One turn of the loop; returns how long to wait before the next."""
+        now = self._clock.now()
+        if self._database_failed:
+            # Maybe back: if this pass gets through, the grace starts now.
+            self._database_back_at = now
+        try:
+            await self.settle_once(now)
+        except Exception as exc:
+            if is_database_unreachable(exc):
+                self._database_failed = True
+            raise
+        self._database_failed = False
+        return self._interval_s
 
     def stop(self) -> None:
         self._stopping.set()
@@ -89,7 +109,9 @@ class Timers:
         done += await self._in_tx(lambda tx: self._scheduled(tx, now))
         done += await self._in_tx(lambda tx: self._expired(tx, now))
         done += await self._in_tx(lambda tx: self._receipt_timeouts(tx, now))
-        done += await self._in_tx(lambda tx: self._lost_leases(tx, now))
+        grace_s = lost_lease_grace_s(self._config().engine.lease_s, MAX_BACKOFF_S)
+        if may_recover_lost_leases(now, self._database_back_at, grace_s):
+            done += await self._in_tx(lambda tx: self._lost_leases(tx, now))
         done += await self._in_tx(lambda tx: self._early_receipts(tx, now))
         if self.rcs_timers is not None:
             done += await self.rcs_timers.settle_due(now, self._batch)

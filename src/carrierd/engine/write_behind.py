@@ -81,13 +81,15 @@ from carrierd.domain.states import State
 from carrierd.engine.inbound import Inbound
 from carrierd.engine.lifecycle import Lifecycle
 from carrierd.smpp.receipt import parse_receipt_date
-from carrierd.store.db import TRANSIENT_DB_ERRORS, Database, Row, Transaction
+from carrierd.store.db import Database, Row, Transaction, is_transient_db_error
 from carrierd.store.rows import AttemptRow
 from carrierd.telemetry import Metrics
 
 log = structlog.get_logger("carrierd.engine.write_behind")
 
 EARLY_RECEIPT_KEEP_S = 3600.0
+# After a flush found the database away, the next try waits this long.
+TRANSIENT_RETRY_S = 0.5
 # How long after leaving a receipt in early_receipts the recorder looks for
 # its part at each flush: past any submit_sm_resp timeout.
 EARLY_RECEIPT_LOOK_S = 120.0
@@ -300,17 +302,23 @@ class WriteBehind:
             awaiting, settled = await self._db.in_transaction(
                 lambda tx: self._write(tx, responses, receipts, inbound, grace_over, now)
             )
-        except TRANSIENT_DB_ERRORS as exc:
-            # The database is away (restart, outage): the receipts are not
-            # durable, so the SMSC is told to deliver them again; the
-            # responses exist only here and wait, in front, for the next try.
-            self._keep(responses, grace_over, now)
-            self._refuse(batch, exc)
-            log.exception("write_behind_flush_failed", responses=len(responses))
-            await asyncio.sleep(0.5)
-            self._wake.set()
-            return
-        except Exception:
+        except Exception as exc:
+            if is_transient_db_error(exc):
+                # The database is away (restart, outage): the receipts are
+                # not durable, so the SMSC is told to deliver them again; the
+                # responses exist only here and wait, in front, for the next
+                # try. The pause keeps an outage from becoming a busy loop.
+                self._keep(responses, grace_over, now)
+                self._refuse(batch, exc)
+                log.warning(
+                    "write_behind_waiting_for_database",
+                    responses=len(responses),
+                    refused=len(batch.receipt_commits) + len(batch.inbound_commits),
+                    error=repr(exc),
+                )
+                await asyncio.sleep(TRANSIENT_RETRY_S)
+                self._wake.set()
+                return
             # One bad row must not stall every outcome behind it: write the
             # batch item by item; a receipt or MO that still fails is refused
             # (the SMSC delivers it again), a response is logged and left to
@@ -383,6 +391,11 @@ class WriteBehind:
             except Exception as exc:
                 if future is not None and not future.done():
                     future.set_exception(NotDurable(repr(exc)))
+                if is_transient_db_error(exc):
+                    # Not this item's fault: a response is kept for the next
+                    # flush instead of being dropped.
+                    self._keep(one_response, one_grace_over, now)
+                    continue
                 log.exception(
                     "write_behind_item_failed",
                     response=repr(one_response),

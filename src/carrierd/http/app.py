@@ -22,7 +22,7 @@ from aiohttp import web
 
 from carrierd.config import AccountConfig, Config
 from carrierd.domain.clock import Clock
-from carrierd.store.db import Database
+from carrierd.store.db import Database, describe_db_error, is_transient_db_error
 from carrierd.telemetry import Metrics
 
 if TYPE_CHECKING:
@@ -32,6 +32,10 @@ log = structlog.get_logger("carrierd.http.app")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Readiness = Callable[[], Awaitable[dict[str, Any]]]
+
+# What a client is told to wait before repeating a request refused because
+# the database is away: restarts take seconds, longer outages are retried.
+DATABASE_RETRY_AFTER_S = 5
 
 # One page of the CSV export is what an export holds in memory at once.
 EXPORT_PAGE_ROWS = 2000
@@ -93,9 +97,24 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return json_error(413, "body", f"request body larger than {limit} bytes")
     except web.HTTPException:
         raise
-    except Exception:
+    except Exception as exc:
+        if is_transient_db_error(exc):
+            # Nothing was stored (a statement that failed did not commit),
+            # and the same request succeeds once the database is back: tell
+            # the client to come back, not that we are broken.
+            log.warning("http_database_unavailable", path=request.path, error=repr(exc))
+            return database_unavailable(exc)
         log.exception("http_handler_failed", path=request.path)
         return json_error(500, None, "internal error")
+
+
+def database_unavailable(exc: BaseException) -> web.Response:
+    """503 with Retry-After: the database is away, the request may be repeated."""
+    response = web.json_response(
+        {"error": "database unavailable", "detail": describe_db_error(exc)}, status=503
+    )
+    response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_S)
+    return response
 
 
 def build_app(state: ApiState) -> web.Application:

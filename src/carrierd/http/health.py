@@ -1,9 +1,13 @@
 """Probes and the metrics exporter: unauthenticated, like every exporter,
 so keep the HTTP listener on a private interface.
 
-- ``GET /healthz``: the process answers (liveness).
+- ``GET /healthz``: the process answers (liveness). It does not look at the
+  database: a daemon waiting out a database outage is alive and doing the
+  right thing, and a liveness failure would only get it restarted into the
+  same outage (and drop its binds and the receipts it holds).
 - ``GET /readyz``: the database answers and the daemon's own checks pass
-  (readiness: 503 otherwise, with the failing checks in the body).
+  (readiness: 503 otherwise, with the failing checks in the body; the
+  database check is ``true`` or ``"unreachable: <reason>"``).
 - ``GET /metrics``: the Prometheus exposition (only with ApiState.metrics).
 """
 
@@ -22,7 +26,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     state = request.app[API_STATE]
-    checks: dict[str, Any] = {"database": await state.db.ping()}
+    problem = await state.db.probe()
+    checks: dict[str, Any] = {"database": True if problem is None else f"unreachable: {problem}"}
     if state.readiness is not None:
         checks.update(await state.readiness())
     ready = all(v is True or (isinstance(v, dict) and v.get("ready")) for v in checks.values())

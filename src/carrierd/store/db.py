@@ -6,6 +6,7 @@ plain Python values back, never asyncpg objects.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -16,6 +17,16 @@ from importlib import resources
 from typing import Any, TypeVar, cast
 
 import asyncpg
+
+# A connect that takes longer is as good as refused: the caller backs off
+# and tries again (asyncpg's default is 60 s, during which a flush or an
+# HTTP request would hang).
+CONNECT_TIMEOUT_S = 10.0
+# Idle pooled connections older than this are closed and reopened on demand.
+POOL_IDLE_LIFETIME_S = 60.0
+# How long /readyz waits for the database's answer.
+PROBE_TIMEOUT_S = 2.0
+CLOSE_TIMEOUT_S = 10.0
 
 # Held for the whole migration so that two daemons starting at once apply
 # each migration exactly once; the number is "carrierd" in ASCII, truncated.
@@ -119,6 +130,10 @@ Row = Mapping[str, Any]
 T = TypeVar("T")
 
 
+class ConnectionBroken(Exception):
+    """A pooled connection turned out unusable mid-work; it was discarded."""
+
+
 # Failures after which the same work can simply be tried again later: the
 # database aborted the transaction, restarts, or the connection broke. Loops
 # that must outlive them (the dispatcher) catch these and nothing else, so a
@@ -129,6 +144,8 @@ TRANSIENT_DB_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.CannotConnectNowError,
+    ConnectionBroken,
     OSError,
 )
 
@@ -136,6 +153,40 @@ TRANSIENT_DB_ERRORS: tuple[type[Exception], ...] = (
 # connection found closed, as a bare InterfaceError; only its text tells it
 # from a programming error (another operation in progress, a bad codec).
 _CONNECTION_LOST_TEXTS = ("connection is closed", "connection was closed")
+# A server going down or coming up, whatever class asyncpg gives it (the
+# text is PostgreSQL's own, in the C locale our clusters run in).
+_SERVER_AWAY_TEXTS = (
+    "the database system is shutting down",
+    "the database system is starting up",
+    "the database system is in recovery mode",
+    "the database system is not yet accepting connections",
+)
+
+
+def _text_of(exc: BaseException) -> str:
+    # asyncpg's errors made without a message fail in str().
+    try:
+        return str(exc)
+    except Exception:
+        return ""
+
+
+def _is_transient_itself(exc: BaseException) -> bool:
+    if isinstance(
+        exc,
+        (
+            *TRANSIENT_DB_ERRORS,
+            asyncpg.exceptions.ConnectionDoesNotExistError,
+            TimeoutError,
+        ),
+    ):
+        return True
+    text = _text_of(exc)
+    if isinstance(exc, asyncpg.exceptions.InterfaceError):
+        return any(lost in text for lost in _CONNECTION_LOST_TEXTS)
+    if isinstance(exc, asyncpg.PostgresError):
+        return any(away in text for away in _SERVER_AWAY_TEXTS)
+    return False
 
 
 def is_transient_db_error(exc: BaseException) -> bool:
@@ -144,23 +195,34 @@ def is_transient_db_error(exc: BaseException) -> bool:
 
     TRANSIENT_DB_ERRORS, plus asyncpg's "cannot connect now" (a server
     starting or shutting down), a connection that no longer exists or was
-    lost, and OSError, which includes a connect timeout (TimeoutError).
+    lost, and OSError, which includes a refused or timed-out connect.
+    asyncpg sometimes wraps the socket's error in one of its own
+    (`raise ... from`), so the chain of causes is read too.
     A closed pool is not transient: that is our own shutdown.
     """
-    if isinstance(
-        exc,
-        (
-            *TRANSIENT_DB_ERRORS,
-            asyncpg.exceptions.CannotConnectNowError,
-            asyncpg.exceptions.ConnectionDoesNotExistError,
-            TimeoutError,
-        ),
-    ):
-        return True
-    if isinstance(exc, asyncpg.exceptions.InterfaceError):
-        text = str(exc)
-        return any(lost in text for lost in _CONNECTION_LOST_TEXTS)
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if _is_transient_itself(current):
+            return True
+        seen.add(id(current))
+        current = current.__cause__
     return False
+
+
+def is_database_unreachable(exc: BaseException) -> bool:
+    """A transient error that means the database could not be reached or
+    dropped the connection, as opposed to one that aborted a transaction
+    (deadlock, serialization failure) on a database that is up."""
+    return is_transient_db_error(exc) and not isinstance(
+        exc, (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
+    )
+
+
+def describe_db_error(exc: BaseException, max_chars: int = 200) -> str:
+    """A short, single-line reason for a probe or an error body."""
+    text = " ".join(_text_of(exc).split())
+    return f"{type(exc).__name__}: {text}"[:max_chars] if text else type(exc).__name__
 
 
 class Database:
@@ -170,35 +232,84 @@ class Database:
         self._pool = pool
 
     @classmethod
-    async def open(cls, dsn: str, *, min_size: int = 2, max_size: int = 10) -> Database:
+    async def open(
+        cls,
+        dsn: str,
+        *,
+        min_size: int = 2,
+        max_size: int = 10,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+    ) -> Database:
+        """A pool on `dsn`; raises (a transient error) if it cannot connect.
+
+        After a server restart every pooled connection is closed: asyncpg
+        notices the closed socket and opens a new connection at the next
+        acquire, and a connection that broke in use is terminated when
+        released (its reset fails). Idle connections are replaced after
+        POOL_IDLE_LIFETIME_S, so one that silently stopped answering does not
+        live in the pool for long.
+        """
         pool = await asyncpg.create_pool(
-            dsn, min_size=min_size, max_size=max_size, init=_init_connection
+            dsn,
+            min_size=min_size,
+            max_size=max_size,
+            init=_init_connection,
+            timeout=connect_timeout_s,
+            max_inactive_connection_lifetime=POOL_IDLE_LIFETIME_S,
         )
         return cls(pool)
 
-    async def close(self) -> None:
-        await self._pool.close()
+    async def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        """Close the pool gracefully, or abruptly after `timeout_s` (a
+        server that stopped answering never acknowledges a goodbye)."""
+        try:
+            await asyncio.wait_for(self._pool.close(), timeout_s)
+        except TimeoutError:
+            self._pool.terminate()
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
+        """A pooled connection for one piece of work.
+
+        asyncpg raises InternalClientError when it lost track of a
+        connection's protocol state, as when the server closed it in the
+        middle of an exchange (a restart under load: "cannot switch to
+        state 15; another operation is in progress"). That connection is
+        unusable, not the work: it is terminated (the pool opens a new one)
+        and the error becomes ConnectionBroken, which callers retry.
+        """
+        async with self._pool.acquire() as conn:
+            try:
+                yield conn
+            except asyncpg.exceptions.InternalClientError as exc:
+                conn.terminate()
+                raise ConnectionBroken(describe_db_error(exc)) from exc
 
     async def fetch(self, name: str, *args: Any) -> list[Row]:
-        rows = await self._pool.fetch(QUERIES[name], *args)
+        async with self._connection() as conn:
+            rows = await conn.fetch(QUERIES[name], *args)
         return [dict(r) for r in rows]
 
     async def fetchrow(self, name: str, *args: Any) -> Row | None:
-        row = await self._pool.fetchrow(QUERIES[name], *args)
+        async with self._connection() as conn:
+            row = await conn.fetchrow(QUERIES[name], *args)
         return dict(row) if row is not None else None
 
     async def fetchval(self, name: str, *args: Any) -> Any:
-        return await self._pool.fetchval(QUERIES[name], *args)
+        async with self._connection() as conn:
+            return await conn.fetchval(QUERIES[name], *args)
 
     async def execute(self, name: str, *args: Any) -> str:
-        return str(await self._pool.execute(QUERIES[name], *args))
+        async with self._connection() as conn:
+            return str(await conn.execute(QUERIES[name], *args))
 
     async def executemany(self, name: str, args: Iterable[Sequence[Any]]) -> None:
-        await self._pool.executemany(QUERIES[name], args)
+        async with self._connection() as conn:
+            await conn.executemany(QUERIES[name], args)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             tx = Transaction(conn)
             yield tx
         _run_committed_effects(tx)
@@ -211,7 +322,7 @@ class Database:
         updating parts of one message in different orders)."""
         for attempt in range(1, attempts + 1):
             try:
-                async with self._pool.acquire() as conn, conn.transaction():
+                async with self._connection() as conn, conn.transaction():
                     tx = Transaction(conn)
                     result = await work(tx)
                 _run_committed_effects(tx)
@@ -224,15 +335,25 @@ class Database:
                     raise
         raise AssertionError("unreachable")
 
-    async def ping(self) -> bool:
+    async def probe(self, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
+        """None when the database answers a query within `timeout_s`, else
+        why it did not (readiness)."""
         try:
-            return bool(await self._pool.fetchval("SELECT true"))
-        except (OSError, asyncpg.PostgresError):
-            return False
+            async with asyncio.timeout(timeout_s):
+                async with self._connection() as conn:
+                    await conn.fetchval("SELECT 1")
+        except TimeoutError:
+            return f"no answer within {timeout_s:g} s"
+        except Exception as exc:
+            if is_transient_db_error(exc) or isinstance(exc, asyncpg.PostgresError):
+                return describe_db_error(exc)
+            raise
+        return None
 
     async def call_raw(self, sql: str, *args: Any) -> list[Row]:
         """For tests and tooling only: statements that are not business DML."""
-        return [dict(r) for r in await self._pool.fetch(sql, *args)]
+        async with self._connection() as conn:
+            return [dict(r) for r in await conn.fetch(sql, *args)]
 
     # -- accounts -----------------------------------------------------------------
 
@@ -256,7 +377,7 @@ class Database:
         """
         if not rows:
             return {}
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             ids = [r["id"] for r in await conn.fetch(QUERIES["reserve_message_ids"], len(rows))]
             columns: dict[str, list[Any]] = {
                 key: [row.get(key) for row in rows]

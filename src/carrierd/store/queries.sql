@@ -708,6 +708,12 @@ GROUP BY m.id
 ORDER BY m.id
 LIMIT $2;
 
+-- name: claim_outcome
+-- After a claim whose COMMIT went unanswered: which of its messages this
+-- daemon holds (all of them if it committed, none if it rolled back).
+SELECT id, state, attempt FROM messages
+WHERE id = ANY($1::bigint[]) AND state IN ('dispatching', 'sending') AND lease_owner = $2;
+
 -- name: release_lease_claims
 -- On shutdown: what this daemon claimed but did not hand over goes back.
 SELECT id FROM messages WHERE state = 'dispatching' AND lease_owner = $1;
