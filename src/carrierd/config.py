@@ -87,6 +87,8 @@ class CarrierConfig:
     response_timeout_s: float = 10.0
     enquire_link_interval_s: float = 30.0
     reconnect_max_backoff_s: float = 30.0
+    # The slowest a throttled bind sends: one submit per throttle_pause_s
+    # (smpp/send_rate.py backs off from, and recovers to, submit_rate_per_s).
     throttle_pause_s: float = 1.0
     submit_rate_per_s: float = 0.0  # 0: no per-bind limit
     concat: ConcatMode = "udh8"

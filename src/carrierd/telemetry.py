@@ -246,6 +246,12 @@ class Metrics:
         self.window_in_use = gauge(
             "window_in_use", "Requests awaiting a response on a bind.", ("carrier", "bind")
         )
+        self.bind_send_rate_per_s = gauge(
+            "bind_send_rate_per_s",
+            "Submits a second a bind sends at most now: its submit_rate_per_s, or lower "
+            "while the SMSC throttles (+Inf: no limit).",
+            ("carrier", "bind"),
+        )
         self.delivers_unanswered = gauge(
             "delivers_unanswered",
             "deliver_sm received on a bind and not yet answered (not yet durable).",

@@ -4,6 +4,7 @@ own test in test_reports.py)."""
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -92,7 +93,9 @@ async def test_bucket_tokens_project_the_refill_to_now(dsn: str, db: Database) -
     assert bucket_samples(metrics) == {}
 
 
-def bind(bind_id: str, state: str, in_flight: int) -> BindHealth:
+def bind(
+    bind_id: str, state: str, in_flight: int, send_rate_per_s: float | None = None
+) -> BindHealth:
     return BindHealth(
         bind_id=bind_id,
         state=state,  # type: ignore[arg-type]
@@ -101,19 +104,26 @@ def bind(bind_id: str, state: str, in_flight: int) -> BindHealth:
         queued=0,
         stats=SessionStats(),
         delivers_unanswered=in_flight // 2,
+        send_rate_per_s=send_rate_per_s,
     )
 
 
 def test_bind_gauges_report_every_state_per_carrier() -> None:
     metrics = Metrics()
-    pool = PoolHealth("docomo", (bind("d1", "bound", 4), bind("d2", "connecting", 0)))
+    pool = PoolHealth(
+        "docomo",
+        (bind("d1", "bound", 4), bind("d2", "connecting", 0), bind("d3", "throttled", 1, 4.5)),
+    )
     set_bind_gauges(metrics, {"docomo": pool})
     value = metrics.registry.get_sample_value
     assert value("carrierd_binds", {"carrier": "docomo", "state": "bound"}) == 1
     assert value("carrierd_binds", {"carrier": "docomo", "state": "connecting"}) == 1
-    assert value("carrierd_binds", {"carrier": "docomo", "state": "throttled"}) == 0
+    assert value("carrierd_binds", {"carrier": "docomo", "state": "throttled"}) == 1
     assert value("carrierd_window_in_use", {"carrier": "docomo", "bind": "d1"}) == 4
     assert value("carrierd_delivers_unanswered", {"carrier": "docomo", "bind": "d1"}) == 2
+    # A throttled bind shows the rate it backed off to; a bind without a limit, +Inf.
+    assert value("carrierd_bind_send_rate_per_s", {"carrier": "docomo", "bind": "d3"}) == 4.5
+    assert value("carrierd_bind_send_rate_per_s", {"carrier": "docomo", "bind": "d1"}) == math.inf
 
 
 async def test_the_loop_keeps_sampling_until_stopped(dsn: str, db: Database) -> None:

@@ -166,6 +166,28 @@ async def test_throttled_bind_is_used_only_when_no_other_is_free(
     assert (await first).outcome == "accepted"
 
 
+async def test_a_throttled_bind_still_takes_submits_at_its_slower_rate(
+    stub: StubSmsc, pools: list[SmppPool]
+) -> None:
+    stub.behaviour.submit_status = lambda pdu, index: (
+        CommandStatus.ESME_RTHROTTLED if index == 0 else 0
+    )
+    pool = await started_pool(
+        pools, carrier(stub.port, binds=1, submit_rate_per_s=100.0, throttle_pause_s=0.5)
+    )
+
+    assert (await pool.submit(message(0))).outcome == "accepted"
+
+    (bind,) = pool.health().binds
+    assert bind.state == "throttled"
+    assert bind.send_rate_per_s == pytest.approx(80.0)  # cut from its ceiling
+    # The only bind is throttled, and the carrier is still available: a
+    # message claimed now goes to it rather than being held back.
+    assert pool.is_available()
+    assert pool.health().available
+    assert (await pool.submit(message(1))).outcome == "accepted"
+
+
 async def test_no_bind_waits_briefly_then_unsent(pools: list[SmppPool]) -> None:
     closed = StubSmsc()
     await closed.start()

@@ -311,7 +311,7 @@ async def test_observer_is_not_told_of_submits_without_an_answer(
 @pytest.mark.parametrize(
     "status", [CommandStatus.ESME_RTHROTTLED, CommandStatus.ESME_RMSGQFUL], ids=lambda s: s.name
 )
-async def test_throttling_pauses_the_bind_and_retries_in_order(
+async def test_throttling_slows_the_bind_and_retries_in_order(
     status: int, stub: StubSmsc, inbox: Inbox, sessions: list[SmppSession]
 ) -> None:
     stub.behaviour.submit_status = lambda pdu, index: status if index in (1, 2) else 0
@@ -333,6 +333,10 @@ async def test_throttling_pauses_the_bind_and_retries_in_order(
     assert "throttled" in health_seen
     assert session.stats.throttled == 2
     assert len(stub.binds) == 1
+    # No rate was configured; the bind now keeps to one, backed off to its
+    # floor (one submit per throttle_pause_s) and recovering from there.
+    assert session.health == "throttled"
+    assert session.send_rate_per_s is not None and session.send_rate_per_s >= 1 / 0.05
 
 
 async def test_throttled_pdu_goes_before_later_queued_ones(

@@ -550,6 +550,31 @@ async def test_throttling_above_the_rate(scope: str) -> None:
     assert (counters.accepted, counters.throttled) == (accepted, throttled)
 
 
+async def test_throttle_accept_per_s_limits_each_bind_on_its_own() -> None:
+    config = one_carrier(throttle_accept_per_s=5.0)
+    async with (
+        running(config) as (sim, ports),
+        bound(ports["docomo"]) as first,
+        bound(ports["docomo"]) as second,
+    ):
+        futures = [
+            esme.send(*(submit_pdu(text=f"{name}{i}") for i in range(30)))
+            for name, esme in (("a", first), ("b", second))
+        ]
+        statuses = [
+            [(await asyncio.wait_for(f, WAIT_S)).command_status for f in bind_futures]
+            for bind_futures in futures
+        ]
+    for bind_statuses in statuses:
+        # Each bind has its own second's worth (5) and is throttled past it.
+        assert bind_statuses.count(0) >= 5
+        assert bind_statuses.count(CommandStatus.ESME_RTHROTTLED) >= 1
+        assert set(bind_statuses) == {0, CommandStatus.ESME_RTHROTTLED}
+    counters = sim.counters.carriers["docomo"]
+    assert counters.accepted == sum(s.count(0) for s in statuses)
+    assert counters.throttled == 60 - counters.accepted
+
+
 @pytest.mark.parametrize("as_generic_nack", [False, True])
 async def test_window_enforcement(as_generic_nack: bool) -> None:
     config = one_carrier(

@@ -35,6 +35,7 @@ EXPECTED: dict[str, tuple[type, tuple[str, ...]]] = {
     "queue_oldest_age_seconds": (Gauge, ("state", "account")),
     "binds": (Gauge, ("carrier", "state")),
     "window_in_use": (Gauge, ("carrier", "bind")),
+    "bind_send_rate_per_s": (Gauge, ("carrier", "bind")),
     "bucket_tokens": (Gauge, ("account",)),
     "au_gate_held": (Gauge, ()),
     "intake_to_submit_seconds": (Histogram, ()),

@@ -87,7 +87,8 @@ class SmsGateway(Protocol):
         ...
 
     def is_available(self, carrier: str) -> bool:
-        """At least one bind of the carrier is bound and not paused."""
+        """At least one bind of the carrier takes submits (bound, or throttled
+        to the pace its SMSC accepts)."""
         ...
 
     async def submit(self, carrier: str, request: SmsRequest) -> list[PartOutcome]:

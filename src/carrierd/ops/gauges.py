@@ -8,7 +8,8 @@ states, so this loop samples them:
 - bucket_tokens: tokens in each account's rate bucket, projected to now
   (the stored value is as of the last claim, and the refill since then is
   arithmetic: domain.pacing.tokens_at);
-- binds, window_in_use, delivers_unanswered: this daemon's SMPP binds.
+- binds, window_in_use, delivers_unanswered, bind_send_rate_per_s: this
+  daemon's SMPP binds.
 
 The database gauges read the same rows in every daemon on a database:
 dashboards take max() across instances, and sum() only the bind gauges.
@@ -17,6 +18,7 @@ dashboards take max() across instances, and sum() only the bind gauges.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Mapping
 from datetime import datetime
 
@@ -76,6 +78,9 @@ def set_bind_gauges(metrics: Metrics, health: Mapping[str, PoolHealth]) -> None:
             states[bind.state] = states.get(bind.state, 0) + 1
             metrics.window_in_use.labels(carrier, bind.bind_id).set(bind.in_flight)
             metrics.delivers_unanswered.labels(carrier, bind.bind_id).set(bind.delivers_unanswered)
+            metrics.bind_send_rate_per_s.labels(carrier, bind.bind_id).set(
+                math.inf if bind.send_rate_per_s is None else bind.send_rate_per_s
+            )
         for state in BIND_STATES:
             metrics.binds.labels(carrier, state).set(states.get(state, 0))
 

@@ -188,6 +188,10 @@ class CarrierSimConfig:
     # Load and faults.
     throttle_rate_per_s: float = 0.0  # 0: never throttle
     throttle_scope: ThrottleScope = "bind"
+    # A throttling SMSC: each bind accepts at most this many submits a second
+    # (with a second's worth of burst) and answers the rest ESME_RTHROTTLED,
+    # whatever `throttle_scope` says. 0: no such limit.
+    throttle_accept_per_s: float = 0.0
     window: int = 0  # submits awaiting their response per bind; 0: unlimited
     window_exceeded_status: int = CommandStatus.ESME_RTHROTTLED
     window_exceeded_generic_nack: bool = False  # answer with generic_nack instead
@@ -228,7 +232,12 @@ class CarrierSimConfig:
         ):
             if not 0.0 <= getattr(self, low) <= getattr(self, high):
                 problems.append(f"need 0 <= {low} <= {high}")
-        for name in ("receipt_first_lead_s", "deliver_retry_delay_s", "throttle_rate_per_s"):
+        for name in (
+            "receipt_first_lead_s",
+            "deliver_retry_delay_s",
+            "throttle_rate_per_s",
+            "throttle_accept_per_s",
+        ):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0")
         if not 0 <= self.port <= 65535:
@@ -517,6 +526,11 @@ class _Carrier:
             return _RateLimiter(self.config.throttle_rate_per_s, self._now_s())
         return None
 
+    def new_accept_limiter(self) -> _RateLimiter | None:
+        if self.config.throttle_accept_per_s > 0:
+            return _RateLimiter(self.config.throttle_accept_per_s, self._now_s())
+        return None
+
     def receiver_bound(self, connection: _SmppConnection) -> None:
         self._receivers.setdefault(connection.system_id, []).append(connection)
         self.drain(connection.system_id)
@@ -556,7 +570,10 @@ class _Carrier:
                 return _Reply(GenericNack(sequence_number=sequence_number, command_status=status))
             return _Reply(_refusal(sequence_number, status))
         limiter = self._carrier_limiter or connection.limiter
-        if limiter is not None and not limiter.try_take(self._now_s()):
+        accept_limiter = connection.accept_limiter
+        if (limiter is not None and not limiter.try_take(self._now_s())) or (
+            accept_limiter is not None and not accept_limiter.try_take(self._now_s())
+        ):
             counters.throttled += 1
             counters.refused += 1
             return _Reply(_refusal(sequence_number, CommandStatus.ESME_RTHROTTLED))
@@ -880,6 +897,7 @@ class _SmppConnection(asyncio.Protocol):
         self.mode: BindMode | None = None
         self.system_id = ""
         self.limiter: _RateLimiter | None = None
+        self.accept_limiter: _RateLimiter | None = None  # throttle_accept_per_s
         self.outstanding_submits = 0
         self._max_outstanding = 0
         self._delayed: dict[int, asyncio.TimerHandle] = {}
@@ -984,6 +1002,7 @@ class _SmppConnection(asyncio.Protocol):
         self.mode = mode
         self.system_id = pdu.system_id
         self.limiter = carrier.new_limiter()
+        self.accept_limiter = carrier.new_accept_limiter()
         carrier.counters.binds += 1
         carrier.counters.max_outstanding_by_bind[self.label] = 0
         _log.info("smsc_sim_bound", bind=self.label, mode=mode, system_id=pdu.system_id)

@@ -6,10 +6,12 @@
     pool.health().bound_count                    # readiness and metrics
     await pool.stop(drain_timeout_s=5.0)
 
-Dispatch: the least-loaded session (in flight + queued) among those "bound"; a
-throttled session is used only when every bound session is throttled (its queue
-waits out the pause, which is the pace the SMSC asked for). Ties go round-robin so
-idle binds share the traffic. With no session bound, ``submit`` waits up to
+Dispatch: among the sessions that take submits ("bound", or "throttled": sending
+at the slower pace the SMSC allows), the one that will have written its queue
+soonest, (in flight + queued + 1) / send rate, a session without a rate limit
+counting as soonest; then the least loaded. Ties go round-robin so idle binds
+share the traffic. A throttled bind is a bind at work: the pool is available
+while any session is bound or throttled. With none, ``submit`` waits up to
 ``bind_wait_s`` for one, then answers unsent. A session that loses its bind while
 the submit sat in its queue answers unsent for all of it; the pool then tries
 another bound session within the same wait. A health change of any session wakes
@@ -38,6 +40,7 @@ from carrierd.smpp.session import (
     SubmitResult,
 )
 
+_TAKES_SUBMITS: Final = ("bound", "throttled")
 # See SmppPool.receipts_backlogged.
 DELIVER_WINDOW_MIN: Final = 8
 DELIVER_WINDOW_FULL_SHARE: Final = 0.9
@@ -52,6 +55,7 @@ class BindHealth:
     queued: int
     stats: SessionStats
     delivers_unanswered: int = 0  # receipts and MO handed over, not yet durable
+    send_rate_per_s: float | None = None  # writes spaced at this rate; None: no limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,13 +65,13 @@ class PoolHealth:
 
     @property
     def bound_count(self) -> int:
-        """Binds that can take submits now or after a throttling pause."""
+        """Binds that take submits (bound, or throttled to the SMSC's pace)."""
         return sum(1 for bind in self.binds if bind.state in ("bound", "throttled"))
 
     @property
     def available(self) -> bool:
-        """At least one bind is bound and not paused."""
-        return any(bind.state == "bound" for bind in self.binds)
+        """At least one bind takes submits (bound, or throttled to the SMSC's pace)."""
+        return self.bound_count > 0
 
 
 class SmppPool:
@@ -120,13 +124,17 @@ class SmppPool:
                     session.queued,
                     replace(session.stats),  # a snapshot, not the live counters
                     session.deliver_backlog[0],
+                    session.send_rate_per_s,
                 )
                 for session in self.sessions
             ),
         )
 
     def is_available(self) -> bool:
-        return any(session.health == "bound" for session in self.sessions)
+        """Some bind takes submits now. A throttled one counts: it sends at the
+        SMSC's pace, and a message held back for it would only be claimed
+        again and again while the bind works through its queue."""
+        return any(session.health in _TAKES_SUBMITS for session in self.sessions)
 
     def receipts_backlogged(self) -> bool:
         """The SMSC has its deliver window full on every bind: receipts are
@@ -164,15 +172,20 @@ class SmppPool:
                     await self._changed.wait()
 
     def _pick(self) -> SmppSession | None:
-        for wanted in ("bound", "throttled"):
-            ready = [s for s in self.sessions if s.health == wanted]
-            if ready:
-                count = len(self.sessions)
-                turn = self._next_turn
-                self._next_turn = (turn + 1) % count
-                # Least loaded; among equals, the first at or after this turn.
-                return min(ready, key=lambda s: (s.load, (self.sessions.index(s) - turn) % count))
-        return None
+        ready = [s for s in self.sessions if s.health in _TAKES_SUBMITS]
+        if not ready:
+            return None
+        count = len(self.sessions)
+        turn = self._next_turn
+        self._next_turn = (turn + 1) % count
+
+        def order(session: SmppSession) -> tuple[float, int, int]:
+            rate_per_s = session.send_rate_per_s
+            written_in_s = 0.0 if rate_per_s is None else (session.load + 1) / rate_per_s
+            # Soonest written; then least loaded; then the first at or after this turn.
+            return written_in_s, session.load, (self.sessions.index(session) - turn) % count
+
+        return min(ready, key=order)
 
     def _session_changed(self, session: SmppSession) -> None:
         self._changed.set()

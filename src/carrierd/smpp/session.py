@@ -25,13 +25,16 @@ unsent      never written: not bound, stopping, or the bind was lost while  no
             it waited in the queue
 ==========  ==============================================================  ===========
 
-- ESME_RTHROTTLED and ESME_RMSGQFUL pause the whole bind for ``throttle_pause_s``;
-  the PDU goes back into the queue in its original place, so it is written again
-  before any submit that was queued after it (PDUs already on the wire stay there).
-  There is no retry limit: the SMSC sets the pace, ``stop()`` ends the wait.
+- ESME_RTHROTTLED and ESME_RMSGQFUL slow the bind down: its send rate backs off
+  multiplicatively and recovers additively (``send_rate.py`` decides, never above
+  ``submit_rate_per_s``, never below one submit per ``throttle_pause_s``), so the
+  bind settles at the pace the SMSC accepts. The PDU goes back into the queue in
+  its original place, so it is written again before any submit that was queued
+  after it (PDUs already on the wire stay there). There is no retry limit: the
+  SMSC sets the pace, ``stop()`` ends the wait.
 - An optional ``SubmitObserver`` hears every answer to a written submit_sm
   (its status and the time since the write, on the session's clock; a late
-  answer too) and every throttling pause; outcomes without an answer
+  answer too) and every throttling answer; outcomes without an answer
   (timeout, lost) are not told.
 - The queue is ordered by arrival; parts handed to ``submit_all`` in one call are
   written in order on this bind.
@@ -46,7 +49,10 @@ unsent      never written: not bound, stopping, or the bind was lost while  no
   answer: the SMSC took nothing), or is cancelled when none will be read (the
   connection closed, the time ran out, or too many were waiting). ``cause`` says
   why an outcome is unknown.
-- ``submit_rate_per_s`` (> 0) spaces writes with a token bucket of one token.
+- Writes are spaced by a token bucket of one token at the bind's send rate:
+  ``submit_rate_per_s`` (0: no limit) until the SMSC throttles, then the adapted rate
+  (``send_rate_per_s``). A window slot waited for while the rate was cut is given
+  back, so the next write waits for the new rate.
 - enquire_link goes out when nothing was received for ``enquire_link_interval_s``;
   no answer within ``response_timeout_s`` means a dead peer: drop and reconnect.
 - From the peer: enquire_link is answered; unbind gets unbind_resp then close;
@@ -64,8 +70,9 @@ unsent      never written: not bound, stopping, or the bind was lost while  no
   ``health`` follows the connection that carries submits.
 
 Health: "stopped" (not started, stopping or stopped), "connecting" (the submit
-connection is not bound), "throttled" (bound, paused after a throttling answer),
-"bound".
+connection is not bound), "throttled" (bound, sending below ``submit_rate_per_s``,
+or under any limit when none is configured, because the SMSC throttled; it still
+takes submits), "bound".
 """
 
 from __future__ import annotations
@@ -115,6 +122,7 @@ from carrierd.smpp.pdu import (
     encode,
     is_response,
 )
+from carrierd.smpp.send_rate import SendRate, SendRatePolicy, SubmitAnswer, send_rate_after
 from carrierd.smpp.window import LateAnswers, ResponseTimeout, Window, WindowTimeout
 from carrierd.smpp.writer import CoalescingWriter
 
@@ -155,7 +163,8 @@ class SubmitObserver(Protocol):
         ``elapsed_s`` earlier (monotonic); throttling answers included."""
 
     def throttled(self) -> None:
-        """A throttling answer (ESME_RTHROTTLED, ESME_RMSGQFUL) paused the bind."""
+        """A throttling answer (ESME_RTHROTTLED, ESME_RMSGQFUL) came; the submit
+        waits in the queue to go again at the bind's slower rate."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +225,21 @@ class SubmitRateLimiter:
         self._burst = burst
         self._tokens = burst
         self._updated_at_s: float | None = None
+
+    def set_rate(self, rate_per_s: float, now_s: float, *, empty: bool) -> None:
+        """Refill at the old rate until ``now_s``, then at ``rate_per_s``; ``empty``:
+        drop the tokens, so that the next write waits a whole interval at the new rate."""
+        if rate_per_s <= 0:
+            raise ValueError(f"rate_per_s must be > 0, got {rate_per_s}")
+        if self._updated_at_s is not None:
+            elapsed_s = max(0.0, now_s - self._updated_at_s)
+            self._tokens = min(self._burst, self._tokens + elapsed_s * self._rate_per_s)
+            self._updated_at_s = max(now_s, self._updated_at_s)
+        else:
+            self._updated_at_s = now_s
+        if empty:
+            self._tokens = 0.0
+        self._rate_per_s = rate_per_s
 
     def reserve(self, now_s: float) -> float:
         """Take one token and return 0.0, or return how long to wait before asking again."""
@@ -692,11 +716,19 @@ class SmppSession:
         self._next_ordinal = 0
         self._wake_sender = asyncio.Event()
         self._sender: asyncio.Task[None] | None = None
-        self._paused_until_s = 0.0
         self._drained = asyncio.Event()
-        self._rate_limiter = (
-            SubmitRateLimiter(config.submit_rate_per_s) if config.submit_rate_per_s > 0 else None
+        self._rate_policy = SendRatePolicy.for_carrier(
+            submit_rate_per_s=config.submit_rate_per_s, throttle_pause_s=config.throttle_pause_s
         )
+        self._send_rate = SendRate.start(self._rate_policy)
+        self._rate_limiter = (
+            SubmitRateLimiter(self._send_rate.rate_per_s)
+            if self._send_rate.rate_per_s is not None
+            else None
+        )
+        # Bumped at each cut of the send rate: a write that waited for a window
+        # slot across a cut gives the slot back and waits for the new rate.
+        self._rate_cuts = 0
         self.stats = SessionStats()
 
     # -- state ----------------------------------------------------------------------------
@@ -707,7 +739,7 @@ class SmppSession:
             return "stopped"
         if self._submit_link.connection is None:
             return "connecting"
-        if self._clock() < self._paused_until_s:
+        if self._send_rate.below_ceiling(self._rate_policy):
             return "throttled"
         return "bound"
 
@@ -715,6 +747,11 @@ class SmppSession:
     def link_states(self) -> dict[str, bool]:
         """Bound or not, per connection role (pair mode has two)."""
         return {link.role: link.connection is not None for link in self._links}
+
+    @property
+    def send_rate_per_s(self) -> float | None:
+        """The rate writes are spaced at now; None: no limit."""
+        return self._send_rate.rate_per_s
 
     @property
     def in_flight(self) -> int:
@@ -989,10 +1026,7 @@ class SmppSession:
                     return
                 window = connection.window
                 now_s = self._clock()
-                if now_s < self._paused_until_s:
-                    flush()
-                    await asyncio.sleep(self._paused_until_s - now_s)
-                    continue
+                rate_cuts = self._rate_cuts
                 if self._rate_limiter is not None:
                     wait_s = self._rate_limiter.reserve(now_s)
                     if wait_s > 0:
@@ -1012,7 +1046,7 @@ class SmppSession:
                     connection is not self._submit_link.connection
                     or not self._queue
                     or self._queue[0].future.done()
-                    or self._clock() < self._paused_until_s
+                    or self._rate_cuts != rate_cuts
                 ):
                     # The world moved while we waited for the slot: give it back.
                     window.fail(sequence_number, ConnectionLost("slot returned unused"))
@@ -1066,6 +1100,7 @@ class SmppSession:
         if self._observer is not None:
             self._observer.submit_answered(status, self._clock() - item.written_at_s)
         if status == CommandStatus.ESME_ROK and isinstance(answer, SubmitSmResp):
+            self._adapt_send_rate("accepted", item)
             self._resolve(item, "accepted", message_id=answer.message_id)
         elif status in RETRY_LATER_STATUSES:
             self._retry_later(item, status)
@@ -1086,20 +1121,45 @@ class SmppSession:
         if self._state != "running" or self._submit_link.connection is None:
             self._resolve(item, "unsent", detail=f"{describe_status(status)}, then bind ended")
             return
-        was_paused = self._clock() < self._paused_until_s
-        self._paused_until_s = max(
-            self._paused_until_s, self._clock() + self.config.throttle_pause_s
-        )
+        self._adapt_send_rate("throttled", item)
         heapq.heappush(self._queue, item)
         self._wake_sender.set()
-        # Tell the pool when the pause (as extended now) is over.
-        asyncio.get_running_loop().call_later(self.config.throttle_pause_s, self._notify_health)
-        if not was_paused:
+
+    def _adapt_send_rate(self, answer: SubmitAnswer, item: _QueuedSubmit) -> None:
+        before = self._send_rate
+        now_s = self._clock()
+        after = send_rate_after(
+            before,
+            answer,
+            now_s,
+            written_at_s=item.written_at_s,
+            backlogged=bool(self._queue),
+            unanswered=self.in_flight,
+            policy=self._rate_policy,
+        )
+        self._send_rate = after
+        if after.rate_per_s == before.rate_per_s:
+            return
+        cut = after.rate_per_s is not None and (
+            before.rate_per_s is None or after.rate_per_s < before.rate_per_s
+        )
+        if after.rate_per_s is None:
+            self._rate_limiter = None
+        elif self._rate_limiter is None:
+            self._rate_limiter = SubmitRateLimiter(after.rate_per_s)
+            self._rate_limiter.set_rate(after.rate_per_s, now_s, empty=True)
+        else:
+            self._rate_limiter.set_rate(after.rate_per_s, now_s, empty=cut)
+        if cut:
+            self._rate_cuts += 1
+            log.debug("smpp_send_rate_cut", bind=self.bind_id, rate_per_s=after.rate_per_s)
+        was_throttled = before.below_ceiling(self._rate_policy)
+        if was_throttled != after.below_ceiling(self._rate_policy):
             log.info(
-                "smpp_throttled",
+                "smpp_throttled" if not was_throttled else "smpp_send_rate_recovered",
                 bind=self.bind_id,
-                status=describe_status(status),
-                pause_s=self.config.throttle_pause_s,
+                rate_per_s=after.rate_per_s,
+                ceiling_per_s=self._rate_policy.ceiling_per_s,
             )
             self._notify_health()
 
