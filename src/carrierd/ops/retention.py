@@ -1,6 +1,8 @@
 """Retention: final messages go `keep_days` after they ended (100 by
 default, more than the 3 months of delivery log that DOMAIN §15 promises),
-with their parts, events and callbacks.
+with their parts, events and callbacks. The keys of applied +Message
+webhooks go after WEBHOOK_KEYS_KEEP_DAYS: a repeat of a body older than
+the platform's 72 h of retries is refused by its timestamp anyway.
 
 Every daemon on a database runs the purge; they share the rows (SKIP
 LOCKED in the statement) rather than electing one of them.
@@ -22,6 +24,7 @@ log = structlog.get_logger("carrierd.ops.retention")
 RETENTION_KEEP_DAYS = 100
 PURGE_BATCH_ROWS = 1000
 RETENTION_INTERVAL_S = 3600.0
+WEBHOOK_KEYS_KEEP_DAYS = 4
 
 
 async def purge_expired(
@@ -46,6 +49,24 @@ async def purge_expired(
             return total
 
 
+async def purge_webhook_keys(
+    db: Database,
+    now: datetime,
+    keep_days: int = WEBHOOK_KEYS_KEEP_DAYS,
+    *,
+    batch_rows: int = PURGE_BATCH_ROWS,
+) -> int:
+    """Delete webhook de-duplication keys recorded more than `keep_days`
+    before `now`; returns how many went."""
+    cutoff = now - timedelta(days=keep_days)
+    total = 0
+    while True:
+        deleted = int(await db.fetchval("purge_webhook_events", cutoff, batch_rows))
+        total += deleted
+        if deleted < batch_rows:
+            return total
+
+
 async def run_retention(
     db: Database,
     clock: Clock,
@@ -57,9 +78,13 @@ async def run_retention(
     """Purge every `interval_s` until `stop_event` is set."""
 
     async def purge_once() -> float:
-        deleted = await purge_expired(db, clock.now(), keep_days)
+        now = clock.now()
+        deleted = await purge_expired(db, now, keep_days)
         if deleted:
             log.info("retention_purged", messages=deleted, keep_days=keep_days)
+        keys = await purge_webhook_keys(db, now)
+        if keys:
+            log.info("retention_purged_webhook_keys", keys=keys)
         return interval_s
 
     await supervise("retention", purge_once, stop_event)
