@@ -12,7 +12,6 @@ Two kinds of error, on purpose:
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -283,7 +282,7 @@ def _validate_item(
     return row, parts
 
 
-def _check_callback_url(url: str, allowed: Sequence[IPNetwork]) -> None:
+def _check_callback_url(url: str, allowed: tuple[IPNetwork, ...]) -> None:
     if len(url) > MAX_CALLBACK_URL_LEN:
         raise _ItemRejected("callback_url", f"longer than {MAX_CALLBACK_URL_LEN} characters")
     problem = callback_url_problem(url, allowed)

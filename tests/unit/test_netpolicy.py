@@ -120,8 +120,8 @@ def test_intake_refuses_what_the_url_alone_shows(url: str, problem: str | None) 
 
 
 def test_intake_takes_a_literal_in_an_allowed_network() -> None:
-    assert callback_url_problem("http://10.1.2.3/x", [ip_network("10.0.0.0/8")]) is None
-    assert callback_url_problem("http://localhost/x", [ip_network("127.0.0.0/8")]) is None
+    assert callback_url_problem("http://10.1.2.3/x", (ip_network("10.0.0.0/8"),)) is None
+    assert callback_url_problem("http://localhost/x", (ip_network("127.0.0.0/8"),)) is None
 
 
 def test_config_reads_allowed_networks_and_names_a_bad_one() -> None:

@@ -17,7 +17,9 @@ judged by that IPv4 address too.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from urllib.parse import urlsplit
 
@@ -28,6 +30,7 @@ _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 _OCTAL_DIGITS = frozenset("01234567")
 _DECIMAL_DIGITS = frozenset("0123456789")
 _NAT64 = IPv6Network("64:ff9b::/96")
+_SPACE_OR_CONTROL = re.compile(r"[\x00-\x20\x7f]")
 
 
 def _ipv4_number(part: str) -> int | None:
@@ -133,13 +136,15 @@ def address_allowed(address: IPAddress, allowed: Sequence[IPNetwork] = ()) -> bo
     return True
 
 
-def callback_url_problem(url: str, allowed: Sequence[IPNetwork] = ()) -> str | None:
+# A batch usually names one callback URL for all its items.
+@lru_cache(maxsize=1024)
+def callback_url_problem(url: str, allowed: tuple[IPNetwork, ...] = ()) -> str | None:
     """Why `url` can never be a callback target, or None when it may be one.
 
     Only what the URL itself shows: a host name is judged when the callback
     is delivered, after resolving it.
     """
-    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in url):
+    if _SPACE_OR_CONTROL.search(url):
         return "must not contain spaces or control characters"
     try:
         parts = urlsplit(url)

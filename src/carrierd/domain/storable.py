@@ -24,6 +24,8 @@ def text_problem(text: str) -> str | None:
     """Why `text` cannot be stored as PostgreSQL text, or None."""
     if "\x00" in text:
         return "contains a NUL character"
+    if text.isascii():
+        return None
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
