@@ -15,10 +15,12 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import time
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Any, Literal
 
 from carrierd.domain import rcs_flow
+from carrierd.domain.netpolicy import IPNetwork
 
 CARRIERS: tuple[str, ...] = ("docomo", "au", "softbank", "rakuten")
 RCS_CARRIERS: frozenset[str] = rcs_flow.RCS_CARRIERS
@@ -68,6 +70,9 @@ class AccountConfig:
     at_least_once: bool = False
     callback_secret: str = ""
     inbound_addresses: tuple[str, ...] = ()
+    # Non-public networks its status callbacks may reach (domain/netpolicy.py);
+    # public addresses need no entry.
+    callback_allow_networks: tuple[IPNetwork, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,9 @@ class RcsConfig:
     fallback_after_s: float = 600.0
     expiry_s: float = 72 * 3600.0
     capability_ttl_s: float = 24 * 3600.0
+    # A signed webhook's X-Signature-Timestamp may differ from our clock by
+    # at most this much: an older capture cannot be replayed.
+    webhook_tolerance_s: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -142,6 +150,18 @@ class HttpConfig:
     port: int = 8080
     max_body_bytes: int = 32 * 1024 * 1024
     max_batch_items: int = 10_000
+    # Hostile or broken clients (http/limits.py): a request head must arrive
+    # within header_timeout_s of its first byte, a body within body_timeout_s
+    # of its head; a connection waiting for a request is closed after
+    # idle_timeout_s; at most max_connections are open at once.
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    idle_timeout_s: float = 60.0
+    max_connections: int = 256
+    # Scheduled sends: send_at at most this far ahead, and not further in the
+    # past than the skew between the client's clock and ours.
+    send_at_max_ahead_days: float = 60.0
+    send_at_past_skew_s: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -338,9 +358,20 @@ def _parse_account(problems: list[str], account_id: str, raw: Mapping[str, Any])
         at_least_once=r.boolean("at_least_once", False),
         callback_secret=r.string("callback_secret", ""),
         inbound_addresses=r.strings("inbound_addresses", ()),
+        callback_allow_networks=_parse_networks(r, "callback_allow_networks"),
     )
     r.finish()
     return account
+
+
+def _parse_networks(reader: _Reader, key: str) -> tuple[IPNetwork, ...]:
+    networks: list[IPNetwork] = []
+    for text in reader.strings(key, ()):
+        try:
+            networks.append(ip_network(text))
+        except ValueError as exc:
+            reader.problem(key, f"not a network such as 10.0.0.0/8: {exc}")
+    return tuple(networks)
 
 
 def _parse_carrier(problems: list[str], name: str, raw: Mapping[str, Any]) -> CarrierConfig:
@@ -421,6 +452,14 @@ def parse_config(
         ),
         max_body_bytes=http_reader.integer("max_body_bytes", 32 * 1024 * 1024, minimum=1024),
         max_batch_items=http_reader.integer("max_batch_items", 10_000, minimum=1),
+        header_timeout_s=http_reader.number("header_timeout_s", 10.0, minimum=0.1),
+        body_timeout_s=http_reader.number("body_timeout_s", 60.0, minimum=0.1),
+        idle_timeout_s=http_reader.number("idle_timeout_s", 60.0, minimum=0.1),
+        max_connections=http_reader.integer("max_connections", 256, minimum=1),
+        send_at_max_ahead_days=http_reader.number(
+            "send_at_max_ahead_days", 60.0, minimum=1.0, maximum=3650.0
+        ),
+        send_at_past_skew_s=http_reader.number("send_at_past_skew_s", 300.0, minimum=0.0),
     )
     http_reader.finish()
 
@@ -483,6 +522,7 @@ def parse_config(
         fallback_after_s=rr.number("fallback_after_s", 600.0, minimum=1.0),
         expiry_s=rr.number("expiry_s", 72 * 3600.0, minimum=60.0),
         capability_ttl_s=rr.number("capability_ttl_s", 24 * 3600.0, minimum=0.0),
+        webhook_tolerance_s=rr.number("webhook_tolerance_s", 300.0, minimum=1.0),
     )
     if rcs.enabled:
         for key in ("base_url", "bot_id", "webhook_secret"):

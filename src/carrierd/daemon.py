@@ -42,6 +42,7 @@ from carrierd.channels.sms import SmppGateway
 from carrierd.channels.types import InboundSms, Receipt
 from carrierd.config import Config, ConfigError, load_config
 from carrierd.domain.clock import Clock, SystemClock
+from carrierd.domain.netpolicy import IPNetwork
 from carrierd.engine.dispatcher import Dispatcher
 from carrierd.engine.inbound import Inbound
 from carrierd.engine.leases import Leases, lease_owner_for
@@ -51,8 +52,9 @@ from carrierd.engine.sms_leg import Planned, SmsLeg, counts_by_carrier
 from carrierd.engine.timers import Timers
 from carrierd.engine.write_behind import WriteBehind
 from carrierd.http.app import ApiState, build_app
+from carrierd.http.limits import start_http_server
 from carrierd.loops import StopRequested, until_database_answers
-from carrierd.ops.callbacks import CallbackSender
+from carrierd.ops.callbacks import CallbackSender, GuardedClient
 from carrierd.ops.gauges import GaugeRefresher
 from carrierd.ops.retention import run_retention
 from carrierd.ops.sdnotify import SystemdNotifier
@@ -112,10 +114,9 @@ class Daemon:
             log.info("component_starting", component=component.name)
             await component.start()
         app = build_app(api_state)
-        self.http_runner = web.AppRunner(app, access_log=None)
-        await self.http_runner.setup()
-        site = web.TCPSite(self.http_runner, config.http.host, config.http.port)
-        await site.start()
+        self.http_runner, _ = await start_http_server(
+            app, config.http, metrics=self.metrics, access_log=None
+        )
         self.http_port = int(self.http_runner.addresses[0][1])
         log.info("ready", http=f"{config.http.host}:{self.http_port}")
         self.notifier.ready(status=f"serving on {config.http.host}:{self.http_port}")
@@ -236,15 +237,26 @@ class Daemon:
     def _build_operations(self, db: Database) -> None:
         """Status callbacks, retention, gauges and the systemd watchdog."""
         self._ops_stop = asyncio.Event()
-        self._http_client: aiohttp.ClientSession | None = None
+        self._http_client: GuardedClient | None = None
 
         def secret_for(account_id: str) -> str | None:
             account = self.config.accounts.get(account_id)
             return account.callback_secret if account is not None else None
 
+        def networks_for(account_id: str) -> tuple[IPNetwork, ...]:
+            account = self.config.accounts.get(account_id)
+            return account.callback_allow_networks if account is not None else ()
+
         async def start_operations() -> None:
-            self._http_client = aiohttp.ClientSession()
-            sender = CallbackSender(db, self._http_client, secret_for, self.clock, self.metrics)
+            self._http_client = GuardedClient()
+            sender = CallbackSender(
+                db,
+                self._http_client,
+                secret_for,
+                self.clock,
+                self.metrics,
+                allowed_networks=networks_for,
+            )
             self.add_side_task("callbacks", sender.run(self._ops_stop))
             self.add_side_task(
                 "retention",

@@ -11,16 +11,19 @@ Two kinds of error, on purpose:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from carrierd.config import CARRIERS, RCS_CARRIERS, AccountConfig
+from carrierd.domain.netpolicy import IPNetwork, callback_url_problem
 from carrierd.domain.numbers import NumberError, normalize_msisdn
 from carrierd.domain.rcs_content import RcsContentError, content_to_json, validate_rcs
 from carrierd.domain.reasons import Reason
 from carrierd.domain.sms_text import SmsTextError, prepare_sms
 from carrierd.domain.states import State
+from carrierd.domain.storable import unstorable
 
 CHANNELS = ("sms", "rcs", "rcs_then_sms")
 ITEM_FIELDS = frozenset(
@@ -39,6 +42,16 @@ ITEM_FIELDS = frozenset(
 )
 MAX_CLIENT_REF_LEN = 128
 MAX_CALLBACK_URL_LEN = 2048
+# Long enough for any ISO 8601 time with fractions and an offset.
+MAX_SEND_AT_LEN = 40
+
+
+@dataclass(frozen=True)
+class ScheduleLimits:
+    """How far from `now` a send_at may be (config http.send_at_*)."""
+
+    max_ahead: timedelta = timedelta(days=60)
+    past_skew: timedelta = timedelta(minutes=5)
 
 
 class RequestShapeError(ValueError):
@@ -133,10 +146,32 @@ def check_shape(body: object, *, max_items: int) -> list[dict[str, Any]]:
 
 
 def parse_send_at(text: str) -> datetime:
+    # fromisoformat takes any character as the date/time separator and
+    # ignores some trailing ones; a time is plain printable ASCII.
+    if len(text) > MAX_SEND_AT_LEN or not (text.isascii() and text.isprintable()):
+        raise ValueError(f"expected at most {MAX_SEND_AT_LEN} printable ASCII characters")
     value = datetime.fromisoformat(text)
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("needs a UTC offset, e.g. 2026-12-01T09:00:00+09:00")
     return value
+
+
+def schedule_problem(send_at: datetime, now: datetime, limits: ScheduleLimits) -> str | None:
+    """Why a send at `send_at` cannot be accepted at `now`, or None.
+
+    A time in the past within the clocks' skew means "now"; further back it
+    is a mistake (or year 1), and far ahead it is one too (or year 9999,
+    which no expiry can be added to).
+    """
+    try:
+        ahead = send_at - now
+    except OverflowError:
+        return "out of range"
+    if ahead < -limits.past_skew:
+        return f"in the past (more than {limits.past_skew.total_seconds():g} s before now)"
+    if ahead > limits.max_ahead:
+        return f"more than {limits.max_ahead.days} days ahead"
+    return None
 
 
 class _ItemRejected(Exception):
@@ -146,8 +181,15 @@ class _ItemRejected(Exception):
 
 
 def _validate_item(
-    item: dict[str, Any], account: AccountConfig, now: datetime, expiry_s: float
+    item: dict[str, Any],
+    account: AccountConfig,
+    now: datetime,
+    expiry_s: float,
+    schedule: ScheduleLimits,
 ) -> tuple[dict[str, Any], int]:
+    bad = unstorable(item)
+    if bad is not None:
+        raise _ItemRejected(*bad)
     if not item.get("to"):
         raise _ItemRejected("to", "required")
     channel = item.get("channel") or "sms"
@@ -205,13 +247,8 @@ def _validate_item(
     if client_ref is not None and not 1 <= len(client_ref) <= MAX_CLIENT_REF_LEN:
         raise _ItemRejected("client_ref", f"must be 1 to {MAX_CLIENT_REF_LEN} characters")
     callback_url = item.get("callback_url")
-    if callback_url is not None and (
-        not callback_url.startswith(("http://", "https://"))
-        or len(callback_url) > MAX_CALLBACK_URL_LEN
-    ):
-        raise _ItemRejected(
-            "callback_url", f"must be an http(s) URL of at most {MAX_CALLBACK_URL_LEN} characters"
-        )
+    if callback_url is not None:
+        _check_callback_url(callback_url, account.callback_allow_networks)
 
     send_at = None
     if item.get("send_at"):
@@ -219,6 +256,9 @@ def _validate_item(
             send_at = parse_send_at(item["send_at"])
         except ValueError as exc:
             raise _ItemRejected("send_at", f"not an ISO 8601 time with offset: {exc}") from exc
+        problem = schedule_problem(send_at, now, schedule)
+        if problem is not None:
+            raise _ItemRejected("send_at", problem)
     start = max(now, send_at) if send_at is not None else now
     state = State.SCHEDULED if send_at is not None and send_at > now else State.QUEUED
     row = {
@@ -242,8 +282,22 @@ def _validate_item(
     return row, parts
 
 
+def _check_callback_url(url: str, allowed: tuple[IPNetwork, ...]) -> None:
+    if len(url) > MAX_CALLBACK_URL_LEN:
+        raise _ItemRejected("callback_url", f"longer than {MAX_CALLBACK_URL_LEN} characters")
+    problem = callback_url_problem(url, allowed)
+    if problem is not None:
+        raise _ItemRejected("callback_url", problem)
+
+
 def validate_batch(
-    body: object, account: AccountConfig, now: datetime, *, max_items: int, expiry_s: float
+    body: object,
+    account: AccountConfig,
+    now: datetime,
+    *,
+    max_items: int,
+    expiry_s: float,
+    schedule: ScheduleLimits | None = None,
 ) -> IntakeBatch:
     items = check_shape(body, max_items=max_items)
     rows: list[dict[str, Any]] = []
@@ -253,7 +307,7 @@ def validate_batch(
     seen_refs: dict[str, int] = {}
     for index, item in enumerate(items):
         try:
-            row, n = _validate_item(item, account, now, expiry_s)
+            row, n = _validate_item(item, account, now, expiry_s, schedule or ScheduleLimits())
         except _ItemRejected as exc:
             rejected.append(Rejection(index, exc.field, exc.reason))
             continue
@@ -316,3 +370,48 @@ def validate_fed(
             first = exc.violations[0]
             return Reason("invalid_field", f"{first.path}: {first.reason}")
     return FedMessage(msisdn, sms_text, encoding, parts, rcs_json)
+
+
+# Metric label values for rejected fields: the schema's field names, without
+# indexes. Anything else a client can make a path say (unknown keys, its
+# own spellings) collapses to its nearest known parent, else "other", so one
+# request cannot create a series per item.
+_SUGGESTION_FIELDS = ("type", "text", "postback", "url", "phone", "reply_validity_s")
+_MEDIA_FIELDS = ("url", "content_type", "size_bytes", "height")
+
+
+def _card_labels(prefix: str) -> list[str]:
+    return [
+        prefix,
+        f"{prefix}.media",
+        *(f"{prefix}.media.{f}" for f in _MEDIA_FIELDS),
+        f"{prefix}.title",
+        f"{prefix}.description",
+        f"{prefix}.suggestions",
+        *(f"{prefix}.suggestions.{f}" for f in _SUGGESTION_FIELDS),
+    ]
+
+
+FIELD_LABELS: frozenset[str] = frozenset(
+    {
+        *ITEM_FIELDS,
+        "sms.text",
+        "rcs.text",
+        "rcs.chips",
+        *(f"rcs.chips.{f}" for f in _SUGGESTION_FIELDS),
+        "rcs.carousel",
+        *_card_labels("rcs.card"),
+        *_card_labels("rcs.carousel.cards"),
+    }
+)
+_INDEX = re.compile(r"\[\d+\]")
+
+
+def field_label(path: str) -> str:
+    """The bounded metric label for a rejected field's path."""
+    name = _INDEX.sub("", path)
+    while name:
+        if name in FIELD_LABELS:
+            return name
+        name = name.rpartition(".")[0]
+    return "other"

@@ -232,6 +232,12 @@ class Metrics:
         self.callbacks_total = counter(
             "callbacks_total", "Status callback attempts, by outcome.", ("outcome",)
         )
+        self.http_connections_closed_total = counter(
+            "http_connections_closed_total",
+            "HTTP connections the server closed on a client (idle_timeout, "
+            "header_timeout, body_timeout, displaced, over_limit).",
+            ("reason",),
+        )
 
         # Gauges.
         self.queue_depth = gauge(

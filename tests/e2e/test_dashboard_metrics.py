@@ -123,6 +123,8 @@ def daemon_config(dsn: str, http_port: int, smsc_ports: dict[str, int], rcs_url:
                         "rakuten": "0120111111",
                     },
                     "resend": {"max_resends": 1, "interval_s": 1.0},
+                    # The callback receiver listens on loopback.
+                    "callback_allow_networks": ["127.0.0.0/8"],
                 }
             },
             "carriers": {

@@ -7,11 +7,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
 from carrierd.config import Config, parse_config
 from carrierd.domain.clock import Clock
 from carrierd.http.app import ApiState, build_app
+from carrierd.http.limits import start_http_server
 from carrierd.store.db import Database
 
 BASE_CONFIG: dict[str, Any] = {
@@ -40,10 +40,10 @@ async def running_api(
         for a in config.accounts.values()
     )
     app = build_app(ApiState(config=config, db=db, clock=clock, **state))
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
+    # The daemon's own server construction, connection limits included.
+    runner, _ = await start_http_server(
+        app, config.http, metrics=state.get("metrics"), host="127.0.0.1", port=0
+    )
     port = runner.addresses[0][1]
     try:
         async with aiohttp.ClientSession() as session:

@@ -11,16 +11,17 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from ipaddress import ip_network
 from itertools import pairwise
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 
 from carrierd.domain.clock import FakeClock
 from carrierd.ops.callbacks import (
     CallbackSender,
+    GuardedClient,
     RetryPolicy,
     enqueue_callback,
     verify_callback,
@@ -30,6 +31,7 @@ from carrierd.telemetry import Metrics
 
 NOW = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
 SECRETS = {"acme": "acme-callback-secret", "globex": ""}
+LOOPBACK = (ip_network("127.0.0.0/8"),)
 PAYLOAD = {"id": "0", "client_ref": "order-1", "state": "delivered", "carrier": "au"}
 
 
@@ -108,20 +110,25 @@ async def sender_for(
     policy: RetryPolicy | None = None,
 ) -> AsyncIterator[tuple[CallbackSender, Metrics]]:
     metrics = Metrics()
-    async with aiohttp.ClientSession() as session:
+    client = GuardedClient()
+    try:
         yield (
             CallbackSender(
                 db,
-                session,
+                client,
                 secrets,
                 clock,
                 metrics,
+                # The receivers of these tests listen on loopback.
+                allowed_networks=lambda _account: LOOPBACK,
                 policy=policy,
                 request_timeout_s=5.0,
                 idle_poll_s=0.01,
             ),
             metrics,
         )
+    finally:
+        await client.close()
 
 
 def outcome_counts(metrics: Metrics) -> dict[str, float]:

@@ -7,7 +7,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from carrierd.channels.rcs import MessageStatusEvent, WebhookEvent, webhook_signature
+from carrierd.channels.rcs import MessageStatusEvent, WebhookEvent, webhook_headers
 from carrierd.config import Config
 from carrierd.domain.clock import FakeClock
 from carrierd.http.webhooks import WEBHOOK_PATH
@@ -29,8 +29,9 @@ class RecordingSink:
     def __init__(self) -> None:
         self.events: list[WebhookEvent] = []
 
-    async def apply_webhook(self, event: WebhookEvent) -> None:
+    async def apply_webhook(self, event: WebhookEvent, event_key: bytes | None = None) -> bool:
         self.events.append(event)
+        return True
 
 
 def webhook_config(dsn: str, secret: str = SECRET) -> Config:
@@ -46,10 +47,7 @@ def rejected_count(metrics: Metrics, reason: str) -> float:
 
 def signed(payload: Any, secret: str = SECRET) -> tuple[bytes, dict[str, str]]:
     body = json.dumps(payload).encode()
-    return body, {
-        "Content-Type": "application/json",
-        "X-Signature": webhook_signature(body, secret),
-    }
+    return body, {"Content-Type": "application/json", **webhook_headers(body, secret, NOW)}
 
 
 async def test_a_signed_event_reaches_the_sink_and_is_answered_204(dsn: str, db: Database) -> None:
@@ -93,7 +91,7 @@ async def test_missing_or_wrong_signature_is_401_counted_and_not_applied(
 async def test_an_unreadable_body_is_400_counted_and_not_applied(dsn: str, db: Database) -> None:
     sink, metrics = RecordingSink(), Metrics()
     not_json = b"{not json"
-    headers = {"X-Signature": webhook_signature(not_json, SECRET)}
+    headers = webhook_headers(not_json, SECRET, NOW)
     unknown_body, unknown_headers = signed({"event": "somethingNew", "RCSMessage": {}})
     async with running_api(
         webhook_config(dsn), db, FakeClock(NOW), webhook_sink=sink, metrics=metrics

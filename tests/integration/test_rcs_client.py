@@ -9,6 +9,7 @@ import hmac
 import json
 import socket
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -16,6 +17,7 @@ import pytest
 from aiohttp import web
 
 from carrierd.channels.rcs import (
+    UNAUTHORIZED_REASONS,
     BearerAuth,
     InboundEvent,
     MessageStatusEvent,
@@ -27,6 +29,7 @@ from carrierd.channels.rcs import (
     WebhookEvent,
     WebhookRejected,
     verify_and_parse_webhook,
+    webhook_headers,
     webhook_signature,
 )
 from carrierd.domain.rcs_content import validate_rcs
@@ -64,10 +67,13 @@ class WebhookInbox:
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         try:
-            event = verify_and_parse_webhook(body, request.headers, self.secret)
+            # The simulator signs with the time of the attempt.
+            event = verify_and_parse_webhook(
+                body, request.headers, self.secret, now=datetime.now(UTC)
+            )
         except WebhookRejected as rejected:
             self.rejections.append(rejected.reason)
-            unauthorized = rejected.reason in ("missing_signature", "bad_signature")
+            unauthorized = rejected.reason in UNAUTHORIZED_REASONS
             return web.Response(status=401 if unauthorized else 400)
         self.events.put_nowait(event)
         return web.Response(status=204)
@@ -477,9 +483,16 @@ async def test_oauth2_bad_credentials_reject_without_retry(platform: PlatformFac
 # -- webhooks ------------------------------------------------------------------------------
 
 
+SIGNED_AT = datetime(2025, 4, 1, 3, 0, tzinfo=UTC)
+SIGNED_TS = {"X-Signature-Timestamp": str(int(SIGNED_AT.timestamp()))}
+
+
 def signed(payload: object, secret: str = WEBHOOK_SECRET) -> tuple[bytes, dict[str, str]]:
     body = json.dumps(payload).encode()
-    return body, {"X-Signature": hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()}
+    timestamp = str(int(SIGNED_AT.timestamp()))
+    # Signed here by hand, as the platform documents it, not by our helper.
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return body, {"X-Signature-Timestamp": timestamp, "X-Signature": mac.hexdigest()}
 
 
 STATUS = {
@@ -496,7 +509,7 @@ STATUS = {
 
 def test_webhook_signature_verified_over_raw_bytes() -> None:
     body, headers = signed(STATUS)
-    event = verify_and_parse_webhook(body, headers, WEBHOOK_SECRET)
+    event = verify_and_parse_webhook(body, headers, WEBHOOK_SECRET, now=SIGNED_AT)
     assert isinstance(event, MessageStatusEvent)
     assert (event.message_id, event.status, event.msisdn, event.error) == (
         "m-1",
@@ -506,31 +519,41 @@ def test_webhook_signature_verified_over_raw_bytes() -> None:
     )
     assert event.at is not None and event.at.isoformat() == "2025-04-01T03:00:00.123000+00:00"
     # Header name case and a sha256= prefix do not matter.
-    lower = {"x-signature": "sha256=" + webhook_signature(body, WEBHOOK_SECRET)}
-    assert verify_and_parse_webhook(body, lower, WEBHOOK_SECRET) == event
+    timestamp = headers["X-Signature-Timestamp"]
+    lower = {
+        "x-signature-timestamp": timestamp,
+        "x-signature": "sha256=" + webhook_signature(body, WEBHOOK_SECRET, timestamp),
+    }
+    assert verify_and_parse_webhook(body, lower, WEBHOOK_SECRET, now=SIGNED_AT) == event
 
 
 @pytest.mark.parametrize(
     ("body", "headers", "reason"),
     [
         (b'{"event": "isTyping"}', {}, "missing_signature"),
-        (b'{"event": "isTyping"}', {"X-Signature": ""}, "missing_signature"),
-        (b'{"event": "isTyping"}', {"X-Signature": "00" * 32}, "bad_signature"),
-        (b'{"event": "isTyping"}', {"X-Signature": "ｘ"}, "bad_signature"),
+        (b'{"event": "isTyping"}', {"X-Signature": "", **SIGNED_TS}, "missing_signature"),
+        (b'{"event": "isTyping"}', {"X-Signature": "00" * 32}, "missing_timestamp"),
+        (b'{"event": "isTyping"}', {"X-Signature": "00" * 32, **SIGNED_TS}, "bad_signature"),
+        (b'{"event": "isTyping"}', {"X-Signature": "ｘ", **SIGNED_TS}, "bad_signature"),
+        (
+            b'{"event": "isTyping"}',
+            {"X-Signature": "00" * 32, "X-Signature-Timestamp": "１７"},
+            "missing_timestamp",
+        ),
     ],
 )
 def test_forged_or_unsigned_webhooks_rejected(
     body: bytes, headers: dict[str, str], reason: str
 ) -> None:
     with pytest.raises(WebhookRejected) as caught:
-        verify_and_parse_webhook(body, headers, WEBHOOK_SECRET)
+        verify_and_parse_webhook(body, headers, WEBHOOK_SECRET, now=SIGNED_AT)
     assert caught.value.reason == reason
 
 
 def test_webhook_signed_with_another_secret_rejected() -> None:
     body, headers = signed(STATUS, secret="someone-elses-secret")
     with pytest.raises(WebhookRejected) as caught:
-        verify_and_parse_webhook(body, headers, WEBHOOK_SECRET)
+        verify_and_parse_webhook(body, headers, WEBHOOK_SECRET, now=SIGNED_AT)
     assert caught.value.reason == "bad_signature"
 
 
@@ -538,7 +561,7 @@ def test_tampered_body_rejected() -> None:
     body, headers = signed(STATUS)
     tampered = body.replace(b"failed", b"delivered")
     with pytest.raises(WebhookRejected) as caught:
-        verify_and_parse_webhook(tampered, headers, WEBHOOK_SECRET)
+        verify_and_parse_webhook(tampered, headers, WEBHOOK_SECRET, now=SIGNED_AT)
     assert caught.value.reason == "bad_signature"
 
 
@@ -564,9 +587,9 @@ def test_tampered_body_rejected() -> None:
 )
 def test_malformed_or_unknown_webhooks_rejected(payload: object, reason: str) -> None:
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    headers = {"X-Signature": webhook_signature(body, WEBHOOK_SECRET)}
+    headers = webhook_headers(body, WEBHOOK_SECRET, SIGNED_AT)
     with pytest.raises(WebhookRejected) as caught:
-        verify_and_parse_webhook(body, headers, WEBHOOK_SECRET)
+        verify_and_parse_webhook(body, headers, WEBHOOK_SECRET, now=SIGNED_AT)
     assert caught.value.reason == reason
 
 
@@ -579,7 +602,9 @@ def test_inbound_text_action_and_typing_events() -> None:
             "RCSMessage": {"msgId": "mo-1", "textMessage": "A", "inReplyTo": "m-1"},
         }
     )
-    assert verify_and_parse_webhook(text, text_headers, WEBHOOK_SECRET) == InboundEvent(
+    assert verify_and_parse_webhook(
+        text, text_headers, WEBHOOK_SECRET, now=SIGNED_AT
+    ) == InboundEvent(
         msisdn="+819012345678",
         kind="text",
         text="A",
@@ -599,7 +624,7 @@ def test_inbound_text_action_and_typing_events() -> None:
             },
         }
     )
-    event = verify_and_parse_webhook(action, action_headers, WEBHOOK_SECRET)
+    event = verify_and_parse_webhook(action, action_headers, WEBHOOK_SECRET, now=SIGNED_AT)
     assert isinstance(event, InboundEvent)
     assert (event.kind, event.text, event.postback, event.in_reply_to) == (
         "suggestion_action",
@@ -610,9 +635,9 @@ def test_inbound_text_action_and_typing_events() -> None:
     typing, typing_headers = signed(
         {"event": "isTyping", "messageContact": contact, "RCSMessage": {"isTyping": "active"}}
     )
-    assert verify_and_parse_webhook(typing, typing_headers, WEBHOOK_SECRET) == TypingEvent(
-        msisdn="+819012345678", active=True
-    )
+    assert verify_and_parse_webhook(
+        typing, typing_headers, WEBHOOK_SECRET, now=SIGNED_AT
+    ) == TypingEvent(msisdn="+819012345678", active=True)
 
 
 async def test_simulator_with_the_wrong_secret_is_refused(platform: PlatformFactory) -> None:

@@ -23,10 +23,11 @@ import aiohttp
 from aiohttp import web
 
 from carrierd.channels.rcs import (
+    TIMESTAMP_HEADER,
     BearerAuth,
     RcsClient,
     RcsPlatformConfig,
-    webhook_signature,
+    webhook_headers,
 )
 from carrierd.domain.clock import FakeClock
 from carrierd.domain.lifecycle import Event, Move
@@ -119,9 +120,11 @@ class Rig:
     ) -> int:
         body = raw if raw is not None else json.dumps(payload, ensure_ascii=False).encode()
         headers = {"Content-Type": "application/json"}
+        signed = webhook_headers(body, WEBHOOK_SECRET, self.clock.now())
         if signature == "sign":
-            headers["X-Signature"] = webhook_signature(body, WEBHOOK_SECRET)
+            headers.update(signed)
         elif signature is not None:
+            headers[TIMESTAMP_HEADER] = signed[TIMESTAMP_HEADER]
             headers["X-Signature"] = signature
         async with self.session.post(self.webhook_url, data=body, headers=headers) as response:
             return response.status
@@ -632,8 +635,8 @@ async def test_forged_webhooks_are_rejected_and_change_nothing(dsn: str, db: Dat
         payload = status_payload(message_id, "delivered", NEVER)
         assert await r.post_webhook(payload, signature=None) == 401
         assert await r.post_webhook(payload, signature="0" * 64) == 401
-        body = json.dumps(payload).encode()
-        forged = webhook_signature(body, "someone-elses-secret")
+        body = json.dumps(payload, ensure_ascii=False).encode()
+        forged = webhook_headers(body, "someone-elses-secret", r.clock.now())["X-Signature"]
         assert await r.post_webhook(payload, signature=forged) == 401
         assert await r.post_webhook(None, raw=b"{not json") == 400
         assert await r.post_webhook({"event": "messageStatus", "RCSMessage": {}}) == 400
@@ -690,7 +693,7 @@ async def test_replies_are_stored_once_for_the_account_of_the_message(
                 },
             },
         }
-        assert await r.post_webhook(repeat) == 204
+        assert await r.post_webhook(repeat) == 200  # a duplicate: nothing stored
         text = {
             "event": "message",
             "messageContact": {"userContact": CAPABLE},

@@ -62,7 +62,12 @@ class Receiver:
         if self.requests <= self.fail_first:
             return web.Response(status=503)
         body = await request.read()
-        self.signatures.append((body, request.headers.get("X-Signature", "")))
+        self.signatures.append(
+            (
+                request.headers.get("X-Signature-Timestamp", "").encode() + b"." + body,
+                request.headers.get("X-Signature", ""),
+            )
+        )
         self.payloads.put_nowait(json.loads(body))
         return web.Response(status=200)
 
@@ -280,8 +285,10 @@ async def test_webhooks_are_signed_and_retried_while_the_receiver_is_down() -> N
     assert statuses == ["sent", "delivered", "displayed"]
     assert sim.counters.webhook_attempt_failures == 2
     assert sim.counters.webhooks_delivered == 3
-    for body, signature in receiver.signatures:
-        assert signature == hmac.new(b"s3", body, hashlib.sha256).hexdigest()
+    # Each attempt is signed over "<timestamp>.<body>".
+    for signed, signature in receiver.signatures:
+        assert signed[:1].isdigit()
+        assert signature == hmac.new(b"s3", signed, hashlib.sha256).hexdigest()
 
 
 async def test_inbound_text_reply_when_the_message_has_no_reply_suggestion() -> None:

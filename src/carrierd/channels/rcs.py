@@ -35,9 +35,16 @@ Outcome mapping (stable reason codes, stored with the message):
              anything else error (with the reason code)
     capability  200 capable, 404 not capable, anything else RcsPlatformError
 
-Webhooks (`verify_and_parse_webhook`) are signed with HMAC-SHA256 over the raw
-body under a shared secret, hex in the signature header (an optional
-`sha256=` prefix is accepted). Bodies are MaaP events:
+Webhooks (`verify_and_parse_webhook`) carry the time of sending and an
+HMAC-SHA256 under a shared secret over that time and the raw body:
+
+    X-Signature-Timestamp: <unix seconds>
+    X-Signature: <hex of HMAC(secret, timestamp + "." + body)>
+
+(an optional `sha256=` prefix is accepted). A timestamp further than the
+configured tolerance (5 minutes) from our clock is refused, so a captured
+webhook cannot be replayed later; within the window the receiver refuses
+a body it has already applied. Bodies are MaaP events:
 
     {"event": "messageStatus", "messageContact": {"userContact": "+81..."},
      "RCSMessage": {"msgId": "...", "status": "delivered",
@@ -80,6 +87,7 @@ from tenacity import (
 )
 
 from carrierd.domain.rcs_content import RcsContent, to_maap
+from carrierd.domain.storable import text_problem
 
 _log = structlog.get_logger(__name__)
 
@@ -583,9 +591,17 @@ class TypingEvent:
 WebhookEvent: TypeAlias = MessageStatusEvent | InboundEvent | TypingEvent
 
 
+TIMESTAMP_HEADER = "X-Signature-Timestamp"
+# Unix seconds as ASCII digits: longer cannot be a time we would accept.
+_MAX_TIMESTAMP_DIGITS = 12
+UNAUTHORIZED_REASONS = frozenset(
+    {"missing_signature", "bad_signature", "missing_timestamp", "stale_timestamp"}
+)
+
+
 class WebhookRejected(Exception):
-    """A webhook not to apply. `reason`: missing_signature, bad_signature,
-    malformed_json or unknown_shape (answer 401 for the first two, else 400)."""
+    """A webhook not to apply. `reason`: one of UNAUTHORIZED_REASONS (answer
+    401), malformed_json or unknown_shape (answer 400)."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
@@ -593,9 +609,16 @@ class WebhookRejected(Exception):
         self.detail = detail
 
 
-def webhook_signature(body: bytes, secret: str) -> str:
-    """Hex HMAC-SHA256 of the raw body, as the platform puts in the header."""
-    return hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+def webhook_signature(body: bytes, secret: str, timestamp: str) -> str:
+    """Hex HMAC-SHA256 of `timestamp` "." body, as the platform puts in the header."""
+    signed = timestamp.encode("ascii") + b"." + body
+    return hmac.new(secret.encode("utf-8"), signed, hashlib.sha256).hexdigest()
+
+
+def webhook_headers(body: bytes, secret: str, now: datetime) -> dict[str, str]:
+    """The signature headers the platform sends with `body` at `now`."""
+    timestamp = str(int(now.timestamp()))
+    return {TIMESTAMP_HEADER: timestamp, "X-Signature": webhook_signature(body, secret, timestamp)}
 
 
 def verify_and_parse_webhook(
@@ -603,22 +626,37 @@ def verify_and_parse_webhook(
     headers: Mapping[str, str],
     secret: str,
     *,
+    now: datetime,
+    tolerance_s: float = 300.0,
     signature_header: str = "X-Signature",
 ) -> WebhookEvent:
-    """Check the signature over the raw bytes, then parse. Raises WebhookRejected."""
+    """Check the signature over the timestamp and the raw bytes, then the
+    timestamp against `now`, then parse. Raises WebhookRejected."""
     if not secret:
         raise ValueError("webhook secret must not be empty")
     provided = _header(headers, signature_header)
     if provided is None or not provided.strip():
         raise WebhookRejected("missing_signature", f"no {signature_header} header")
+    timestamp = (_header(headers, TIMESTAMP_HEADER) or "").strip()
+    if not (0 < len(timestamp) <= _MAX_TIMESTAMP_DIGITS and timestamp.isascii()):
+        raise WebhookRejected("missing_timestamp", f"no unix time in {TIMESTAMP_HEADER}")
+    if not timestamp.isdigit():
+        raise WebhookRejected("missing_timestamp", f"{TIMESTAMP_HEADER} is not a unix time")
     provided = provided.strip()
     if provided[:7].lower() == "sha256=":
         provided = provided[7:]
-    expected = webhook_signature(body, secret).encode("ascii")
+    expected = webhook_signature(body, secret, timestamp).encode("ascii")
     if not hmac.compare_digest(expected, provided.lower().encode("utf-8", "replace")):
         raise WebhookRejected("bad_signature", "HMAC-SHA256 does not match")
+    skew_s = int(timestamp) - now.timestamp()
+    if abs(skew_s) > tolerance_s:
+        raise WebhookRejected(
+            "stale_timestamp", f"signed {skew_s:+.0f} s from now, tolerance {tolerance_s:g} s"
+        )
     try:
         data = json.loads(body)
+    except RecursionError:
+        raise WebhookRejected("malformed_json", "nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise WebhookRejected("malformed_json", str(exc)) from None
     return _parse_event(data)
@@ -704,7 +742,7 @@ def _required_str(data: Mapping[str, object], key: str) -> str:
     value = data.get(key)
     if not isinstance(value, str) or not value:
         raise WebhookRejected("unknown_shape", f"{key} must be a non-empty string")
-    return value
+    return _storable(value, key)
 
 
 def _optional_str(data: Mapping[str, object], key: str) -> str | None:
@@ -713,7 +751,15 @@ def _optional_str(data: Mapping[str, object], key: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise WebhookRejected("unknown_shape", f"{key} must be a string")
-    return value or None
+    return _storable(value, key) or None
+
+
+def _storable(value: str, key: str) -> str:
+    # Every string an event keeps can reach PostgreSQL text or jsonb.
+    problem = text_problem(value)
+    if problem is not None:
+        raise WebhookRejected("unknown_shape", f"{key} {problem}")
+    return value
 
 
 def _contact(value: object) -> str | None:

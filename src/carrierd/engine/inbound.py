@@ -6,6 +6,10 @@ account it belongs to:
   - SMS: the account whose sender or inbound address it was sent to;
   - +Message: the account of the message it answers (inReplyTo, our msgId),
     else of the latest +Message sent to the number.
+
+A +Message webhook is applied once per body (`record_webhook_event`, in the
+applying transaction): a reply without a platform msgId has nothing else
+to tell its replay from a new reply.
 """
 
 from __future__ import annotations
@@ -31,6 +35,12 @@ def sms_owners(accounts: Mapping[str, AccountConfig]) -> dict[str, str]:
     }
 
 
+async def record_webhook_event(tx: Transaction, event_key: bytes, now: datetime) -> bool:
+    """True the first time `event_key` is recorded; False for a replay, whose
+    transaction must then change nothing."""
+    return bool(await tx.fetchval("record_webhook_event", event_key, now))
+
+
 class Inbound:
     def __init__(
         self,
@@ -53,8 +63,13 @@ class Inbound:
             [m.received_at for m in inbound],
         )
 
-    async def store_rcs(self, tx: Transaction, event: InboundEvent, now: datetime) -> None:
-        """A +Message reply or tap; a repeated webhook stores nothing."""
+    async def store_rcs(
+        self, tx: Transaction, event: InboundEvent, now: datetime, event_key: bytes | None = None
+    ) -> bool:
+        """A +Message reply or tap; a repeated webhook (same `event_key`, or
+        the same platform msgId) stores nothing and returns False."""
+        if event_key is not None and not await record_webhook_event(tx, event_key, now):
+            return False
         msisdn = _canonical(event.msisdn)
         named = our_message_id(event.in_reply_to)
         raw: dict[str, Any] = {
@@ -65,7 +80,7 @@ class Inbound:
         }
         owner = await tx.fetchrow("rcs_reply_owner", named, msisdn)
         raw["owner_inferred"] = owner is not None and owner["id"] != named
-        await tx.fetch(
+        stored = await tx.fetch(
             "rcs_insert_inbound",
             owner["account_id"] if owner else None,
             msisdn,
@@ -76,6 +91,7 @@ class Inbound:
             now,
             json.dumps(raw, ensure_ascii=False),
         )
+        return bool(stored)
 
 
 def our_message_id(msg_id: str | None) -> int | None:

@@ -89,7 +89,7 @@ from carrierd.domain.rcs_flow import (
     rcs_possible,
 )
 from carrierd.domain.states import State
-from carrierd.engine.inbound import Inbound, our_message_id
+from carrierd.engine.inbound import Inbound, our_message_id, record_webhook_event
 from carrierd.engine.lifecycle import Lifecycle
 from carrierd.loops import until_database_answers
 from carrierd.store.db import Database, Row, Transaction
@@ -580,24 +580,32 @@ class RcsLeg:
 
     # -- webhooks ------------------------------------------------------------------
 
-    async def apply_webhook(self, event: WebhookEvent) -> None:
-        """Apply one verified event (idempotent: the platform repeats them)."""
+    async def apply_webhook(self, event: WebhookEvent, event_key: bytes | None = None) -> bool:
+        """Apply one verified event once per `event_key` (the platform
+        repeats them, an attacker may replay them); False for a repeat."""
         now = self._clock.now()
         if isinstance(event, MessageStatusEvent):
             status = _status_of(event, now)
             if status is None:
-                return
-            effects = await self._db.in_transaction(
-                lambda tx: self._settle_statuses(tx, [status], now)
-            )
+                return True  # settles nothing: a repeat is harmless, keep no key
+
+            async def settle(tx: Transaction) -> _Effects | None:
+                if event_key is not None and not await record_webhook_event(tx, event_key, now):
+                    return None
+                return await self._settle_statuses(tx, [status], now)
+
+            effects = await self._db.in_transaction(settle)
+            if effects is None:
+                return False
             self._observe(effects)
         elif isinstance(event, InboundEvent):
             inbound_event = event
-            await self._db.in_transaction(
-                lambda tx: self._inbound.store_rcs(tx, inbound_event, now)
+            return await self._db.in_transaction(
+                lambda tx: self._inbound.store_rcs(tx, inbound_event, now, event_key)
             )
         elif isinstance(event, TypingEvent):
             pass  # "is typing" changes nothing we keep
+        return True
 
     async def _settle_statuses(
         self, tx: Transaction, statuses: Sequence[_Status], now: datetime

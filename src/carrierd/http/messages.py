@@ -12,14 +12,22 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from datetime import timedelta
 from typing import Any
 
 import structlog
 from aiohttp import web
 
 from carrierd.domain.status import iso_instant, status_document
+from carrierd.domain.storable import INT_MAX, text_problem
 from carrierd.http.app import API_STATE, ApiState, authenticate, json_error
-from carrierd.intake import RequestShapeError, validate_batch
+from carrierd.intake import (
+    MAX_CLIENT_REF_LEN,
+    RequestShapeError,
+    ScheduleLimits,
+    field_label,
+    validate_batch,
+)
 from carrierd.store.db import Row
 
 log = structlog.get_logger("carrierd.http.messages")
@@ -27,6 +35,30 @@ log = structlog.get_logger("carrierd.http.messages")
 # Message ids are bigint: anything longer cannot be one and must not reach
 # the database as an out-of-range parameter.
 _MAX_ID_DIGITS = 18
+_ASCII_DIGITS = frozenset("0123456789")
+# Any integer literal longer than this is out of every range intake takes;
+# reading it as such (rather than letting int() refuse past 4,300 digits)
+# lets the item holding it be rejected on its own.
+_MAX_INT_DIGITS = 20
+
+
+class BodyError(ValueError):
+    """The body is not a JSON document we can read."""
+
+
+def _bounded_int(text: str) -> int:
+    digits = len(text) - text.startswith("-")
+    return int(text) if digits <= _MAX_INT_DIGITS else INT_MAX + 1
+
+
+def parse_json_body(body: bytes) -> Any:
+    """Decode a request body; raises BodyError saying why not."""
+    try:
+        return json.loads(body, parse_int=_bounded_int)
+    except RecursionError:
+        raise BodyError("malformed JSON: nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BodyError(f"malformed JSON: {exc}") from None
 
 
 def message_view(row: Row, events: list[Row], parts: list[Row]) -> dict[str, Any]:
@@ -67,19 +99,22 @@ async def post_messages(request: web.Request) -> web.Response:
     state = request.app[API_STATE]
     account = authenticate(request)
     try:
-        body = await request.json(loads=json.loads)
-    except web.HTTPRequestEntityTooLarge:
-        raise
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return json_error(400, "body", f"malformed JSON: {exc}")
+        body = parse_json_body(await request.read())
+    except BodyError as exc:
+        return json_error(400, "body", str(exc))
     now = state.clock.now()
+    http_config = state.config.http
     try:
         batch = validate_batch(
             body,
             account,
             now,
-            max_items=state.config.http.max_batch_items,
+            max_items=http_config.max_batch_items,
             expiry_s=state.config.engine.message_expiry_s,
+            schedule=ScheduleLimits(
+                max_ahead=timedelta(days=http_config.send_at_max_ahead_days),
+                past_skew=timedelta(seconds=http_config.send_at_past_skew_s),
+            ),
         )
     except RequestShapeError as exc:
         return json_error(400, exc.field, exc.reason)
@@ -93,7 +128,7 @@ async def post_messages(request: web.Request) -> web.Response:
         # One counter update per label set, not per item of a 10,000-item batch.
         for channel, count in Counter(row["channel"] for row in batch.rows).items():
             state.metrics.messages_accepted_total.labels(account.account_id, channel).inc(count)
-        for field, count in Counter(r.field for r in batch.rejected).items():
+        for field, count in Counter(field_label(r.field) for r in batch.rejected).items():
             state.metrics.messages_rejected_total.labels(field).inc(count)
     log.info("intake", account=account.account_id, accepted=len(accepted), rejected=len(rejected))
     status = 202 if accepted else 422
@@ -110,16 +145,19 @@ async def _load_message(state: ApiState, account_id: str, message_id: int) -> di
 
 
 def _parse_id(text: str) -> int | None:
-    return int(text) if text.isdigit() and len(text) <= _MAX_ID_DIGITS else None
+    # str.isdigit() and int() also take '²' and '١'; an id is ASCII digits.
+    if not text or len(text) > _MAX_ID_DIGITS or not set(text) <= _ASCII_DIGITS:
+        return None
+    return int(text)
 
 
 async def get_message(request: web.Request) -> web.Response:
     state = request.app[API_STATE]
     account = authenticate(request)
     message_id = _parse_id(request.match_info["message_id"])
-    view = (
-        None if message_id is None else await _load_message(state, account.account_id, message_id)
-    )
+    if message_id is None:
+        return json_error(400, "message_id", f"must be 1 to {_MAX_ID_DIGITS} digits 0-9")
+    view = await _load_message(state, account.account_id, message_id)
     if view is None:
         return json_error(404, None, "no such message")
     return web.json_response(view)
@@ -131,6 +169,11 @@ async def find_messages(request: web.Request) -> web.Response:
     client_ref = request.query.get("client_ref")
     if not client_ref:
         return json_error(400, "client_ref", "required query parameter")
+    problem = text_problem(client_ref)
+    if problem is None and len(client_ref) > MAX_CLIENT_REF_LEN:
+        problem = f"longer than {MAX_CLIENT_REF_LEN} characters"
+    if problem is not None:
+        return json_error(400, "client_ref", problem)
     message_id = await state.db.fetchval(
         "get_message_by_client_ref", account.account_id, client_ref
     )

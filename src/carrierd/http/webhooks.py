@@ -5,34 +5,47 @@ This module only checks and reads the request; what an event does to a
 message belongs to the engine, reached through `WebhookSink`. The route
 exists only when ApiState.webhook_sink is set (+Message configured).
 
-Answers: 204 once the sink has applied the event; 401 for a missing or
-wrong signature and 400 for a body we cannot read (both logged
-``rcs_webhook_rejected``, counted, never applied); 503 when no webhook
-secret is configured, since an unverifiable webhook must not be applied.
-A sink failure (the database) is a 500, and the platform sends the event
-again later: sinks apply events idempotently.
+Answers: 204 once the sink has applied the event; 200 ``{"duplicate":
+true}`` for a body already applied (the platform's retry, or a replay
+within the timestamp window: the sink keeps a durable key per body, the
+SHA-256 of its bytes, and applies each once); 401 for a missing or wrong
+signature or a timestamp outside the window and 400 for a body we cannot
+read (both logged ``rcs_webhook_rejected``, counted, never applied); 503
+when no webhook secret is configured, since an unverifiable webhook must
+not be applied. A sink failure (the database) is a 500, and the platform
+sends the event again later.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Protocol
 
 import structlog
 from aiohttp import web
 
-from carrierd.channels.rcs import WebhookEvent, WebhookRejected, verify_and_parse_webhook
+from carrierd.channels.rcs import (
+    UNAUTHORIZED_REASONS,
+    WebhookEvent,
+    WebhookRejected,
+    verify_and_parse_webhook,
+)
 from carrierd.http.app import API_STATE
 
 log = structlog.get_logger("carrierd.http.webhooks")
 
 WEBHOOK_PATH = "/v1/webhooks/rcs"
 
-_UNAUTHORIZED_REASONS = frozenset({"missing_signature", "bad_signature"})
-
 
 class WebhookSink(Protocol):
-    async def apply_webhook(self, event: WebhookEvent) -> None:
-        """Apply one verified event; the platform may deliver it twice."""
+    async def apply_webhook(self, event: WebhookEvent, event_key: bytes | None = None) -> bool:
+        """Apply one verified event, once per `event_key`: False (nothing
+        applied) when an event with this key was applied before."""
+
+
+def webhook_event_key(body: bytes) -> bytes:
+    """The durable de-duplication key of a webhook: its signed bytes."""
+    return hashlib.sha256(body).digest()
 
 
 async def receive_rcs_webhook(request: web.Request) -> web.Response:
@@ -46,7 +59,13 @@ async def receive_rcs_webhook(request: web.Request) -> web.Response:
         log.error("rcs_webhook_without_secret")
         return web.json_response({"error": "webhooks are not configured"}, status=503)
     try:
-        event = verify_and_parse_webhook(body, request.headers, secret)
+        event = verify_and_parse_webhook(
+            body,
+            request.headers,
+            secret,
+            now=state.clock.now(),
+            tolerance_s=state.config.rcs.webhook_tolerance_s,
+        )
     except WebhookRejected as rejected:
         log.warning(
             "rcs_webhook_rejected",
@@ -57,7 +76,11 @@ async def receive_rcs_webhook(request: web.Request) -> web.Response:
         )
         if state.metrics is not None:
             state.metrics.webhooks_rejected_total.labels(rejected.reason).inc()
-        status = 401 if rejected.reason in _UNAUTHORIZED_REASONS else 400
+        status = 401 if rejected.reason in UNAUTHORIZED_REASONS else 400
         return web.json_response({"error": rejected.reason}, status=status)
-    await sink.apply_webhook(event)
+    if not await sink.apply_webhook(event, webhook_event_key(body)):
+        log.info("rcs_webhook_duplicate", remote=request.remote, body_bytes=len(body))
+        if state.metrics is not None:
+            state.metrics.webhooks_rejected_total.labels("duplicate").inc()
+        return web.json_response({"duplicate": True}, status=200)
     return web.Response(status=204)

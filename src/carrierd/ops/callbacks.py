@@ -20,24 +20,39 @@ A 2xx answer marks the row sent. Anything else (an error status, a
 redirect, a timeout, a refused connection) is retried with exponential
 backoff up to a cap, the last attempt exactly `max_age_s` after the row was
 written; if that one fails too the row is marked gave_up.
+
+Callbacks go to public addresses only, unless the account's
+``callback_allow_networks`` names the network (domain/netpolicy.py).
+`GuardedClient` enforces it where it cannot be dodged: its resolver refuses
+a host if any address it resolves to is not allowed, and its socket factory
+refuses to connect to a disallowed address (an address literal, however
+spelled, never reaches a resolver; a name may resolve differently between a
+check and a connect, but the connect itself is checked). Redirects are not
+followed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import hmac
 import json
 import math
-from collections.abc import Callable, Mapping
+import socket
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from ipaddress import ip_address
 from typing import Any
 
 import aiohttp
 import structlog
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
 
 from carrierd.domain.clock import Clock
+from carrierd.domain.netpolicy import IPNetwork, address_allowed
 from carrierd.loops import supervise
 from carrierd.store.db import Database, Row, Transaction
 from carrierd.telemetry import Metrics
@@ -53,6 +68,8 @@ ATTEMPT_HEADER = "X-Carrierd-Attempt"
 # that is no longer configured. A callable rather than a dict so a reload's
 # new secrets apply to the next attempt.
 SecretLookup = Callable[[str], str | None]
+# Account id -> the non-public networks its callbacks may reach.
+NetworksLookup = Callable[[str], Sequence[IPNetwork]]
 
 _MAX_ERROR_CHARS = 500
 
@@ -85,6 +102,83 @@ async def enqueue_callback(
         "insert_status_callback", message_id, account_id, url, dict(payload), now
     )
     return int(callback_id)
+
+
+class CallbackAddressRefused(OSError):
+    """A callback would have connected to an address it may not reach."""
+
+    def __init__(self, reason: str) -> None:
+        # As (errno, strerror): aiohttp's connection errors show strerror.
+        super().__init__(errno.EACCES, reason)
+
+
+def _refuse_unless_allowed(host: str, allowed: Sequence[IPNetwork], what: str) -> None:
+    try:
+        address = ip_address(host)
+    except ValueError:
+        raise CallbackAddressRefused(f"{what} {host!r} is not an IP address") from None
+    if not address_allowed(address, allowed):
+        raise CallbackAddressRefused(
+            f"{what} {address} is not public nor in the account's callback_allow_networks"
+        )
+
+
+class _CheckingResolver(AbstractResolver):
+    """Resolves as usual, then refuses the host if any address is not allowed:
+    a name that also points inside the network is not a callback target."""
+
+    def __init__(self, allowed: tuple[IPNetwork, ...]) -> None:
+        self._inner = DefaultResolver()
+        self._allowed = allowed
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        for result in results:
+            _refuse_unless_allowed(result["host"], self._allowed, f"{host} resolves to")
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def _checking_socket_factory(
+    allowed: tuple[IPNetwork, ...],
+) -> Callable[[tuple[Any, ...]], socket.socket]:
+    def create(addr_info: tuple[Any, ...]) -> socket.socket:
+        family, type_, proto, _, sockaddr = addr_info
+        _refuse_unless_allowed(str(sockaddr[0]), allowed, "address")
+        return socket.socket(family=family, type=type_, proto=proto)
+
+    return create
+
+
+class GuardedClient:
+    """The HTTP client of status callbacks: one aiohttp session per
+    allow-list (accounts without one share a session), each connecting only
+    to public addresses and that list's networks."""
+
+    def __init__(self, *, limit_per_host: int = 8) -> None:
+        self._limit_per_host = limit_per_host
+        self._sessions: dict[tuple[IPNetwork, ...], aiohttp.ClientSession] = {}
+
+    def session(self, allowed: Sequence[IPNetwork]) -> aiohttp.ClientSession:
+        key = tuple(allowed)
+        session = self._sessions.get(key)
+        if session is None:
+            connector = aiohttp.TCPConnector(
+                resolver=_CheckingResolver(key),
+                socket_factory=_checking_socket_factory(key),
+                limit_per_host=self._limit_per_host,
+            )
+            session = self._sessions[key] = aiohttp.ClientSession(connector=connector)
+        return session
+
+    async def close(self) -> None:
+        sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            await session.close()
 
 
 @dataclass(frozen=True)
@@ -124,11 +218,12 @@ class CallbackSender:
     def __init__(
         self,
         db: Database,
-        session: aiohttp.ClientSession,
+        client: GuardedClient,
         accounts_secret_lookup: SecretLookup,
         clock: Clock,
         metrics: Metrics,
         *,
+        allowed_networks: NetworksLookup = lambda _account_id: (),
         policy: RetryPolicy | None = None,
         batch_size: int = 100,
         max_concurrency: int = 32,
@@ -146,8 +241,9 @@ class CallbackSender:
         if lease_s <= slowest_batch_s:
             raise ValueError(f"lease_s must exceed {slowest_batch_s:g} s, the slowest batch")
         self._db = db
-        self._session = session
+        self._client = client
         self._secret_for = accounts_secret_lookup
+        self._networks_for = allowed_networks
         self._clock = clock
         self._metrics = metrics
         self._policy = policy or RetryPolicy()
@@ -210,9 +306,11 @@ class CallbackSender:
 
     async def _post(self, row: Row, now: datetime) -> str | None:
         """POST one callback; None on a 2xx answer, else what went wrong."""
-        secret = self._secret_for(str(row["account_id"]))
+        account_id = str(row["account_id"])
+        secret = self._secret_for(account_id)
         if secret is None:
             return "account not configured"
+        session = self._client.session(self._networks_for(account_id))
         body = encode_payload(row["payload"])
         timestamp = str(int(now.timestamp()))
         headers = {
@@ -225,7 +323,7 @@ class CallbackSender:
             headers[SIGNATURE_HEADER] = sign_callback(secret, timestamp, body)
         async with self._semaphore:
             try:
-                async with self._session.post(
+                async with session.post(
                     str(row["url"]),
                     data=body,
                     headers=headers,

@@ -1,7 +1,10 @@
 """Retention: final messages go `keep_days` after they ended (100 by
 default, more than the 3 months of delivery log that DOMAIN §15 promises),
 with their parts, events and callbacks; au gate rows (DOMAIN §5) go once
-their spacing ran out long ago (domain/au_gate.au_gate_forgets_before).
+their spacing ran out long ago (domain/au_gate.au_gate_forgets_before). The
+keys of applied +Message webhooks go after WEBHOOK_KEYS_KEEP_DAYS: a repeat
+of a body older than the platform's 72 h of retries is refused by its
+timestamp anyway.
 
 Every daemon on a database runs the purge; they share the rows (SKIP
 LOCKED in the statement) rather than electing one of them.
@@ -25,6 +28,7 @@ log = structlog.get_logger("carrierd.ops.retention")
 RETENTION_KEEP_DAYS = 100
 PURGE_BATCH_ROWS = 1000
 RETENTION_INTERVAL_S = 3600.0
+WEBHOOK_KEYS_KEEP_DAYS = 4
 
 
 async def purge_expired(
@@ -62,6 +66,24 @@ async def purge_au_gate(
             return total
 
 
+async def purge_webhook_keys(
+    db: Database,
+    now: datetime,
+    keep_days: int = WEBHOOK_KEYS_KEEP_DAYS,
+    *,
+    batch_rows: int = PURGE_BATCH_ROWS,
+) -> int:
+    """Delete webhook de-duplication keys recorded more than `keep_days`
+    before `now`; returns how many went."""
+    cutoff = now - timedelta(days=keep_days)
+    total = 0
+    while True:
+        deleted = int(await db.fetchval("purge_webhook_events", cutoff, batch_rows))
+        total += deleted
+        if deleted < batch_rows:
+            return total
+
+
 async def run_retention(
     db: Database,
     clock: Clock,
@@ -74,12 +96,16 @@ async def run_retention(
     """Purge every `interval_s` until `stop_event` is set."""
 
     async def purge_once() -> float:
-        deleted = await purge_expired(db, clock.now(), keep_days)
+        now = clock.now()
+        deleted = await purge_expired(db, now, keep_days)
         if deleted:
             log.info("retention_purged", messages=deleted, keep_days=keep_days)
-        forgotten = await purge_au_gate(db, clock.now(), au_spacing_s())
+        forgotten = await purge_au_gate(db, now, au_spacing_s())
         if forgotten:
             log.info("retention_purged_au_gate", numbers=forgotten)
+        keys = await purge_webhook_keys(db, now)
+        if keys:
+            log.info("retention_purged_webhook_keys", keys=keys)
         return interval_s
 
     await supervise("retention", purge_once, stop_event)

@@ -2,7 +2,9 @@
 
 It serves the MaaP chatbot API that `channels/rcs.py` talks to (capability
 check, send with msgId de-duplication, revoke, an OAuth2 token endpoint) and
-posts signed status webhooks back, with the awkward parts of the real thing
+posts signed status webhooks back (X-Signature-Timestamp: unix seconds of
+the attempt; X-Signature: hex HMAC-SHA256 of timestamp "." body), with the
+awkward parts of the real thing
 under configuration: most handsets cannot take +Message, some capable ones
 never take delivery, the platform runs out of capacity, answers 5xx after it
 has already accepted a message, and delivers a message it had committed to
@@ -91,6 +93,7 @@ class RcsSimConfig:
     webhook_url: str | None = None
     webhook_secret: str = field(default="sim-webhook-secret", repr=False)
     signature_header: str = "X-Signature"
+    timestamp_header: str = "X-Signature-Timestamp"
     webhook_attempts: int = 4
     webhook_retry_delay_s: float = 0.5
     webhook_timeout_s: float = 5.0
@@ -469,10 +472,11 @@ class RcsPlatformSim:
         if config.webhook_url is None or session is None:
             return
         body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
-        signature = hmac.new(config.webhook_secret.encode(), body, hashlib.sha256).hexdigest()
-        headers = {"Content-Type": "application/json", config.signature_header: signature}
         timeout = aiohttp.ClientTimeout(total=config.webhook_timeout_s)
         for attempt in range(1, config.webhook_attempts + 1):
+            # Each attempt is signed when it is sent: a retry is as fresh as
+            # the first try, and its body (the receiver's key) is the same.
+            headers = {"Content-Type": "application/json", **self._signature_headers(body)}
             try:
                 async with session.post(
                     config.webhook_url, data=body, headers=headers, timeout=timeout
@@ -489,6 +493,13 @@ class RcsPlatformSim:
                 await self._sleep(config.webhook_retry_delay_s * attempt)
         self.counters.webhooks_abandoned += 1
         _log.warning("rcs_sim_webhook_abandoned", webhook_event=payload.get("event"))
+
+    def _signature_headers(self, body: bytes) -> dict[str, str]:
+        config = self.config
+        timestamp = str(int(self._clock.now().timestamp()))
+        signed = timestamp.encode("ascii") + b"." + body
+        signature = hmac.new(config.webhook_secret.encode(), signed, hashlib.sha256).hexdigest()
+        return {config.timestamp_header: timestamp, config.signature_header: signature}
 
     # -- randomness -------------------------------------------------------------
 
