@@ -93,10 +93,17 @@ async def test_a_throttling_smsc_gets_the_pace_it_accepts(dsn: str, db: Database
         au_spacing_s=lambda: 22.0,
     )
     gateway = SmppGateway({"docomo": config.carriers["docomo"]}, recorder, clock)
-    leases = Leases(db, lifecycle, config=lambda: config, daemon_id="throttled")
-    sms_leg = SmsLeg(gateway, recorder, lifecycle, config=lambda: config, daemon_id="throttled")
+    leases = Leases(db, lifecycle, config=lambda: config, lease_owner="throttled")
+    sms_leg = SmsLeg(gateway, recorder, lifecycle, config=lambda: config, lease_owner="throttled")
     dispatcher = Dispatcher(
-        db, clock, gateway, sms_leg, lifecycle, leases, config=lambda: config, daemon_id="throttled"
+        db,
+        clock,
+        gateway,
+        sms_leg,
+        lifecycle,
+        leases,
+        config=lambda: config,
+        lease_owner="throttled",
     )
     settler = Timers(db, clock, recorder, lifecycle, leases, config=lambda: config)
     counters = sim.counters.carriers["docomo"]
