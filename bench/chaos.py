@@ -127,6 +127,11 @@ def sim_toml(ports: Mapping[str, int], seed: int, keys: Mapping[str, object]) ->
         "receipt_delay_min_s": 0.2,
         "receipt_delay_max_s": 1.0,
         "undeliverable_share": 0.02,
+        # A carrier's SMSC retries a refused receipt for a long time; the
+        # simulator's default (5 tries, 1 s apart) would give up within
+        # any database outage and blame the daemon for it.
+        "deliver_retry_delay_s": 1.0,
+        "deliver_max_attempts": 600,
         **keys,
     }
     lines = [f"seed = {seed}", "[defaults]"]
@@ -348,18 +353,34 @@ class SmscProcess:
                         raise RuntimeError("SMSC simulator did not open its ports") from None
                     await asyncio.sleep(0.1)
 
+    async def _write_counters(self, proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+        """SIGUSR1 and wait for the counters line: signals are the one way in
+        that works whatever the process inherited (a background shell starts
+        it with SIGINT ignored)."""
+        offset = self.journal_path.stat().st_size if self.journal_path.exists() else 0
+        proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and proc.poll() is None:
+            with self.journal_path.open("rb") as journal:
+                journal.seek(offset)
+                if b'"event": "counters"' in journal.read():
+                    return
+            await asyncio.sleep(0.05)
+
     async def kill(self) -> None:
-        if self._proc is not None:
-            self._proc.send_signal(signal.SIGKILL)
-            await asyncio.to_thread(self._proc.wait)
-            self._proc = None
+        """A crash, but with the counters written just before, for the report."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            await self._write_counters(proc)
+            proc.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(proc.wait)
 
     async def stop(self) -> None:
-        """SIGINT: the simulator unbinds, writes its counters and exits."""
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        proc.send_signal(signal.SIGINT)
+        await self._write_counters(proc)
+        proc.terminate()
         try:
             await asyncio.to_thread(proc.wait, 30)
         except subprocess.TimeoutExpired:
