@@ -10,7 +10,7 @@ LOCALPG := scripts/localpg.sh
 # project-local PostgreSQL that `make db` starts.
 export CARRIERD_LOCAL_DSN := $(shell $(LOCALPG) dsn)
 
-.PHONY: run test lint bench stop-db clean db venv
+.PHONY: run test lint bench chaos stop-db clean db venv
 
 venv: $(STAMP)
 
@@ -36,6 +36,11 @@ test: $(STAMP) db lint
 
 bench: $(STAMP) db
 	$(BIN)/python bench/run_all.py
+
+# The fault campaign (bench/chaos.py) on a PostgreSQL cluster of its own;
+# e.g. CHAOS_ARGS="--messages 5000 --only daemon-kill,pg-stop-30s".
+chaos: $(STAMP)
+	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)
 
 stop-db:
 	@$(LOCALPG) stop

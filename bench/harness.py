@@ -39,8 +39,10 @@ def with_database(dsn: str, name: str) -> str:
 
 
 @contextmanager
-def fresh_database(prefix: str) -> Iterator[str]:
-    admin = server_dsn()
+def fresh_database(prefix: str, admin_dsn: str | None = None) -> Iterator[str]:
+    """A migrated database of its own on `admin_dsn`'s server (default: the
+    project-local one), dropped afterwards."""
+    admin = admin_dsn or server_dsn()
     name = f"carrierd_bench_{prefix}_{uuid.uuid4().hex[:8]}"
 
     async def create() -> None:
@@ -71,8 +73,14 @@ def free_port() -> int:
 
 @contextmanager
 def daemon_process(
-    config_text: str, dsn: str, port: int, daemon_id: str | None = None
+    config_text: str,
+    dsn: str,
+    port: int,
+    daemon_id: str | None = None,
+    log_path: Path | None = None,
+    start_timeout_s: float = 30.0,
 ) -> Iterator[subprocess.Popen[bytes]]:
+    """The daemon in its own process, its output on ours or appended to `log_path`."""
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
         f.write(config_text)
         path = f.name
@@ -87,9 +95,10 @@ def daemon_process(
     profile = os.environ.get("BENCH_PROFILE")
     cmd = [sys.executable, *(["-m", "cProfile", "-o", profile] if profile else [])]
     cmd += ["-m", "carrierd", "run", "--config", path]
-    proc = subprocess.Popen(cmd, env=env)
+    log = log_path.open("ab") if log_path is not None else None
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT if log else None)
     try:
-        wait_for_port(port, proc)
+        wait_for_port(port, proc, start_timeout_s)
         yield proc
     finally:
         proc.terminate()
@@ -97,7 +106,10 @@ def daemon_process(
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
         os.unlink(path)
+        if log is not None:
+            log.close()
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:

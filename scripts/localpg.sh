@@ -2,8 +2,15 @@
 # Project-local PostgreSQL for `make run` and `make test`: Debian server
 # binaries, data under var/pg (or $CARRIERD_PGDATA), Unix socket only.
 #   scripts/localpg.sh start   start if not running (a no-op when it is)
-#   scripts/localpg.sh stop    stop if running
+#   scripts/localpg.sh stop [fast|immediate]   stop if running (default fast)
 #   scripts/localpg.sh dsn     print the DSN of the local server
+#
+# The server holds message bodies and API token hashes, so no other local
+# user may reach it: the socket directory belongs to the server user with
+# mode 0700, and every connection needs the superuser's password
+# (scram-sha-256), generated once into a 0600 file and carried in the DSN.
+# A cluster made by an older checkout (trust, open socket) is converted in
+# place by `start`.
 set -euo pipefail
 
 root_dir=$(cd "$(dirname "$0")/.." && pwd)
@@ -11,6 +18,11 @@ data_dir=${CARRIERD_PGDATA:-$root_dir/var/pg}
 socket_dir=$data_dir/run
 cluster_dir=$data_dir/data
 log_file=$data_dir/postgres.log
+password_file=$data_dir/password
+# Digest of the password and hba layout last applied to the cluster: a
+# changed password file or an older layout is applied again at start.
+applied_file=$data_dir/password.applied
+hba_marker="# carrierd local server: scram-sha-256 over the Unix socket only (v1)"
 
 die() { echo "localpg: $*" >&2; exit 1; }
 
@@ -72,12 +84,62 @@ is_running() {
 
 server_user() { if [ "$(id -u)" -eq 0 ]; then echo postgres; else id -un; fi; }
 
+ensure_password() {
+    [ -s "$password_file" ] && return 0
+    mkdir -p "$data_dir"
+    local tmp
+    tmp=$(umask 077 && mktemp "$data_dir/.password.XXXXXX")
+    # Hex only: it goes into a DSN and an SQL literal without quoting.
+    od -An -tx1 -N24 /dev/urandom | tr -d ' \n' >"$tmp"
+    # ln does not replace: when two callers race, the first file wins.
+    ln "$tmp" "$password_file" 2>/dev/null || true
+    rm -f "$tmp"
+}
+
+read_password() {
+    [ -r "$password_file" ] || die "cannot read $password_file (made by another user?)"
+    cat "$password_file"
+}
+
+wanted_digest() { { echo "$hba_marker"; read_password; } | sha256sum | cut -d' ' -f1; }
+
+is_secured() {
+    grep -qxF "$hba_marker" "$cluster_dir/pg_hba.conf" 2>/dev/null \
+        && [ "$(cat "$applied_file" 2>/dev/null)" = "$(wanted_digest)" ]
+}
+
+# Sets the superuser's password and replaces pg_hba.conf, with the server
+# stopped: single-user mode needs no authentication, so this also converts
+# a cluster whose hba is not trust.
+secure_cluster() {
+    local password output
+    password=$(read_password)
+    output=$(printf "SET password_encryption = 'scram-sha-256'\nALTER ROLE postgres PASSWORD '%s'\n" \
+        "$password" | as_server_user "$bindir/postgres" --single -D "$cluster_dir" postgres 2>&1) \
+        || die "could not set the password in single-user mode: $output"
+    as_server_user tee "$cluster_dir/pg_hba.conf" >/dev/null <<HBA
+$hba_marker
+# TYPE  DATABASE  USER  METHOD
+local   all       all   scram-sha-256
+HBA
+    wanted_digest >"$applied_file"
+    chmod 0600 "$applied_file"
+}
+
+check_login() {
+    PGPASSWORD=$(read_password) PGCONNECT_TIMEOUT=10 "$bindir/psql" -X -q -A -t \
+        -h "$socket_dir" -U postgres -d postgres -c 'SELECT 1' >/dev/null 2>&1
+}
+
 cmd_start() {
     ensure_binaries
     grant_path_to_postgres
     mkdir -p "$data_dir"
+    ensure_password
     if [ ! -f "$cluster_dir/PG_VERSION" ]; then
         as_server_user mkdir -p "$cluster_dir" "$socket_dir"
+        # Trust only until secure_cluster below replaces pg_hba.conf, before
+        # the server first starts.
         as_server_user "$bindir/initdb" -D "$cluster_dir" -U postgres --auth=trust \
             --encoding=UTF8 --locale=C.UTF-8 >/dev/null 2>&1 \
             || as_server_user "$bindir/initdb" -D "$cluster_dir" -U postgres --auth=trust \
@@ -93,22 +155,37 @@ synchronous_commit = on
 CONF
     fi
     as_server_user mkdir -p "$socket_dir"
-    if is_running; then return 0; fi
-    as_server_user "$bindir/pg_ctl" -D "$cluster_dir" -l "$log_file" -w -t 60 start >/dev/null \
-        || { tail -20 "$log_file" >&2; die "PostgreSQL did not start (log: $log_file)"; }
+    as_server_user chmod 0700 "$socket_dir"
+    if ! is_secured; then
+        if is_running; then
+            echo "localpg: restarting the server to require a password" >&2
+            as_server_user "$bindir/pg_ctl" -D "$cluster_dir" -m fast -w stop >/dev/null
+        fi
+        secure_cluster
+    fi
+    if ! is_running; then
+        as_server_user "$bindir/pg_ctl" -D "$cluster_dir" -l "$log_file" -w -t 60 start >/dev/null \
+            || { tail -20 "$log_file" >&2; die "PostgreSQL did not start (log: $log_file)"; }
+    fi
+    check_login || die "the server does not accept the password in $password_file"
 }
 
 cmd_stop() {
+    local mode=${1:-fast}
+    case "$mode" in fast | immediate) ;; *) die "stop mode must be fast or immediate" ;; esac
     bindir=$(find_bindir) || return 0
     [ -d "$cluster_dir" ] || return 0
-    if is_running; then as_server_user "$bindir/pg_ctl" -D "$cluster_dir" -m fast -w stop >/dev/null; fi
+    if is_running; then as_server_user "$bindir/pg_ctl" -D "$cluster_dir" -m "$mode" -w stop >/dev/null; fi
 }
 
-cmd_dsn() { echo "postgresql://postgres@/postgres?host=$socket_dir"; }
+cmd_dsn() {
+    ensure_password
+    echo "postgresql://postgres:$(read_password)@/postgres?host=$socket_dir"
+}
 
 case "${1:-}" in
     start) cmd_start ;;
-    stop) cmd_stop ;;
+    stop) cmd_stop "${2:-fast}" ;;
     dsn) cmd_dsn ;;
-    *) die "usage: $0 start|stop|dsn" ;;
+    *) die "usage: $0 start|stop [fast|immediate]|dsn" ;;
 esac

@@ -74,7 +74,12 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         if smsc_config is not None:
             tasks.append(
                 asyncio.ensure_future(
-                    run_smsc_sim(smsc_config, args.host, on_listening=listening("smsc"))
+                    run_smsc_sim(
+                        smsc_config,
+                        args.host,
+                        on_listening=listening("smsc"),
+                        journal_path=Path(args.journal) if args.journal else None,
+                    )
                 )
             )
         if args.which in ("rcs", "all"):
@@ -122,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--webhook-url", default="http://127.0.0.1:8080/v1/webhooks/rcs")
     sim.add_argument("--webhook-secret", default="demo-webhook-secret")
     sim.add_argument("--log-level", default="info")
+    sim.add_argument(
+        "--journal",
+        default="",
+        help="append every accepted part and acknowledged receipt to this file (JSON lines);"
+        " SIGUSR1 appends the counters",
+    )
     sim.set_defaults(func=_cmd_sim)
 
     check = sub.add_parser("check-config", help="validate a configuration file")

@@ -35,7 +35,10 @@ scheduler task per carrier (not one task per message): 100k messages in
 flight cost 100k small records, not 100k tasks.
 
 Counters (`SmscSimulator.counters`) let tests and benchmarks prove that no
-part reached a handset twice: `counters.duplicates()`.
+part reached a handset twice: `counters.duplicates()`. A fault campaign that
+kills and restarts the simulator process reads the same from a journal file
+instead (`SmscJournal`, `carrierd sim smsc --journal PATH`): every accepted
+part and every acknowledged receipt, written before the answer leaves.
 """
 
 from __future__ import annotations
@@ -44,7 +47,11 @@ import asyncio
 import dataclasses
 import hashlib
 import heapq
+import json
+import os
 import random
+import signal
+import time
 import tomllib
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
@@ -441,8 +448,10 @@ class _Carrier:
         sim_config: SmscSimConfig,
         counters: SmscSimCounters,
         clock: Clock,
+        journal: SmscJournal | None = None,
     ) -> None:
         self.name = name
+        self.journal = journal
         self.config = config
         self.sim_config = sim_config
         self.counters = counters.carriers[name]
@@ -674,6 +683,8 @@ class _Carrier:
             excerpt=text[:_RECEIPT_TEXT_EXCERPT_CHARS],
         )
         self._records[message_id] = record
+        if self.journal is not None:
+            self.journal.accepted(self.name, record, destination, text)
         return record
 
     def _schedule_receipt(
@@ -848,6 +859,8 @@ class _Carrier:
     def delivery_answered(self, delivery: _Delivery, status: int, system_id: str) -> None:
         if status == CommandStatus.ESME_ROK:
             self.counters.deliveries_acknowledged += 1
+            if self.journal is not None and delivery.record is not None:
+                self.journal.receipt_acknowledged(self.name, delivery.record)
         else:
             self.counters.deliveries_nacked += 1
             delivery.attempts += 1
@@ -1127,14 +1140,21 @@ class _SmppConnection(asyncio.Protocol):
 class SmscSimulator:
     """Every configured carrier's SMSC; `start()` opens their ports."""
 
-    def __init__(self, config: SmscSimConfig, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        config: SmscSimConfig,
+        *,
+        clock: Clock | None = None,
+        journal: SmscJournal | None = None,
+    ) -> None:
         self.config = config
+        self.journal = journal
         self.counters = SmscSimCounters(
             carriers={name: CarrierSimCounters() for name in config.carriers}
         )
         clock = clock or SystemClock()
         self._carriers = {
-            name: _Carrier(name, carrier, config, self.counters, clock)
+            name: _Carrier(name, carrier, config, self.counters, clock, journal)
             for name, carrier in config.carriers.items()
         }
         self.ports: dict[str, int] = {}
@@ -1188,17 +1208,164 @@ async def run_smsc_sim(
     config: SmscSimConfig,
     host: str = "127.0.0.1",
     on_listening: Callable[[dict[str, int]], None] | None = None,
+    journal_path: Path | None = None,
 ) -> None:
     """Serve until cancelled. `on_listening` gets carrier -> bound port (port 0
-    in the config picks a free port, so this is how a caller learns it)."""
-    simulator = SmscSimulator(config)
+    in the config picks a free port, so this is how a caller learns it).
+    With `journal_path`, parts are journalled there and SIGUSR1 appends the
+    counters (see `SmscJournal`)."""
+    journal = SmscJournal.open(journal_path, seed=config.seed) if journal_path else None
+    simulator = SmscSimulator(config, journal=journal)
+    loop = asyncio.get_running_loop()
     try:
+        if journal is not None:
+            loop.add_signal_handler(
+                signal.SIGUSR1, journal.write_counters, simulator.counters.carriers
+            )
         ports = await simulator.start(host)
         if on_listening is not None:
             on_listening(ports)
         await asyncio.Event().wait()
     finally:
         await simulator.stop()
+        if journal is not None:
+            loop.remove_signal_handler(signal.SIGUSR1)
+            journal.write_counters(simulator.counters.carriers)
+            journal.close()
+
+
+# ---------------------------------------------------------------------------
+# Stats exposure: the journal a fault campaign judges the client by
+#
+# A fault campaign kills the simulator too, so in-memory counters are not
+# enough: the journal is an append-only file of JSON lines, one per accepted
+# part and per receipt the client acknowledged, each written (unbuffered)
+# before the answer that reveals it leaves, so it survives a SIGKILL.
+# Several simulator processes may append to one file in turn (a restart on
+# the same ports); `read_smsc_journal` adds them up.
+#
+#   {"event": "start", "incarnation": "<pid>-<ns>", "seed": 7}
+#   {"event": "accepted", "carrier": "au", "id": 4711, "to": "+8180...",
+#    "text": "...", "stat": "DELIVRD"}
+#   {"event": "receipt_acknowledged", "carrier": "au", "id": 4711}
+#   {"event": "counters", "carriers": {"au": {...CarrierSimCounters...}}}
+
+# (destination E.164, text of the part): a campaign sends distinct texts to
+# distinct numbers, so this names one part of one message.
+JournalPartKey: TypeAlias = tuple[str, str]
+
+
+class SmscJournal:
+    """Writes the journal; `_Carrier` calls it on acceptance and acknowledgement."""
+
+    def __init__(self, fd: int, incarnation: str) -> None:
+        self._fd = fd
+        self.incarnation = incarnation
+
+    @classmethod
+    def open(cls, path: Path, *, seed: int) -> SmscJournal:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        journal = cls(fd, f"{os.getpid()}-{time.time_ns()}")
+        journal._line({"event": "start", "incarnation": journal.incarnation, "seed": seed})
+        return journal
+
+    def accepted(self, carrier: str, record: _MessageRecord, destination: str, text: str) -> None:
+        self._line(
+            {
+                "event": "accepted",
+                "carrier": carrier,
+                "id": record.message_id,
+                "to": destination,
+                "text": text,
+                "stat": record.stat,
+            }
+        )
+
+    def receipt_acknowledged(self, carrier: str, record: _MessageRecord) -> None:
+        self._line({"event": "receipt_acknowledged", "carrier": carrier, "id": record.message_id})
+
+    def write_counters(self, carriers: Mapping[str, CarrierSimCounters]) -> None:
+        self._line(
+            {
+                "event": "counters",
+                "incarnation": self.incarnation,
+                # Not dataclasses.asdict: it rebuilds a Counter from (key, value)
+                # pairs, counting the pairs.
+                "carriers": {
+                    name: {
+                        f.name: dict(value) if isinstance(value, dict) else value
+                        for f in dataclasses.fields(c)
+                        for value in (getattr(c, f.name),)
+                    }
+                    for name, c in carriers.items()
+                },
+            }
+        )
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    def _line(self, record: dict[str, object]) -> None:
+        # One write per line on an O_APPEND descriptor: whole lines, no buffer
+        # to lose when the process is killed.
+        os.write(self._fd, json.dumps(record, ensure_ascii=False).encode() + b"\n")
+
+
+@dataclass
+class JournalPart:
+    accepted: int = 0  # accepted by any carrier, each time
+    delivered: int = 0  # accepted with a DELIVRD outcome: reached the handset
+    receipts_acknowledged: int = 0  # receipts (any stat) the client answered ESME_ROK
+
+
+@dataclass
+class SmscJournalSummary:
+    parts: dict[JournalPartKey, JournalPart] = field(default_factory=dict)
+    incarnations: int = 0
+    # Per incarnation that wrote any, the last counters written (SIGUSR1, exit).
+    counters: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+
+    def duplicates(self) -> list[JournalPartKey]:
+        """Parts accepted more than once, by any carrier, in any incarnation."""
+        return [key for key, part in self.parts.items() if part.accepted > 1]
+
+    def counter_total(self, name: str) -> int:
+        """An integer counter summed over carriers and incarnations."""
+        return sum(
+            int(carrier.get(name, 0))
+            for carriers in self.counters.values()
+            for carrier in carriers.values()
+        )
+
+
+def read_smsc_journal(path: Path) -> SmscJournalSummary:
+    """Add up a journal written by one or more simulator processes."""
+    summary = SmscJournalSummary()
+    incarnation = ""
+    # (incarnation, carrier, SMSC message id) -> part: ids restart per process.
+    by_id: dict[tuple[str, str, int], JournalPart] = {}
+    with path.open(encoding="utf-8") as file:
+        for line in file:
+            if not line.endswith("\n"):
+                break  # cut short by a kill mid-write
+            record = json.loads(line)
+            event = record["event"]
+            if event == "start":
+                incarnation = record["incarnation"]
+                summary.incarnations += 1
+            elif event == "accepted":
+                part = summary.parts.setdefault((record["to"], record["text"]), JournalPart())
+                part.accepted += 1
+                if record["stat"] == "DELIVRD":
+                    part.delivered += 1
+                by_id[(incarnation, record["carrier"], record["id"])] = part
+            elif event == "receipt_acknowledged":
+                acknowledged = by_id.get((incarnation, record["carrier"], record["id"]))
+                if acknowledged is not None:
+                    acknowledged.receipts_acknowledged += 1
+            elif event == "counters":
+                summary.counters[record["incarnation"]] = record["carriers"]
+    return summary
 
 
 # ---------------------------------------------------------------------------
