@@ -55,6 +55,7 @@ import asyncpg
 
 from bench.harness import ROOT, daemon_process, free_port, fresh_database
 from carrierd.domain.numbers import normalize_msisdn
+from carrierd.engine.write_behind import CORRELATE_AFTER_S, CORRELATE_AGAIN_S
 from carrierd.sim.smsc import (
     JournalPart,
     SimConfigError,
@@ -746,8 +747,16 @@ async def post_batch(
         return False
 
 
+# A receipt whose id met no part is looked at after CORRELATE_AFTER_S and,
+# when it fits several parts of one message, once more CORRELATE_AGAIN_S
+# later: the verdict waits for that second look.
+SECOND_LOOK_S = CORRELATE_AFTER_S + CORRELATE_AGAIN_S
+
+
 async def count_open(dsn: str) -> tuple[int, int] | None:
-    """(messages, final messages), or None while the database cannot answer."""
+    """(messages, final messages), or None while the database cannot answer.
+    Receipts still waiting for their second look count as messages not
+    final yet: they may still settle one."""
     try:
         conn = await asyncpg.connect(dsn, timeout=5)
     except (OSError, asyncpg.PostgresError, TimeoutError):
@@ -757,8 +766,13 @@ async def count_open(dsn: str) -> tuple[int, int] | None:
             "SELECT count(*) AS n, count(final_at) AS final FROM messages WHERE account_id = $1",
             ACCOUNT,
         )
+        waiting = await conn.fetchval(
+            "SELECT count(*) FROM early_receipts WHERE ambiguous_at IS NULL"
+            " AND (checked_at IS NULL OR checked_at < received_at + make_interval(secs => $1))",
+            SECOND_LOOK_S,
+        )
         assert row is not None
-        return int(row["n"]), int(row["final"])
+        return int(row["n"]), int(row["final"]) - int(waiting)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
         return None
     finally:

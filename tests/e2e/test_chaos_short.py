@@ -2,12 +2,7 @@
 through a daemon process killed once with work in flight, then through one
 whose PostgreSQL restarts, judged from the SMSC simulator's journal as well
 as from the database: nothing accepted stays open, no part is accepted
-twice by the SMSC, and every part the SMSC delivered is billed.
-
-The billing checks (and staying whole through a database restart) are
-expected to fail until the engine correlates receipts of submits whose
-response it lost and rides out database outages; they pass by luck when the
-fault hits no submit in flight, hence not strict."""
+twice by the SMSC, and every part the SMSC delivered is billed."""
 
 from __future__ import annotations
 
@@ -49,11 +44,6 @@ def test_a_killed_daemon_loses_and_duplicates_nothing(outcomes: dict[str, Outcom
     assert outcome.duplicates == 0, _explain(outcome)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="not yet: a kill with submits in flight ends their messages unknown, and the "
-    "parts the SMSC delivered stay unbilled even when their receipts arrive",
-)
 def test_a_killed_daemon_bills_every_part_the_smsc_delivered(
     outcomes: dict[str, Outcome],
 ) -> None:
@@ -67,11 +57,6 @@ def test_a_postgresql_restart_duplicates_nothing(outcomes: dict[str, Outcome]) -
     assert outcome.duplicates == 0, _explain(outcome)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="not yet: when PostgreSQL restarts under load, receipts can be acknowledged "
-    "without being recorded and a claimed batch can stay 'sending' under a live lease",
-)
 def test_a_postgresql_restart_loses_nothing_and_bills_every_delivered_part(
     outcomes: dict[str, Outcome],
 ) -> None:

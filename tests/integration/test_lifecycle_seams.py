@@ -104,9 +104,10 @@ async def test_a_payload_message_is_one_record_billed_its_units(dsn: str, db: Da
 async def test_a_late_receipt_after_unknown_settles_the_message_and_its_billing(
     dsn: str, db: Database
 ) -> None:
-    """No receipt before the timeout: unknown, and not billed. The DELIVRD
-    that comes later used to mark the part and bill a unit while the message
-    stayed 'unknown'; the truth wins now, and billing follows the state."""
+    """No receipt before the timeout: unknown, and nothing delivered to
+    bill. The DELIVRD that comes later used to mark the part and bill a unit
+    while the message stayed 'unknown'; the truth wins now: the message is
+    delivered (late), and the part that reached the handset is billed once."""
     clock = FakeClock(T0)
     config = engine_config(dsn, {"engine": {"pacing": False, "submitted_grace_s": 0}})
     engine = await make_engine(config, db, clock)
@@ -131,8 +132,9 @@ async def test_a_late_receipt_after_unknown_settles_the_message_and_its_billing(
         "SELECT kind, state, detail FROM message_events WHERE message_id = $1 ORDER BY id",
         message_id,
     )
-    assert [e["kind"] for e in events][-2:] == ["receipt_timeout", "delivered"]
-    assert events[-1]["detail"]["late"] is True
+    kinds = [e["kind"] for e in events]
+    assert kinds[-3:] == ["receipt_timeout", "delivered", "part_delivered_late"]
+    assert events[-2]["detail"]["late"] is True
 
 
 async def test_receipts_a_failed_flush_could_not_store_are_refused_not_acknowledged(

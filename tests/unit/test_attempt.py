@@ -59,20 +59,25 @@ def test_unknown_moves_only_when_a_late_receipt_reveals_the_outcome() -> None:
     assert failed is not None and (failed.to_state, failed.resend) == (State.FAILED, False)
 
 
-def test_a_late_delivery_bills_its_parts_and_says_it_was_late() -> None:
+def test_a_late_delivery_says_it_was_late_and_bills_nothing_twice() -> None:
+    """The parts of an unknown attempt were billed when it became unknown
+    (those delivered by then) or as their receipts came (the rest)."""
     facts = AttemptFacts(7, "au", 1, 0, parts(State.UNKNOWN, delivered=2), NOW, NOW)
     outcome = decide_attempt(facts.parts, NOW, resends_done=0, policy=NO_RESEND)
     assert outcome is not None
     move = attempt_move(facts, outcome, NOW, receipt_timeout_s=3600)
     assert (move.src, move.dst, move.event) == (State.UNKNOWN, State.DELIVERED, Event.DELIVERED)
-    assert (move.sms_units, move.billed_at, move.detail) == (2, NOW, {"attempt": 1, "late": True})
+    assert (move.sms_units, move.detail) == (0, {"attempt": 1, "late": True})
 
 
-def test_unknown_is_not_billed() -> None:
+def test_unknown_bills_the_parts_delivered_so_far() -> None:
+    """A part that reached the handset is billed (§11), whatever became of
+    the others."""
     facts = AttemptFacts(7, "au", 1, 0, parts(State.SUBMITTED, delivered=1, unknown=1), NOW, NOW)
     outcome = decide_attempt(facts.parts, NOW, resends_done=0, policy=NO_RESEND)
     assert outcome is not None and outcome.to_state is State.UNKNOWN
-    assert attempt_move(facts, outcome, NOW, receipt_timeout_s=3600).sms_units == 0
+    move = attempt_move(facts, outcome, NOW, receipt_timeout_s=3600)
+    assert (move.sms_units, move.billed_at) == (1, NOW)
 
 
 @pytest.mark.parametrize(

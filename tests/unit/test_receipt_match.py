@@ -10,8 +10,10 @@ from hypothesis import strategies as st
 from carrierd.domain.clock import JST
 from carrierd.domain.receipt_match import (
     Candidate,
+    Match,
     ReceiptClues,
     match_receipt,
+    match_receipts,
     part_text,
     sent_at_window,
     text_fits,
@@ -23,9 +25,14 @@ SENT = datetime(2026, 12, 1, 3, 0, 20, tzinfo=UTC)  # 12:00:20 JST
 SUBMIT_MINUTE = SENT.astimezone(JST).replace(second=0, tzinfo=None)
 
 
-def clues(text_start: str | None = "Your code", *, submit_date: datetime | None = SUBMIT_MINUTE):
+def clues(
+    text_start: str | None = "Your code",
+    *,
+    submit_date: datetime | None = SUBMIT_MINUTE,
+    second_look: bool = True,
+) -> ReceiptClues:
     return ReceiptClues(
-        "docomo", "+819012345678", SENT + timedelta(seconds=3), submit_date, text_start
+        "docomo", "+819012345678", SENT + timedelta(seconds=3), submit_date, text_start, second_look
     )
 
 
@@ -45,10 +52,67 @@ def test_two_fitting_parts_are_never_guessed_between() -> None:
     assert match.part is None and match.fitting == 2
 
 
-def test_without_a_text_two_parts_of_one_message_are_ambiguous() -> None:
+def test_without_a_text_a_part_of_the_one_fitting_message_is_taken() -> None:
     first, second = Candidate(1, 1, 1, SENT, "abc"), Candidate(1, 1, 2, SENT, "def")
-    assert match_receipt(clues(None), [first, second]).part is None
+    assert match_receipt(clues(None), [first, second]).part == first
     assert match_receipt(clues("def"), [first, second]).part == second
+    other_attempt = Candidate(1, 2, 1, SENT, "abc")
+    assert match_receipt(clues(None), [first, other_attempt]).part is None
+
+
+def ascii_excerpt(text: str) -> str:
+    """What an ASCII-only SMSC writes in a receipt's text: field."""
+    return text[:20].encode("ascii", errors="replace").decode("ascii")
+
+
+def test_a_receipt_that_fits_several_parts_waits_for_the_receipts_that_fit_one() -> None:
+    """Part 1's receipt shows its number, the others only ????: taking part
+    1 for the first receipt of the message would leave part 1's own receipt
+    nowhere to go."""
+    texts = ("お知らせ 239 " + "あ" * 30, "い" * 40)
+    parts = [Candidate(7, 1, n, SENT, t) for n, t in enumerate(texts, start=1)]
+    vague = clues(ascii_excerpt(texts[1]), second_look=False)
+    specific = clues(ascii_excerpt(texts[0]), second_look=False)
+    first_look = match_receipts([(vague, parts), (specific, parts)])
+    assert first_look[0] == Match(None, 0)  # waits, and is not counted ambiguous
+    assert first_look[1].part == parts[0]
+    [second] = match_receipts([(vague._replace(second_look=True), parts[1:])])
+    assert second.part == parts[1]
+
+
+def test_a_short_excerpt_is_the_short_last_part_of_its_message() -> None:
+    """Appendix B writes the first 20 characters: 18 question marks are a
+    part of 18 characters, not the start of a longer one."""
+    texts = ("あ" * 67, "い" * 67, "う" * 18)
+    parts = [Candidate(7, 1, n, SENT, t) for n, t in enumerate(texts, start=1)]
+    [last] = match_receipts([(clues(ascii_excerpt(texts[2]), second_look=False), parts)])
+    assert last.part == parts[2]
+    [middle] = match_receipts([(clues(ascii_excerpt(texts[1]), second_look=True), parts[1:])])
+    assert middle.part == parts[1]
+
+
+def test_receipts_of_one_message_take_its_parts_one_each() -> None:
+    """A Japanese text reads ???? in an ASCII receipt: nothing tells the
+    parts of one message apart, but the message is certain."""
+    parts = [Candidate(7, 1, n, SENT, kana * 30) for n, kana in ((1, "あ"), (2, "い"), (3, "う"))]
+    unwritable = clues("?" * 20)
+    matches = match_receipts([(unwritable, parts), (unwritable, parts)])
+    assert [m.part.part_no if m.part else None for m in matches] == [1, 2]
+    # The most constrained receipt chooses first.
+    matches = match_receipts([(unwritable, parts), (unwritable, parts[:1])])
+    assert [m.part.part_no if m.part else None for m in matches] == [2, 1]
+
+
+def test_more_receipts_than_parts_or_two_messages_match_nothing() -> None:
+    parts = [Candidate(7, 1, n, SENT, "?") for n in (1, 2)]
+    three = match_receipts([(clues(None), parts)] * 3)
+    assert all(m.part is None and m.fitting >= 2 for m in three)
+    two_messages = [parts[0], Candidate(8, 1, 1, SENT, "?")]
+    [alone] = match_receipts([(clues(None), two_messages)])
+    assert alone.part is None and alone.fitting == 2
+    # Two receipts for one single part: one of them is someone else's.
+    twins = match_receipts([(clues(None), parts[:1])] * 2)
+    assert all(m.part is None for m in twins)
 
 
 def test_the_submit_date_bounds_when_the_part_was_sent() -> None:

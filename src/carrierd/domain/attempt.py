@@ -36,6 +36,9 @@ DAEMON_STOPPED_IN_FLIGHT = Reason(
     reasons.OUTCOME_UNKNOWN_AFTER_RESTART.code, "daemon stopped with the part in flight"
 )
 OUTCOME_UNKNOWN = Reason("outcome_unknown", "the part was handed over and its outcome is unknown")
+# parts.unknown_cause of a part still waiting for its response when its
+# attempt ended on another part: its answer is still welcome.
+ATTEMPT_ENDED = "attempt_ended"
 
 
 PartState = Literal["pending", "accepted", "refused", "delivered", "failed", "unknown"]
@@ -230,7 +233,13 @@ def attempt_move(
         event = _EVENT_OF_STATE[outcome.to_state]
     if state is State.UNKNOWN:
         detail["late"] = True
-    units = parts.delivered_units if outcome.to_state in BILLED_STATES else 0
+    # From `unknown`: the parts delivered before it were billed by the move
+    # into it, and those delivered since as they arrived.
+    units = (
+        parts.delivered_units
+        if outcome.to_state in BILLED_STATES and state is not State.UNKNOWN
+        else 0
+    )
     # Settled from 'sending' with every part accepted: the SMSC took the
     # attempt at its last response, whether or not it ever showed 'submitted'.
     submitted_at = (

@@ -63,9 +63,10 @@ class Event(StrEnum):
 
 
 # Moves that end an attempt at a carrier: the writer bills the delivered
-# parts they carry (states.py: `unknown` and `skipped` are not billed).
+# parts they carry. `unknown` too: the parts delivered so far reached the
+# handset; those delivered later are billed as they arrive.
 BILLED_STATES: frozenset[State] = frozenset(
-    {State.DELIVERED, State.FAILED, State.QUEUED, State.EXPIRED}
+    {State.DELIVERED, State.FAILED, State.QUEUED, State.EXPIRED, State.UNKNOWN}
 )
 
 

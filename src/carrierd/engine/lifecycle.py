@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from carrierd.domain.attempt import ATTEMPT_ENDED
 from carrierd.domain.billing import billing_month
 from carrierd.domain.lifecycle import Event, Move, Note
 from carrierd.domain.states import FINAL_STATES, State
@@ -68,6 +69,16 @@ class Lifecycle:
         if unknown:
             # The parts still open take their message's outcome: nobody knows.
             await tx.execute("parts_outcome_unknown", unknown, None, True)
+        left_open = [
+            a.move.message_id
+            for a in applied
+            if a.move.src in _ATTEMPT_OPEN and a.move.dst in _ENDS_ATTEMPT_EARLY
+        ]
+        if left_open:
+            # An attempt that ended on one part (a failed receipt, a reroute)
+            # may leave others still waiting for their response: they are in
+            # doubt, so that their answer or receipt still finds and bills them.
+            await tx.execute("parts_outcome_unknown", left_open, ATTEMPT_ENDED, False)
         notify = [
             r["id"]
             for r in rows
@@ -204,6 +215,9 @@ class _Bills:
 # One encoder, built once: json.dumps() would build one per call.
 _ENCODER = json.JSONEncoder(ensure_ascii=False)
 _FINAL_VALUES = frozenset(state.value for state in FINAL_STATES)
+_ATTEMPT_OPEN = frozenset({State.SENDING, State.SUBMITTED})
+# Every part is delivered when a message is: only these can leave one open.
+_ENDS_ATTEMPT_EARLY = frozenset({State.FAILED, State.EXPIRED, State.QUEUED})
 
 
 # Events whose metric takes a label from the move itself.

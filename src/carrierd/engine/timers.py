@@ -157,6 +157,8 @@ class Timers:
                     State.UNKNOWN,
                     Event.RECEIPT_TIMEOUT,
                     reasons.RECEIPT_TIMEOUT,
+                    sms_units=r["delivered_units"],
+                    billed_at=r["last_receipt_at"] or now,
                 )
                 for r in rows
             ],

@@ -72,7 +72,7 @@ from carrierd.domain.receipt_match import (
     Candidate,
     Match,
     ReceiptClues,
-    match_receipt,
+    match_receipts,
     part_text,
     sent_at_window,
 )
@@ -501,17 +501,20 @@ class WriteBehind:
         if inbound:
             await self._inbound_store.store_sms(tx, inbound)
         if touched:
-            moved = set(await self.settle(tx, sorted(touched), now))
-            await self._bill_late_parts(tx, changed_parts, moved, now)
+            moved = await self.settle(tx, sorted(touched), now)
+            await self._bill_late_parts(tx, changed_parts, _billed_with_move(moved), now)
         return awaiting - touched, touched
 
     async def _bill_late_parts(
-        self, tx: Transaction, parts: Sequence[Row], moved: set[int], now: datetime
+        self, tx: Transaction, parts: Sequence[Row], billed: set[int], now: datetime
     ) -> None:
-        """Parts delivered after their attempt was settled are billed on
-        their own (§11: they reached the handset); the parts of an attempt
-        that settled in this flush were billed with its move."""
-        delivered = [p for p in parts if p["state"] == "delivered" and p["message_id"] not in moved]
+        """Parts delivered after their attempt was settled (`unknown`
+        included) are billed on their own (§11: they reached the handset);
+        the parts of an attempt whose move in this flush billed them
+        (`billed`) are not billed twice."""
+        delivered = [
+            p for p in parts if p["state"] == "delivered" and p["message_id"] not in billed
+        ]
         if not delivered:
             return
         settled = {
@@ -580,20 +583,8 @@ class WriteBehind:
                         ),
                     )
                 )
-        matches = [
-            match_receipt(c, candidates[i]) if c is not None else Match(None, 0)
-            for i, c in enumerate(clues)
-        ]
-        # Two receipts that fit the same one part: one of them is another
-        # part's, and nothing says which.
-        chosen: dict[Candidate, int] = defaultdict(int)
-        for m in matches:
-            if m.part is not None:
-                chosen[m.part] += 1
-        matches = [
-            Match(None, chosen[m.part]) if m.part is not None and chosen[m.part] > 1 else m
-            for m in matches
-        ]
+        matched = iter(match_receipts([(c, candidates[i]) for i, c in looked_up]))
+        matches = [next(matched) if c is not None else Match(None, 0) for c in clues]
         found = [(r, m.part) for r, m in zip(waiting, matches, strict=True) if m.part is not None]
         unmatched = [(r, m) for r, m in zip(waiting, matches, strict=True) if m.part is None]
         changed_parts: list[Row] = []
@@ -636,8 +627,8 @@ class WriteBehind:
         if not parts:
             return 0
         tx.after_commit(lambda: self._observe_receipts(parts))
-        moved = set(await self.settle(tx, sorted({p["message_id"] for p in parts}), now))
-        await self._bill_late_parts(tx, parts, moved, now)
+        moved = await self.settle(tx, sorted({p["message_id"] for p in parts}), now)
+        await self._bill_late_parts(tx, parts, _billed_with_move(moved), now)
         return len(moved)
 
     def _count_correlation(self, correlated: Sequence[str], ambiguous: Sequence[str]) -> None:
@@ -663,9 +654,11 @@ class WriteBehind:
                 )
             child.observe(max(0.0, (part["receipt_at"] - part["resp_at"]).total_seconds()))
 
-    async def settle(self, tx: Transaction, message_ids: Sequence[int], now: datetime) -> list[int]:
+    async def settle(
+        self, tx: Transaction, message_ids: Sequence[int], now: datetime
+    ) -> list[Move]:
         """Move each message to what its current attempt's parts say;
-        returns the messages that moved."""
+        returns the moves that applied."""
         await tx.execute("lock_messages", list(message_ids))
         rows = [AttemptRow.from_row(r) for r in await tx.fetch("attempt_parts", list(message_ids))]
         moves: list[Move] = []
@@ -729,7 +722,7 @@ class WriteBehind:
                 self._au_spacing_s(),
             )
         applied = await self._lifecycle.apply(tx, moves, now)
-        return [a.move.message_id for a in applied]
+        return [a.move for a in applied]
 
 
 def _clues(row: Row) -> ReceiptClues | None:
@@ -745,7 +738,15 @@ def _clues(row: Row) -> ReceiptClues | None:
         received_at=row["received_at"],
         submit_date=parse_receipt_date(row["submit_date"]),
         text_start=row["text_start"],
+        second_look=row["checked_at"] is not None,
     )
+
+
+def _billed_with_move(moves: Sequence[Move]) -> set[int]:
+    """Messages whose move billed their attempt's delivered parts: every
+    settling move but one from `unknown`, whose parts were billed at the
+    move into it or as they arrived (domain/attempt.attempt_move)."""
+    return {m.message_id for m in moves if m.src is not State.UNKNOWN}
 
 
 def _teaches_resolver(row: AttemptRow, number_ranges: NumberRanges) -> bool:

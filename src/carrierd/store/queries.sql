@@ -229,17 +229,27 @@ FROM unnest($1::bigint[], $2::int[], $3::int[], $4::int[], $5::text[], $6::int[]
 
 -- name: record_part_responses
 -- submit_sm_resp outcomes, written behind in batches. Only a pending part
--- changes: a late response never undoes a receipt. $9: why an unknown
--- outcome is unknown (NULL for the others).
-UPDATE parts p
-   SET state = i.state, smsc_message_id = i.smsc_message_id, command_status = i.command_status,
-       bind_id = i.bind_id, resp_at = $8, unknown_cause = i.unknown_cause
-  FROM unnest($1::bigint[], $2::int[], $3::int[], $4::text[], $5::text[], $6::int[], $7::text[],
-              $9::text[])
-       AS i(message_id, attempt, part_no, state, smsc_message_id, command_status, bind_id,
-            unknown_cause)
- WHERE p.message_id = i.message_id AND p.attempt = i.attempt AND p.part_no = i.part_no
-   AND p.state = 'pending';
+-- changes (or one put in doubt because its attempt ended on another part
+-- while it waited: its answer is still news): a late response never undoes
+-- a receipt. $9: why an unknown outcome is unknown (NULL for the others).
+WITH updated AS (
+    UPDATE parts p
+       SET state = i.state, smsc_message_id = i.smsc_message_id,
+           command_status = i.command_status, bind_id = i.bind_id, resp_at = $8,
+           unknown_cause = i.unknown_cause
+      FROM unnest($1::bigint[], $2::int[], $3::int[], $4::text[], $5::text[], $6::int[],
+                  $7::text[], $9::text[])
+           AS i(message_id, attempt, part_no, state, smsc_message_id, command_status, bind_id,
+                unknown_cause)
+     WHERE p.message_id = i.message_id AND p.attempt = i.attempt AND p.part_no = i.part_no
+       AND (p.state = 'pending'
+            OR (p.state = 'unknown' AND p.unknown_cause = 'attempt_ended'))
+    RETURNING p.message_id, p.attempt, p.part_no, p.smsc_message_id
+)
+DELETE FROM parts_in_doubt d
+ USING updated u
+ WHERE d.message_id = u.message_id AND d.attempt = u.attempt AND d.part_no = u.part_no
+   AND u.smsc_message_id IS NOT NULL;
 
 -- name: record_late_responses
 -- A submit_sm_resp that came after its part was reported unknown (its
@@ -551,12 +561,12 @@ WHERE id = ANY($1::bigint[]);
 
 -- name: settled_attempts
 -- Of these (message, attempt) pairs, those whose attempt was settled before
--- (the message moved on, or ended): a part of it delivered now is billed on
--- its own. An attempt still open, or unknown, is billed when it settles.
+-- (the message moved on, ended, or became unknown): a part of it delivered
+-- now is billed on its own. An attempt still open is billed when it settles.
 SELECT i.message_id, i.attempt
 FROM unnest($1::bigint[], $2::int[]) AS i(message_id, attempt)
 JOIN messages m ON m.id = i.message_id
-WHERE NOT (m.attempt = i.attempt AND m.state IN ('sending', 'submitted', 'unknown'));
+WHERE NOT (m.attempt = i.attempt AND m.state IN ('sending', 'submitted'));
 
 -- name: add_billing
 INSERT INTO billing_counts (account_id, month, channel, units)
@@ -590,7 +600,7 @@ ON CONFLICT DO NOTHING;
 -- not tried by their other clues since $2: oldest first, $3 at most. Rows
 -- another daemon (or flush) holds are its own.
 SELECT carrier, smsc_message_id, stat, err, received_at, recipient_addr, submit_date,
-       text_start, ambiguous_at
+       text_start, ambiguous_at, checked_at
 FROM early_receipts
 WHERE received_at <= $1 AND recipient_addr IS NOT NULL
   AND (checked_at IS NULL OR checked_at <= $2)
@@ -693,8 +703,17 @@ WHERE state IN ('scheduled', 'queued') AND expires_at <= $1
 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED;
 
 -- name: due_receipt_timeouts
-SELECT id FROM messages WHERE state = 'submitted' AND receipt_deadline <= $1
-ORDER BY receipt_deadline LIMIT $2 FOR UPDATE SKIP LOCKED;
+-- With the units of the parts delivered so far: the move to unknown bills
+-- them (they reached the handset).
+SELECT m.id, d.units AS delivered_units, d.last_receipt_at
+FROM messages m
+CROSS JOIN LATERAL (
+    SELECT coalesce(sum(p.units), 0)::int AS units, max(p.receipt_at) AS last_receipt_at
+    FROM parts p
+    WHERE p.message_id = m.id AND p.attempt = m.attempt AND p.state = 'delivered'
+) d
+WHERE m.state = 'submitted' AND m.receipt_deadline <= $1
+ORDER BY m.receipt_deadline LIMIT $2 FOR UPDATE OF m SKIP LOCKED;
 
 -- name: due_lost_leases
 -- Messages whose daemon died (its lease ran out) with what its parts say.
