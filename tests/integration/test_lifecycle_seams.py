@@ -11,12 +11,18 @@ from datetime import UTC, datetime
 import asyncpg
 
 from carrierd.channels.sms import SmppGateway
-from carrierd.channels.types import Receipt
-from carrierd.domain.clock import FakeClock, SystemClock
+from carrierd.channels.types import PartOutcome, Receipt, SmsRequest
+from carrierd.domain.clock import JST, FakeClock, SystemClock
+from carrierd.domain.sms_text import split_ucs2
 from carrierd.engine.write_behind import NotDurable, WriteBehind
 from carrierd.sim.smsc import SmscSimulator, sim_config_from_mapping
 from carrierd.store.db import Database
-from tests.integration.engine_harness import engine_config, enqueue, make_engine
+from tests.integration.engine_harness import (
+    NetworkStandIn,
+    engine_config,
+    enqueue,
+    make_engine,
+)
 
 T0 = datetime(2026, 12, 1, 1, 0, tzinfo=UTC)
 # 134 characters of JIS X 0208 text: two UCS-2 parts, two billable units (§3).
@@ -135,6 +141,90 @@ async def test_a_late_receipt_after_unknown_settles_the_message_and_its_billing(
     kinds = [e["kind"] for e in events]
     assert kinds[-3:] == ["receipt_timeout", "delivered", "part_delivered_late"]
     assert events[-2]["detail"]["late"] is True
+
+
+async def test_an_unknown_message_bills_the_parts_that_reached_the_handset(
+    dsn: str, db: Database
+) -> None:
+    """Part 1 delivered, part 2 never receipted: the receipt timeout makes
+    the message unknown, and part 1, which reached the handset, is billed
+    then (§11); part 2's late receipt bills part 2, and nothing twice."""
+    clock = FakeClock(T0)
+    config = engine_config(dsn, {"engine": {"pacing": False, "submitted_grace_s": 0}})
+    engine = await make_engine(config, db, clock)
+    [message_id] = await enqueue(
+        db, "acme", [{"to": "09012340002", "sms": {"text": "あ" * 100}}], clock.now(), config
+    )
+    await engine.cycle()
+    [submitted] = engine.network.submitted
+    assert len(submitted.smsc_ids) == 2
+    await engine.receipt(submitted.carrier, submitted.smsc_ids[0], "DELIVRD")
+    assert (await message(db, message_id))["state"] == "submitted"
+    clock.advance(73 * 3600)
+    await engine.settler.settle_once(clock.now())
+    row = await message(db, message_id)
+    assert (row["state"], row["sms_units"]) == ("unknown", 1)
+    assert await sms_billed(db) == 1
+
+    await engine.receipt(submitted.carrier, submitted.smsc_ids[1], "DELIVRD")
+
+    row = await message(db, message_id)
+    assert (row["state"], row["sms_units"]) == ("delivered", 2)
+    assert await sms_billed(db) == 2
+
+
+class FirstPartAnsweredFirst(NetworkStandIn):
+    """Part 1's submit_sm_resp comes at once, the others' are still on the
+    wire when the submit call returns (the test hands them in later)."""
+
+    async def submit(self, carrier: str, request: SmsRequest) -> list[PartOutcome]:
+        return (await super().submit(carrier, request))[:1]
+
+
+async def test_parts_still_waiting_when_their_attempt_failed_are_billed_when_delivered(
+    dsn: str, db: Database
+) -> None:
+    """Part 1 fails while parts 2 and 3 wait for their response: the
+    message fails at once. Those two used to stay pending forever; when their
+    answers never came (the daemon died), their receipts found nothing and
+    two delivered parts went unbilled."""
+    clock = FakeClock(T0)
+    config = engine_config(dsn, {"engine": {"pacing": False, "submitted_grace_s": 0}})
+    network = FirstPartAnsweredFirst(clock, list(config.carriers))
+    engine = await make_engine(config, db, clock, network=network)
+    [message_id] = await enqueue(
+        db, "acme", [{"to": "09012340003", "sms": {"text": "い" * 150}}], clock.now(), config
+    )
+    await engine.cycle()
+    [submitted] = network.submitted
+    first, *rest = submitted.smsc_ids
+    assert len(rest) == 2
+    await engine.receipt(submitted.carrier, first, "UNDELIV", "001")
+    assert (await message(db, message_id))["state"] == "failed"
+
+    # The daemon dies before parts 2 and 3 are answered; the SMSC had them,
+    # and their receipts come with ids no part carries (Appendix B clues).
+    submit_date = clock.now().astimezone(JST).strftime("%y%m%d%H%M")
+    for smsc_id, text in zip(rest, split_ucs2("い" * 150)[1:], strict=True):
+        engine.recorder.receipt(
+            Receipt(
+                submitted.carrier,
+                f"lost-{smsc_id}",
+                "DELIVRD",
+                "000",
+                clock.now(),
+                recipient_addr="819012340003",
+                submit_date=submit_date,
+                text_start=text[:20].encode("ascii", errors="replace").decode(),
+            )
+        )
+    await engine.recorder.drain()
+    clock.advance(3)
+    await engine.settler.settle_once(clock.now())
+
+    row = await message(db, message_id)
+    assert (row["state"], row["sms_units"]) == ("failed", 2)
+    assert await sms_billed(db) == 2
 
 
 async def test_receipts_a_failed_flush_could_not_store_are_refused_not_acknowledged(
