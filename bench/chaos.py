@@ -12,7 +12,11 @@ database (what the daemons recorded and billed) and the simulator's journal
   unknown   messages ending `unknown`, by reason and by what the SMSC did:
             accepted none of the parts, some, all without every receipt
             acknowledged, or all with every receipt acknowledged
-  unbilled  parts the SMSC delivered that the message's sms_units leave out
+  unbilled  parts the SMSC delivered, and whose DELIVRD receipt the daemon
+            acknowledged, that the message's sms_units leave out
+  untold    parts the SMSC delivered whose receipt never reached the daemon
+            (it died with a killed SMSC, or the SMSC gave up): nobody can
+            bill what the carrier never reported
   exits     daemon exits the campaign did not cause; a supervisor restarts
             the daemon the way systemd/carrierd.service would (Restart=,
             RestartSec=, StartLimitBurst= in StartLimitIntervalSec=)
@@ -824,8 +828,8 @@ class Outcome:
     duplicates: int = 0
     unknown: Counter[str] = field(default_factory=Counter)  # "reason: what the SMSC did"
     unknown_part_states: Counter[str] = field(default_factory=Counter)  # database side
-    unbilled: int = 0
-    unbilled_receipt_acknowledged: int = 0  # of those, the daemon had the DELIVRD receipt
+    unbilled: int = 0  # delivered, receipt acknowledged, not billed
+    untold: int = 0  # delivered at the SMSC, receipt never acknowledged
     overbilled: int = 0
     billing_counts_gap: int = 0  # billing_counts minus the sum of sms_units
     states: Counter[str] = field(default_factory=Counter)
@@ -929,11 +933,10 @@ def judge(
             finals.append(float(row["final_s"]))
         parts = by_recipient.get(normalize_msisdn(row["msisdn"]), []) if row["msisdn"] else []
         delivered = [part for part in parts if part.delivered]
+        told = [part for part in delivered if part.receipts_acknowledged]
         units = int(row["sms_units"])
-        if len(delivered) > units:
-            outcome.unbilled += len(delivered) - units
-            if all(part.receipts_acknowledged for part in delivered):
-                outcome.unbilled_receipt_acknowledged += len(delivered) - units
+        outcome.unbilled += max(0, len(told) - units)
+        outcome.untold += len(delivered) - len(told)
         outcome.overbilled += max(0, units - len(delivered))
         if row["state"] == "unknown":
             unknown_ids.add(int(row["id"]))
@@ -1049,7 +1052,7 @@ def run_scenario(scenario: Scenario, settings: Settings, postgres: ThrowawayPost
 
 _HEADER = (
     f"{'scenario':<36}{'msgs':>7}{'lost':>6}{'dup':>5}{'unknown':>9}"
-    f"{'unbilled':>10}{'exits':>7}{'resume_s':>10}{'settle_s':>10}"
+    f"{'unbilled':>10}{'untold':>8}{'exits':>7}{'resume_s':>10}{'settle_s':>10}"
 )
 
 
@@ -1063,7 +1066,7 @@ def report_lines(outcome: Outcome) -> list[str]:
         return [f"{outcome.title:<36}  {what}"]
     lines = [
         f"{outcome.title:<36}{outcome.messages:>7}{outcome.lost:>6}{outcome.duplicates:>5}"
-        f"{outcome.unknown_total:>9}{outcome.unbilled:>10}{outcome.exits:>7}"
+        f"{outcome.unknown_total:>9}{outcome.unbilled:>10}{outcome.untold:>8}{outcome.exits:>7}"
         f"{_seconds(outcome.resume_s):>10}{_seconds(outcome.settle_s):>10}"
     ]
     detail = "    "
@@ -1075,11 +1078,6 @@ def report_lines(outcome: Outcome) -> list[str]:
             detail
             + "unknown, their last attempt's parts: "
             + ", ".join(f"{k} {n}" for k, n in outcome.unknown_part_states.most_common())
-        )
-    if outcome.unbilled:
-        lines.append(
-            detail + f"unbilled parts whose DELIVRD receipt the daemon acknowledged: "
-            f"{outcome.unbilled_receipt_acknowledged}"
         )
     if outcome.overbilled or outcome.billing_counts_gap:
         lines.append(

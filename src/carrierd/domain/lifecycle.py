@@ -104,6 +104,9 @@ class Move:
     sms_units: int = 0
     rcs_units: int = 0
     billed_at: datetime | None = None
+    # A wait that repeats every second while its cause lasts (no bind up):
+    # its event is logged once per message, later ones move it silently.
+    log_once: bool = False
 
     def __post_init__(self) -> None:
         check_transition(self.src, self.dst)

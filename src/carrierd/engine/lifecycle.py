@@ -58,7 +58,8 @@ class Lifecycle:
         """Apply `moves` (one per message) in `tx`; returns those that applied."""
         if not moves:
             return []
-        rows = await tx.fetch("apply_moves", *_move_arrays(moves), now)
+        *columns, log_once = _move_arrays(moves)
+        rows = await tx.fetch("apply_moves", *columns, now, log_once)
         if not rows:
             return []
         by_id = {m.message_id: m for m in moves}
@@ -238,7 +239,7 @@ def _json(detail: Any) -> str | None:
 
 
 def _move_arrays(moves: Sequence[Move]) -> list[list[Any] | None]:
-    """The 21 column arrays of apply_moves, in one pass over the moves. A
+    """The 22 column arrays of apply_moves, in one pass over the moves. A
     column no move sets is sent as NULL (unnest pads it with NULLs): most
     moves set a few of the 21, and every element is encoded one by one."""
     rows = [
@@ -265,6 +266,7 @@ def _move_arrays(moves: Sequence[Move]) -> list[list[Any] | None]:
             m.rcs_units or None,
             m.event,
             None if m.detail is None else _ENCODER.encode(m.detail),
+            m.log_once or None,
         )
         for m in moves
     ]

@@ -144,6 +144,8 @@ class SmsLeg:
                         Event.POSTPONED,
                         not_before=now + timedelta(seconds=NO_BIND_RETRY_S),
                         detail={"why": "no bind up", "carrier": pick.carrier},
+                        # Every second while the SMSC is away: one event.
+                        log_once=True,
                     )
                 )
                 continue
@@ -168,6 +170,7 @@ class SmsLeg:
                     State.QUEUED,
                     Event.POSTPONED,
                     detail={"why": "rate counted in parts"},
+                    log_once=True,
                 )
                 for p, fit in zip(planned, fits, strict=True)
                 if not fit

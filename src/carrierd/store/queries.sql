@@ -448,11 +448,12 @@ WITH input AS (
         $1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
         $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[],
         $11::text[], $12::text[], $13::int[], $14::int[], $15::boolean[], $16::text[],
-        $17::timestamptz[], $18::int[], $19::int[], $20::text[], $21::text[])
+        $17::timestamptz[], $18::int[], $19::int[], $20::text[], $21::text[],
+        $23::boolean[])
         AS i(id, from_state, to_state, reason_code, reason_text, not_before,
              receipt_deadline, fallback_at, expires_at, submitted_at,
              leg, carrier, attempt, resends_done, wrong_carrier, lease_owner,
-             lease_until, sms_units, rcs_units, event_kind, event_detail)
+             lease_until, sms_units, rcs_units, event_kind, event_detail, log_once)
 ),
 updated AS (
     UPDATE messages m
@@ -497,7 +498,7 @@ updated AS (
      WHERE m.id = i.id AND m.state = i.from_state
     RETURNING m.id, m.state, m.account_id, m.channel, m.carrier, m.callback_url,
               m.callback_every_change, m.reason_code, m.reason_text, i.event_kind,
-              i.event_detail
+              i.event_detail, i.log_once
 ),
 logged AS (
     INSERT INTO message_events (message_id, at, kind, state, carrier, detail)
@@ -506,7 +507,12 @@ logged AS (
                 ELSE coalesce(event_detail::jsonb, '{}'::jsonb)
                      || jsonb_build_object('reason', reason_code, 'reason_text', reason_text)
            END
-    FROM updated
+    FROM updated u
+    -- A wait logged once (Move.log_once) repeats silently.
+    WHERE NOT (CASE WHEN u.log_once
+                    THEN EXISTS (SELECT 1 FROM message_events e
+                                 WHERE e.message_id = u.id AND e.kind = u.event_kind)
+                    ELSE false END)
 )
 SELECT id, state, account_id, channel, carrier, callback_url, callback_every_change
 FROM updated;
