@@ -759,15 +759,18 @@ SECOND_LOOK_S = CORRELATE_AFTER_S + CORRELATE_AGAIN_S
 
 async def count_open(dsn: str) -> tuple[int, int] | None:
     """(messages, final messages), or None while the database cannot answer.
-    Receipts still waiting for their second look count as messages not
-    final yet: they may still settle one."""
+    Receipts still waiting for their second look, and `unknown` messages,
+    count as not final yet: a receipt may still settle them (the SMSC may
+    not have sent it yet); the quiet limit ends the wait for those that
+    never settle."""
     try:
         conn = await asyncpg.connect(dsn, timeout=5)
     except (OSError, asyncpg.PostgresError, TimeoutError):
         return None
     try:
         row = await conn.fetchrow(
-            "SELECT count(*) AS n, count(final_at) AS final FROM messages WHERE account_id = $1",
+            "SELECT count(*) AS n, count(final_at) FILTER (WHERE state <> 'unknown') AS final"
+            " FROM messages WHERE account_id = $1",
             ACCOUNT,
         )
         waiting = await conn.fetchval(

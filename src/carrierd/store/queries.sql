@@ -289,8 +289,9 @@ ON CONFLICT DO NOTHING;
 
 -- name: apply_early_receipts
 -- Receipts that beat their submit_sm_resp (or reached another daemon first)
--- meet their part once the part knows its SMSC id: the newest accepted part
--- with either of the receipt's ids, as in record_receipts. Driven from
+-- meet their part once the part knows its SMSC id: the newest accepted (or
+-- unknown: its message became unknown meanwhile) part with either of the
+-- receipt's ids, as in record_receipts. Driven from
 -- early_receipts, usually empty, with one index probe per id: cheap
 -- whatever the size of parts.
 WITH waiting AS (
@@ -309,13 +310,13 @@ found AS (
         -- lose the index's sent_at order, or the index altogether.
         (SELECT message_id, attempt, part_no, sent_at FROM parts
           WHERE carrier = e.carrier AND smsc_message_id = e.smsc_message_id
-            AND state = 'accepted'
+            AND state IN ('accepted', 'unknown')
           ORDER BY sent_at DESC
           LIMIT 1)
         UNION ALL
         (SELECT message_id, attempt, part_no, sent_at FROM parts
           WHERE carrier = e.carrier AND smsc_message_id = e.alt_smsc_message_id
-            AND state = 'accepted'
+            AND state IN ('accepted', 'unknown')
           ORDER BY sent_at DESC
           LIMIT 1)
         ORDER BY sent_at DESC
@@ -333,7 +334,7 @@ UPDATE parts p
        receipt_stat = m.stat, receipt_err = m.err, receipt_at = m.received_at
   FROM matched m
  WHERE p.message_id = m.message_id AND p.attempt = m.attempt AND p.part_no = m.part_no
-   AND p.state = 'accepted'
+   AND p.state IN ('accepted', 'unknown')
 RETURNING p.message_id, p.state, p.carrier, p.receipt_at, p.resp_at, p.attempt, p.units;
 
 -- name: record_receipts
