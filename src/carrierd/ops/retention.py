@@ -45,12 +45,7 @@ async def purge_expired(
     locks nor a long snapshot on the busiest table.
     """
     cutoff = now - timedelta(days=keep_days)
-    total = 0
-    while True:
-        deleted = int(await db.fetchval("purge_final_messages", cutoff, batch_rows))
-        total += deleted
-        if deleted < batch_rows:
-            return total
+    return await _in_batches(db, "purge_final_messages", cutoff, batch_rows)
 
 
 async def purge_au_gate(
@@ -58,12 +53,7 @@ async def purge_au_gate(
 ) -> int:
     """Delete au gate rows that hold nothing back any more; returns how many."""
     before = au_gate_forgets_before(now, spacing_s)
-    total = 0
-    while True:
-        deleted = int(await db.fetchval("purge_au_gate", before, batch_rows))
-        total += deleted
-        if deleted < batch_rows:
-            return total
+    return await _in_batches(db, "purge_au_gate", before, batch_rows)
 
 
 async def purge_webhook_keys(
@@ -76,9 +66,16 @@ async def purge_webhook_keys(
     """Delete webhook de-duplication keys recorded more than `keep_days`
     before `now`; returns how many went."""
     cutoff = now - timedelta(days=keep_days)
+    return await _in_batches(db, "purge_webhook_events", cutoff, batch_rows)
+
+
+async def _in_batches(db: Database, statement: str, before: datetime, batch_rows: int) -> int:
+    """Run a purge statement (it deletes at most `batch_rows` rows older than
+    `before` and returns how many) until a batch comes back short; each
+    batch is its own short transaction. Returns the rows deleted."""
     total = 0
     while True:
-        deleted = int(await db.fetchval("purge_webhook_events", cutoff, batch_rows))
+        deleted = int(await db.fetchval(statement, before, batch_rows))
         total += deleted
         if deleted < batch_rows:
             return total
