@@ -153,6 +153,11 @@ LATE_ANSWER_MIN_KEEP_S: Final = 60.0
 LATE_ANSWERS_PER_WINDOW_SLOT: Final = 8
 
 
+def late_answer_keep_s(response_timeout_s: float) -> float:
+    """How long after its response timeout a submit's late answer is still read."""
+    return max(LATE_ANSWER_MIN_KEEP_S, LATE_ANSWER_KEEP_FACTOR * response_timeout_s)
+
+
 class SubmitObserver(Protocol):
     """Told of every submit_sm answer, for metrics; called on the read path at
     thousands a second, so an implementation must cost no more than a dict
@@ -307,7 +312,7 @@ class _Connection(asyncio.Protocol):
             Window(config.window, clock=clock) if role != "receiver" else None
         )
         self.late_answers: LateAnswers[SubmitResponse] = LateAnswers(
-            keep_s=max(LATE_ANSWER_MIN_KEEP_S, LATE_ANSWER_KEEP_FACTOR * config.response_timeout_s),
+            keep_s=late_answer_keep_s(config.response_timeout_s),
             max_entries=max(1, config.window) * LATE_ANSWERS_PER_WINDOW_SLOT,
         )
         self.last_received_at_s = clock()

@@ -626,11 +626,11 @@ WITH input AS (
              AS i(receipt, carrier, msisdn, earliest, latest)
 )
 SELECT i.receipt, c.message_id, c.attempt, c.part_no, c.part_total, c.sent_at, c.sms_text,
-       c.sms_encoding
+       c.sms_encoding, c.state, c.unknown_cause, c.resp_at
 FROM input i
 CROSS JOIN LATERAL (
     SELECT p.message_id, p.attempt, p.part_no, p.part_total, p.sent_at, m.sms_text,
-           m.sms_encoding
+           m.sms_encoding, p.state, p.unknown_cause, p.resp_at
     FROM parts_in_doubt d
     JOIN parts p ON p.message_id = d.message_id AND p.attempt = d.attempt
                 AND p.part_no = d.part_no
@@ -639,7 +639,7 @@ CROSS JOIN LATERAL (
       AND d.sent_at BETWEEN i.earliest AND i.latest AND p.state = 'unknown'
     UNION ALL
     SELECT p.message_id, p.attempt, p.part_no, p.part_total, p.sent_at, m.sms_text,
-           m.sms_encoding
+           m.sms_encoding, p.state, p.unknown_cause, p.resp_at
     FROM messages m
     JOIN parts p ON p.message_id = m.id AND p.attempt = m.attempt
     WHERE m.msisdn = i.msisdn AND m.state = 'sending' AND p.carrier = i.carrier
@@ -650,7 +650,10 @@ CROSS JOIN LATERAL (
 -- Waiting receipts given to the part their other clues found
 -- (domain/receipt_match.py). The part takes the receipt's id, so that the
 -- same receipt delivered again finds it by id, and never another part.
--- Returns the parts that changed, as record_receipts does.
+-- A receipt whose id a part learned since the candidates were read (a late
+-- submit_sm_resp committed meanwhile) is that part's: it stays for
+-- apply_early_receipts. Returns the parts that changed, as record_receipts
+-- does.
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[], $5::int[])
              AS i(carrier, smsc_message_id, message_id, attempt, part_no)
@@ -659,6 +662,12 @@ matched AS (
     DELETE FROM early_receipts e
      USING input i
      WHERE e.carrier = i.carrier AND e.smsc_message_id = i.smsc_message_id
+       AND NOT EXISTS (SELECT 1 FROM parts q
+                        WHERE q.carrier = e.carrier
+                          AND q.smsc_message_id = e.smsc_message_id)
+       AND NOT EXISTS (SELECT 1 FROM parts q
+                        WHERE q.carrier = e.carrier
+                          AND q.smsc_message_id = e.alt_smsc_message_id)
     RETURNING i.message_id, i.attempt, i.part_no, e.smsc_message_id, e.stat, e.err,
               e.received_at
 ),
