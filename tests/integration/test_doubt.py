@@ -518,3 +518,27 @@ async def test_a_receipt_whose_id_a_part_learned_meanwhile_is_not_given_to_anoth
     assert await db.in_transaction(correlate) == []
     assert (await parts_by_id(db, mid))[3] == ("unknown", None)
     assert len(await db.call_raw("SELECT 1 FROM early_receipts")) == 1
+
+
+async def test_a_receipt_stays_waiting_when_its_chosen_part_learned_another_id(
+    dsn: str, db: Database
+) -> None:
+    """The clues chose part 3; its own late answer (another id) committed
+    before the correlation did: the receipt is not part 3's, and must not
+    vanish either."""
+    engine, _, mid = await three_parts_timed_out(dsn, db)
+    clock = engine.clock
+    engine.recorder.receipt(late_receipt(clock, "e5f6", "?" * 20))
+    await engine.recorder.drain()
+    await db.call_raw(
+        "UPDATE parts SET state = 'accepted', smsc_message_id = 'a0a0'"
+        " WHERE message_id = $1 AND part_no = 3",
+        mid,
+    )
+
+    async def correlate(tx: Transaction) -> list[Row]:
+        return await tx.fetch("correlate_receipts", ["docomo"], ["e5f6"], [mid], [1], [3])
+
+    assert await db.in_transaction(correlate) == []
+    [waiting] = await db.call_raw("SELECT smsc_message_id FROM early_receipts")
+    assert waiting["smsc_message_id"] == "e5f6"

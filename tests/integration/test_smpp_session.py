@@ -27,6 +27,7 @@ from carrierd.smpp.pdu import (
     EnquireLinkResp,
     GenericNack,
     SubmitSm,
+    SubmitSmResp,
     Unbind,
     UnbindResp,
     UnknownPdu,
@@ -763,6 +764,30 @@ async def test_a_late_answer_reaches_the_submitter(
     else:
         assert late.command_status == status
     assert session.stats.late_answers == 1
+
+
+async def test_an_answer_read_right_after_its_timeout_is_not_lost(
+    stub: StubSmsc, inbox: Inbox, sessions: list[SmppSession]
+) -> None:
+    """The timeout fails the submit's future, whose callback runs on the
+    next turn of the loop; an answer read before that turn must still
+    reach the submitter as its late answer."""
+    stub.behaviour.answer_submits = False
+    session = await started_session(sessions, carrier(stub.port, response_timeout_s=30.0), inbox)
+    submitted = asyncio.create_task(session.submit(message(1)))
+    await wait_for(lambda: len(stub.submits) == 1)
+    connection = session._submit_link.connection
+    assert connection is not None and connection.window is not None
+    [sequence_number] = list(connection.window._in_flight)
+
+    # One turn of the loop: the timeout, then the answer read at once.
+    connection.expire_unanswered(connection.last_received_at_s + 60.0)
+    connection._dispatch_response(SubmitSmResp(sequence_number=sequence_number, message_id="77"))
+
+    result = await submitted
+    assert (result.outcome, result.cause) == ("unknown", "response_timeout")
+    late = await late_result(result)
+    assert (late.outcome, late.message_id) == ("accepted", "77")
 
 
 async def test_no_late_answer_once_the_connection_is_gone(

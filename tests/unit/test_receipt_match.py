@@ -181,3 +181,12 @@ def test_parts_of_one_message_are_not_guessed_while_an_answer_may_name_them() ->
     assert match_receipts([(unwritable, waiting)]) == [Match(None, 0)]
     [guess] = match_receipts([(unwritable, parts)])
     assert guess.part == parts[0]
+
+
+def test_a_receipt_does_not_take_a_part_whose_answer_may_still_come() -> None:
+    """It fits that part alone: most likely it beat its own response, which
+    names the part of its id for certain."""
+    [part] = [Candidate(7, 1, 1, SENT, "Your code is 4321", answer_may_come=True)]
+    assert match_receipts([(clues("Your code is 4321"), [part])]) == [Match(None, 0)]
+    [later] = match_receipts([(clues("Your code is 4321"), [part._replace(answer_may_come=False)])])
+    assert later.part is not None

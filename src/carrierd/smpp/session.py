@@ -311,6 +311,9 @@ class _Connection(asyncio.Protocol):
         self.window: Window[SubmitResponse] | None = (
             Window(config.window, clock=clock) if role != "receiver" else None
         )
+        # Late-answer futures of submits just expired, until their callback
+        # (Session._submit_answered) claims them.
+        self.expired_unclaimed: dict[int, asyncio.Future[SubmitResponse]] = {}
         self.late_answers: LateAnswers[SubmitResponse] = LateAnswers(
             keep_s=late_answer_keep_s(config.response_timeout_s),
             max_entries=max(1, config.window) * LATE_ANSWERS_PER_WINDOW_SLOT,
@@ -462,14 +465,27 @@ class _Connection(asyncio.Protocol):
             elif due_s > now_s:
                 await asyncio.sleep(due_s - now_s)
             else:
-                expired = self.window.expire(now_s, timeout_s)
-                if expired:
-                    log.warning(
-                        "smpp_response_timeout",
-                        bind=self._bind_id,
-                        count=len(expired),
-                        first_sequence=expired[0],
-                    )
+                self.expire_unanswered(now_s)
+
+    def expire_unanswered(self, now_s: float) -> list[int]:
+        """Time out the submits unanswered for the response timeout; their
+        late answers are awaited from this moment."""
+        assert self.window is not None
+        expired = self.window.expire(now_s, self._config.response_timeout_s)
+        for sequence_number in expired:
+            # Remembered now, not when the submit's callback runs: an answer
+            # read in between would find nothing waiting for it.
+            self.expired_unclaimed[sequence_number] = self.late_answers.remember(
+                sequence_number, now_s
+            )
+        if expired:
+            log.warning(
+                "smpp_response_timeout",
+                bind=self._bind_id,
+                count=len(expired),
+                first_sequence=expired[0],
+            )
+        return expired
 
     # -- reading --------------------------------------------------------------------------
 
@@ -1082,11 +1098,12 @@ class SmppSession:
             answer = response.result()
         except ResponseTimeout as exc:
             late: asyncio.Future[SubmitResult] | None = None
-            if connection.is_open:
+            awaited = connection.expired_unclaimed.pop(exc.sequence_number, None)
+            if awaited is None and connection.is_open:
+                awaited = connection.late_answers.remember(exc.sequence_number, self._clock())
+            if awaited is not None and not awaited.cancelled():
                 late = asyncio.get_running_loop().create_future()
-                connection.late_answers.remember(
-                    exc.sequence_number, self._clock()
-                ).add_done_callback(partial(self._late_answered, item, late))
+                awaited.add_done_callback(partial(self._late_answered, item, late))
             self._resolve(
                 item,
                 "unknown",

@@ -650,37 +650,43 @@ CROSS JOIN LATERAL (
 -- Waiting receipts given to the part their other clues found
 -- (domain/receipt_match.py). The part takes the receipt's id, so that the
 -- same receipt delivered again finds it by id, and never another part.
--- A receipt whose id a part learned since the candidates were read (a late
--- submit_sm_resp committed meanwhile) is that part's: it stays for
--- apply_early_receipts. Returns the parts that changed, as record_receipts
--- does.
+-- A receipt whose id a part learned since the candidates were read (a
+-- response committed meanwhile) is that part's: it stays for
+-- apply_early_receipts; so does one whose part is no longer in doubt. A
+-- receipt leaves early_receipts only with the part it settled. Returns the
+-- parts that changed, as record_receipts does.
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[], $5::int[])
              AS i(carrier, smsc_message_id, message_id, attempt, part_no)
 ),
-matched AS (
-    DELETE FROM early_receipts e
-     USING input i
-     WHERE e.carrier = i.carrier AND e.smsc_message_id = i.smsc_message_id
-       AND NOT EXISTS (SELECT 1 FROM parts q
-                        WHERE q.carrier = e.carrier
-                          AND q.smsc_message_id = e.smsc_message_id)
-       AND NOT EXISTS (SELECT 1 FROM parts q
-                        WHERE q.carrier = e.carrier
-                          AND q.smsc_message_id = e.alt_smsc_message_id)
-    RETURNING i.message_id, i.attempt, i.part_no, e.smsc_message_id, e.stat, e.err,
-              e.received_at
+receipt AS (
+    SELECT e.carrier, e.smsc_message_id, e.stat, e.err, e.received_at,
+           i.message_id, i.attempt, i.part_no
+    FROM input i
+    JOIN early_receipts e ON e.carrier = i.carrier AND e.smsc_message_id = i.smsc_message_id
+    WHERE NOT EXISTS (SELECT 1 FROM parts q
+                       WHERE q.carrier = e.carrier AND q.smsc_message_id = e.smsc_message_id)
+      AND NOT EXISTS (SELECT 1 FROM parts q
+                       WHERE q.carrier = e.carrier
+                         AND q.smsc_message_id = e.alt_smsc_message_id)
 ),
 updated AS (
     UPDATE parts p
-       SET state = CASE WHEN m.stat = 'DELIVRD' THEN 'delivered' ELSE 'failed' END,
-           smsc_message_id = coalesce(p.smsc_message_id, m.smsc_message_id),
-           receipt_stat = m.stat, receipt_err = m.err, receipt_at = m.received_at
-      FROM matched m
-     WHERE p.message_id = m.message_id AND p.attempt = m.attempt AND p.part_no = m.part_no
-       AND p.state IN ('unknown', 'pending')
+       SET state = CASE WHEN r.stat = 'DELIVRD' THEN 'delivered' ELSE 'failed' END,
+           smsc_message_id = r.smsc_message_id,
+           receipt_stat = r.stat, receipt_err = r.err, receipt_at = r.received_at
+      FROM receipt r
+     WHERE p.message_id = r.message_id AND p.attempt = r.attempt AND p.part_no = r.part_no
+       -- On the row itself: PostgreSQL re-checks this after waiting for a
+       -- concurrent writer's lock.
+       AND p.state IN ('unknown', 'pending') AND p.smsc_message_id IS NULL
     RETURNING p.message_id, p.state, p.carrier, p.receipt_at, p.resp_at, p.attempt, p.units,
-              p.part_no
+              p.part_no, r.smsc_message_id AS receipt_id
+),
+matched AS (
+    DELETE FROM early_receipts e
+     USING updated u
+     WHERE e.carrier = u.carrier AND e.smsc_message_id = u.receipt_id
 ),
 settled_doubt AS (
     DELETE FROM parts_in_doubt d
