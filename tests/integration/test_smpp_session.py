@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
+import structlog.testing
 import uvloop
 
 from carrierd.config import CarrierConfig
@@ -566,6 +567,27 @@ async def test_deliver_sm_is_answered_when_its_handler_future_completes(
         DeliverSmResp(sequence_number=31),
         DeliverSmResp(sequence_number=32, command_status=CommandStatus.ESME_RX_T_APPN),
     ]
+
+
+async def test_refused_delivers_are_logged_as_a_count_not_a_line_each(
+    stub: StubSmsc, sessions: list[SmppSession]
+) -> None:
+    """Through a database outage every receipt is refused; a line per
+    receipt would flood the journal at the SMSC's receipt rate."""
+
+    def not_durable(pdu: DeliverSm | DataSm, bind_id: str) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_exception(RuntimeError("database down (test)"))
+        return future
+
+    await started_session(sessions, carrier(stub.port), not_durable)  # type: ignore[arg-type]
+    with structlog.testing.capture_logs() as logs:
+        for sequence_number in range(100, 120):
+            stub.send_to_clients(DeliverSm(sequence_number=sequence_number, short_message=b"x"))
+        await wait_for(lambda: len(stub.client_responses) == 20)
+    assert {r.command_status for r in stub.client_responses} == {CommandStatus.ESME_RX_T_APPN}
+    refused = [entry for entry in logs if entry["event"] == "smpp_delivers_refused"]
+    assert [entry["refused"] for entry in refused] == [1]
 
 
 async def test_receipt_before_submit_response(

@@ -80,6 +80,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import math
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -151,6 +152,9 @@ _SEQUENCE_OFFSET: Final = 12  # sequence_number sits at octets 12..15 of the hea
 LATE_ANSWER_KEEP_FACTOR: Final = 6.0
 LATE_ANSWER_MIN_KEEP_S: Final = 60.0
 LATE_ANSWERS_PER_WINDOW_SLOT: Final = 8
+# Refused deliver_sm (their receipt could not be made durable) are logged
+# as a count at most this often per connection.
+REFUSALS_LOG_EVERY_S: Final = 10.0
 
 
 def late_answer_keep_s(response_timeout_s: float) -> float:
@@ -311,6 +315,10 @@ class _Connection(asyncio.Protocol):
         self.window: Window[SubmitResponse] | None = (
             Window(config.window, clock=clock) if role != "receiver" else None
         )
+        # deliver_sm answered with a temporary error, and how many were logged.
+        self.delivers_refused = 0
+        self._refusals_logged = 0
+        self._refusals_logged_at_s = -math.inf
         # Late-answer futures of submits just expired, until their callback
         # (Session._submit_answered) claims them.
         self.expired_unclaimed: dict[int, asyncio.Future[SubmitResponse]] = {}
@@ -611,8 +619,8 @@ class _Connection(asyncio.Protocol):
         status: int = CommandStatus.ESME_ROK
         try:
             await asyncio.wait_for(pending, DELIVER_ACK_TIMEOUT_S)
-        except Exception:
-            log.exception("smpp_deliver_not_recorded", bind=self._bind_id)
+        except Exception as exc:
+            self._refused_deliver(exc)
             status = CommandStatus.ESME_RX_T_APPN
         self.delivers_unanswered -= 1
         self._answer_deliver(pdu, status)
@@ -621,9 +629,26 @@ class _Connection(asyncio.Protocol):
         self.delivers_unanswered -= 1
         status: int = CommandStatus.ESME_ROK
         if failure is not None:
-            log.error("smpp_deliver_not_recorded", bind=self._bind_id, error=repr(failure))
+            self._refused_deliver(failure)
             status = CommandStatus.ESME_RX_T_APPN
         self._answer_deliver(pdu, status)
+
+    def _refused_deliver(self, failure: BaseException) -> None:
+        """Log a deliver_sm answered with a temporary error (the SMSC sends it
+        again): the first at once, then a count every REFUSALS_LOG_EVERY_S,
+        not a line per receipt through a database outage."""
+        self.delivers_refused += 1
+        now_s = self._clock()
+        if now_s - self._refusals_logged_at_s < REFUSALS_LOG_EVERY_S:
+            return
+        log.warning(
+            "smpp_delivers_refused",
+            bind=self._bind_id,
+            refused=self.delivers_refused - self._refusals_logged,
+            error=repr(failure),
+        )
+        self._refusals_logged_at_s = now_s
+        self._refusals_logged = self.delivers_refused
 
     def _answer_deliver(self, pdu: DeliverSm | DataSm, status: int) -> None:
         if isinstance(pdu, DeliverSm):
