@@ -12,7 +12,7 @@ exists only when ApiState.webhook_sink is set (+Message configured).
 Answers: 204 once the sink has applied the event; 200 ``{"duplicate":
 true}`` for a body already applied (the platform's retry, or a replay
 within the timestamp window: the sink keeps a durable key per body, the
-SHA-256 of its bytes, and applies each once); 401 for a missing or wrong
+SHA-256 of the bot id and its bytes, and applies each once); 401 for a missing or wrong
 signature or a timestamp outside the window and 400 for a body we cannot
 read (both logged ``rcs_webhook_rejected``, counted, never applied); 503
 when no webhook secret is configured, since an unverifiable webhook must
@@ -51,9 +51,12 @@ class WebhookSink(Protocol):
         this key was applied before."""
 
 
-def webhook_event_key(body: bytes) -> bytes:
-    """The durable de-duplication key of a webhook: its signed bytes."""
-    return hashlib.sha256(body).digest()
+def webhook_event_key(body: bytes, bot_id: str) -> bytes:
+    """The durable de-duplication key of a webhook: its signed bytes, as one
+    bot's. The body names no bot, so one bot's event must not use up the key
+    of the same bytes posted for another (a misrouted post refused for not
+    being that bot's would otherwise turn the right one into a duplicate)."""
+    return hashlib.sha256(bot_id.encode("utf-8") + b"\0" + body).digest()
 
 
 async def receive_rcs_webhook(request: web.Request) -> web.Response:
@@ -95,7 +98,7 @@ async def receive_rcs_webhook(request: web.Request) -> web.Response:
             state.metrics.webhooks_rejected_total.labels(rejected.reason).inc()
         status = 401 if rejected.reason in UNAUTHORIZED_REASONS else 400
         return web.json_response({"error": rejected.reason}, status=status)
-    if not await sink.apply_webhook(event, bot, webhook_event_key(body)):
+    if not await sink.apply_webhook(event, bot, webhook_event_key(body, bot.bot_id)):
         log.info("rcs_webhook_duplicate", remote=request.remote, body_bytes=len(body))
         if state.metrics is not None:
             state.metrics.webhooks_rejected_total.labels("duplicate").inc()

@@ -120,6 +120,8 @@ class RcsSimConfig:
     webhook_attempts: int = 4
     webhook_retry_delay_s: float = 0.5
     webhook_timeout_s: float = 5.0
+    # Recipients who blocked the first bot (SimBot.blocked_numbers for others).
+    blocked_numbers: frozenset[str] = frozenset()
     more_bots: tuple[SimBot, ...] = ()
 
     # Simulated answers from recipients after delivery: a tap on the first
@@ -158,6 +160,7 @@ class RcsSimConfig:
             oauth_client_secret=self.oauth_client_secret,
             webhook_url=self.webhook_url,
             webhook_secret=self.webhook_secret,
+            blocked_numbers=self.blocked_numbers,
         )
         return (first, *self.more_bots)
 
@@ -305,6 +308,24 @@ class RcsPlatformSim:
         bot = self._bots[bot_id]
         message = _SimMessage(bot, msg_id, _canonical(recipient), {})
         await self._post_status(message, status)
+
+    async def post_text_from(self, recipient: str, bot_id: str, text: str) -> None:
+        """A recipient writes to official account `bot_id` unprompted (no
+        inReplyTo): only the bot it came to can tell whose it is."""
+        self._inbound_serial += 1
+        self.counters.inbound_sent += 1
+        await self._post_webhook(
+            self._bots[bot_id],
+            {
+                "event": "message",
+                "messageContact": {"userContact": _canonical(recipient)},
+                "RCSMessage": {
+                    "msgId": f"mo-{self.config.seed}-{self._inbound_serial}",
+                    "timestamp": self._timestamp(),
+                    "textMessage": text,
+                },
+            },
+        )
 
     async def wait_idle(self) -> None:
         """Wait for every scheduled delivery and webhook to finish."""
