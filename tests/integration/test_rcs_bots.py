@@ -154,6 +154,8 @@ async def rig(dsn: str, db: Database, **sim: Any) -> AsyncIterator[Rig]:
                             "webhook_secret": SECRETS[ACME_BOT],
                         },
                     },
+                    # SMS only: no official account of its own, none in [rcs].
+                    "initech": {"tokens": ["initech-token"]},
                     "globex": {
                         "tokens": ["globex-token"],
                         "rcs": {
@@ -212,6 +214,20 @@ async def test_each_account_sends_under_its_own_bot(dsn: str, db: Database) -> N
             assert (row["state"], row["rcs_units"]) == ("delivered", 1)
             sent = [e for e in await r.events(message_id) if e["kind"] == "rcs_sent"]
             assert sent[0]["detail"]["bot"] == bot_id
+
+
+async def test_an_account_without_a_bot_sends_no_rcs(dsn: str, db: Database) -> None:
+    async with rig(dsn, db) as r:
+        relay = await r.send("initech", CAPABLE)
+        rcs_only = await r.send("initech", CAPABLE_2, channel="rcs")
+        await r.cycle()
+        row = await r.row(relay)
+        assert (row["state"], row["leg"]) == ("queued", "sms")
+        assert (await r.events(relay))[-1]["detail"]["cause"] == "no_official_account"
+        failed = await r.row(rcs_only)
+        assert (failed["state"], failed["reason_code"]) == ("failed", "rcs_no_official_account")
+        assert r.sim.counters.capability_checks == 0
+        assert not r.sim.counters.accepted_by_bot
 
 
 async def test_capability_is_asked_and_cached_per_bot(dsn: str, db: Database) -> None:
