@@ -34,7 +34,15 @@ Timers are rows (DESIGN principle 4); `settle_due` claims them:
                                     with its answer in the event (§9: old
                                     apps could deliver after a discard)
 
-Webhooks (http/webhooks.py verifies them and calls `apply_webhook`):
+Every platform request is made as the message's account's official account
+(`Config.rcs_bot_of`, one `RcsClient` per bot in `RcsClients`): capability
+(cached per bot and number), send, and the revokes of fallback and discard.
+An account with no bot is `not_by_rcs` ('no_official_account').
+
+Webhooks (http/webhooks.py verifies them with the bot's secret and calls
+`apply_webhook` with the bot) touch only messages of the bot's account(s):
+a status naming another account's message is refused and counted
+('other_bot').
 delivered/displayed settle an rcs_sent message as delivered and bill 1
 +Message unit if within 72 h of the send (§11); failed falls back to SMS
 (rcs_then_sms) or fails. A status for a message not yet rcs_sent (the
