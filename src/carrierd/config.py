@@ -452,8 +452,11 @@ def _rcs_bots(
     """Each official account with its owner(s), or a problem naming the key
     where two accounts claim one bot or a bot lacks what it needs."""
     inheriting = frozenset(a.account_id for a in accounts.values() if a.rcs is None)
+    named = {a.rcs.bot_id for a in accounts.values() if a.rcs is not None}
     bots: dict[str, RcsBotConfig] = {}
-    if rcs.bot_id and inheriting:
+    # [rcs] bot_id is the inheriting accounts' bot; named by an account while
+    # none inherits it, it is that account's like any other.
+    if rcs.bot_id and (inheriting or rcs.bot_id not in named):
         bots[rcs.bot_id] = RcsBotConfig(
             bot_id=rcs.bot_id,
             accounts=inheriting,
@@ -462,6 +465,8 @@ def _rcs_bots(
             oauth_client_secret=rcs.oauth_client_secret,
             webhook_secret=rcs.webhook_secret,
         )
+        if rcs.enabled and not rcs.webhook_secret:
+            problems.append("rcs.webhook_secret: required when rcs.enabled is true")
     env_names: dict[str, str] = {}
     uses_rcs_login = bool(bots)
     for account in accounts.values():
@@ -678,7 +683,6 @@ def parse_config(
         webhook_tolerance_s=rr.number("webhook_tolerance_s", 300.0, minimum=1.0),
     )
     rcs_bots = _rcs_bots(problems, rcs, accounts, env)
-    default_bot = rcs_bots.get(rcs.bot_id)
     if rcs.enabled:
         if not rcs.base_url:
             problems.append("rcs.base_url: required when rcs.enabled is true")
@@ -686,8 +690,6 @@ def parse_config(
             problems.append(
                 f"rcs.bot_id: {rcs.bot_id!r}: letters, digits and . _ ~ @ - only, at most 128"
             )
-        if default_bot is not None and not rcs.webhook_secret:
-            problems.append("rcs.webhook_secret: required when rcs.enabled is true")
     rr.finish()
     top.finish()
 

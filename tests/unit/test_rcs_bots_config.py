@@ -206,3 +206,11 @@ webhook_secret = "platform-webhook-secret"
         "accounts.globex.rcs.bot_id: bot 'acme-bot' belongs to one account only"
         in capsys.readouterr().err
     )
+
+
+def test_rcs_bot_id_named_by_an_account_when_none_inherits_is_that_accounts() -> None:
+    config = parse_config(
+        config_raw({"acme": {"rcs": {"bot_id": "acme-bot"}}}, bot_id="acme-bot"), env={}
+    )
+    bot = config.rcs_default_bot()
+    assert bot is not None and bot.accounts == frozenset({"acme"})
