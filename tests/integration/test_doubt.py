@@ -497,25 +497,34 @@ async def test_a_receipt_takes_a_part_of_its_message_once_no_answer_can_come(
     assert await billed(db) == 1
 
 
-async def test_a_receipt_whose_id_a_part_learned_meanwhile_is_not_given_to_another(
-    dsn: str, db: Database
-) -> None:
-    """The clues chose part 3, then part 1's late answer with the receipt's
-    id committed before the correlation did: the id names part 1."""
+async def correlated_after_a_part_learned(
+    dsn: str, db: Database, part_no: int, smsc_id: str
+) -> tuple[int, list[Row]]:
+    """Receipt e5f6 waits, the clues chose part 3 for it, and part `part_no`
+    learned `smsc_id` from its response before the correlation wrote."""
     engine, _, mid = await three_parts_timed_out(dsn, db)
-    clock = engine.clock
-    engine.recorder.receipt(late_receipt(clock, "e5f6", "?" * 20))
+    engine.recorder.receipt(late_receipt(engine.clock, "e5f6", "?" * 20))
     await engine.recorder.drain()
     await db.call_raw(
-        "UPDATE parts SET state = 'accepted', smsc_message_id = 'e5f6'"
-        " WHERE message_id = $1 AND part_no = 1",
+        "UPDATE parts SET state = 'accepted', smsc_message_id = $3"
+        " WHERE message_id = $1 AND part_no = $2",
         mid,
+        part_no,
+        smsc_id,
     )
 
     async def correlate(tx: Transaction) -> list[Row]:
         return await tx.fetch("correlate_receipts", ["docomo"], ["e5f6"], [mid], [1], [3])
 
-    assert await db.in_transaction(correlate) == []
+    return mid, await db.in_transaction(correlate)
+
+
+async def test_a_receipt_whose_id_a_part_learned_meanwhile_is_not_given_to_another(
+    dsn: str, db: Database
+) -> None:
+    """Part 1's response with the receipt's id committed first: the id names part 1."""
+    mid, settled = await correlated_after_a_part_learned(dsn, db, 1, "e5f6")
+    assert settled == []
     assert (await parts_by_id(db, mid))[3] == ("unknown", None)
     assert len(await db.call_raw("SELECT 1 FROM early_receipts")) == 1
 
@@ -523,22 +532,9 @@ async def test_a_receipt_whose_id_a_part_learned_meanwhile_is_not_given_to_anoth
 async def test_a_receipt_stays_waiting_when_its_chosen_part_learned_another_id(
     dsn: str, db: Database
 ) -> None:
-    """The clues chose part 3; its own late answer (another id) committed
-    before the correlation did: the receipt is not part 3's, and must not
-    vanish either."""
-    engine, _, mid = await three_parts_timed_out(dsn, db)
-    clock = engine.clock
-    engine.recorder.receipt(late_receipt(clock, "e5f6", "?" * 20))
-    await engine.recorder.drain()
-    await db.call_raw(
-        "UPDATE parts SET state = 'accepted', smsc_message_id = 'a0a0'"
-        " WHERE message_id = $1 AND part_no = 3",
-        mid,
-    )
-
-    async def correlate(tx: Transaction) -> list[Row]:
-        return await tx.fetch("correlate_receipts", ["docomo"], ["e5f6"], [mid], [1], [3])
-
-    assert await db.in_transaction(correlate) == []
+    """Part 3's own response (another id) committed first: the receipt is
+    not part 3's, and must not vanish either."""
+    _, settled = await correlated_after_a_part_learned(dsn, db, 3, "a0a0")
+    assert settled == []
     [waiting] = await db.call_raw("SELECT smsc_message_id FROM early_receipts")
     assert waiting["smsc_message_id"] == "e5f6"
