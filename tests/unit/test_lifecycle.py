@@ -34,3 +34,9 @@ def test_a_lease_rides_only_on_a_claim() -> None:
     Move(1, State.QUEUED, State.SENDING, Event.SENDING, lease_owner="d1", lease_until=AT)
     with pytest.raises(ValueError, match="lease"):
         Move(1, State.SENDING, State.SUBMITTED, Event.SUBMITTED, lease_owner="d1")
+
+
+def test_a_wait_is_a_move_from_queued_to_queued() -> None:
+    Move(1, State.QUEUED, State.QUEUED, Event.POSTPONED, wait="no bind up")
+    with pytest.raises(ValueError, match="wait"):
+        Move(1, State.SENDING, State.QUEUED, Event.POSTPONED, wait="no bind up")

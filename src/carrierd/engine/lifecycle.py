@@ -58,8 +58,8 @@ class Lifecycle:
         """Apply `moves` (one per message) in `tx`; returns those that applied."""
         if not moves:
             return []
-        *columns, log_once = _move_arrays(moves)
-        rows = await tx.fetch("apply_moves", *columns, now, log_once)
+        *columns, waits = _move_arrays(moves)
+        rows = await tx.fetch("apply_moves", *columns, now, waits)
         if not rows:
             return []
         by_id = {m.message_id: m for m in moves}
@@ -83,7 +83,10 @@ class Lifecycle:
         notify = [
             r["id"]
             for r in rows
-            if r["callback_url"] and (r["state"] in _FINAL_VALUES or r["callback_every_change"])
+            if r["callback_url"]
+            and (r["state"] in _FINAL_VALUES or r["callback_every_change"])
+            # The same wait again changed nothing a receiver could see.
+            and not r["wait_repeated"]
         ]
         if notify:
             await self._enqueue_callbacks(tx, notify, now)
@@ -266,7 +269,7 @@ def _move_arrays(moves: Sequence[Move]) -> list[list[Any] | None]:
             m.rcs_units or None,
             m.event,
             None if m.detail is None else _ENCODER.encode(m.detail),
-            m.log_once or None,
+            m.wait,
         )
         for m in moves
     ]
