@@ -105,12 +105,17 @@ class Move:
     sms_units: int = 0
     rcs_units: int = 0
     billed_at: datetime | None = None
-    # A wait (queued -> queued: no bind up, parts budget, au gate): its
-    # cause. The writer logs the move's event when the wait starts or its
-    # cause changes; a repeat of the same cause (every second while an SMSC
-    # is away) only counts as a retry; the next move of any other kind
-    # ends the wait, logging `wait_ended` with the cause and the retries.
+    # A wait (back to queued: no bind up, parts budget, au gate, a
+    # +Message platform error): its cause. The writer logs the move's event
+    # when the wait starts or its cause changes; a repeat of the same cause
+    # (every second while an SMSC is away) only counts as a retry; the next
+    # move of any other kind ends the wait, logging `wait_ended` with the
+    # cause and the retries.
     wait: str | None = None
+    # A claim that is the retry of whatever wait the message is in (the
+    # +Message leg claims, then waits again after another platform error):
+    # the wait stays open and the claim logs nothing while it does.
+    retries_wait: bool = False
 
     def __post_init__(self) -> None:
         check_transition(self.src, self.dst)
@@ -118,8 +123,10 @@ class Move:
             raise ValueError(f"message {self.message_id}: units without billed_at")
         if self.lease_owner is not None and self.dst not in (State.DISPATCHING, State.SENDING):
             raise ValueError(f"message {self.message_id}: a lease on a move to {self.dst}")
-        if self.wait is not None and (self.src, self.dst) != (State.QUEUED, State.QUEUED):
-            raise ValueError(f"message {self.message_id}: a wait is queued -> queued")
+        if self.wait is not None and self.dst is not State.QUEUED:
+            raise ValueError(f"message {self.message_id}: a wait goes back to queued")
+        if self.retries_wait and self.src is not State.QUEUED:
+            raise ValueError(f"message {self.message_id}: only a claim retries a wait")
 
 
 @dataclass(slots=True)

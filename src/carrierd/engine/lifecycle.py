@@ -58,8 +58,8 @@ class Lifecycle:
         """Apply `moves` (one per message) in `tx`; returns those that applied."""
         if not moves:
             return []
-        *columns, waits = _move_arrays(moves)
-        rows = await tx.fetch("apply_moves", *columns, now, waits)
+        *columns, waits, retries_wait = _move_arrays(moves)
+        rows = await tx.fetch("apply_moves", *columns, now, waits, retries_wait)
         if not rows:
             return []
         by_id = {m.message_id: m for m in moves}
@@ -242,7 +242,7 @@ def _json(detail: Any) -> str | None:
 
 
 def _move_arrays(moves: Sequence[Move]) -> list[list[Any] | None]:
-    """The 22 column arrays of apply_moves, in one pass over the moves. A
+    """The 23 column arrays of apply_moves, in one pass over the moves. A
     column no move sets is sent as NULL (unnest pads it with NULLs): most
     moves set a few of the 21, and every element is encoded one by one."""
     rows = [
@@ -270,6 +270,7 @@ def _move_arrays(moves: Sequence[Move]) -> list[list[Any] | None]:
             m.event,
             None if m.detail is None else _ENCODER.encode(m.detail),
             m.wait,
+            m.retries_wait or None,
         )
         for m in moves
     ]

@@ -456,22 +456,33 @@ WITH input AS (
         $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[],
         $11::text[], $12::text[], $13::int[], $14::int[], $15::boolean[], $16::text[],
         $17::timestamptz[], $18::int[], $19::int[], $20::text[], $21::text[],
-        $23::text[])
+        $23::text[], $24::boolean[])
         AS i(id, from_state, to_state, reason_code, reason_text, not_before,
              receipt_deadline, fallback_at, expires_at, submitted_at,
              leg, carrier, attempt, resends_done, wrong_carrier, lease_owner,
-             lease_until, sms_units, rcs_units, event_kind, event_detail, wait)
+             lease_until, sms_units, rcs_units, event_kind, event_detail, wait,
+             retries_wait)
 ),
--- The wait each message leaving 'queued' is in, as it was before this
--- move: read under the row lock the update takes anyway (only a queued
--- message waits, so moves from other states skip this).
-waited AS (
-    SELECT m.id, m.wait_cause, m.wait_since, m.wait_retries
+-- The moves from 'queued' and 'dispatching' (only there is a message in a
+-- wait, or claimed to retry one: Move.retries_wait), with the wait as it
+-- was before the move, read under the row lock the update takes anyway
+-- (a claim's rows are already ours). Moves from other states go straight.
+from_waitable AS (
+    SELECT i.*, m.wait_cause AS waited_for, m.wait_since AS waited_since,
+           m.wait_retries AS waited_retries
       FROM input i
       JOIN messages m ON m.id = i.id
-     WHERE i.from_state = 'queued' AND m.state = 'queued' AND m.wait_cause IS NOT NULL
+     WHERE i.from_state IN ('queued', 'dispatching') AND m.state = i.from_state
      ORDER BY m.id
        FOR UPDATE OF m
+),
+source AS (
+    SELECT i.*, NULL::text AS waited_for, NULL::timestamptz AS waited_since,
+           NULL::int AS waited_retries
+      FROM input i
+     WHERE i.from_state NOT IN ('queued', 'dispatching')
+    UNION ALL
+    SELECT * FROM from_waitable
 ),
 updated AS (
     UPDATE messages m
@@ -511,20 +522,25 @@ updated AS (
                               THEN coalesce(i.lease_owner, m.lease_owner) END,
            lease_expires_at = CASE WHEN i.to_state IN ('dispatching', 'sending')
                                    THEN coalesce(i.lease_until, m.lease_expires_at) END,
-           wait_cause = i.wait,
-           wait_since = CASE WHEN i.wait IS NULL THEN NULL
+           wait_cause = CASE WHEN i.retries_wait THEN m.wait_cause ELSE i.wait END,
+           wait_since = CASE WHEN i.retries_wait THEN m.wait_since
+                             WHEN i.wait IS NULL THEN NULL
                              WHEN i.wait = m.wait_cause THEN m.wait_since
                              ELSE $22 END,
-           wait_retries = CASE WHEN i.wait = m.wait_cause THEN m.wait_retries + 1 ELSE 0 END,
+           wait_retries = CASE WHEN i.retries_wait THEN m.wait_retries
+                               WHEN i.wait = m.wait_cause THEN m.wait_retries + 1
+                               ELSE 0 END,
            updated_at = $22
-      FROM input i
-      LEFT JOIN waited w ON w.id = i.id
+      FROM source i
      WHERE m.id = i.id AND m.state = i.from_state
     RETURNING m.id, m.state, m.account_id, m.channel, m.carrier, m.callback_url,
               m.callback_every_change, m.reason_code, m.reason_text, i.from_state,
-              i.event_kind, i.event_detail, i.wait, w.wait_cause AS waited_for,
-              w.wait_since AS waited_since, w.wait_retries AS waited_retries,
-              i.wait IS NOT NULL AND i.wait IS NOT DISTINCT FROM w.wait_cause AS wait_repeated
+              i.event_kind, i.event_detail, i.wait, i.waited_for, i.waited_since,
+              i.waited_retries, i.retries_wait IS TRUE AS retries_wait,
+              -- The same wait again, or the claim that retries it: silent.
+              i.waited_for IS NOT NULL
+                  AND (i.retries_wait IS TRUE OR i.wait IS NOT DISTINCT FROM i.waited_for)
+                  AS wait_repeated
 ),
 logged AS (
     INSERT INTO message_events (message_id, at, kind, state, carrier, detail)
@@ -537,7 +553,8 @@ logged AS (
                                   'waited_s', round(extract(epoch FROM $22 - waited_since), 3))
                    AS detail
           FROM updated
-         WHERE waited_for IS NOT NULL AND wait IS DISTINCT FROM waited_for
+         WHERE waited_for IS NOT NULL AND NOT retries_wait
+           AND wait IS DISTINCT FROM waited_for
         UNION ALL
         SELECT id, 1, event_kind, state, carrier,
                CASE WHEN reason_code IS NULL THEN event_detail::jsonb
