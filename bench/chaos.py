@@ -178,6 +178,7 @@ def daemon_toml(ports: Mapping[str, int], settings: Settings) -> str:
     for carrier, port in ports.items():
         lines += [
             f"[carriers.{carrier}]",
+            'host = "127.0.0.1"',
             f"port = {port}",
             f'system_id = "{ACCOUNT}"',
             f'password = "{ACCOUNT}"',

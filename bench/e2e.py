@@ -60,6 +60,7 @@ def daemon_toml(ports: dict[str, int], binds: int, window: int) -> str:
     for carrier, port in ports.items():
         lines += [
             f"[carriers.{carrier}]",
+            'host = "127.0.0.1"',
             f"port = {port}",
             'system_id = "bench"',
             'password = "bench"',

@@ -44,6 +44,7 @@ def daemon_toml(port: int, binds: int, window: int, ceiling_per_s: float) -> str
             'tokens = ["bench-token"]',
             'senders = { docomo = "0120111111" }',
             f"[carriers.{CARRIER}]",
+            'host = "127.0.0.1"',
             f"port = {port}",
             'system_id = "bench"',
             'password = "bench"',

@@ -26,6 +26,14 @@ from carrierd.domain.netpolicy import IPNetwork
 CARRIERS: tuple[str, ...] = ("docomo", "au", "softbank", "rakuten")
 RCS_CARRIERS: frozenset[str] = rcs_flow.RCS_CARRIERS
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# SMPP 3.4 §4.1.1: the bind's C-octet strings, in octets without the NUL
+# (the spec's maxima, 16, 9 and 13, count it). A longer value cannot be
+# encoded, so every bind attempt would fail: refused here instead.
+SMPP_BIND_FIELD_MAX_OCTETS: Mapping[str, int] = {
+    "system_id": 15,
+    "password": 8,
+    "system_type": 12,
+}
 
 ConcatMode = Literal["udh8", "udh16", "sar", "payload"]
 MessageIdStyle = Literal["as_is", "hex", "decimal"]
@@ -535,10 +543,18 @@ def _parse_networks(reader: _Reader, key: str) -> tuple[IPNetwork, ...]:
 def _parse_carrier(problems: list[str], name: str, raw: Mapping[str, Any]) -> CarrierConfig:
     r = _Reader(problems, raw, f"carriers.{name}")
     default_timeout = 3600.0 if name == "softbank" else 72 * 3600.0
+    # Where the SMSC is has no sensible default: a guess would only show up
+    # as binds failing (or reaching the wrong SMSC) once the daemon runs.
+    for key in ("host", "port"):
+        if key not in raw:
+            r.problem(key, "required: the address of the carrier's SMSC")
+    host = r.string("host", "")
+    if "host" in raw and not host.strip():
+        r.problem("host", "must not be empty")
     carrier = CarrierConfig(
         name=name,
-        host=r.string("host", "127.0.0.1"),
-        port=r.integer("port", 2775, minimum=0, maximum=65535),
+        host=host,
+        port=r.integer("port", 0, minimum=0, maximum=65535),
         binds=r.integer("binds", 1, minimum=1, maximum=64),
         bind_mode=r.string("bind_mode", "transceiver", choices=("transceiver", "pair")),  # type: ignore[arg-type]
         system_id=r.string("system_id", ""),
@@ -565,8 +581,28 @@ def _parse_carrier(problems: list[str], name: str, raw: Mapping[str, Any]) -> Ca
         receipt_timeout_s=r.number("receipt_timeout_s", default_timeout, minimum=1.0),
         number_prefixes=r.strings("number_prefixes", ()),
     )
+    for key, max_octets in SMPP_BIND_FIELD_MAX_OCTETS.items():
+        _check_bind_field(r, key, getattr(carrier, key), max_octets)
     r.finish()
     return carrier
+
+
+def _check_bind_field(reader: _Reader, key: str, value: str, max_octets: int) -> None:
+    try:
+        octets = len(value.encode("ascii"))
+    except UnicodeEncodeError:
+        reader.problem(key, "must be ASCII (an SMPP C-octet string)")
+        return
+    if octets > max_octets:
+        reader.problem(
+            key,
+            f"{octets} octets; SMPP 3.4 allows at most {max_octets} in a bind, "
+            "so every bind would fail",
+        )
+
+
+def _env_first(env: Mapping[str, str], name: str, configured: str) -> str:
+    return env.get(name) or configured
 
 
 def _resolve_dsn(configured: str, env: Mapping[str, str]) -> str:
@@ -665,17 +701,30 @@ def parse_config(
             continue
         carriers[name] = _parse_carrier(problems, name, carrier_raw)
 
+    for account in accounts.values():
+        for name in carriers:
+            if name not in account.senders:
+                problems.append(
+                    f"accounts.{account.account_id}.senders.{name}: required: carrier {name} "
+                    "is configured, and its SMS would go out without a sender"
+                )
+
     rr = _Reader(problems, top.table_of("rcs"), "rcs")
     rcs = RcsConfig(
         enabled=rr.boolean("enabled", False),
         base_url=rr.string("base_url", ""),
         bot_id=rr.string("bot_id", ""),
-        token=env.get("CARRIERD_RCS_TOKEN") or rr.string("token", ""),
+        # The file's value is read even when the environment overrides it:
+        # otherwise the key would count as unknown.
+        token=_env_first(env, "CARRIERD_RCS_TOKEN", rr.string("token", "")),
         oauth_token_url=rr.string("oauth_token_url", ""),
         oauth_client_id=rr.string("oauth_client_id", ""),
-        oauth_client_secret=env.get("CARRIERD_RCS_CLIENT_SECRET")
-        or rr.string("oauth_client_secret", ""),
-        webhook_secret=env.get("CARRIERD_RCS_WEBHOOK_SECRET") or rr.string("webhook_secret", ""),
+        oauth_client_secret=_env_first(
+            env, "CARRIERD_RCS_CLIENT_SECRET", rr.string("oauth_client_secret", "")
+        ),
+        webhook_secret=_env_first(
+            env, "CARRIERD_RCS_WEBHOOK_SECRET", rr.string("webhook_secret", "")
+        ),
         request_timeout_s=rr.number("request_timeout_s", 10.0, minimum=0.1),
         fallback_after_s=rr.number("fallback_after_s", 600.0, minimum=1.0),
         expiry_s=rr.number("expiry_s", 72 * 3600.0, minimum=60.0),

@@ -51,6 +51,7 @@ from carrierd.engine.sms_leg import Planned, SmsLeg, counts_by_carrier
 from carrierd.engine.timers import Timers
 from carrierd.engine.write_behind import WriteBehind
 from carrierd.http.app import ApiState, build_app
+from carrierd.http.health import carriers_check
 from carrierd.http.limits import start_http_server
 from carrierd.loops import StopRequested, until_database_answers
 from carrierd.ops.callbacks import CallbackSender, GuardedClient
@@ -293,10 +294,9 @@ class Daemon:
     async def _readiness(self) -> dict[str, Any]:
         health = self.gateway.health()
         return {
-            "carriers": {
-                "ready": all(h.bound_count > 0 for h in health.values()),
-                **{name: h.bound_count for name, h in health.items()},
-            }
+            "carriers": carriers_check(
+                {name: (h.bound_count, len(h.binds)) for name, h in health.items()}
+            )
         }
 
     async def _open_database(self) -> Database:

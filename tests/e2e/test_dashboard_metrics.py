@@ -129,6 +129,7 @@ def daemon_config(dsn: str, http_port: int, smsc_ports: dict[str, int], rcs_url:
             },
             "carriers": {
                 name: {
+                    "host": "127.0.0.1",
                     "port": smsc_ports[name],
                     "system_id": "demo",
                     "password": "demo",

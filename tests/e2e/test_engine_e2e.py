@@ -37,6 +37,7 @@ def daemon_config(ports: dict[str, int]) -> str:
     for carrier, port in ports.items():
         lines += [
             f"[carriers.{carrier}]",
+            'host = "127.0.0.1"',
             f"port = {port}",
             'system_id = "demo"',
             'password = "demo"',

@@ -33,6 +33,7 @@ def config_text(ports: dict[str, int], rate_per_hour: int) -> str:
     for carrier, port in ports.items():
         lines += [
             f"[carriers.{carrier}]",
+            'host = "127.0.0.1"',
             f"port = {port}",
             'system_id = "demo"',
             'password = "demo"',

@@ -52,6 +52,7 @@ async def test_ten_thousand_messages_through_a_hostile_smsc(dsn: str, db: Databa
             "engine": {"pacing": False, "lease_s": 30},
             "carriers": {
                 c: {
+                    "host": "127.0.0.1",
                     "port": ports[c],
                     "system_id": "demo",
                     "password": "demo",

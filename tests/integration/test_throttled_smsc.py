@@ -65,6 +65,7 @@ async def test_a_throttling_smsc_gets_the_pace_it_accepts(dsn: str, db: Database
             "engine": {"pacing": False},
             "carriers": {
                 "docomo": {
+                    "host": "127.0.0.1",
                     "port": ports["docomo"],
                     "system_id": "demo",
                     "password": "demo",

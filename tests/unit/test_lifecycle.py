@@ -34,3 +34,13 @@ def test_a_lease_rides_only_on_a_claim() -> None:
     Move(1, State.QUEUED, State.SENDING, Event.SENDING, lease_owner="d1", lease_until=AT)
     with pytest.raises(ValueError, match="lease"):
         Move(1, State.SENDING, State.SUBMITTED, Event.SUBMITTED, lease_owner="d1")
+
+
+def test_a_wait_goes_back_to_queued_and_only_a_claim_retries_one() -> None:
+    Move(1, State.QUEUED, State.QUEUED, Event.POSTPONED, wait="no bind up")
+    Move(1, State.DISPATCHING, State.QUEUED, Event.RCS_RETRY, wait="+Message platform error")
+    with pytest.raises(ValueError, match="wait"):
+        Move(1, State.QUEUED, State.SENDING, Event.SENDING, wait="no bind up")
+    Move(1, State.QUEUED, State.DISPATCHING, Event.CLAIMED, retries_wait=True)
+    with pytest.raises(ValueError, match="wait"):
+        Move(1, State.DISPATCHING, State.RCS_SENT, Event.RCS_SENT, retries_wait=True)

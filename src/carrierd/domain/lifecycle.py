@@ -34,6 +34,7 @@ class Event(StrEnum):
     DUE = "due"  # scheduled -> queued at send_at
     CLAIMED = "claimed"  # queued -> dispatching, under a daemon's lease
     POSTPONED = "postponed"  # waits (no bind up, parts budget); not_before set
+    WAIT_ENDED = "wait_ended"  # a wait's end: its cause, retries, seconds waited
     AU_GATE_HOLD = "au_gate_hold"  # waits for the au spacing (§5)
     SENDING = "sending"  # SMS parts about to leave
     SUBMITTED = "submitted"  # every part accepted by the SMSC
@@ -104,9 +105,17 @@ class Move:
     sms_units: int = 0
     rcs_units: int = 0
     billed_at: datetime | None = None
-    # A wait that repeats every second while its cause lasts (no bind up):
-    # its event is logged once per message, later ones move it silently.
-    log_once: bool = False
+    # A wait (back to queued: no bind up, parts budget, au gate, a
+    # +Message platform error): its cause. The writer logs the move's event
+    # when the wait starts or its cause changes; a repeat of the same cause
+    # (every second while an SMSC is away) only counts as a retry; the next
+    # move of any other kind ends the wait, logging `wait_ended` with the
+    # cause and the retries.
+    wait: str | None = None
+    # A claim that is the retry of whatever wait the message is in (the
+    # +Message leg claims, then waits again after another platform error):
+    # the wait stays open and the claim logs nothing while it does.
+    retries_wait: bool = False
 
     def __post_init__(self) -> None:
         check_transition(self.src, self.dst)
@@ -114,6 +123,10 @@ class Move:
             raise ValueError(f"message {self.message_id}: units without billed_at")
         if self.lease_owner is not None and self.dst not in (State.DISPATCHING, State.SENDING):
             raise ValueError(f"message {self.message_id}: a lease on a move to {self.dst}")
+        if self.wait is not None and self.dst is not State.QUEUED:
+            raise ValueError(f"message {self.message_id}: a wait goes back to queued")
+        if self.retries_wait and self.src is not State.QUEUED:
+            raise ValueError(f"message {self.message_id}: only a claim retries a wait")
 
 
 @dataclass(slots=True)

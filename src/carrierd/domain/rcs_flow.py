@@ -38,6 +38,8 @@ RCS_CARRIERS: frozenset[str] = frozenset({"docomo", "au", "softbank"})
 # After a platform error on a capability check or send (the client has
 # already retried a few times within the request): try again this much later.
 SEND_RETRY_S = 30.0
+# The wait (Move.wait) of a message asked again after a platform error.
+PLATFORM_ERROR_WAIT = "+Message platform error"
 
 RCS_CAPACITY_EXCEEDED = Reason(
     "rcs_capacity_exceeded", "the +Message platform had no capacity for the message"
@@ -139,6 +141,8 @@ def after_platform_error(
         Event.RCS_RETRY,
         not_before=now + timedelta(seconds=SEND_RETRY_S),
         detail=info,
+        # Every SEND_RETRY_S while the platform fails: one wait.
+        wait=PLATFORM_ERROR_WAIT,
     )
 
 

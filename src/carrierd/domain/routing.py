@@ -78,12 +78,16 @@ def resolve_carrier(
 @dataclass(frozen=True)
 class CarrierPick:
     """What to do with one SMS now: send to `carrier`, wait for a bind of
-    it, skip the recipient (carrier restriction), or fail (no carrier left)."""
+    it, skip the recipient (carrier restriction), or fail (no carrier left).
+
+    `down`: candidates ahead of `carrier` in the order that have no bind up,
+    passed over for now (send), or all the candidates left (wait)."""
 
     action: Literal["send", "wait", "skip", "fail"]
     carrier: str | None
     source: str
     reason: Reason | None = None
+    down: tuple[str, ...] = ()
 
 
 def pick_carrier(
@@ -105,21 +109,37 @@ def pick_carrier(
     none is left: every allowed carrier said "not our subscriber" (or none
     is configured here). The first guess alone never skips anyone: a ported
     number is often on another carrier than its range says.
+
+    A carrier with no bind up is passed over: the next candidate in the
+    order goes now. One SMSC away must not hold every new number back while
+    the other carriers work; the carrier passed over stays a candidate, and
+    if the others answer "not our subscriber" the message waits for it. It
+    waits, too, when no candidate left has a bind up: it never fails for a
+    carrier being away.
     """
     candidates = configured if allowed is None else [c for c in configured if c in allowed]
-    choice = resolve_carrier(
-        msisdn,
-        named=named,
-        learned=learned,
-        number_ranges=number_ranges,
-        default_order=[*default_order, *sorted(candidates)],
-        tried=wrong,
-        available=candidates,
-    )
-    if choice.carrier is None:
-        if allowed is not None:
-            return CarrierPick("skip", None, choice.source, reasons.NOT_IN_CARRIER_RESTRICTION)
-        return CarrierPick("fail", None, choice.source, reasons.NO_CARRIER_LEFT)
-    if choice.carrier not in bound:
-        return CarrierPick("wait", choice.carrier, choice.source)
-    return CarrierPick("send", choice.carrier, choice.source)
+    order = [*default_order, *sorted(candidates)]
+    down: list[str] = []
+    first_source = "none"
+    while True:
+        choice = resolve_carrier(
+            msisdn,
+            named=named,
+            learned=learned,
+            number_ranges=number_ranges,
+            default_order=order,
+            tried=[*wrong, *down],
+            available=candidates,
+        )
+        if choice.carrier is None:
+            break
+        if choice.carrier in bound:
+            return CarrierPick("send", choice.carrier, choice.source, down=tuple(down))
+        if not down:
+            first_source = choice.source
+        down.append(choice.carrier)
+    if down:
+        return CarrierPick("wait", down[0], first_source, down=tuple(down))
+    if allowed is not None:
+        return CarrierPick("skip", None, choice.source, reasons.NOT_IN_CARRIER_RESTRICTION)
+    return CarrierPick("fail", None, choice.source, reasons.NO_CARRIER_LEFT)

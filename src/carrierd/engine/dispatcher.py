@@ -363,6 +363,8 @@ class Dispatcher:
                     Event.CLAIMED,
                     lease_owner=self.lease_owner,
                     lease_until=lease_until,
+                    # After a platform error the claim is the wait's retry.
+                    retries_wait=True,
                 )
                 for m in rcs
             ]

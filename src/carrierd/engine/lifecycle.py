@@ -59,8 +59,8 @@ class Lifecycle:
         if not moves:
             return []
         by_id = _one_each(moves)
-        *columns, log_once = _move_arrays(moves)
-        rows = await tx.fetch("apply_moves", *columns, now, log_once)
+        *columns, waits, retries_wait = _move_arrays(moves)
+        rows = await tx.fetch("apply_moves", *columns, now, waits, retries_wait)
         if not rows:
             return []
         applied = [
@@ -83,7 +83,10 @@ class Lifecycle:
         notify = [
             r["id"]
             for r in rows
-            if r["callback_url"] and (r["state"] in _FINAL_VALUES or r["callback_every_change"])
+            if r["callback_url"]
+            and (r["state"] in _FINAL_VALUES or r["callback_every_change"])
+            # The same wait again changed nothing a receiver could see.
+            and not r["wait_repeated"]
         ]
         if notify:
             await self._enqueue_callbacks(tx, notify, now)
@@ -253,7 +256,7 @@ def _json(detail: Any) -> str | None:
 
 
 def _move_arrays(moves: Sequence[Move]) -> list[list[Any] | None]:
-    """The 22 column arrays of apply_moves, in one pass over the moves. A
+    """The 23 column arrays of apply_moves, in one pass over the moves. A
     column no move sets is sent as NULL (unnest pads it with NULLs): most
     moves set a few of the 21, and every element is encoded one by one."""
     rows = [
@@ -280,7 +283,8 @@ def _move_arrays(moves: Sequence[Move]) -> list[list[Any] | None]:
             m.rcs_units or None,
             m.event,
             None if m.detail is None else _ENCODER.encode(m.detail),
-            m.log_once or None,
+            m.wait,
+            m.retries_wait or None,
         )
         for m in moves
     ]

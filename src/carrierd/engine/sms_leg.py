@@ -2,7 +2,8 @@
 
 Inside the claim's transaction (`plan`, then `mark_sending`):
   - the carrier (domain/routing.pick_carrier: named, learned, number range,
-    default order; a carrier restriction tries only its carriers),
+    default order; a carrier restriction tries only its carriers; a carrier
+    with no bind up is passed over, and only when none is up does it wait),
   - the au gate (domain/au_gate: hold while the previous SMS to the number
     is in flight, then spacing_s after its final receipt),
   - the parts budget of accounts that count their rate in parts,
@@ -39,6 +40,10 @@ from carrierd.store.rows import ClaimedMessage
 log = structlog.get_logger("carrierd.engine.sms_leg")
 
 NO_BIND_RETRY_S = 1.0
+# Causes of waits (Move.wait), also the `why` of their history event.
+NO_BIND_UP = "no bind up"
+PARTS_BUDGET = "rate counted in parts"
+AU_GATE = "au gate"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +55,8 @@ class Planned:
     request: SmsRequest
     # One record per submit_sm: (part_no, part_total, §3 units it carries).
     records: tuple[tuple[int, int, int], ...]
+    # Carriers ahead in the order passed over for having no bind up.
+    carriers_down: tuple[str, ...] = ()
 
 
 class SmsLeg:
@@ -143,13 +150,14 @@ class SmsLeg:
                         State.QUEUED,
                         Event.POSTPONED,
                         not_before=now + timedelta(seconds=NO_BIND_RETRY_S),
-                        detail={"why": "no bind up", "carrier": pick.carrier},
-                        # Every second while the SMSC is away: one event.
-                        log_once=True,
+                        detail={"why": NO_BIND_UP, "carriers": list(pick.down)},
+                        # Every second while the SMSCs are away: one event
+                        # when it starts waiting, one when it stops.
+                        wait=NO_BIND_UP,
                     )
                 )
                 continue
-            planned.append(self._planned(message, pick.carrier, pick.source, config))
+            planned.append(self._planned(message, pick.carrier, pick.source, config, pick.down))
         planned, held = await self._au_gate(tx, planned, now, config.engine.au_spacing_s)
         moves += held
         if config.engine.pacing:
@@ -169,8 +177,8 @@ class SmsLeg:
                     State.QUEUED,
                     State.QUEUED,
                     Event.POSTPONED,
-                    detail={"why": "rate counted in parts"},
-                    log_once=True,
+                    detail={"why": PARTS_BUDGET},
+                    wait=PARTS_BUDGET,
                 )
                 for p, fit in zip(planned, fits, strict=True)
                 if not fit
@@ -179,7 +187,12 @@ class SmsLeg:
         return planned, moves
 
     def _planned(
-        self, message: ClaimedMessage, carrier: str, source: str, config: Config
+        self,
+        message: ClaimedMessage,
+        carrier: str,
+        source: str,
+        config: Config,
+        carriers_down: tuple[str, ...] = (),
     ) -> Planned:
         assert message.msisdn is not None and message.sms_text is not None
         account = config.accounts[message.account_id]
@@ -212,6 +225,7 @@ class SmsLeg:
                 expires_at=message.expires_at,
             ),
             records=records,
+            carriers_down=carriers_down,
         )
 
     async def _au_gate(
@@ -259,6 +273,9 @@ class SmsLeg:
                     Event.AU_GATE_HOLD,
                     not_before=hold.not_before,
                     detail={"why": hold.why},
+                    # Held again (still in flight at each recheck, then for
+                    # the spacing): one wait, logged as it starts and ends.
+                    wait=AU_GATE,
                 )
             )
         if waiting:
@@ -289,7 +306,11 @@ class SmsLeg:
                     attempt=p.attempt,
                     lease_owner=self._lease_owner,
                     lease_until=lease_until,
-                    detail={"attempt": p.attempt, "carrier_from": p.carrier_source},
+                    detail={
+                        "attempt": p.attempt,
+                        "carrier_from": p.carrier_source,
+                        **({"carriers_down": list(p.carriers_down)} if p.carriers_down else {}),
+                    },
                 )
                 for p in planned
             ],

@@ -395,9 +395,12 @@ class _Connection(asyncio.Protocol):
         """Send a control request (bind, enquire_link, unbind) and await its response."""
         if not self.is_open:
             raise ConnectionLost("connection is not open")
+        # Encoded before its answer is awaited: a PDU that cannot be encoded
+        # (a bind field over its SMPP limit) raises here and leaves no future
+        # behind for the connection's loss to fail unheard.
+        self.send(pdu)
         future: asyncio.Future[Pdu] = asyncio.get_running_loop().create_future()
         self._requests[pdu.sequence_number] = future
-        self.send(pdu)
         try:
             async with asyncio.timeout(timeout_s):
                 return await future

@@ -444,17 +444,45 @@ GROUP BY m.id;
 -- only to a row still in the state each was decided from (a row another
 -- daemon moved meanwhile is left alone, and not logged). NULL inputs keep
 -- the column as it is.
+--
+-- Waits (Move.wait): a move with a wait cause logs its event only when the
+-- wait starts (or its cause changes); repeats of the same cause only count
+-- in wait_retries. The move that ends a wait (any other move of the
+-- message) logs `wait_ended` first, with the cause, the retries and how long
+-- it waited.
 WITH input AS (
     SELECT * FROM unnest(
         $1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
         $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[],
         $11::text[], $12::text[], $13::int[], $14::int[], $15::boolean[], $16::text[],
         $17::timestamptz[], $18::int[], $19::int[], $20::text[], $21::text[],
-        $23::boolean[])
+        $23::text[], $24::boolean[])
         AS i(id, from_state, to_state, reason_code, reason_text, not_before,
              receipt_deadline, fallback_at, expires_at, submitted_at,
              leg, carrier, attempt, resends_done, wrong_carrier, lease_owner,
-             lease_until, sms_units, rcs_units, event_kind, event_detail, log_once)
+             lease_until, sms_units, rcs_units, event_kind, event_detail, wait,
+             retries_wait)
+),
+-- The moves from 'queued' and 'dispatching' (only there is a message in a
+-- wait, or claimed to retry one: Move.retries_wait), with the wait as it
+-- was before the move, read under the row lock the update takes anyway
+-- (a claim's rows are already ours). Moves from other states go straight.
+from_waitable AS (
+    SELECT i.*, m.wait_cause AS waited_for, m.wait_since AS waited_since,
+           m.wait_retries AS waited_retries
+      FROM input i
+      JOIN messages m ON m.id = i.id
+     WHERE i.from_state IN ('queued', 'dispatching') AND m.state = i.from_state
+     ORDER BY m.id
+       FOR UPDATE OF m
+),
+source AS (
+    SELECT i.*, NULL::text AS waited_for, NULL::timestamptz AS waited_since,
+           NULL::int AS waited_retries
+      FROM input i
+     WHERE i.from_state NOT IN ('queued', 'dispatching')
+    UNION ALL
+    SELECT * FROM from_waitable
 ),
 updated AS (
     UPDATE messages m
@@ -494,28 +522,53 @@ updated AS (
                               THEN coalesce(i.lease_owner, m.lease_owner) END,
            lease_expires_at = CASE WHEN i.to_state IN ('dispatching', 'sending')
                                    THEN coalesce(i.lease_until, m.lease_expires_at) END,
+           wait_cause = CASE WHEN i.retries_wait THEN m.wait_cause ELSE i.wait END,
+           wait_since = CASE WHEN i.retries_wait THEN m.wait_since
+                             WHEN i.wait IS NULL THEN NULL
+                             WHEN i.wait = m.wait_cause THEN m.wait_since
+                             ELSE $22 END,
+           wait_retries = CASE WHEN i.retries_wait THEN m.wait_retries
+                               WHEN i.wait = m.wait_cause THEN m.wait_retries + 1
+                               ELSE 0 END,
            updated_at = $22
-      FROM input i
+      FROM source i
      WHERE m.id = i.id AND m.state = i.from_state
     RETURNING m.id, m.state, m.account_id, m.channel, m.carrier, m.callback_url,
-              m.callback_every_change, m.reason_code, m.reason_text, i.event_kind,
-              i.event_detail, i.log_once
+              m.callback_every_change, m.reason_code, m.reason_text, i.from_state,
+              i.event_kind, i.event_detail, i.wait, i.waited_for, i.waited_since,
+              i.waited_retries, i.retries_wait IS TRUE AS retries_wait,
+              -- The same wait again, or the claim that retries it: silent.
+              i.waited_for IS NOT NULL
+                  AND (i.retries_wait IS TRUE OR i.wait IS NOT DISTINCT FROM i.waited_for)
+                  AS wait_repeated
 ),
 logged AS (
     INSERT INTO message_events (message_id, at, kind, state, carrier, detail)
-    SELECT id, $22, event_kind, state, carrier,
-           CASE WHEN reason_code IS NULL THEN event_detail::jsonb
-                ELSE coalesce(event_detail::jsonb, '{}'::jsonb)
-                     || jsonb_build_object('reason', reason_code, 'reason_text', reason_text)
-           END
-    FROM updated u
-    -- A wait logged once (Move.log_once) repeats silently.
-    WHERE NOT (CASE WHEN u.log_once
-                    THEN EXISTS (SELECT 1 FROM message_events e
-                                 WHERE e.message_id = u.id AND e.kind = u.event_kind)
-                    ELSE false END)
+    SELECT message_id, $22, kind, state, carrier, detail
+      FROM (
+        -- The wait this move ends, logged before the move's own event.
+        SELECT id AS message_id, 0 AS seq, 'wait_ended' AS kind, from_state AS state,
+               carrier,
+               jsonb_build_object('why', waited_for, 'retries', waited_retries,
+                                  'waited_s', round(extract(epoch FROM $22 - waited_since), 3))
+                   AS detail
+          FROM updated
+         WHERE waited_for IS NOT NULL AND NOT retries_wait
+           AND wait IS DISTINCT FROM waited_for
+        UNION ALL
+        SELECT id, 1, event_kind, state, carrier,
+               CASE WHEN reason_code IS NULL THEN event_detail::jsonb
+                    ELSE coalesce(event_detail::jsonb, '{}'::jsonb)
+                         || jsonb_build_object('reason', reason_code, 'reason_text', reason_text)
+               END
+          FROM updated
+         -- The same wait again: it only counts.
+         WHERE NOT wait_repeated
+      ) AS events
+     ORDER BY message_id, seq
 )
-SELECT id, state, account_id, channel, carrier, callback_url, callback_every_change
+SELECT id, state, account_id, channel, carrier, callback_url, callback_every_change,
+       wait_repeated
 FROM updated;
 
 -- name: apply_notes
