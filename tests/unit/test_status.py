@@ -128,6 +128,7 @@ _rows = st.fixed_dictionaries(
         "recipient_raw": st.text(max_size=20),
         "msisdn": _text,
         "carrier": st.none() | st.sampled_from(["docomo", "au", "softbank", "rakuten"]),
+        "route": st.none() | st.sampled_from(["premium", "ordinary"]),
         "carriers_wrong": st.none() | st.lists(st.sampled_from(["docomo", "au"]), max_size=2),
         "sms_parts": st.none() | st.integers(min_value=1, max_value=10),
         "attempt": st.integers(min_value=0, max_value=5),
