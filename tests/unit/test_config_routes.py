@@ -108,8 +108,7 @@ def test_an_account_naming_a_route_its_carrier_lacks_is_refused_with_the_key() -
     raw = raw_config()
     raw["accounts"]["acme"]["routes"] = {"docomo": "ordinary", "softbank": "standard"}
     assert problems_of(raw) == [
-        "accounts.acme.routes.docomo: carriers.docomo has no route 'ordinary';"
-        " its routes: premium",
+        "accounts.acme.routes.docomo: carriers.docomo has no route 'ordinary'; its routes: premium",
         "accounts.acme.routes.softbank: carriers.softbank has no route 'standard';"
         " its routes: premium, ordinary",
     ]
