@@ -37,6 +37,11 @@ PLANS: Mapping[str, Mapping[str, str]] = {
     # Premium for docomo and au only, the ordinary route for the others.
     "lite": {"docomo": PREMIUM, "au": PREMIUM, "softbank": ORDINARY, "rakuten": ORDINARY},
 }
+# Route values earlier versions accepted (and ignored): what they meant now.
+_LEGACY_ROUTE_HINTS: Mapping[str, str] = {
+    "lite": ' (lite is a plan: plan = "lite")',
+    "standard": " (the route once called standard is named ordinary)",
+}
 _ROUTE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 # What a premium route carries as sender: the account's fixed number, a
 # national number (0120...) or a carrier short code (SoftBank's 249200).
@@ -505,6 +510,7 @@ def _check_routes(
                 problems.append(
                     f"{path}.{key}: carriers.{name} has no route {route!r}{via};"
                     f" its routes: {', '.join(r.route for r in carrier.all_routes())}"
+                    + _LEGACY_ROUTE_HINTS.get(route, "")
                 )
                 continue
             sender = account.senders.get(name, "")

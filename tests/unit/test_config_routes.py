@@ -110,7 +110,7 @@ def test_an_account_naming_a_route_its_carrier_lacks_is_refused_with_the_key() -
     assert problems_of(raw) == [
         "accounts.acme.routes.docomo: carriers.docomo has no route 'ordinary'; its routes: premium",
         "accounts.acme.routes.softbank: carriers.softbank has no route 'standard';"
-        " its routes: premium, ordinary",
+        " its routes: premium, ordinary (the route once called standard is named ordinary)",
     ]
 
 
@@ -122,6 +122,14 @@ def test_a_plan_needing_a_route_the_carrier_lacks_is_refused() -> None:
         "accounts.acme.plan: carriers.rakuten has no route 'ordinary'"
         " (the lite plan's route for rakuten); its routes: premium"
     ]
+    # Values earlier versions accepted and ignored are explained.
+    raw["accounts"]["acme"]["plan"] = "premium"
+    raw["accounts"]["acme"]["routes"] = {"au": "lite"}
+    assert problems_of(raw) == [
+        "accounts.acme.routes.au: carriers.au has no route 'lite'; its routes: premium"
+        ' (lite is a plan: plan = "lite")'
+    ]
+    raw["accounts"]["acme"].pop("routes")
     raw["accounts"]["acme"]["plan"] = "gold"
     assert problems_of(raw)[0].startswith("accounts.acme.plan: must be one of premium, lite")
 
