@@ -35,6 +35,26 @@ SMPP_BIND_FIELD_MAX_OCTETS: Mapping[str, int] = {
     "system_type": 12,
 }
 
+# DOMAIN §6: a carrier's own connection is its premium route (direct, fixed
+# sender numbers); other routes (an ordinary route through another SMSC) are
+# named tables under it. A plan names a route per carrier.
+PREMIUM = "premium"
+ORDINARY = "ordinary"
+PLANS: Mapping[str, Mapping[str, str]] = {
+    "premium": dict.fromkeys(CARRIERS, PREMIUM),
+    # Premium for docomo and au only, the ordinary route for the others.
+    "lite": {"docomo": PREMIUM, "au": PREMIUM, "softbank": ORDINARY, "rakuten": ORDINARY},
+}
+# Route values earlier versions accepted (and ignored): what they meant now.
+_LEGACY_ROUTE_HINTS: Mapping[str, str] = {
+    "lite": ' (lite is a plan: plan = "lite")',
+    "standard": " (the route once called standard is named ordinary)",
+}
+_ROUTE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+# What a premium route carries as sender: the account's fixed number, a
+# national number (0120...) or a carrier short code (SoftBank's 249200).
+_FIXED_NUMBER = re.compile(r"\+?[0-9]{3,20}")
+
 ConcatMode = Literal["udh8", "udh16", "sar", "payload"]
 MessageIdStyle = Literal["as_is", "hex", "decimal"]
 BindMode = Literal["transceiver", "pair"]
@@ -101,7 +121,9 @@ class AccountConfig:
     allow_gsm7: bool = False
     # DOMAIN §6: sender per carrier (0120 number, SoftBank six-digit code...).
     senders: Mapping[str, str] = field(default_factory=dict)
-    # DOMAIN §6: "premium" or "lite" route per carrier; informational for routing.
+    # DOMAIN §6: the route per carrier; `routes` names one for a carrier,
+    # the plan (PLANS) gives the others.
+    plan: str = "premium"
     routes: Mapping[str, str] = field(default_factory=dict)
     resend: ResendConfig = field(default_factory=ResendConfig)
     at_least_once: bool = False
@@ -114,10 +136,23 @@ class AccountConfig:
     # for deployments where one company owns every account).
     rcs: AccountRcsConfig | None = None
 
+    def route_for(self, carrier: str) -> str:
+        """The route this account's SMS to `carrier` take (DOMAIN §6)."""
+        return self.routes.get(carrier) or PLANS[self.plan].get(carrier, PREMIUM)
+
 
 @dataclass(frozen=True)
 class CarrierConfig:
+    """One route of a carrier: an SMSC connection with its bind pool. The
+    carrier's table is its premium route; `routes` holds its other ones."""
+
     name: str
+    route: str = PREMIUM
+    # The sender this route writes: "" sends the account's sender for the
+    # carrier (a fixed number on a premium route); a value is the route's
+    # own sender (an ordinary route's alphanumeric ID or shared number, not
+    # guaranteed to reach the handset as written), whatever the account's.
+    sender: str = ""
     host: str = "127.0.0.1"
     port: int = 2775
     binds: int = 1
@@ -148,6 +183,23 @@ class CarrierConfig:
     receipt_timeout_s: float = 72 * 3600.0
     # Number-range table for carrier determination: national prefixes.
     number_prefixes: tuple[str, ...] = ()
+    # The carrier's other routes by name (only on the premium one).
+    routes: Mapping[str, CarrierConfig] = field(default_factory=dict)
+
+    @property
+    def pool_name(self) -> str:
+        """Names this route's pool in bind ids, health and metrics."""
+        return self.name if self.route == PREMIUM else f"{self.name}/{self.route}"
+
+    def route_config(self, route: str) -> CarrierConfig | None:
+        """The connection of the carrier's route `route`, None if it has none."""
+        return self if route == self.route else self.routes.get(route)
+
+    def all_routes(self) -> tuple[CarrierConfig, ...]:
+        return (self, *self.routes.values())
+
+    def sender_for(self, account: AccountConfig) -> str:
+        return self.sender or account.senders.get(self.name, "")
 
 
 @dataclass(frozen=True)
@@ -381,14 +433,14 @@ def _parse_account(problems: list[str], account_id: str, raw: Mapping[str, Any])
             problems.append(f"accounts.{account_id}.senders.{carrier}: unknown carrier")
         elif not isinstance(sender, str) or not sender:
             problems.append(f"accounts.{account_id}.senders.{carrier}: expected a sender number")
+    plan = r.string("plan", "premium", choices=tuple(PLANS))
     routes = r.table_of("routes")
     for carrier, route in routes.items():
         if carrier not in CARRIERS:
             problems.append(f"accounts.{account_id}.routes.{carrier}: unknown carrier")
-        elif route not in ("premium", "lite", "standard"):
-            problems.append(
-                f"accounts.{account_id}.routes.{carrier}: must be premium, lite or standard"
-            )
+        elif not isinstance(route, str) or not route:
+            problems.append(f"accounts.{account_id}.routes.{carrier}: expected a route name")
+        # Whether the carrier has that route is checked with the carriers.
     resend_reader = _Reader(problems, r.table_of("resend"), f"accounts.{account_id}.resend")
     resend = ResendConfig(
         max_resends=resend_reader.integer("max_resends", 0, minimum=0, maximum=10),
@@ -406,7 +458,8 @@ def _parse_account(problems: list[str], account_id: str, raw: Mapping[str, Any])
         max_sms_chars=r.integer("max_sms_chars", 660, minimum=1, maximum=670),
         allow_gsm7=r.boolean("allow_gsm7", False),
         senders={k: v for k, v in senders.items() if isinstance(v, str)},
-        routes={k: v for k, v in routes.items() if isinstance(v, str)},
+        plan=plan if plan in PLANS else "premium",
+        routes={k: v for k, v in routes.items() if isinstance(v, str) and v},
         resend=resend,
         at_least_once=r.boolean("at_least_once", False),
         callback_secret=r.string("callback_secret", ""),
@@ -540,9 +593,33 @@ def _parse_networks(reader: _Reader, key: str) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
-def _parse_carrier(problems: list[str], name: str, raw: Mapping[str, Any]) -> CarrierConfig:
-    r = _Reader(problems, raw, f"carriers.{name}")
+def _parse_carrier(
+    problems: list[str], name: str, raw: Mapping[str, Any], route: str = PREMIUM
+) -> CarrierConfig:
+    path = f"carriers.{name}" if route == PREMIUM else f"carriers.{name}.routes.{route}"
+    r = _Reader(problems, raw, path)
     default_timeout = 3600.0 if name == "softbank" else 72 * 3600.0
+    other_routes: dict[str, CarrierConfig] = {}
+    if route == PREMIUM:
+        # Carrier-level keys (number_prefixes, routes) are read here only:
+        # in a route's table they are unknown keys.
+        for route_name, route_raw in r.table_of("routes").items():
+            route_path = f"{path}.routes.{route_name}"
+            if route_name == PREMIUM:
+                problems.append(
+                    f"{route_path}: the premium route is the carrier's own table ({path})"
+                )
+            elif not _ROUTE_NAME.fullmatch(route_name):
+                problems.append(
+                    f"{route_path}: a route name is lower-case letters, digits and _ (at most 32)"
+                )
+            elif not isinstance(route_raw, dict):
+                problems.append(f"{route_path}: expected a table")
+            else:
+                other_routes[route_name] = _parse_carrier(problems, name, route_raw, route_name)
+        number_prefixes = r.strings("number_prefixes", ())
+    else:
+        number_prefixes = ()
     # Where the SMSC is has no sensible default: a guess would only show up
     # as binds failing (or reaching the wrong SMSC) once the daemon runs.
     for key in ("host", "port"):
@@ -553,6 +630,8 @@ def _parse_carrier(problems: list[str], name: str, raw: Mapping[str, Any]) -> Ca
         r.problem("host", "must not be empty")
     carrier = CarrierConfig(
         name=name,
+        route=route,
+        sender=r.string("sender", ""),
         host=host,
         port=r.integer("port", 0, minimum=0, maximum=65535),
         binds=r.integer("binds", 1, minimum=1, maximum=64),
@@ -579,7 +658,8 @@ def _parse_carrier(problems: list[str], name: str, raw: Mapping[str, Any]) -> Ca
         wrong_carrier_statuses=r.integers("wrong_carrier_statuses", (0x0000000B,)),
         wrong_carrier_receipt_errors=r.integers("wrong_carrier_receipt_errors", ()),
         receipt_timeout_s=r.number("receipt_timeout_s", default_timeout, minimum=1.0),
-        number_prefixes=r.strings("number_prefixes", ()),
+        number_prefixes=number_prefixes,
+        routes=other_routes,
     )
     for key, max_octets in SMPP_BIND_FIELD_MAX_OCTETS.items():
         _check_bind_field(r, key, getattr(carrier, key), max_octets)
@@ -603,6 +683,37 @@ def _check_bind_field(reader: _Reader, key: str, value: str, max_octets: int) ->
 
 def _env_first(env: Mapping[str, str], name: str, configured: str) -> str:
     return env.get(name) or configured
+
+
+def _check_routes(
+    problems: list[str],
+    accounts: Mapping[str, AccountConfig],
+    carriers: Mapping[str, CarrierConfig],
+) -> None:
+    """Every account's route exists at its carrier, and what the route sends
+    as sender is what the route can carry (DOMAIN §6)."""
+    for account in accounts.values():
+        path = f"accounts.{account.account_id}"
+        for name, carrier in carriers.items():
+            route = account.route_for(name)
+            connection = carrier.route_config(route)
+            if connection is None:
+                key = f"routes.{name}" if name in account.routes else "plan"
+                via = "" if key != "plan" else f" (the {account.plan} plan's route for {name})"
+                problems.append(
+                    f"{path}.{key}: carriers.{name} has no route {route!r}{via};"
+                    f" its routes: {', '.join(r.route for r in carrier.all_routes())}"
+                    + _LEGACY_ROUTE_HINTS.get(route, "")
+                )
+                continue
+            sender = account.senders.get(name, "")
+            premium_sender = not connection.sender and route == PREMIUM
+            if premium_sender and sender and not _FIXED_NUMBER.fullmatch(sender):
+                problems.append(
+                    f"{path}.senders.{name}: the premium route sends a fixed sender"
+                    f" number (a 0120 number, or a short code such as 249200), not"
+                    f" {sender!r}"
+                )
 
 
 def _resolve_dsn(configured: str, env: Mapping[str, str]) -> str:
@@ -702,12 +813,15 @@ def parse_config(
         carriers[name] = _parse_carrier(problems, name, carrier_raw)
 
     for account in accounts.values():
-        for name in carriers:
-            if name not in account.senders:
+        for name, carrier in carriers.items():
+            route = carrier.route_config(account.route_for(name))
+            # A route with a sender of its own sends it for every account.
+            if name not in account.senders and not (route is not None and route.sender):
                 problems.append(
                     f"accounts.{account.account_id}.senders.{name}: required: carrier {name} "
                     "is configured, and its SMS would go out without a sender"
                 )
+    _check_routes(problems, accounts, carriers)
 
     rr = _Reader(problems, top.table_of("rcs"), "rcs")
     rcs = RcsConfig(

@@ -145,7 +145,9 @@ class Daemon:
                 name: c.receipt_id_style for name, c in self.config.carriers.items()
             },
             submit_observers={
-                name: SubmitMetrics(self.metrics, name) for name in self.config.carriers
+                route.pool_name: SubmitMetrics(self.metrics, route.pool_name)
+                for carrier in self.config.carriers.values()
+                for route in carrier.all_routes()
             },
         )
         lease_owner = lease_owner_for(self.config.daemon_id)

@@ -57,7 +57,7 @@ class NetworkStandIn:
         """Tests that must know the next SMSC message id in advance."""
         self._ids = itertools.count(first)
 
-    def is_available(self, carrier: str) -> bool:
+    def is_available(self, carrier: str, route: str = "premium") -> bool:
         return carrier in self.carrier_names
 
     def receipts_backlogged(self) -> bool:

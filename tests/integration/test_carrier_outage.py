@@ -34,8 +34,8 @@ class CarriersAway(NetworkStandIn):
 
     down: set[str] = field(default_factory=set)
 
-    def is_available(self, carrier: str) -> bool:
-        return carrier not in self.down and super().is_available(carrier)
+    def is_available(self, carrier: str, route: str = "premium") -> bool:
+        return carrier not in self.down and super().is_available(carrier, route)
 
     async def submit(self, carrier: str, request: SmsRequest) -> list[PartOutcome]:
         if carrier in self.down:
@@ -91,7 +91,7 @@ async def test_with_docomo_away_new_numbers_go_to_the_next_carrier(dsn: str, db:
     assert row["state"] == "queued"
     assert sorted(row["carriers_wrong"]) == ["au", "rakuten", "softbank"]
     [postponed] = [e for e in await history(db, on_docomo) if e["kind"] == "postponed"]
-    assert postponed["detail"] == {"why": "no bind up", "carriers": ["docomo"]}
+    assert postponed["detail"] == {"why": "no bind up", "carriers": ["docomo"], "route": "premium"}
 
     network.down.clear()
     clock.advance(1)

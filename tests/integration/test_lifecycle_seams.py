@@ -235,8 +235,8 @@ class SmscAway(NetworkStandIn):
 
     back: bool = False
 
-    def is_available(self, carrier: str) -> bool:
-        return self.back and super().is_available(carrier)
+    def is_available(self, carrier: str, route: str = "premium") -> bool:
+        return self.back and super().is_available(carrier, route)
 
 
 async def test_a_message_waiting_for_a_bind_logs_the_wait_once(dsn: str, db: Database) -> None:

@@ -107,19 +107,22 @@ async def insert_message(
 
 
 async def count_billing(
-    db: Database, account_id: str, at: datetime, channel: str, units: int
+    db: Database, account_id: str, at: datetime, channel: str, units: int, route: str = ""
 ) -> None:
-    """What the engine does when it records a delivery (DOMAIN §11)."""
+    """What the engine does when it records a delivery (DOMAIN §11): SMS
+    units by the route that carried them (DOMAIN §6)."""
     await db.call_raw(
         """
-        INSERT INTO billing_counts (account_id, month, channel, units) VALUES ($1, $2, $3, $4)
-        ON CONFLICT (account_id, month, channel)
+        INSERT INTO billing_counts (account_id, month, channel, units, route)
+        VALUES ($1, $2, $3, $4, $5)
+        ON CONFLICT (account_id, month, channel, route)
         DO UPDATE SET units = billing_counts.units + EXCLUDED.units
         """,
         account_id,
         billing_month(at),
         channel,
         units,
+        route or ("premium" if channel == "sms" else ""),
     )
 
 
@@ -171,7 +174,11 @@ async def test_billing_report_matches_the_messages(dsn: str, db: Database) -> No
         final_at=datetime(2026, 11, 3, 0, 1, tzinfo=UTC),
         sms_units=5,
     )
-    await count_billing(db, "globex", datetime(2026, 11, 3, 0, 1, tzinfo=UTC), "sms", 5)
+    # globex sends over two routes (DOMAIN §6).
+    await count_billing(db, "globex", datetime(2026, 11, 3, 0, 1, tzinfo=UTC), "sms", 3)
+    await count_billing(
+        db, "globex", datetime(2026, 11, 3, 0, 1, tzinfo=UTC), "sms", 2, route="ordinary"
+    )
 
     expected: dict[str, Counter[str]] = {}
     for _, final_at, sms_units, rcs_units in deliveries:
@@ -205,6 +212,7 @@ async def test_billing_report_matches_the_messages(dsn: str, db: Database) -> No
             "account": "globex",
             "month": "2026-11",
             "sms_units": 5,
+            "sms_units_by_route": {"ordinary": 2, "premium": 3},
             "rcs_units": 0,
             "reassigned_checks": 0,
         }
@@ -220,9 +228,11 @@ async def test_billing_report_matches_the_messages(dsn: str, db: Database) -> No
             assert response.status == 200
             assert response.content_type == "text/csv"
             rows = list(csv.reader(io.StringIO(await response.text())))
+            # A line per route: SMS units on their route's, the rest on "".
             assert rows == [
                 list(BILLING_COLUMNS),
-                ["acme", "2026-11", str(expected["2026-11"]["sms"]), "1", "7"],
+                ["acme", "2026-11", "", "0", "1", "7"],
+                ["acme", "2026-11", "premium", str(expected["2026-11"]["sms"]), "0", "0"],
             ]
 
         for bad in ("2026-13", "2026-1", "november", "2026-11-01"):

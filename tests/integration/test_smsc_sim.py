@@ -780,7 +780,11 @@ def test_demo_config_file() -> None:
         "au": 2776,
         "softbank": 2777,
         "rakuten": 2778,
+        # Ordinary routes (DOMAIN §6): other SMSCs reaching these subscribers.
+        "softbank_ordinary": 2787,
+        "rakuten_ordinary": 2788,
     }
+    assert config.carriers["softbank_ordinary"].serves == "softbank"
     for carrier in config.carriers.values():
         assert carrier.accounts == {"demo": "demo"}
         assert carrier.receipt_delay_max_s == 5.0  # from [defaults]

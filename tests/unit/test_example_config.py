@@ -58,7 +58,13 @@ def test_example_loads_with_production_values() -> None:
     assert acme.senders["softbank"] == "249200"
     assert acme.resend.quiet_window is not None
     assert acme.callback_secret
-    assert config.accounts["globex"].routes["softbank"] == "standard"
+    globex = config.accounts["globex"]
+    assert globex.plan == "lite"
+    assert [globex.route_for(c) for c in CARRIERS] == ["premium", "premium"] + ["ordinary"] * 2
+    assert acme.route_for("rakuten") == "ordinary" and acme.route_for("softbank") == "premium"
+    ordinary = config.carriers["softbank"].route_config("ordinary")
+    assert ordinary is not None and ordinary.sender == "ACME" and ordinary.tls
+    assert ordinary.receipt_timeout_s == 3600  # the carrier's rule, on every route
     acme_bot, globex_bot = config.rcs_bot_of("acme"), config.rcs_bot_of("globex")
     assert acme_bot is not None and globex_bot is not None
     assert (acme_bot.bot_id, acme_bot.oauth_client_id) == ("acme-bot", "acme-bot-client")
@@ -85,7 +91,8 @@ def test_example_documents_every_setting() -> None:
     assert set(raw["engine"]) == _fields(EngineConfig)
     assert set(raw["accounts"]["acme"]) == _fields(AccountConfig) - {"account_id"}
     assert set(raw["accounts"]["acme"]["resend"]) == _fields(ResendConfig)
-    assert set(raw["carriers"]["docomo"]) == _fields(CarrierConfig) - {"name"}
+    # A route is named by its table; docomo's other routes are a subtable.
+    assert set(raw["carriers"]["docomo"]) == _fields(CarrierConfig) - {"name", "route"}
     # Secrets are left to the environment file, and said so.
     env_secrets = {
         "token": "CARRIERD_RCS_TOKEN",

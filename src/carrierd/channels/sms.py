@@ -57,6 +57,7 @@ receipted_message_id TLV (SMPP 3.4: the id returned in submit_sm_resp); the text
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import re
 import ssl
@@ -64,12 +65,12 @@ import zlib
 from collections.abc import Awaitable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, overload
 
 import structlog
 
 from carrierd.channels.types import InboundSms, PartOutcome, Receipt, SmsEvents, SmsRequest
-from carrierd.config import CarrierConfig
+from carrierd.config import PREMIUM, CarrierConfig
 from carrierd.domain.clock import Clock, require_aware
 from carrierd.domain.numbers import NumberError, normalize_msisdn, smpp_international
 from carrierd.domain.sms_text import decode_gsm7, encode_gsm7, encode_ucs2
@@ -345,7 +346,15 @@ def _body(pdu: DeliverSm | DataSm) -> bytes:
 
 
 class SmppGateway:
-    """``SmsGateway`` over one ``SmppPool`` per carrier; receipts and MO to ``events``."""
+    """``SmsGateway`` over one ``SmppPool`` per carrier route (DOMAIN §6: a
+    carrier's premium route and its others, each its own SMSC); receipts and
+    MO to ``events``.
+
+    Two SMSCs number their messages each on its own, so the SMSC ids of a
+    route other than the premium one are scoped by its name (``ordinary:4F2A``)
+    on both sides, in the submit_sm_resp's outcome and in its receipts: a
+    receipt from one route never settles a part sent over another.
+    """
 
     def __init__(
         self,
@@ -360,40 +369,44 @@ class SmppGateway:
     ) -> None:
         self._events = events
         self._clock = clock
-        # (TLV id style, text id style) per carrier.
+        routes = [route for config in carriers.values() for route in config.all_routes()]
+        # (TLV id style, text id style) per route; receipt_message_id_styles
+        # names the premium routes' text style by carrier.
         self._receipt_id_styles = {
-            name: (
-                config.message_id_style,
-                (receipt_message_id_styles or {}).get(name, config.message_id_style),
+            (route.name, route.route): (
+                route.message_id_style,
+                (receipt_message_id_styles or {}).get(route.name, route.message_id_style)
+                if route.route == PREMIUM
+                else route.receipt_id_style,
             )
-            for name, config in carriers.items()
+            for route in routes
         }
         self._pools = {
-            name: SmppPool(
-                config,
-                partial(self._on_deliver, name),
+            (route.name, route.route): SmppPool(
+                route,
+                partial(self._on_deliver, route.name, route=route.route),
                 bind_wait_s=bind_wait_s,
                 ssl_context=ssl_context,
-                observer=(submit_observers or {}).get(name),
+                observer=(submit_observers or {}).get(route.pool_name),
             )
-            for name, config in carriers.items()
+            for route in routes
         }
 
     def carriers(self) -> Collection[str]:
-        return tuple(self._pools)
+        return tuple(dict.fromkeys(carrier for carrier, _ in self._pools))
 
-    def is_available(self, carrier: str) -> bool:
-        pool = self._pools.get(carrier)
+    def is_available(self, carrier: str, route: str = PREMIUM) -> bool:
+        pool = self._pools.get((carrier, route))
         return pool is not None and pool.is_available()
 
     def receipts_backlogged(self) -> bool:
         return any(pool.receipts_backlogged() for pool in self._pools.values())
 
-    def pool(self, carrier: str) -> SmppPool:
+    def pool(self, carrier: str, route: str = PREMIUM) -> SmppPool:
         try:
-            return self._pools[carrier]
+            return self._pools[(carrier, route)]
         except KeyError:
-            raise ValueError(f"no SMPP pool for carrier {carrier!r}") from None
+            raise ValueError(f"no SMPP pool for carrier {carrier!r} route {route!r}") from None
 
     async def start(self) -> None:
         await asyncio.gather(*(pool.start() for pool in self._pools.values()))
@@ -402,20 +415,24 @@ class SmppGateway:
         await asyncio.gather(*(pool.stop(drain_timeout_s) for pool in self._pools.values()))
 
     def health(self) -> dict[str, PoolHealth]:
-        return {name: pool.health() for name, pool in self._pools.items()}
+        """Per pool: the carrier's name for its premium route, else carrier/route."""
+        return {pool.config.pool_name: pool.health() for pool in self._pools.values()}
 
     async def submit(self, carrier: str, request: SmsRequest) -> list[PartOutcome]:
-        pool = self.pool(carrier)
+        pool = self.pool(carrier, request.route)
         pdus = build_submit_pdus(request, pool.config)
         results = await pool.submit_all(pdus)
-        return part_outcomes(request, results, pool.config.message_id_style)
+        outcomes = part_outcomes(request, results, pool.config.message_id_style)
+        if request.route == PREMIUM:
+            return outcomes
+        return [_scoped_outcome(outcome, request.route) for outcome in outcomes]
 
     def _on_deliver(
-        self, carrier: str, pdu: DeliverSm | DataSm, bind_id: str
+        self, carrier: str, pdu: DeliverSm | DataSm, bind_id: str, *, route: str = PREMIUM
     ) -> Awaitable[None] | None:
         # Exceptions propagate to the session, which answers ESME_RX_T_APPN so the
         # SMSC delivers the PDU again rather than losing it.
-        tlv_id_style, text_id_style = self._receipt_id_styles[carrier]
+        tlv_id_style, text_id_style = self._receipt_id_styles[(carrier, route)]
         event = parse_deliver(
             pdu,
             carrier=carrier,
@@ -424,8 +441,49 @@ class SmppGateway:
             received_at=self._clock.now(),
         )
         if isinstance(event, Receipt):
+            if route != PREMIUM:
+                event = dataclasses.replace(
+                    event,
+                    smsc_message_id=scoped_message_id(route, event.smsc_message_id),
+                    alt_smsc_message_id=scoped_message_id(route, event.alt_smsc_message_id),
+                )
             return self._events.receipt(event)
         if isinstance(event, InboundSms):
             return self._events.inbound(event)
-        log.warning("smpp_receipt_without_id", carrier=carrier, bind=bind_id)
+        log.warning("smpp_receipt_without_id", carrier=carrier, route=route, bind=bind_id)
         return None
+
+
+@overload
+def scoped_message_id(route: str, smsc_message_id: str) -> str: ...
+@overload
+def scoped_message_id(route: str, smsc_message_id: None) -> None: ...
+def scoped_message_id(route: str, smsc_message_id: str | None) -> str | None:
+    """An SMSC id of a route other than premium, as parts and receipts keep it."""
+    if smsc_message_id is None or route == PREMIUM:
+        return smsc_message_id
+    return f"{route}:{smsc_message_id}"
+
+
+def _scoped_outcome(outcome: PartOutcome, route: str) -> PartOutcome:
+    late = outcome.late
+    if late is not None:
+        scoped_late: asyncio.Future[PartOutcome] = asyncio.get_running_loop().create_future()
+        late.add_done_callback(partial(_scope_late, route, scoped_late))
+        late = scoped_late
+    return dataclasses.replace(
+        outcome,
+        smsc_message_id=scoped_message_id(route, outcome.smsc_message_id),
+        late=late,
+    )
+
+
+def _scope_late(
+    route: str, scoped: asyncio.Future[PartOutcome], late: asyncio.Future[PartOutcome]
+) -> None:
+    if scoped.done():
+        return
+    if late.cancelled():
+        scoped.cancel()
+    else:
+        scoped.set_result(_scoped_outcome(late.result(), route))

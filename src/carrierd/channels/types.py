@@ -33,6 +33,8 @@ class SmsRequest:
     encoding: Literal["ucs2", "gsm7"]
     parts: tuple[str, ...]
     expires_at: datetime
+    # DOMAIN §6: the carrier's route (its bind pool) the account sends over.
+    route: str = "premium"
 
 
 @dataclass(frozen=True)
@@ -86,13 +88,14 @@ class SmsGateway(Protocol):
         """Carriers with a configured pool."""
         ...
 
-    def is_available(self, carrier: str) -> bool:
-        """At least one bind of the carrier takes submits (bound, or throttled
-        to the pace its SMSC accepts)."""
+    def is_available(self, carrier: str, route: str = "premium") -> bool:
+        """At least one bind of the carrier's route takes submits (bound, or
+        throttled to the pace its SMSC accepts)."""
         ...
 
     async def submit(self, carrier: str, request: SmsRequest) -> list[PartOutcome]:
-        """Hand every part to the carrier; one outcome per part, in order."""
+        """Hand every part to the carrier over ``request.route``; one outcome
+        per part, in order."""
         ...
 
     def receipts_backlogged(self) -> bool:

@@ -91,6 +91,8 @@ class Move:
     submitted_at: datetime | None = None
     leg: str | None = None
     carrier: str | None = None
+    # DOMAIN §6: the carrier's route of this attempt (with `carrier`).
+    route: str | None = None
     attempt: int | None = None
     resends_done: int | None = None
     # The carrier just answered "not our subscriber" (§4): never asked again

@@ -30,6 +30,7 @@ STATUS_COLUMNS: tuple[str, ...] = (
     "recipient_raw",
     "msisdn",
     "carrier",
+    "route",
     "carriers_wrong",
     "sms_parts",
     "attempt",
@@ -75,6 +76,8 @@ def status_document(message: Mapping[str, Any]) -> dict[str, Any]:
         # account sent (a rejected number has no normalized form).
         "to": message["msisdn"] or message["recipient_raw"],
         "carrier": message["carrier"],
+        # DOMAIN §6: the carrier's route of the SMS attempt (premium, ...).
+        "route": message["route"],
         "carriers_wrong": list(message["carriers_wrong"] or []),
         "parts": message["sms_parts"],
         "attempt": message["attempt"],

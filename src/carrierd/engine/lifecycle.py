@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
+from carrierd.config import PREMIUM
 from carrierd.domain.attempt import ATTEMPT_ENDED
 from carrierd.domain.billing import billing_month
 from carrierd.domain.lifecycle import Event, Move, Note
@@ -45,6 +46,7 @@ class Applied:
     account_id: str
     channel: str
     carrier: str | None
+    route: str | None
 
 
 class Lifecycle:
@@ -59,12 +61,13 @@ class Lifecycle:
         if not moves:
             return []
         by_id = _one_each(moves)
-        *columns, waits, retries_wait = _move_arrays(moves)
-        rows = await tx.fetch("apply_moves", *columns, now, waits, retries_wait)
+        *columns, waits, retries_wait, route = _move_arrays(moves)
+        rows = await tx.fetch("apply_moves", *columns, now, waits, retries_wait, route)
         if not rows:
             return []
         applied = [
-            Applied(by_id[r["id"]], r["account_id"], r["channel"], r["carrier"]) for r in rows
+            Applied(by_id[r["id"]], r["account_id"], r["channel"], r["carrier"], r["route"])
+            for r in rows
         ]
         unknown = [a.move.message_id for a in applied if a.move.dst is State.UNKNOWN]
         if unknown:
@@ -94,7 +97,7 @@ class Lifecycle:
         for a in applied:
             move = a.move
             if move.billed_at is not None:
-                bills.add(a.account_id, move.billed_at, move.sms_units, move.rcs_units)
+                bills.add(a.account_id, a.route, move.billed_at, move.sms_units, move.rcs_units)
         # Last: every writer adds to the same (account, month) rows, whose
         # locks are then held until commit for the shortest time.
         await self._add_billing(tx, bills)
@@ -123,7 +126,7 @@ class Lifecycle:
             noted = by_id[r["id"]]
             if noted.billed_at is not None:
                 rcs_units = noted.rcs_units if r["bills"] else 0
-                bills.add(r["account_id"], noted.billed_at, noted.sms_units, rcs_units)
+                bills.add(r["account_id"], r["route"], noted.billed_at, noted.sms_units, rcs_units)
         await self._add_billing(tx, bills)
         tx.after_commit(lambda: self._count([], bills))
         return [r["id"] for r in rows]
@@ -153,10 +156,11 @@ class Lifecycle:
         keys = sorted(bills.units)
         await tx.execute(
             "add_billing",
-            [a for a, _, _ in keys],
-            [m for _, m, _ in keys],
-            [c for _, _, c in keys],
+            [a for a, _, _, _ in keys],
+            [m for _, m, _, _ in keys],
+            [c for _, _, c, _ in keys],
             [bills.units[k] for k in keys],
+            [r for _, _, _, r in keys],
         )
 
     def _count(self, applied: Sequence[Applied], bills: _Bills) -> None:
@@ -176,7 +180,7 @@ class Lifecycle:
         for a in applied:
             if a.move.event in _LABELLED_BY_MOVE:
                 counts[_labelled(metrics, a)] += 1
-        for (account_id, month, channel), units in bills.units.items():
+        for (account_id, month, channel, _route), units in bills.units.items():
             counts[(metrics.billing_units_total, account_id, channel, month)] += units
         for (metric, *labels), amount in counts.items():
             self._inc(metric, *labels, amount=amount)
@@ -190,17 +194,25 @@ class Lifecycle:
 
 
 class _Bills:
-    """Billing units (§11) per (account, JST month, channel)."""
+    """Billing units (§11) per (account, JST month, channel, route): SMS
+    units by the route that carried them (DOMAIN §6), '' for +Message."""
 
     __slots__ = ("_month_of", "units")
 
     def __init__(self) -> None:
-        self.units: dict[tuple[str, str, str], int] = {}
+        self.units: dict[tuple[str, str, str, str], int] = {}
         # A flush bills thousands of receipts of the same few seconds: the
         # JST month of each is looked up once per distinct second.
         self._month_of: dict[int, str] = {}
 
-    def add(self, account_id: str, billed_at: datetime, sms_units: int, rcs_units: int) -> None:
+    def add(
+        self,
+        account_id: str,
+        route: str | None,
+        billed_at: datetime,
+        sms_units: int,
+        rcs_units: int,
+    ) -> None:
         if not (sms_units or rcs_units):
             return
         second = int(billed_at.timestamp())
@@ -209,10 +221,11 @@ class _Bills:
             month = self._month_of[second] = billing_month(billed_at)
         units = self.units
         if sms_units:
-            key = (account_id, month, "sms")
+            # A message from before routes went over the premium route.
+            key = (account_id, month, "sms", route or PREMIUM)
             units[key] = units.get(key, 0) + sms_units
         if rcs_units:
-            key = (account_id, month, "rcs")
+            key = (account_id, month, "rcs", "")
             units[key] = units.get(key, 0) + rcs_units
 
 
@@ -258,7 +271,7 @@ def _json(detail: Any) -> str | None:
 def _move_arrays(moves: Sequence[Move]) -> list[list[Any] | None]:
     """The 23 column arrays of apply_moves, in one pass over the moves. A
     column no move sets is sent as NULL (unnest pads it with NULLs): most
-    moves set a few of the 21, and every element is encoded one by one."""
+    moves set a few of the 23, and every element is encoded one by one."""
     rows = [
         (
             m.message_id,
@@ -285,6 +298,7 @@ def _move_arrays(moves: Sequence[Move]) -> list[list[Any] | None]:
             None if m.detail is None else _ENCODER.encode(m.detail),
             m.wait,
             m.retries_wait or None,
+            m.route,
         )
         for m in moves
     ]

@@ -4,6 +4,8 @@ Inside the claim's transaction (`plan`, then `mark_sending`):
   - the carrier (domain/routing.pick_carrier: named, learned, number range,
     default order; a carrier restriction tries only its carriers; a carrier
     with no bind up is passed over, and only when none is up does it wait),
+    and the account's route at that carrier (DOMAIN §6), whose bind pool,
+    sender and concatenation the submit uses,
   - the au gate (domain/au_gate: hold while the previous SMS to the number
     is in flight, then spacing_s after its final receipt),
   - the parts budget of accounts that count their rate in parts,
@@ -52,6 +54,7 @@ class Planned:
     carrier: str
     carrier_source: str
     attempt: int
+    route: str  # DOMAIN §6: the carrier's route (bind pool) the account sends over
     request: SmsRequest
     # One record per submit_sm: (part_no, part_total, §3 units it carries).
     records: tuple[tuple[int, int, int], ...]
@@ -105,7 +108,9 @@ class SmsLeg:
         """The carrier, sender and parts of each SMS; what cannot go now is
         held (au gate, no bind, parts budget) or ends here (skipped, failed)."""
         configured = [c for c in self._gateway.carriers() if c in config.carriers]
-        bound = {c for c in configured if self._gateway.is_available(c)}
+        # DOMAIN §6: a carrier is up for an account when the route it sends
+        # over is.
+        bound_for: dict[str, set[str]] = {}
         learned = {
             r["msisdn"]: r["carrier"]
             for r in await tx.fetch("learned_carriers", [m.msisdn for m in messages])
@@ -117,6 +122,12 @@ class SmsLeg:
         planned: list[Planned] = []
         for message in messages:
             assert message.msisdn is not None and message.sms_text is not None
+            account = config.accounts[message.account_id]
+            bound = bound_for.get(message.account_id)
+            if bound is None:
+                bound = bound_for[message.account_id] = {
+                    c for c in configured if self._gateway.is_available(c, account.route_for(c))
+                }
             pick = pick_carrier(
                 message.msisdn,
                 named=message.carrier_named,
@@ -150,7 +161,11 @@ class SmsLeg:
                         State.QUEUED,
                         Event.POSTPONED,
                         not_before=now + timedelta(seconds=NO_BIND_RETRY_S),
-                        detail={"why": NO_BIND_UP, "carriers": list(pick.down)},
+                        detail={
+                            "why": NO_BIND_UP,
+                            "carriers": list(pick.down),
+                            "route": account.route_for(pick.carrier),
+                        },
                         # Every second while the SMSCs are away: one event
                         # when it starts waiting, one when it stops.
                         wait=NO_BIND_UP,
@@ -198,12 +213,16 @@ class SmsLeg:
         account = config.accounts[message.account_id]
         # Validated and normalised at intake: only the split is redone, not
         # the charset scan (the text and its encoding are stored).
+        route = account.route_for(carrier)
+        # Checked at config load (config._check_routes); the carrier's own
+        # connection stands in should a reload have dropped the route.
+        connection = config.carriers[carrier].route_config(route) or config.carriers[carrier]
         encoding: Literal["ucs2", "gsm7"] = "gsm7" if message.sms_encoding == "gsm7" else "ucs2"
         split = split_gsm7 if encoding == "gsm7" else split_ucs2
         parts = tuple(split(message.sms_text))
         attempt = message.attempt + 1
         total = len(parts)
-        if total > 1 and config.carriers[carrier].concat == "payload":
+        if total > 1 and connection.concat == "payload":
             # One submit_sm with the whole text: one record, one SMSC id, one
             # receipt, billed the units of every part it carries.
             records: tuple[tuple[int, int, int], ...] = ((1, 1, total),)
@@ -214,15 +233,17 @@ class SmsLeg:
             carrier=carrier,
             carrier_source=source,
             attempt=attempt,
+            route=connection.route,
             request=SmsRequest(
                 message_id=message.id,
                 attempt=attempt,
                 account_id=message.account_id,
                 msisdn=message.msisdn,
-                source_addr=account.senders.get(carrier, ""),
+                source_addr=connection.sender_for(account),
                 encoding=encoding,
                 parts=parts,
                 expires_at=message.expires_at,
+                route=connection.route,
             ),
             records=records,
             carriers_down=carriers_down,
@@ -303,12 +324,14 @@ class SmsLeg:
                     Event.SENDING,
                     leg="sms",
                     carrier=p.carrier,
+                    route=p.route,
                     attempt=p.attempt,
                     lease_owner=self._lease_owner,
                     lease_until=lease_until,
                     detail={
                         "attempt": p.attempt,
                         "carrier_from": p.carrier_source,
+                        "route": p.route,
                         **({"carriers_down": list(p.carriers_down)} if p.carriers_down else {}),
                     },
                 )

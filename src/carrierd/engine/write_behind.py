@@ -692,6 +692,9 @@ class WriteBehind:
         policies: dict[str, ResendPolicy] = {}
         for row in rows:
             carrier_config = carriers.get(row.carrier)
+            if carrier_config is not None and row.route is not None:
+                # The route's SMSC says "not our subscriber" in its own codes.
+                carrier_config = carrier_config.route_config(row.route) or carrier_config
             policy = policies.get(row.account_id)
             if policy is None:
                 policy = policies[row.account_id] = _resend_policy(accounts.get(row.account_id))

@@ -1,8 +1,8 @@
 """Reports for the accounts: billing counts and the delivery-log export.
 
 - ``GET /v1/billing?month=YYYY-MM``: the account's billing counts for a
-  JST month (DOMAIN §11), as JSON, or CSV with ``format=csv`` or
-  ``Accept: text/csv``.
+  JST month (DOMAIN §11), SMS units also per route (DOMAIN §6), as JSON, or
+  CSV (a line per route) with ``format=csv`` or ``Accept: text/csv``.
 - ``GET /v1/messages/export?from=...&to=...``: the account's delivery log
   (DOMAIN §15) for messages accepted in [from, to), as CSV streamed page by
   page, so a three-month export costs the daemon one page of memory
@@ -16,9 +16,10 @@ that account's rows.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -41,6 +42,7 @@ EXPORT_COLUMNS: tuple[str, ...] = (
     "channel",
     "msisdn",
     "carrier",
+    "route",
     "state",
     "reason_code",
     "reason_text",
@@ -52,9 +54,12 @@ EXPORT_COLUMNS: tuple[str, ...] = (
     "rcs_units",
 )
 
+# One line per route (DOMAIN §6): SMS units on the line of the route that
+# carried them, +Message units and checks on the line whose route is "".
 BILLING_COLUMNS: tuple[str, ...] = (
     "account",
     "month",
+    "route",
     "sms_units",
     "rcs_units",
     "reassigned_checks",
@@ -70,6 +75,10 @@ class BillingCounts:
     sms_units: int
     rcs_units: int
     reassigned_checks: int
+    # DOMAIN §6: the SMS units per route that carried them.
+    sms_units_by_route: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    # (route, sms_units, rcs_units, reassigned_checks) as stored.
+    lines: tuple[tuple[str, int, int, int], ...] = ()
 
 
 def month_bounds(month: str) -> tuple[datetime, datetime]:
@@ -84,12 +93,21 @@ def month_bounds(month: str) -> tuple[datetime, datetime]:
 
 
 async def billing_counts(db: Database, account_id: str, month: str) -> BillingCounts:
-    row = await db.fetchrow("billing_for_month", account_id, month)
-    assert row is not None  # an aggregate without GROUP BY always yields a row
+    lines = tuple(
+        (
+            str(row["route"]),
+            int(row["sms_units"]),
+            int(row["rcs_units"]),
+            int(row["reassigned_checks"]),
+        )
+        for row in await db.fetch("billing_for_month", account_id, month)
+    )
     return BillingCounts(
-        sms_units=int(row["sms_units"]),
-        rcs_units=int(row["rcs_units"]),
-        reassigned_checks=int(row["reassigned_checks"]),
+        sms_units=sum(line[1] for line in lines),
+        rcs_units=sum(line[2] for line in lines),
+        reassigned_checks=sum(line[3] for line in lines),
+        sms_units_by_route={route: sms for route, sms, _, _ in lines if sms},
+        lines=lines or (("", 0, 0, 0),),
     )
 
 
@@ -133,13 +151,7 @@ async def get_billing(request: web.Request) -> web.Response:
         text = _csv_text(
             [
                 BILLING_COLUMNS,
-                (
-                    account.account_id,
-                    month,
-                    counts.sms_units,
-                    counts.rcs_units,
-                    counts.reassigned_checks,
-                ),
+                *((account.account_id, month, *line) for line in counts.lines),
             ]
         )
         return web.Response(
@@ -157,6 +169,7 @@ async def get_billing(request: web.Request) -> web.Response:
             "account": account.account_id,
             "month": month,
             "sms_units": counts.sms_units,
+            "sms_units_by_route": dict(counts.sms_units_by_route),
             "rcs_units": counts.rcs_units,
             "reassigned_checks": counts.reassigned_checks,
         }
@@ -191,6 +204,7 @@ def _export_line(row: Row) -> tuple[Any, ...]:
         row["channel"],
         row["msisdn"] or "",
         row["carrier"] or "",
+        row["route"] or "",
         row["state"],
         row["reason_code"] or "",
         row["reason_text"] or "",

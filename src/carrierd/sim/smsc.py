@@ -158,6 +158,10 @@ class CarrierSimConfig:
     # Subscribers: national prefixes ("090123") that belong to this carrier; they
     # override the hash rule. "0" claims every number not claimed more precisely.
     subscriber_prefixes: tuple[str, ...] = ()
+    # The carrier whose subscribers this SMSC reaches; "" for its own name. A
+    # second SMSC of one carrier (another route to it, DOMAIN §6) names it:
+    # [carriers.softbank_ordinary] serves = "softbank".
+    serves: str = ""
     # "Not our subscriber" (DOMAIN §4): a submit_sm_resp status, or (when
     # `wrong_carrier_as_receipt`) acceptance followed by an UNDELIV receipt.
     not_subscriber_status: int = CommandStatus.ESME_RINVDSTADR
@@ -308,6 +312,8 @@ class CarrierSimCounters:
     disconnects: int = 0
     receipts_sent: int = 0  # deliver_sm receipts written, redeliveries included
     receipts_by_stat: Counter[str] = field(default_factory=Counter)
+    # Accepted submits per source_addr as written: which sender a route sent.
+    accepted_by_sender: Counter[str] = field(default_factory=Counter)
     mo_sent: int = 0
     deliveries_acknowledged: int = 0  # deliver_sm_resp ESME_ROK (receipts and MO)
     deliveries_nacked: int = 0  # deliver_sm answered with an error
@@ -368,7 +374,7 @@ def _owner(config: SmscSimConfig, national: str) -> str:
     for name, carrier in config.carriers.items():
         for prefix in carrier.subscriber_prefixes:
             if national.startswith(prefix) and (best is None or len(prefix) > best[0]):
-                best = (len(prefix), name)
+                best = (len(prefix), carrier.serves or name)
     if best is not None:
         return best[1]
     # Not salted with the seed: the same numbers belong to the same carriers in
@@ -615,7 +621,7 @@ class _Carrier:
             counters.refused += 1
             refusal = _refusal(sequence_number, CommandStatus.ESME_RINVDSTADR)
             return _Reply(refusal, response_delay_s)
-        ours = _owner(self.sim_config, "0" + destination[3:]) == self.name
+        ours = _owner(self.sim_config, "0" + destination[3:]) == (config.serves or self.name)
         if not ours:
             counters.not_subscriber += 1
             if not config.wrong_carrier_as_receipt:
@@ -701,6 +707,7 @@ class _Carrier:
             excerpt=text[:_RECEIPT_TEXT_EXCERPT_CHARS],
         )
         self._records[message_id] = record
+        self.counters.accepted_by_sender[record.source_addr] += 1
         if self.journal is not None:
             self.journal.accepted(
                 self.name,

@@ -1,4 +1,4 @@
-"""The binds of one carrier: ``CarrierConfig.binds`` sessions behind one ``submit``.
+"""The binds of one carrier route: ``CarrierConfig.binds`` sessions behind one ``submit``.
 
     pool = SmppPool(carrier_config, on_deliver)
     await pool.start()
@@ -92,7 +92,7 @@ class SmppPool:
         self.sessions: tuple[SmppSession, ...] = tuple(
             SmppSession(
                 config,
-                f"{config.name}-{number}",
+                f"{config.pool_name.replace('/', '-')}-{number}",
                 on_deliver,
                 ssl_context=ssl_context,
                 on_health_change=self._session_changed,

@@ -66,7 +66,7 @@ WHERE account_id = $1 AND client_ref = ANY($2::text[]);
 -- name: get_message
 SELECT id, account_id, client_ref, channel, leg, state, reason_code, reason_text,
        recipient_raw, msisdn, sms_parts, sms_encoding, carrier_named, carriers_allowed,
-       carrier, carriers_wrong, attempt, resends_done, send_at, not_before, fallback_at,
+       carrier, route, carriers_wrong, attempt, resends_done, send_at, not_before, fallback_at,
        expires_at, receipt_deadline, accepted_at, submitted_at, rcs_sent_at, final_at,
        updated_at, sms_units, rcs_units, callback_url
 FROM messages
@@ -410,7 +410,7 @@ SELECT id FROM messages WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE;
 -- name: attempt_parts
 -- What the parts of each message's current attempt say. 'unknown' too: a
 -- late final receipt settles a message whose outcome was unknown.
-SELECT m.id, m.state, m.account_id, m.channel, m.carrier, m.attempt, m.msisdn,
+SELECT m.id, m.state, m.account_id, m.channel, m.carrier, m.route, m.attempt, m.msisdn,
        m.resends_done,
        count(p.part_no)::int AS total,
        count(*) FILTER (WHERE p.state = 'pending')::int AS pending,
@@ -456,12 +456,12 @@ WITH input AS (
         $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[],
         $11::text[], $12::text[], $13::int[], $14::int[], $15::boolean[], $16::text[],
         $17::timestamptz[], $18::int[], $19::int[], $20::text[], $21::text[],
-        $23::text[], $24::boolean[])
+        $23::text[], $24::boolean[], $25::text[])
         AS i(id, from_state, to_state, reason_code, reason_text, not_before,
              receipt_deadline, fallback_at, expires_at, submitted_at,
              leg, carrier, attempt, resends_done, wrong_carrier, lease_owner,
              lease_until, sms_units, rcs_units, event_kind, event_detail, wait,
-             retries_wait)
+             retries_wait, route)
 ),
 -- The moves from 'queued' and 'dispatching' (only there is a message in a
 -- wait, or claimed to retry one: Move.retries_wait), with the wait as it
@@ -509,6 +509,7 @@ updated AS (
            rcs_units = m.rcs_units + coalesce(i.rcs_units, 0),
            leg = coalesce(i.leg, m.leg),
            carrier = coalesce(i.carrier, m.carrier),
+           route = coalesce(i.route, m.route),
            attempt = coalesce(i.attempt, m.attempt),
            resends_done = coalesce(i.resends_done, m.resends_done),
            -- "Not our subscriber" (§4): the carrier of this attempt is
@@ -533,7 +534,7 @@ updated AS (
            updated_at = $22
       FROM source i
      WHERE m.id = i.id AND m.state = i.from_state
-    RETURNING m.id, m.state, m.account_id, m.channel, m.carrier, m.callback_url,
+    RETURNING m.id, m.state, m.account_id, m.channel, m.carrier, m.route, m.callback_url,
               m.callback_every_change, m.reason_code, m.reason_text, i.from_state,
               i.event_kind, i.event_detail, i.wait, i.waited_for, i.waited_since,
               i.waited_retries, i.retries_wait IS TRUE AS retries_wait,
@@ -567,7 +568,7 @@ logged AS (
       ) AS events
      ORDER BY message_id, seq
 )
-SELECT id, state, account_id, channel, carrier, callback_url, callback_every_change,
+SELECT id, state, account_id, channel, carrier, route, callback_url, callback_every_change,
        wait_repeated
 FROM updated;
 
@@ -600,20 +601,20 @@ updated AS (
            updated_at = $8
       FROM target t
      WHERE m.id = t.id
-    RETURNING m.id, m.state, m.account_id, m.carrier, t.kind, t.detail, t.bills
+    RETURNING m.id, m.state, m.account_id, m.carrier, m.route, t.kind, t.detail, t.bills
 ),
 logged AS (
     INSERT INTO message_events (message_id, at, kind, state, carrier, detail)
     SELECT id, $8, kind, state, carrier, detail::jsonb FROM updated
 )
-SELECT id, account_id, bills FROM updated;
+SELECT id, account_id, route, bills FROM updated;
 
 -- name: status_documents
 -- What the public status document (domain/status.py) is built from, for
 -- the status callbacks of messages that just moved.
 SELECT id, account_id, client_ref, channel, leg, state, reason_code, reason_text,
        recipient_raw, msisdn, sms_parts, sms_encoding, carrier_named, carriers_allowed,
-       carrier, carriers_wrong, attempt, resends_done, send_at, not_before, fallback_at,
+       carrier, route, carriers_wrong, attempt, resends_done, send_at, not_before, fallback_at,
        expires_at, receipt_deadline, accepted_at, submitted_at, rcs_sent_at, final_at,
        updated_at, sms_units, rcs_units, callback_url
 FROM messages
@@ -629,9 +630,10 @@ JOIN messages m ON m.id = i.message_id
 WHERE NOT (m.attempt = i.attempt AND m.state IN ('sending', 'submitted'));
 
 -- name: add_billing
-INSERT INTO billing_counts (account_id, month, channel, units)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
-ON CONFLICT (account_id, month, channel) DO UPDATE
+-- $5: the route that carried SMS units ('' for +Message).
+INSERT INTO billing_counts (account_id, month, channel, units, route)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[])
+ON CONFLICT (account_id, month, channel, route) DO UPDATE
    SET units = billing_counts.units + EXCLUDED.units;
 
 -- name: parts_outcome_unknown

@@ -3,13 +3,18 @@
 -- always passed in.
 
 -- name: billing_for_month
--- The counts the engine keeps per account and JST month (DOMAIN §11).
-SELECT coalesce(sum(units) FILTER (WHERE channel = 'sms'), 0)::bigint AS sms_units,
+-- The counts the engine keeps per account and JST month (DOMAIN §11), per
+-- route (DOMAIN §6: SMS units by the route that carried them; '' for the
+-- rest).
+SELECT route,
+       coalesce(sum(units) FILTER (WHERE channel = 'sms'), 0)::bigint AS sms_units,
        coalesce(sum(units) FILTER (WHERE channel = 'rcs'), 0)::bigint AS rcs_units,
        coalesce(sum(units) FILTER (WHERE channel = 'reassigned_check'), 0)::bigint
            AS reassigned_checks
 FROM billing_counts
-WHERE account_id = $1 AND month = $2;
+WHERE account_id = $1 AND month = $2
+GROUP BY route
+ORDER BY route;
 
 -- name: billing_recomputed_from_messages
 -- Audit: the same counts rebuilt from the messages themselves, attributing
@@ -25,7 +30,8 @@ WHERE account_id = $1 AND final_at >= $2 AND final_at < $3;
 -- after the keyset ($4, $5) of the previous page's last row. The row
 -- comparison walks messages_by_account_time_id without skipping or
 -- repeating rows, however many share one accepted_at.
-SELECT id, client_ref, channel, coalesce(msisdn, recipient_raw) AS msisdn, carrier, state,
+SELECT id, client_ref, channel, coalesce(msisdn, recipient_raw) AS msisdn, carrier, route,
+       state,
        reason_code, reason_text, accepted_at, submitted_at, final_at, sms_parts, sms_units,
        rcs_units
 FROM messages

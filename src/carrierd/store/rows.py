@@ -92,6 +92,8 @@ class AttemptRow(NamedTuple):
     last_resp_at: datetime | None
     learned_carrier: str | None
     unknown_cause: str | None  # of the first unknown part
+    # DOMAIN §6: the carrier's route of the attempt; NULL before routes.
+    route: str | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> AttemptRow:
@@ -120,6 +122,7 @@ class AttemptRow(NamedTuple):
             row["last_resp_at"],
             row["learned_carrier"],
             row["unknown_cause"],
+            row["route"],
         )
 
 
