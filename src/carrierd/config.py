@@ -2,6 +2,13 @@
 
 Every error names its key path (``carriers.au.binds: must be >= 1``), and all
 errors of a file are reported at once so an operator fixes them in one pass.
+
+A few keys may also come from the environment or, for secrets, from a
+systemd credential (``LoadCredential=``, read from
+``$CREDENTIALS_DIRECTORY``); `OVERRIDES` is the one list of them. An
+override replaces the file's value before validation, so it is checked by
+the same code as the key it replaces, and an error about it names where the
+value came from (``http.port (CARRIERD_HTTP_PORT): expected an integer``).
 Carrier and contract numbers from DOMAIN.md are defaults here, never
 constants in the code that uses them.
 """
@@ -21,6 +28,10 @@ from typing import Any, Literal
 
 from carrierd.domain import rcs_flow
 from carrierd.domain.netpolicy import IPNetwork
+
+# Where an installed carrierd looks for its configuration (the demo passes
+# conf/carrierd.toml through `make run`).
+DEFAULT_CONFIG_PATH = "/etc/carrierd/carrierd.toml"
 
 CARRIERS: tuple[str, ...] = ("docomo", "au", "softbank", "rakuten")
 RCS_CARRIERS: frozenset[str] = rcs_flow.RCS_CARRIERS
@@ -182,6 +193,8 @@ class Config:
     carriers: Mapping[str, CarrierConfig]
     rcs: RcsConfig
     source_path: Path | None = None
+    # Key paths an override set, and where from ("CARRIERD_HTTP_PORT").
+    overridden: Mapping[str, str] = field(default_factory=dict)
 
     def account_for_token(self, token: str) -> AccountConfig | None:
         digest = hash_token(token)
@@ -195,26 +208,130 @@ def hash_token(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8")).digest()
 
 
+@dataclass(frozen=True)
+class Override:
+    """A key whose value may come from outside the file.
+
+    The environment variable wins over the systemd credential, which wins
+    over the file. An empty variable or credential counts as not set (an
+    EnvironmentFile line left blank must not blank the file's value).
+    """
+
+    key: str  # its path in the file, "http.port"
+    variable: str
+    # The name under $CREDENTIALS_DIRECTORY (LoadCredential=NAME:PATH), for
+    # secrets only.
+    credential: str | None = None
+
+
+OVERRIDES: tuple[Override, ...] = (
+    Override("daemon.id", "CARRIERD_DAEMON_ID"),
+    Override("daemon.log_level", "CARRIERD_LOG_LEVEL"),
+    Override("http.port", "CARRIERD_HTTP_PORT"),
+    Override("database.dsn", "CARRIERD_DSN", credential="carrierd.dsn"),
+    Override("rcs.token", "CARRIERD_RCS_TOKEN", credential="carrierd.rcs_token"),
+    Override(
+        "rcs.oauth_client_secret",
+        "CARRIERD_RCS_CLIENT_SECRET",
+        credential="carrierd.rcs_client_secret",
+    ),
+    Override(
+        "rcs.webhook_secret",
+        "CARRIERD_RCS_WEBHOOK_SECRET",
+        credential="carrierd.rcs_webhook_secret",
+    ),
+)
+_OVERRIDE_BY_KEY: Mapping[str, Override] = {o.key: o for o in OVERRIDES}
+
+# The demo's project-local PostgreSQL (`scripts/localpg.sh dsn`, exported by
+# the Makefile): used only when neither the file nor an override names one.
+LOCAL_DSN_VARIABLE = "CARRIERD_LOCAL_DSN"
+
+
+def how_to_set(key: str) -> str:
+    """The ways to give `key` a value, for an error saying it is missing."""
+    override = _OVERRIDE_BY_KEY.get(key)
+    if override is None:
+        return f"set {key}"
+    ways = [f"set {override.variable}"]
+    if override.credential is not None:
+        ways.append(f"the systemd credential {override.credential}")
+    ways.append(f"{key} in the file")
+    return ", ".join(ways[:-1]) + " or " + ways[-1]
+
+
+def _read_credential(directory: str, name: str, key: str, problems: list[str]) -> str | None:
+    path = Path(directory) / name
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(f"{key} (credential {name}): cannot read {path}: {exc}")
+        return None
+    # `echo secret > file` leaves a newline no secret means to have.
+    return text.rstrip("\r\n")
+
+
+def apply_overrides(
+    raw: Mapping[str, Any], env: Mapping[str, str], problems: list[str]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """`raw` with the overrides in place, and where each replaced value came
+    from (key path -> "CARRIERD_HTTP_PORT" or "credential carrierd.dsn")."""
+    merged: dict[str, Any] = dict(raw)
+    origins: dict[str, str] = {}
+    credentials_dir = env.get("CREDENTIALS_DIRECTORY", "")
+    for override in OVERRIDES:
+        value = env.get(override.variable) or None
+        origin = override.variable
+        if value is None and override.credential is not None and credentials_dir:
+            value = _read_credential(credentials_dir, override.credential, override.key, problems)
+            origin = f"credential {override.credential}"
+        if not value:
+            continue
+        table_name, key = override.key.split(".")
+        table = merged.get(table_name, {})
+        if not isinstance(table, dict):
+            continue  # the reader reports the table itself
+        merged[table_name] = {**table, key: value}
+        origins[override.key] = origin
+    return merged, origins
+
+
 class _Reader:
     """Typed access to a TOML table that records problems instead of raising."""
 
-    def __init__(self, problems: list[str], table: Mapping[str, Any], path: str) -> None:
+    def __init__(
+        self,
+        problems: list[str],
+        table: Mapping[str, Any],
+        path: str,
+        origins: Mapping[str, str] | None = None,
+    ) -> None:
         self.problems = problems
         self.table = table
         self.path = path
         self.used: set[str] = set()
+        # Key paths whose value came from an override, and from where.
+        self.origins: Mapping[str, str] = origins or {}
 
     def _key(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
 
     def problem(self, key: str, text: str) -> None:
-        self.problems.append(f"{self._key(key)}: {text}")
+        full = self._key(key)
+        origin = self.origins.get(full)
+        self.problems.append(f"{full} ({origin}): {text}" if origin else f"{full}: {text}")
 
     def get(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
         self.used.add(key)
         if key not in self.table:
             return default
         value = self.table[key]
+        if self._key(key) in self.origins and isinstance(value, str):
+            value = self._from_text(key, value, kind)
+            if value is None:
+                return default
         # bool is an int in Python; a number field must not accept true/false.
         if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
             self.problem(key, f"expected {_kind_name(kind)}, got a boolean")
@@ -223,6 +340,22 @@ class _Reader:
             self.problem(key, f"expected {_kind_name(kind)}, got {type(value).__name__}")
             return default
         return value
+
+    def _from_text(self, key: str, text: str, kind: type | tuple[type, ...]) -> Any:
+        """An override's text read as the key's type (None: not readable)."""
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if str in kinds:
+            return text
+        for candidate in kinds:
+            try:
+                if candidate is int:
+                    return int(text.strip())
+                if candidate is float:
+                    return float(text.strip())
+            except ValueError:
+                continue
+        self.problem(key, f"expected {_kind_name(kind)}, got {text!r}")
+        return None
 
     def number(
         self,
@@ -411,31 +544,31 @@ def _parse_carrier(problems: list[str], name: str, raw: Mapping[str, Any]) -> Ca
     return carrier
 
 
-def _resolve_dsn(configured: str, env: Mapping[str, str]) -> str:
-    # Precedence: CARRIERD_DSN, then the config file, then the project-local
-    # server that `make run` / `make test` start (CARRIERD_LOCAL_DSN).
-    return env.get("CARRIERD_DSN") or configured or env.get("CARRIERD_LOCAL_DSN", "")
-
-
 def parse_config(
     raw: Mapping[str, Any], *, env: Mapping[str, str] | None = None, source_path: Path | None = None
 ) -> Config:
     env = os.environ if env is None else env
     problems: list[str] = []
+    raw, origins = apply_overrides(raw, env, problems)
     top = _Reader(problems, raw, "")
 
-    daemon = _Reader(problems, top.table_of("daemon"), "daemon")
+    def section(name: str) -> _Reader:
+        return _Reader(problems, top.table_of(name), name, origins)
+
+    daemon = section("daemon")
     default_id = f"{socket.gethostname()}-{os.getpid()}"
-    daemon_id = env.get("CARRIERD_DAEMON_ID") or daemon.string("id", "") or default_id
-    log_level = env.get("CARRIERD_LOG_LEVEL") or daemon.string(
-        "log_level", "info", choices=LOG_LEVELS
-    )
+    daemon_id = daemon.string("id", "") or default_id
+    log_level = daemon.string("log_level", "info", choices=LOG_LEVELS)
     daemon.finish()
 
-    db = _Reader(problems, top.table_of("database"), "database")
-    dsn = _resolve_dsn(db.string("dsn", ""), env)
+    db = section("database")
+    dsn = db.string("dsn", "") or env.get(LOCAL_DSN_VARIABLE, "")
     if not dsn:
-        problems.append("database.dsn: no database configured (set CARRIERD_DSN or database.dsn)")
+        problems.append(
+            f"database.dsn: no database configured: {how_to_set('database.dsn')}"
+            f" (the demo's local server: {LOCAL_DSN_VARIABLE}=$(scripts/localpg.sh dsn),"
+            " which make exports)"
+        )
     database = DatabaseConfig(
         dsn=dsn,
         pool_min=db.integer("pool_min", 2, minimum=1),
@@ -443,13 +576,10 @@ def parse_config(
     )
     db.finish()
 
-    http_reader = _Reader(problems, top.table_of("http"), "http")
+    http_reader = section("http")
     http = HttpConfig(
         host=http_reader.string("host", "127.0.0.1"),
-        port=int(
-            env.get("CARRIERD_HTTP_PORT")
-            or http_reader.integer("port", 8080, minimum=0, maximum=65535)
-        ),
+        port=http_reader.integer("port", 8080, minimum=0, maximum=65535),
         max_body_bytes=http_reader.integer("max_body_bytes", 32 * 1024 * 1024, minimum=1024),
         max_batch_items=http_reader.integer("max_batch_items", 10_000, minimum=1),
         header_timeout_s=http_reader.number("header_timeout_s", 10.0, minimum=0.1),
@@ -463,7 +593,7 @@ def parse_config(
     )
     http_reader.finish()
 
-    eng = _Reader(problems, top.table_of("engine"), "engine")
+    eng = section("engine")
     order = eng.strings("default_carrier_order", CARRIERS)
     for name in order:
         if name not in CARRIERS:
@@ -507,17 +637,16 @@ def parse_config(
             continue
         carriers[name] = _parse_carrier(problems, name, carrier_raw)
 
-    rr = _Reader(problems, top.table_of("rcs"), "rcs")
+    rr = section("rcs")
     rcs = RcsConfig(
         enabled=rr.boolean("enabled", False),
         base_url=rr.string("base_url", ""),
         bot_id=rr.string("bot_id", ""),
-        token=env.get("CARRIERD_RCS_TOKEN") or rr.string("token", ""),
+        token=rr.string("token", ""),
         oauth_token_url=rr.string("oauth_token_url", ""),
         oauth_client_id=rr.string("oauth_client_id", ""),
-        oauth_client_secret=env.get("CARRIERD_RCS_CLIENT_SECRET")
-        or rr.string("oauth_client_secret", ""),
-        webhook_secret=env.get("CARRIERD_RCS_WEBHOOK_SECRET") or rr.string("webhook_secret", ""),
+        oauth_client_secret=rr.string("oauth_client_secret", ""),
+        webhook_secret=rr.string("webhook_secret", ""),
         request_timeout_s=rr.number("request_timeout_s", 10.0, minimum=0.1),
         fallback_after_s=rr.number("fallback_after_s", 600.0, minimum=1.0),
         expiry_s=rr.number("expiry_s", 72 * 3600.0, minimum=60.0),
@@ -527,9 +656,14 @@ def parse_config(
     if rcs.enabled:
         for key in ("base_url", "bot_id", "webhook_secret"):
             if not getattr(rcs, key):
-                problems.append(f"rcs.{key}: required when rcs.enabled is true")
+                problems.append(
+                    f"rcs.{key}: required when rcs.enabled is true ({how_to_set(f'rcs.{key}')})"
+                )
         if not rcs.token and not rcs.oauth_token_url:
-            problems.append("rcs.token: a bearer token or oauth_token_url is required")
+            problems.append(
+                "rcs.token: a bearer token or rcs.oauth_token_url is required"
+                f" ({how_to_set('rcs.token')})"
+            )
     rr.finish()
     top.finish()
 
@@ -545,6 +679,7 @@ def parse_config(
         carriers=carriers,
         rcs=rcs,
         source_path=source_path,
+        overridden=origins,
     )
 
 
@@ -554,7 +689,14 @@ def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Co
         with config_path.open("rb") as f:
             raw = tomllib.load(f)
     except FileNotFoundError as exc:
-        raise ConfigError([f"{config_path}: file not found"]) from exc
+        hint = (
+            " (the installed default; name the configuration file to use)"
+            if str(path) == DEFAULT_CONFIG_PATH
+            else ""
+        )
+        raise ConfigError([f"{config_path}: file not found{hint}"]) from exc
+    except OSError as exc:
+        raise ConfigError([f"{config_path}: cannot read: {exc.strerror or exc}"]) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{config_path}: not valid TOML: {exc}"]) from exc
     return parse_config(raw, env=env, source_path=config_path)
