@@ -1,4 +1,9 @@
-"""carrierd command line: run | migrate | check-config | sim."""
+"""carrierd command line.
+
+The daemon's side: run | migrate | check-config | sim. The client's side,
+through the HTTP API (client_cli.py): send | status | cancel | messages |
+billing, and token new.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from carrierd import __version__
+from carrierd.client_cli import add_client_commands
 from carrierd.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 
 
@@ -106,7 +113,10 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="carrierd", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="carrierd", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"carrierd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     config_help = f"configuration file (default: {DEFAULT_CONFIG_PATH})"
@@ -143,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("config", nargs="?", default=DEFAULT_CONFIG_PATH, help=config_help)
     check.set_defaults(func=_cmd_check_config)
+
+    add_client_commands(sub)
     return parser
 
 
