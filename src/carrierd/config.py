@@ -212,8 +212,9 @@ def hash_token(token: str) -> bytes:
 class Override:
     """A key whose value may come from outside the file.
 
-    The environment variable wins over the systemd credential, which wins
-    over the file. An empty variable or credential counts as not set (an
+    The systemd credential wins over the environment variable (a unit moved
+    to credentials may keep an old environment file), which wins over the
+    file. An empty credential or variable counts as not set (an
     EnvironmentFile line left blank must not blank the file's value).
     """
 
@@ -228,17 +229,17 @@ OVERRIDES: tuple[Override, ...] = (
     Override("daemon.id", "CARRIERD_DAEMON_ID"),
     Override("daemon.log_level", "CARRIERD_LOG_LEVEL"),
     Override("http.port", "CARRIERD_HTTP_PORT"),
-    Override("database.dsn", "CARRIERD_DSN", credential="carrierd.dsn"),
-    Override("rcs.token", "CARRIERD_RCS_TOKEN", credential="carrierd.rcs_token"),
+    Override("database.dsn", "CARRIERD_DSN", credential="carrierd_dsn"),
+    Override("rcs.token", "CARRIERD_RCS_TOKEN", credential="carrierd_rcs_token"),
     Override(
         "rcs.oauth_client_secret",
         "CARRIERD_RCS_CLIENT_SECRET",
-        credential="carrierd.rcs_client_secret",
+        credential="carrierd_rcs_client_secret",
     ),
     Override(
         "rcs.webhook_secret",
         "CARRIERD_RCS_WEBHOOK_SECRET",
-        credential="carrierd.rcs_webhook_secret",
+        credential="carrierd_rcs_webhook_secret",
     ),
 )
 _OVERRIDE_BY_KEY: Mapping[str, Override] = {o.key: o for o in OVERRIDES}
@@ -253,11 +254,12 @@ def how_to_set(key: str) -> str:
     override = _OVERRIDE_BY_KEY.get(key)
     if override is None:
         return f"set {key}"
-    ways = [f"set {override.variable}"]
+    ways = []
     if override.credential is not None:
         ways.append(f"the systemd credential {override.credential}")
+    ways.append(f"{override.variable}")
     ways.append(f"{key} in the file")
-    return ", ".join(ways[:-1]) + " or " + ways[-1]
+    return "set " + ", ".join(ways[:-1]) + " or " + ways[-1]
 
 
 def _read_credential(directory: str, name: str, key: str, problems: list[str]) -> str | None:
@@ -267,7 +269,8 @@ def _read_credential(directory: str, name: str, key: str, problems: list[str]) -
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as exc:
-        problems.append(f"{key} (credential {name}): cannot read {path}: {exc}")
+        reason = getattr(exc, "strerror", None) or exc
+        problems.append(f"{key} (credential {name}): cannot read {path}: {reason}")
         return None
     # `echo secret > file` leaves a newline no secret means to have.
     return text.rstrip("\r\n")
@@ -277,16 +280,18 @@ def apply_overrides(
     raw: Mapping[str, Any], env: Mapping[str, str], problems: list[str]
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """`raw` with the overrides in place, and where each replaced value came
-    from (key path -> "CARRIERD_HTTP_PORT" or "credential carrierd.dsn")."""
+    from (key path -> "CARRIERD_HTTP_PORT" or "credential carrierd_dsn")."""
     merged: dict[str, Any] = dict(raw)
     origins: dict[str, str] = {}
     credentials_dir = env.get("CREDENTIALS_DIRECTORY", "")
     for override in OVERRIDES:
-        value = env.get(override.variable) or None
-        origin = override.variable
-        if value is None and override.credential is not None and credentials_dir:
+        value: str | None = None
+        if override.credential is not None and credentials_dir:
             value = _read_credential(credentials_dir, override.credential, override.key, problems)
             origin = f"credential {override.credential}"
+        if not value:
+            value = env.get(override.variable) or None
+            origin = override.variable
         if not value:
             continue
         table_name, key = override.key.split(".")

@@ -102,7 +102,8 @@ class Daemon:
 
     async def start(self) -> None:
         config = self.config
-        log.info("starting", daemon_id=config.daemon_id)
+        # Which keys came from the environment or credentials (never values).
+        log.info("starting", daemon_id=config.daemon_id, overridden=sorted(config.overridden))
         self.db = await until_database_answers(
             "startup", self._open_database, stop=self._stopping, on_wait=self._waiting_at_start
         )

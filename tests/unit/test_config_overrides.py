@@ -77,7 +77,7 @@ def test_a_variable_replaces_the_key_the_file_also_sets(override: Any) -> None:
 @pytest.mark.parametrize(
     "override", [o for o in OVERRIDES if o.credential], ids=lambda o: o.credential
 )
-def test_a_credential_replaces_the_key_and_the_variable_wins_over_it(
+def test_a_credential_replaces_the_key_and_wins_over_the_variable(
     override: Any, tmp_path: Path
 ) -> None:
     file_value, text, expected, read = SAMPLES[override.key]
@@ -88,6 +88,10 @@ def test_a_credential_replaces_the_key_and_the_variable_wins_over_it(
     config = parse_config(raw, env=env)
     assert read(config) == expected
     assert config.overridden == {override.key: f"credential {override.credential}"}
+    config = parse_config(raw, env={**env, override.variable: "from-variable"})
+    assert read(config) == expected
+    # A credential absent from the directory leaves the variable in charge.
+    (tmp_path / override.credential).unlink()
     config = parse_config(raw, env={**env, override.variable: "from-variable"})
     assert read(config) == "from-variable"
 
@@ -149,7 +153,7 @@ def test_check_config_says_which_keys_were_overridden(
 ) -> None:
     config = tmp_path / "carrierd.toml"
     config.write_text('[database]\ndsn = "postgresql://x/y"\n[accounts.a]\ntokens = ["t"]\n')
-    (tmp_path / "carrierd.rcs_token").write_text("very-secret")
+    (tmp_path / "carrierd_rcs_token").write_text("very-secret")
     for override in OVERRIDES:
         monkeypatch.delenv(override.variable, raising=False)
     monkeypatch.setenv("CARRIERD_HTTP_PORT", "8099")
@@ -157,21 +161,21 @@ def test_check_config_says_which_keys_were_overridden(
     assert main(["check-config", str(config)]) == 0
     out = capsys.readouterr().out
     assert "http.port from CARRIERD_HTTP_PORT" in out
-    assert "rcs.token from credential carrierd.rcs_token" in out
+    assert "rcs.token from credential carrierd_rcs_token" in out
     assert "very-secret" not in out
 
 
 def test_an_unreadable_credential_is_named(tmp_path: Path) -> None:
-    (tmp_path / "carrierd.dsn").mkdir()
+    (tmp_path / "carrierd_dsn").mkdir()
     problems = problems_of(BASE, {"CREDENTIALS_DIRECTORY": str(tmp_path)})
     assert len(problems) == 1
-    assert problems[0].startswith("database.dsn (credential carrierd.dsn): cannot read")
+    assert problems[0].startswith("database.dsn (credential carrierd_dsn): cannot read")
 
 
 def test_a_missing_database_names_the_ways_to_give_one() -> None:
     problems = problems_of({"accounts": BASE["accounts"]}, {})
     assert len(problems) == 1
-    for way in ("CARRIERD_DSN", "credential carrierd.dsn", "database.dsn", "CARRIERD_LOCAL_DSN"):
+    for way in ("CARRIERD_DSN", "credential carrierd_dsn", "database.dsn", "CARRIERD_LOCAL_DSN"):
         assert way in problems[0], problems
     # The demo configuration outside make: no dsn anywhere.
     with pytest.raises(ConfigError, match="CARRIERD_DSN"):
@@ -186,7 +190,7 @@ def test_a_missing_webhook_secret_names_the_variable_and_the_credential() -> Non
     (problem,) = caught.value.problems
     assert problem.startswith("rcs.webhook_secret: required")
     assert "CARRIERD_RCS_WEBHOOK_SECRET" in problem
-    assert "credential carrierd.rcs_webhook_secret" in problem
+    assert "credential carrierd_rcs_webhook_secret" in problem
 
 
 def test_the_installed_default_config_path() -> None:
