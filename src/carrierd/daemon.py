@@ -130,8 +130,10 @@ class Daemon:
             where = f"{config.http.host}:{config.http.port}"
             port_from = config.overridden.get("http.port")
             keys = f"http.host, http.port{f' from {port_from}' if port_from else ''}"
-            # asyncio's strerror repeats the address; the errno's text is enough.
-            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            # asyncio's strerror repeats the address; the errno's text is
+            # enough (a name that does not resolve has a negative errno).
+            errno = exc.errno or 0
+            reason = os.strerror(errno) if errno > 0 else (exc.strerror or str(exc))
             raise StartupError(f"cannot listen on {where} ({keys}): {reason}") from exc
         self.http_port = int(self.http_runner.addresses[0][1])
         log.info("ready", http=f"{config.http.host}:{self.http_port}")
