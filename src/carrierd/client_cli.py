@@ -270,6 +270,8 @@ def messages_to_send(args: argparse.Namespace, now: datetime) -> list[dict[str, 
         item["send_at"] = parse_when(args.send_at, now).isoformat()
     if args.carrier:
         item["carrier"] = args.carrier
+    if args.callback_every_change and not args.callback_url:
+        raise UsageError("--callback-every-change needs --callback-url")
     if args.callback_url:
         item["callback_url"] = args.callback_url
         item["callback_every_change"] = args.callback_every_change

@@ -2,6 +2,8 @@
 
 Every error names its key path (``carriers.au.binds: must be >= 1``), and all
 errors of a file are reported at once so an operator fixes them in one pass.
+Carrier and contract numbers from DOMAIN.md are defaults here, never
+constants in the code that uses them.
 
 A few keys may also come from the environment or, for secrets, from a
 systemd credential (``LoadCredential=``, read from
@@ -9,8 +11,6 @@ systemd credential (``LoadCredential=``, read from
 override replaces the file's value before validation, so it is checked by
 the same code as the key it replaces, and an error about it names where the
 value came from (``http.port (CARRIERD_HTTP_PORT): expected an integer``).
-Carrier and contract numbers from DOMAIN.md are defaults here, never
-constants in the code that uses them.
 """
 
 from __future__ import annotations

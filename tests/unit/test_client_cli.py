@@ -116,6 +116,7 @@ def test_send_reads_a_batch_as_json_or_json_lines(tmp_path: Path) -> None:
         ((), "give --to"),
         (("--to", "1"), "give --text"),
         (("--batch", "x.json", "--to", "1"), "no --to or --text"),
+        (("--to", "1", "--text", "t", "--callback-every-change"), "needs --callback-url"),
     ],
 )
 def test_send_says_what_is_missing(argv: tuple[str, ...], complaint: str) -> None:
