@@ -835,6 +835,9 @@ class Outcome:
     untold: int = 0  # delivered at the SMSC, receipt never acknowledged
     overbilled: int = 0
     billing_counts_gap: int = 0  # billing_counts minus the sum of sms_units
+    # (carrier, SMSC id) pairs held by more than one part: a receipt or a
+    # response recorded on a part it does not belong to.
+    shared_ids: list[str] = field(default_factory=list)
     states: Counter[str] = field(default_factory=Counter)
     # History events that show what the faults did (recoveries, timeouts, waits).
     events: Counter[str] = field(default_factory=Counter)
@@ -869,10 +872,15 @@ class DatabaseSnapshot:
     unknown_parts: list[asyncpg.Record]
     billed_total: int
     events: dict[str, int]
+    shared_ids: list[asyncpg.Record]
 
 
 async def snapshot(dsn: str) -> DatabaseSnapshot:
     conn = await asyncpg.connect(dsn, timeout=30)
+    # One snapshot for every query: the daemons still run, and a part
+    # billed between two reads would show as a gap between them.
+    tx = conn.transaction(isolation="repeatable_read", readonly=True)
+    await tx.start()
     try:
         messages = await conn.fetch(
             """SELECT id, msisdn, state, reason_code, sms_parts, sms_units,
@@ -893,15 +901,30 @@ async def snapshot(dsn: str) -> DatabaseSnapshot:
             ACCOUNT,
             list(TELLING_EVENTS),
         )
+        shared_ids = await conn.fetch(
+            """SELECT p.carrier, p.smsc_message_id,
+                      array_agg(format('%s/%s/%s %s', p.message_id, p.attempt, p.part_no,
+                                       p.state) ORDER BY p.message_id, p.attempt, p.part_no)
+                        AS parts
+               FROM parts p JOIN messages m ON m.id = p.message_id
+               WHERE m.account_id = $1 AND p.smsc_message_id IS NOT NULL
+               GROUP BY 1, 2 HAVING count(*) > 1""",
+            ACCOUNT,
+        )
         billed = await conn.fetchval(
             "SELECT coalesce(sum(units), 0) FROM billing_counts"
             " WHERE account_id = $1 AND channel = 'sms'",
             ACCOUNT,
         )
     finally:
+        await tx.rollback()
         await conn.close()
     return DatabaseSnapshot(
-        messages, unknown_parts, int(billed), {r["kind"]: int(r["n"]) for r in events}
+        messages,
+        unknown_parts,
+        int(billed),
+        {r["kind"]: int(r["n"]) for r in events},
+        shared_ids,
     )
 
 
@@ -946,6 +969,9 @@ def judge(
             side = _smsc_side(parts, int(row["sms_parts"] or 1))
             outcome.unknown[f"{row['reason_code']}: {side}"] += 1
     outcome.billing_counts_gap = db.billed_total - sum(int(r["sms_units"]) for r in db.messages)
+    outcome.shared_ids = [
+        f"{r['carrier']} {r['smsc_message_id']}: {', '.join(r['parts'])}" for r in db.shared_ids
+    ]
     last_attempt: dict[int, int] = {}
     for row in db.unknown_parts:
         message_id = row["message_id"]
@@ -1086,6 +1112,12 @@ def report_lines(outcome: Outcome) -> list[str]:
         lines.append(
             detail + f"billed but not delivered: {outcome.overbilled} parts; billing_counts "
             f"minus sms_units: {outcome.billing_counts_gap}"
+        )
+    if outcome.shared_ids:
+        lines.append(
+            detail
+            + f"SMSC ids on two parts: {len(outcome.shared_ids)}: "
+            + "; ".join(outcome.shared_ids[:5])
         )
     if outcome.not_accepted:
         lines.append(detail + f"never accepted by intake: {outcome.not_accepted}")

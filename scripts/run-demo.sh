@@ -4,7 +4,7 @@
 set -euo pipefail
 bin=${VENV:-.venv}/bin
 config=${CONFIG:-conf/carrierd.toml}
-"$bin/carrierd" sim all --config conf/sim.toml &
+"$bin/carrierd" sim all --config conf/sim.toml --bot demo-bot &
 sim_pid=$!
 trap 'kill "$sim_pid" 2>/dev/null || true; wait "$sim_pid" 2>/dev/null || true' EXIT
 "$bin/carrierd" run --config "$config"

@@ -63,7 +63,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 def _cmd_sim(args: argparse.Namespace) -> int:
     """Carrier simulators for `make run`, tests and benchmarks."""
-    from carrierd.sim.rcs import RcsSimConfig, run_rcs_sim
+    from carrierd.sim.rcs import RcsSimConfig, SimBot, run_rcs_sim
     from carrierd.sim.smsc import SimConfigError, load_sim_config, run_smsc_sim
     from carrierd.telemetry import configure_logging
 
@@ -74,8 +74,26 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     except SimConfigError as exc:
         print(str(exc), file=sys.stderr)
         return 2
+    # Every bot logs in with the same token and signs with the same secret
+    # here; each posts to its own webhook URL.
+    bot_ids = args.bot or ["carrierd"]
+
+    def webhook_url(bot_id: str) -> str | None:
+        return args.webhook_url.replace("{bot_id}", bot_id) or None
+
     rcs_config = RcsSimConfig(
-        webhook_url=args.webhook_url or None, webhook_secret=args.webhook_secret
+        bot_id=bot_ids[0],
+        webhook_url=webhook_url(bot_ids[0]),
+        webhook_secret=args.webhook_secret,
+        more_bots=tuple(
+            SimBot(
+                bot_id=bot_id,
+                bearer_token="sim-token",
+                webhook_url=webhook_url(bot_id),
+                webhook_secret=args.webhook_secret,
+            )
+            for bot_id in bot_ids[1:]
+        ),
     )
 
     def listening(what: str) -> Callable[[object], None]:
@@ -139,7 +157,17 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--config", default="conf/sim.toml", help="SMSC simulator config")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--rcs-port", type=int, default=8090)
-    sim.add_argument("--webhook-url", default="http://127.0.0.1:8080/v1/webhooks/rcs")
+    sim.add_argument(
+        "--bot",
+        action="append",
+        help="an official account (bot id) the +Message simulator serves; repeat for several"
+        " (default: carrierd)",
+    )
+    sim.add_argument(
+        "--webhook-url",
+        default="http://127.0.0.1:8080/v1/webhooks/rcs/{bot_id}",
+        help="where each bot posts its webhooks; {bot_id} is replaced by the bot's id",
+    )
     sim.add_argument("--webhook-secret", default="demo-webhook-secret")
     sim.add_argument("--log-level", default="info")
     sim.add_argument(

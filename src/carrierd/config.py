@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 import tomllib
 from collections.abc import Mapping
@@ -64,6 +65,34 @@ class ResendConfig:
 
 
 @dataclass(frozen=True)
+class AccountRcsConfig:
+    """The account's own +Message official account (公式アカウント): its bot,
+    and the platform credentials issued for that bot. A credential left
+    empty comes from [rcs] (one platform login serving several bots)."""
+
+    bot_id: str
+    token: str = field(default="", repr=False)
+    oauth_client_id: str = ""
+    oauth_client_secret: str = field(default="", repr=False)
+    webhook_secret: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class RcsBotConfig:
+    """One official account as the daemon uses it: credentials resolved
+    (account, environment, [rcs]) and the accounts it sends for. A bot an
+    account names serves that account alone; [rcs] bot_id serves every
+    account that names none."""
+
+    bot_id: str
+    accounts: frozenset[str]
+    token: str = field(default="", repr=False)
+    oauth_client_id: str = ""
+    oauth_client_secret: str = field(default="", repr=False)
+    webhook_secret: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True)
 class AccountConfig:
     account_id: str
     token_sha256: tuple[bytes, ...]
@@ -84,6 +113,9 @@ class AccountConfig:
     # Non-public networks its status callbacks may reach (domain/netpolicy.py);
     # public addresses need no entry.
     callback_allow_networks: tuple[IPNetwork, ...] = ()
+    # Its +Message official account; None: the [rcs] bot_id (documented
+    # for deployments where one company owns every account).
+    rcs: AccountRcsConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -195,6 +227,19 @@ class Config:
     source_path: Path | None = None
     # Key paths an override set, and where from ("CARRIERD_HTTP_PORT").
     overridden: Mapping[str, str] = field(default_factory=dict)
+    # +Message official accounts by bot id.
+    rcs_bots: Mapping[str, RcsBotConfig] = field(default_factory=dict)
+
+    def rcs_bot_of(self, account_id: str) -> RcsBotConfig | None:
+        """The official account an account's +Message goes out under."""
+        for bot in self.rcs_bots.values():
+            if account_id in bot.accounts:
+                return bot
+        return None
+
+    def rcs_default_bot(self) -> RcsBotConfig | None:
+        """The [rcs] bot_id, when it serves an account."""
+        return self.rcs_bots.get(self.rcs.bot_id) if self.rcs.bot_id else None
 
     def account_for_token(self, token: str) -> AccountConfig | None:
         digest = hash_token(token)
@@ -218,40 +263,75 @@ class Override:
     EnvironmentFile line left blank must not blank the file's value).
     """
 
-    key: str  # its path in the file, "http.port"
+    path: tuple[str, ...]  # its path in the file, ("http", "port")
     variable: str
     # The name under $CREDENTIALS_DIRECTORY (LoadCredential=NAME:PATH), for
     # secrets only.
     credential: str | None = None
 
+    @property
+    def key(self) -> str:
+        return ".".join(self.path)
+
 
 OVERRIDES: tuple[Override, ...] = (
-    Override("daemon.id", "CARRIERD_DAEMON_ID"),
-    Override("daemon.log_level", "CARRIERD_LOG_LEVEL"),
-    Override("http.port", "CARRIERD_HTTP_PORT"),
-    Override("database.dsn", "CARRIERD_DSN", credential="carrierd_dsn"),
-    Override("rcs.token", "CARRIERD_RCS_TOKEN", credential="carrierd_rcs_token"),
+    Override(("daemon", "id"), "CARRIERD_DAEMON_ID"),
+    Override(("daemon", "log_level"), "CARRIERD_LOG_LEVEL"),
+    Override(("http", "port"), "CARRIERD_HTTP_PORT"),
+    Override(("database", "dsn"), "CARRIERD_DSN", credential="carrierd_dsn"),
+    Override(("rcs", "token"), "CARRIERD_RCS_TOKEN", credential="carrierd_rcs_token"),
     Override(
-        "rcs.oauth_client_secret",
+        ("rcs", "oauth_client_secret"),
         "CARRIERD_RCS_CLIENT_SECRET",
         credential="carrierd_rcs_client_secret",
     ),
     Override(
-        "rcs.webhook_secret",
+        ("rcs", "webhook_secret"),
         "CARRIERD_RCS_WEBHOOK_SECRET",
         credential="carrierd_rcs_webhook_secret",
     ),
 )
 _OVERRIDE_BY_KEY: Mapping[str, Override] = {o.key: o for o in OVERRIDES}
 
+# An account's own +Message secrets ([accounts.<id>.rcs]), by the suffix of
+# their names (account_env_name).
+ACCOUNT_RCS_SECRETS: tuple[tuple[str, str], ...] = (
+    ("token", "TOKEN"),
+    ("oauth_client_secret", "CLIENT_SECRET"),
+    ("webhook_secret", "WEBHOOK_SECRET"),
+)
+
+
+def account_rcs_override(account_id: str, key: str) -> Override:
+    what = dict(ACCOUNT_RCS_SECRETS)[key]
+    variable = account_env_name(account_id, what)
+    return Override(("accounts", account_id, "rcs", key), variable, credential=variable.lower())
+
+
+def overrides_for(raw: Mapping[str, Any]) -> tuple[Override, ...]:
+    """OVERRIDES, and the secrets of each account that has its own +Message
+    table."""
+    found = list(OVERRIDES)
+    accounts = raw.get("accounts")
+    for account_id, table in accounts.items() if isinstance(accounts, dict) else ():
+        if isinstance(table, dict) and isinstance(table.get("rcs"), dict):
+            found += [account_rcs_override(account_id, key) for key, _ in ACCOUNT_RCS_SECRETS]
+    return tuple(found)
+
+
 # The demo's project-local PostgreSQL (`scripts/localpg.sh dsn`, exported by
 # the Makefile): used only when neither the file nor an override names one.
 LOCAL_DSN_VARIABLE = "CARRIERD_LOCAL_DSN"
 
 
-def how_to_set(key: str) -> str:
-    """The ways to give `key` a value, for an error saying it is missing."""
-    override = _OVERRIDE_BY_KEY.get(key)
+def how_to_set(key: str, account_id: str | None = None) -> str:
+    """The ways to give `key` a value, for an error saying it is missing
+    (`account_id`: `key` is that account's +Message secret, "token")."""
+    if account_id is not None:
+        override: Override | None = account_rcs_override(account_id, key)
+        key = f"accounts.{account_id}.rcs.{key}"
+    else:
+        override = _OVERRIDE_BY_KEY.get(key)
     if override is None:
         return f"set {key}"
     ways = []
@@ -284,7 +364,7 @@ def apply_overrides(
     merged: dict[str, Any] = dict(raw)
     origins: dict[str, str] = {}
     credentials_dir = env.get("CREDENTIALS_DIRECTORY", "")
-    for override in OVERRIDES:
+    for override in overrides_for(raw):
         value: str | None = None
         if override.credential is not None and credentials_dir:
             value = _read_credential(credentials_dir, override.credential, override.key, problems)
@@ -294,13 +374,24 @@ def apply_overrides(
             origin = override.variable
         if not value:
             continue
-        table_name, key = override.key.split(".")
-        table = merged.get(table_name, {})
-        if not isinstance(table, dict):
-            continue  # the reader reports the table itself
-        merged[table_name] = {**table, key: value}
-        origins[override.key] = origin
+        if _replace(merged, override.path, value):
+            origins[override.key] = origin
     return merged, origins
+
+
+def _replace(raw: dict[str, Any], path: tuple[str, ...], value: str) -> bool:
+    """Set `path` in `raw`, copying each table on the way (the caller's
+    mapping stays as it was); False when a table on the way is not one (the
+    reader reports it)."""
+    head, *rest = path
+    if not rest:
+        raw[head] = value
+        return True
+    table = raw.get(head, {})
+    if not isinstance(table, dict):
+        return False
+    raw[head] = copied = dict(table)
+    return _replace(copied, tuple(rest), value)
 
 
 class _Reader:
@@ -497,9 +588,125 @@ def _parse_account(problems: list[str], account_id: str, raw: Mapping[str, Any])
         callback_secret=r.string("callback_secret", ""),
         inbound_addresses=r.strings("inbound_addresses", ()),
         callback_allow_networks=_parse_networks(r, "callback_allow_networks"),
+        rcs=_parse_account_rcs(problems, account_id, r),
     )
     r.finish()
     return account
+
+
+# A bot id is a path segment of the platform's API and of our webhook URL.
+_BOT_ID = re.compile(r"[A-Za-z0-9._~@-]{1,128}")
+
+
+def _parse_account_rcs(
+    problems: list[str], account_id: str, account: _Reader
+) -> AccountRcsConfig | None:
+    if "rcs" not in account.table:
+        account.used.add("rcs")
+        return None
+    r = _Reader(problems, account.table_of("rcs"), f"accounts.{account_id}.rcs")
+    bot_id = r.string("bot_id", "")
+    if not bot_id:
+        r.problem("bot_id", "required: the bot id of the account's +Message official account")
+    elif not _BOT_ID.fullmatch(bot_id):
+        r.problem("bot_id", f"{bot_id!r}: letters, digits and . _ ~ @ - only, at most 128")
+    rcs = AccountRcsConfig(
+        bot_id=bot_id,
+        token=r.string("token", ""),
+        oauth_client_id=r.string("oauth_client_id", ""),
+        oauth_client_secret=r.string("oauth_client_secret", ""),
+        webhook_secret=r.string("webhook_secret", ""),
+    )
+    r.finish()
+    return rcs
+
+
+def account_env_name(account_id: str, what: str) -> str:
+    """CARRIERD_RCS_TOKEN_ACME_JP for account "acme-jp": where an account's
+    +Message secret may come from instead of the file."""
+    return f"CARRIERD_RCS_{what}_{re.sub(r'[^A-Z0-9]', '_', account_id.upper())}"
+
+
+def _rcs_bots(
+    problems: list[str],
+    rcs: RcsConfig,
+    accounts: Mapping[str, AccountConfig],
+) -> dict[str, RcsBotConfig]:
+    """Each official account with its owner(s), or a problem naming the key
+    where two accounts claim one bot or a bot lacks what it needs."""
+    inheriting = frozenset(a.account_id for a in accounts.values() if a.rcs is None)
+    named = {a.rcs.bot_id for a in accounts.values() if a.rcs is not None}
+    bots: dict[str, RcsBotConfig] = {}
+    # [rcs] bot_id is the inheriting accounts' bot; named by an account while
+    # none inherits it, it is that account's like any other.
+    if rcs.bot_id and (inheriting or rcs.bot_id not in named):
+        bots[rcs.bot_id] = RcsBotConfig(
+            bot_id=rcs.bot_id,
+            accounts=inheriting,
+            token=rcs.token,
+            oauth_client_id=rcs.oauth_client_id,
+            oauth_client_secret=rcs.oauth_client_secret,
+            webhook_secret=rcs.webhook_secret,
+        )
+        if rcs.enabled and not rcs.webhook_secret:
+            problems.append(
+                "rcs.webhook_secret: required when rcs.enabled is true"
+                f" ({how_to_set('rcs.webhook_secret')})"
+            )
+    env_names: dict[str, str] = {}
+    uses_rcs_login = bool(bots)
+    for account in accounts.values():
+        own = account.rcs
+        if own is None or not own.bot_id:
+            continue
+        key = f"accounts.{account.account_id}.rcs"
+        env_name = account_env_name(account.account_id, "TOKEN")
+        other_account = env_names.setdefault(env_name, account.account_id)
+        if other_account != account.account_id:
+            problems.append(
+                f"{key}: its secrets' environment names ({env_name}) are also"
+                f" account {other_account}'s; rename one account"
+            )
+        claimed = bots.get(own.bot_id)
+        if claimed is not None:
+            if own.bot_id == rcs.bot_id:
+                owners = ", ".join(sorted(claimed.accounts))
+                reason = f"it is [rcs] bot_id, the official account of {owners}"
+            else:
+                reason = f"it is also accounts.{min(claimed.accounts)}.rcs.bot_id"
+            problems.append(
+                f"{key}.bot_id: bot {own.bot_id!r} belongs to one account only; {reason}"
+            )
+            continue
+
+        # Their environment variables and credentials are in place already
+        # (apply_overrides).
+        token, client_secret = own.token, own.oauth_client_secret
+        # Credentials come as a set: an account naming none of its own uses
+        # the platform login of [rcs].
+        own_login = bool(token or own.oauth_client_id)
+        uses_rcs_login = uses_rcs_login or not own_login
+        bots[own.bot_id] = RcsBotConfig(
+            bot_id=own.bot_id,
+            accounts=frozenset({account.account_id}),
+            token=token if own_login else rcs.token,
+            oauth_client_id=own.oauth_client_id if own_login else rcs.oauth_client_id,
+            oauth_client_secret=client_secret if own_login else rcs.oauth_client_secret,
+            webhook_secret=own.webhook_secret or rcs.webhook_secret,
+        )
+        if rcs.enabled:
+            if not bots[own.bot_id].webhook_secret:
+                ways = how_to_set("webhook_secret", account.account_id)
+                problems.append(f"{key}.webhook_secret: required (or rcs.webhook_secret; {ways})")
+            if own_login and not token and not rcs.oauth_token_url:
+                problems.append(f"{key}.oauth_client_id: needs rcs.oauth_token_url")
+    if rcs.enabled and not bots:
+        problems.append("rcs.bot_id: required when rcs.enabled is true")
+    if rcs.enabled and (uses_rcs_login or not bots) and not (rcs.token or rcs.oauth_token_url):
+        problems.append(
+            f"rcs.token: a bearer token or oauth_token_url is required ({how_to_set('rcs.token')})"
+        )
+    return bots
 
 
 def _parse_networks(reader: _Reader, key: str) -> tuple[IPNetwork, ...]:
@@ -658,16 +865,13 @@ def parse_config(
         capability_ttl_s=rr.number("capability_ttl_s", 24 * 3600.0, minimum=0.0),
         webhook_tolerance_s=rr.number("webhook_tolerance_s", 300.0, minimum=1.0),
     )
+    rcs_bots = _rcs_bots(problems, rcs, accounts)
     if rcs.enabled:
-        for key in ("base_url", "bot_id", "webhook_secret"):
-            if not getattr(rcs, key):
-                problems.append(
-                    f"rcs.{key}: required when rcs.enabled is true ({how_to_set(f'rcs.{key}')})"
-                )
-        if not rcs.token and not rcs.oauth_token_url:
+        if not rcs.base_url:
+            problems.append("rcs.base_url: required when rcs.enabled is true")
+        if rcs.bot_id and not _BOT_ID.fullmatch(rcs.bot_id):
             problems.append(
-                "rcs.token: a bearer token or rcs.oauth_token_url is required"
-                f" ({how_to_set('rcs.token')})"
+                f"rcs.bot_id: {rcs.bot_id!r}: letters, digits and . _ ~ @ - only, at most 128"
             )
     rr.finish()
     top.finish()
@@ -685,6 +889,7 @@ def parse_config(
         rcs=rcs,
         source_path=source_path,
         overridden=origins,
+        rcs_bots=rcs_bots,
     )
 
 

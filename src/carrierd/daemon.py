@@ -38,7 +38,6 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from carrierd.channels.rcs import RcsClient
 from carrierd.channels.sms import SmppGateway
 from carrierd.channels.types import InboundSms, Receipt
 from carrierd.config import Config, ConfigError, load_config
@@ -48,7 +47,7 @@ from carrierd.engine.dispatcher import Dispatcher
 from carrierd.engine.inbound import Inbound
 from carrierd.engine.leases import Leases, lease_owner_for
 from carrierd.engine.lifecycle import Lifecycle
-from carrierd.engine.rcs_leg import RcsLeg, platform_config
+from carrierd.engine.rcs_leg import RcsClients, RcsLeg
 from carrierd.engine.sms_leg import Planned, SmsLeg, counts_by_carrier
 from carrierd.engine.timers import Timers
 from carrierd.engine.write_behind import WriteBehind
@@ -143,9 +142,7 @@ class Daemon:
         """Phases 3 and 4: carrier side, then the workers that use it."""
         config = lambda: self.config  # noqa: E731 - read on every use: SIGHUP swaps it
         lifecycle = Lifecycle(self.metrics)
-        inbound = Inbound(
-            accounts=lambda: self.config.accounts, rcs_bot_id=lambda: self.config.rcs.bot_id
-        )
+        inbound = Inbound(accounts=lambda: self.config.accounts)
         write_behind = WriteBehind(
             db,
             self.clock,
@@ -199,11 +196,10 @@ class Daemon:
             # timers run its fallback and expiry; the platform posts its
             # webhooks to our HTTP server.
             self._rcs_session = aiohttp.ClientSession()
-            client = RcsClient(self._rcs_session, platform_config(self.config.rcs))
             leg = RcsLeg(
                 db,
                 self.clock,
-                client,
+                RcsClients(self._rcs_session),
                 lifecycle,
                 inbound,
                 config=config,

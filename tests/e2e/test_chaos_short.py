@@ -42,6 +42,7 @@ def test_a_killed_daemon_loses_and_duplicates_nothing(outcomes: dict[str, Outcom
     assert outcome.messages == SHORT_SETTINGS.messages, _explain(outcome)
     assert outcome.lost == 0, _explain(outcome)
     assert outcome.duplicates == 0, _explain(outcome)
+    assert outcome.shared_ids == [], _explain(outcome)
 
 
 def test_a_killed_daemon_bills_every_part_the_smsc_delivered(
@@ -49,12 +50,14 @@ def test_a_killed_daemon_bills_every_part_the_smsc_delivered(
 ) -> None:
     outcome = outcomes[SHORT_DAEMON_KILL.name]
     assert outcome.unbilled == 0, _explain(outcome)
+    assert outcome.billing_counts_gap == 0, _explain(outcome)
 
 
 def test_a_postgresql_restart_duplicates_nothing(outcomes: dict[str, Outcome]) -> None:
     outcome = outcomes[SHORT_PG_RESTART.name]
     assert outcome.messages == SHORT_SETTINGS.messages, _explain(outcome)
     assert outcome.duplicates == 0, _explain(outcome)
+    assert outcome.shared_ids == [], _explain(outcome)
 
 
 def test_a_postgresql_restart_loses_nothing_and_bills_every_delivered_part(
@@ -63,3 +66,4 @@ def test_a_postgresql_restart_loses_nothing_and_bills_every_delivered_part(
     outcome = outcomes[SHORT_PG_RESTART.name]
     assert outcome.lost == 0, _explain(outcome)
     assert outcome.unbilled == 0, _explain(outcome)
+    assert outcome.billing_counts_gap == 0, _explain(outcome)

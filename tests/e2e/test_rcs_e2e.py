@@ -20,10 +20,9 @@ from datetime import UTC, datetime
 import aiohttp
 from aiohttp import web
 
-from carrierd.channels.rcs import RcsClient
 from carrierd.channels.types import Receipt
 from carrierd.domain.clock import FakeClock
-from carrierd.engine.rcs_leg import RcsLeg, platform_config
+from carrierd.engine.rcs_leg import RcsClients, RcsLeg
 from carrierd.http.app import ApiState, build_app
 from carrierd.http.webhooks import WEBHOOK_PATH
 from carrierd.sim.rcs import RcsPlatformSim, RcsSimConfig
@@ -93,7 +92,7 @@ async def test_each_recipient_is_reached_exactly_once_and_billed_right(
         leg = RcsLeg(
             db,
             clock,
-            RcsClient(session, platform_config(config.rcs)),
+            RcsClients(session),
             engine.lifecycle,
             engine.inbound,
             config=lambda: config,

@@ -153,7 +153,7 @@ async def make_engine(
     network = network or NetworkStandIn(clock, list(config.carriers), subscribers or {})
     metrics = Metrics()
     lifecycle = Lifecycle(metrics)
-    inbound = Inbound(accounts=lambda: config.accounts, rcs_bot_id=lambda: config.rcs.bot_id)
+    inbound = Inbound(accounts=lambda: config.accounts)
     recorder = WriteBehind(
         db,
         clock,

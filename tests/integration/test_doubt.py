@@ -14,7 +14,7 @@ from carrierd.channels.types import PartOutcome, Receipt, SmsRequest
 from carrierd.domain.clock import JST, FakeClock, SystemClock
 from carrierd.engine.write_behind import WriteBehind
 from carrierd.sim.smsc import SmscSimulator, sim_config_from_mapping
-from carrierd.store.db import Database
+from carrierd.store.db import Database, Row, Transaction
 from tests.integration.engine_harness import (
     Engine,
     NetworkStandIn,
@@ -398,3 +398,143 @@ async def test_a_part_the_settlers_sweep_delivers_after_its_attempt_failed_is_bi
 
     assert (await row(db, mid))["sms_units"] == 1
     assert await billed(db) == 1
+
+
+class ResponsesTimeOut(NetworkStandIn):
+    """Every part's response times out; its late answer comes when the test
+    says (`answer`), or never."""
+
+    def __init__(self, clock: FakeClock, carriers: list[str]) -> None:
+        super().__init__(clock, carriers)
+        self.late: dict[int, asyncio.Future[PartOutcome]] = {}
+
+    async def submit(self, carrier: str, request: SmsRequest) -> list[PartOutcome]:
+        loop = asyncio.get_running_loop()
+        outcomes = []
+        for n in range(1, len(request.parts) + 1):
+            self.late[n] = loop.create_future()
+            outcomes.append(
+                PartOutcome(
+                    n,
+                    "unknown",
+                    bind_id=f"{carrier}-1",
+                    unknown_cause="response_timeout",
+                    late=self.late[n],
+                )
+            )
+        return outcomes
+
+    def answer(self, part_no: int, smsc_id: str) -> None:
+        self.late[part_no].set_result(
+            PartOutcome(part_no, "accepted", smsc_message_id=smsc_id, bind_id="docomo-1")
+        )
+
+
+async def three_parts_timed_out(dsn: str, db: Database) -> tuple[Engine, ResponsesTimeOut, int]:
+    clock = FakeClock(T0)
+    config = resend_config(dsn)
+    network = ResponsesTimeOut(clock, list(config.carriers))
+    engine = await make_engine(config, db, clock, network=network)
+    [mid] = await enqueue(
+        db,
+        "acme",
+        [{"to": TO, "sms": {"text": "あ" * 201}, "carrier": "docomo"}],  # 3 UCS-2 parts
+        clock.now(),
+        config,
+    )
+    await engine.cycle()
+    assert (await row(db, mid))["state"] == "unknown"
+    return engine, network, mid
+
+
+async def parts_by_id(db: Database, mid: int) -> dict[int, tuple[str, str | None]]:
+    rows = await db.call_raw(
+        "SELECT part_no, state, smsc_message_id FROM parts WHERE message_id = $1", mid
+    )
+    return {r["part_no"]: (r["state"], r["smsc_message_id"]) for r in rows}
+
+
+async def test_a_receipt_waits_for_a_late_answer_that_may_still_name_its_part(
+    dsn: str, db: Database
+) -> None:
+    """Three parts whose responses timed out; part 2's receipt beats its late
+    answer and reads ???? like every part's. A guess made before the answer
+    comes takes part 1, and the answer then puts the same id on part 2."""
+    engine, network, mid = await three_parts_timed_out(dsn, db)
+    clock = engine.clock
+    clock.advance(5)
+    engine.recorder.receipt(late_receipt(clock, "e5f6", "?" * 20))
+    await engine.recorder.drain()
+    for _ in range(3):  # first and second looks, while late answers may come
+        clock.advance(11)
+        await engine.settler.settle_once(clock.now())
+    assert all(state == "unknown" for state, _ in (await parts_by_id(db, mid)).values())
+
+    network.answer(2, "e5f6")
+    await asyncio.sleep(0)  # the answer's callbacks run
+    await engine.recorder.drain()
+    await engine.settler.settle_once(clock.now())
+    parts = await parts_by_id(db, mid)
+    assert parts[2] == ("delivered", "e5f6")
+    assert [p for p in (1, 3) if parts[p][1] == "e5f6"] == []
+    assert await billed(db) == 1
+
+
+async def test_a_receipt_takes_a_part_of_its_message_once_no_answer_can_come(
+    dsn: str, db: Database
+) -> None:
+    engine, _, mid = await three_parts_timed_out(dsn, db)
+    clock = engine.clock
+    clock.advance(5)
+    engine.recorder.receipt(late_receipt(clock, "e5f6", "?" * 20))
+    await engine.recorder.drain()
+    clock.advance(61)  # past the time a late answer is read (6 x 10 s timeout)
+    for _ in range(2):
+        clock.advance(11)
+        await engine.settler.settle_once(clock.now())
+    parts = await parts_by_id(db, mid)
+    assert parts[1] == ("delivered", "e5f6")
+    assert await billed(db) == 1
+
+
+async def correlated_after_a_part_learned(
+    dsn: str, db: Database, part_no: int, smsc_id: str
+) -> tuple[int, list[Row]]:
+    """Receipt e5f6 waits, the clues chose part 3 for it, and part `part_no`
+    learned `smsc_id` from its response before the correlation wrote."""
+    engine, _, mid = await three_parts_timed_out(dsn, db)
+    engine.recorder.receipt(late_receipt(engine.clock, "e5f6", "?" * 20))
+    await engine.recorder.drain()
+    await db.call_raw(
+        "UPDATE parts SET state = 'accepted', smsc_message_id = $3"
+        " WHERE message_id = $1 AND part_no = $2",
+        mid,
+        part_no,
+        smsc_id,
+    )
+
+    async def correlate(tx: Transaction) -> list[Row]:
+        return await tx.fetch("correlate_receipts", ["docomo"], ["e5f6"], [mid], [1], [3])
+
+    return mid, await db.in_transaction(correlate)
+
+
+async def test_a_receipt_whose_id_a_part_learned_meanwhile_is_not_given_to_another(
+    dsn: str, db: Database
+) -> None:
+    """Part 1's response with the receipt's id committed first: the id names part 1."""
+    mid, settled = await correlated_after_a_part_learned(dsn, db, 1, "e5f6")
+    assert settled == []
+    assert (await parts_by_id(db, mid))[3] == ("unknown", None)
+    assert len(await db.call_raw("SELECT 1 FROM early_receipts")) == 1
+
+
+async def test_a_receipt_stays_waiting_when_its_chosen_part_learned_another_id(
+    dsn: str, db: Database
+) -> None:
+    """Part 3's own response (another id) committed first: the receipt is
+    not part 3's, and must not vanish either."""
+    _, settled = await correlated_after_a_part_learned(dsn, db, 3, "a0a0")
+    assert settled == []
+    [waiting] = await db.call_raw("SELECT smsc_message_id FROM early_receipts")
+    assert waiting["smsc_message_id"] == "e5f6"

@@ -43,7 +43,15 @@ def routes_of(state: ApiState) -> set[tuple[str, str]]:
     [
         (False, False, set()),
         (True, False, {("GET", "/metrics")}),
-        (True, True, {("GET", "/metrics"), ("POST", "/v1/webhooks/rcs")}),
+        (
+            True,
+            True,
+            {
+                ("GET", "/metrics"),
+                ("POST", "/v1/webhooks/rcs"),
+                ("POST", "/v1/webhooks/rcs/{bot_id}"),
+            },
+        ),
     ],
 )
 async def test_build_app_lists_every_route(

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from carrierd.channels.rcs import MessageStatusEvent, WebhookEvent, webhook_headers
-from carrierd.config import Config
+from carrierd.config import Config, RcsBotConfig
 from carrierd.domain.clock import FakeClock
 from carrierd.http.webhooks import WEBHOOK_PATH
 from carrierd.store.db import Database
@@ -29,13 +29,15 @@ class RecordingSink:
     def __init__(self) -> None:
         self.events: list[WebhookEvent] = []
 
-    async def apply_webhook(self, event: WebhookEvent, event_key: bytes | None = None) -> bool:
+    async def apply_webhook(
+        self, event: WebhookEvent, bot: RcsBotConfig, event_key: bytes | None = None
+    ) -> bool:
         self.events.append(event)
         return True
 
 
 def webhook_config(dsn: str, secret: str = SECRET) -> Config:
-    return make_config(dsn, {"rcs": {"webhook_secret": secret}})
+    return make_config(dsn, {"rcs": {"bot_id": "carrierd", "webhook_secret": secret}})
 
 
 def rejected_count(metrics: Metrics, reason: str) -> float:

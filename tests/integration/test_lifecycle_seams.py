@@ -9,14 +9,17 @@ import asyncio
 from datetime import UTC, datetime
 
 import asyncpg
+import pytest
 
 from carrierd.channels.sms import SmppGateway
 from carrierd.channels.types import PartOutcome, Receipt, SmsRequest
 from carrierd.domain.clock import JST, FakeClock, SystemClock
+from carrierd.domain.lifecycle import Event, Note
 from carrierd.domain.sms_text import split_ucs2
+from carrierd.engine.lifecycle import Lifecycle
 from carrierd.engine.write_behind import NotDurable, WriteBehind
 from carrierd.sim.smsc import SmscSimulator, sim_config_from_mapping
-from carrierd.store.db import Database
+from carrierd.store.db import Database, Transaction
 from tests.integration.engine_harness import (
     NetworkStandIn,
     engine_config,
@@ -305,3 +308,36 @@ async def test_receipts_a_failed_flush_could_not_store_are_refused_not_acknowled
     finally:
         db.in_transaction = real_in_transaction  # type: ignore[method-assign]
     assert (await message(db, message_id))["state"] == "delivered"
+
+
+async def test_two_changes_for_one_message_in_one_write_are_refused_unwritten(
+    dsn: str, db: Database
+) -> None:
+    """PostgreSQL applies one of two rows an UPDATE ... FROM joins to one
+    message, without saying which: the units on the message and the units
+    billed would come from different changes."""
+    clock = FakeClock(T0)
+    config = engine_config(dsn, {})
+    await make_engine(config, db, clock)  # registers the accounts
+    [message_id] = await enqueue(
+        db, "acme", [{"to": "09012340004", "sms": {"text": "x"}}], clock.now(), config
+    )
+    lifecycle = Lifecycle()
+    notes = [
+        Note(message_id, None, Event.PART_DELIVERED_LATE, sms_units=units, billed_at=T0)
+        for units in (1, 2)
+    ]
+
+    async def write(tx: Transaction) -> None:
+        await lifecycle.note(tx, notes, T0)
+
+    with pytest.raises(ValueError, match=str(message_id)):
+        await db.in_transaction(write)
+    assert (await message(db, message_id))["sms_units"] == 0
+    assert await sms_billed(db) == 0
+
+    async def write_one(tx: Transaction) -> None:
+        await lifecycle.note(tx, notes[1:], T0)
+
+    await db.in_transaction(write_one)
+    assert (await message(db, message_id))["sms_units"] == await sms_billed(db) == 2

@@ -24,9 +24,6 @@ from aiohttp import web
 
 from carrierd.channels.rcs import (
     TIMESTAMP_HEADER,
-    BearerAuth,
-    RcsClient,
-    RcsPlatformConfig,
     webhook_headers,
 )
 from carrierd.domain.clock import FakeClock
@@ -35,8 +32,8 @@ from carrierd.domain.rcs_flow import SEND_RETRY_S
 from carrierd.domain.states import State
 from carrierd.engine.rcs_leg import (
     DELIVERED_GRACE_S,
+    RcsClients,
     RcsLeg,
-    platform_config,
 )
 from carrierd.http.app import ApiState, build_app
 from carrierd.http.webhooks import WEBHOOK_PATH
@@ -74,7 +71,7 @@ class Rig:
     metrics: Metrics
     webhook_url: str
     session: aiohttp.ClientSession
-    make_leg: Callable[[RcsClient], RcsLeg]
+    make_leg: Callable[[RcsClients], RcsLeg]
 
     async def send(self, to: str, channel: str = "rcs_then_sms", **extra: Any) -> int:
         item: dict[str, Any] = {"to": national(to), "channel": channel, "rcs": TEXT, **extra}
@@ -196,11 +193,11 @@ async def rig(dsn: str, db: Database, **sim: Any) -> AsyncIterator[Rig]:
         engine = await make_engine(config, db, clock)
         metrics = engine.metrics
 
-        def make_leg(client: RcsClient) -> RcsLeg:
+        def make_leg(clients: RcsClients) -> RcsLeg:
             return RcsLeg(
                 db,
                 clock,
-                client,
+                clients,
                 engine.lifecycle,
                 engine.inbound,
                 config=lambda: config,
@@ -208,10 +205,12 @@ async def rig(dsn: str, db: Database, **sim: Any) -> AsyncIterator[Rig]:
                 metrics=metrics,
             )
 
-        fast = replace(
-            platform_config(config.rcs), retry_initial_wait_s=0.01, retry_max_wait_s=0.02
+        leg = make_leg(
+            RcsClients(
+                session,
+                tune=lambda c: replace(c, retry_initial_wait_s=0.01, retry_max_wait_s=0.02),
+            )
         )
-        leg = make_leg(RcsClient(session, fast))
         engine.dispatcher.rcs_leg = leg
         engine.settler.rcs_timers = leg
         api = build_app(ApiState(config, db, clock, metrics=metrics, webhook_sink=leg))
@@ -497,15 +496,8 @@ async def test_capacity_exceeded_sends_sms_at_once(dsn: str, db: Database) -> No
 async def test_send_error_retries_then_falls_back_through_a_revoke(dsn: str, db: Database) -> None:
     async with rig(dsn, db) as r:
         # A daemon that cannot reach the platform (connection refused).
-        dead = RcsClient(
-            r.session,
-            RcsPlatformConfig(
-                base_url="http://127.0.0.1:1",
-                bot_id="carrierd",
-                auth=BearerAuth("sim-token"),
-                webhook_secret=WEBHOOK_SECRET,
-                max_attempts=1,
-            ),
+        dead = RcsClients(
+            r.session, tune=lambda c: replace(c, base_url="http://127.0.0.1:1", max_attempts=1)
         )
         cut_off = r.make_leg(dead)
         r.engine.dispatcher.rcs_leg = cut_off

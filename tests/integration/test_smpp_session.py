@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
+import structlog.testing
 import uvloop
 
 from carrierd.config import CarrierConfig
@@ -27,6 +28,7 @@ from carrierd.smpp.pdu import (
     EnquireLinkResp,
     GenericNack,
     SubmitSm,
+    SubmitSmResp,
     Unbind,
     UnbindResp,
     UnknownPdu,
@@ -567,6 +569,27 @@ async def test_deliver_sm_is_answered_when_its_handler_future_completes(
     ]
 
 
+async def test_refused_delivers_are_logged_as_a_count_not_a_line_each(
+    stub: StubSmsc, sessions: list[SmppSession]
+) -> None:
+    """Through a database outage every receipt is refused; a line per
+    receipt would flood the journal at the SMSC's receipt rate."""
+
+    def not_durable(pdu: DeliverSm | DataSm, bind_id: str) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_exception(RuntimeError("database down (test)"))
+        return future
+
+    await started_session(sessions, carrier(stub.port), not_durable)  # type: ignore[arg-type]
+    with structlog.testing.capture_logs() as logs:
+        for sequence_number in range(100, 120):
+            stub.send_to_clients(DeliverSm(sequence_number=sequence_number, short_message=b"x"))
+        await wait_for(lambda: len(stub.client_responses) == 20)
+    assert {r.command_status for r in stub.client_responses} == {CommandStatus.ESME_RX_T_APPN}
+    refused = [entry for entry in logs if entry["event"] == "smpp_delivers_refused"]
+    assert [entry["refused"] for entry in refused] == [1]
+
+
 async def test_receipt_before_submit_response(
     stub: StubSmsc, inbox: Inbox, sessions: list[SmppSession]
 ) -> None:
@@ -763,6 +786,30 @@ async def test_a_late_answer_reaches_the_submitter(
     else:
         assert late.command_status == status
     assert session.stats.late_answers == 1
+
+
+async def test_an_answer_read_right_after_its_timeout_is_not_lost(
+    stub: StubSmsc, inbox: Inbox, sessions: list[SmppSession]
+) -> None:
+    """The timeout fails the submit's future, whose callback runs on the
+    next turn of the loop; an answer read before that turn must still
+    reach the submitter as its late answer."""
+    stub.behaviour.answer_submits = False
+    session = await started_session(sessions, carrier(stub.port, response_timeout_s=30.0), inbox)
+    submitted = asyncio.create_task(session.submit(message(1)))
+    await wait_for(lambda: len(stub.submits) == 1)
+    connection = session._submit_link.connection
+    assert connection is not None and connection.window is not None
+    [sequence_number] = list(connection.window._in_flight)
+
+    # One turn of the loop: the timeout, then the answer read at once.
+    connection.expire_unanswered(connection.last_received_at_s + 60.0)
+    connection._dispatch_response(SubmitSmResp(sequence_number=sequence_number, message_id="77"))
+
+    result = await submitted
+    assert (result.outcome, result.cause) == ("unknown", "response_timeout")
+    late = await late_result(result)
+    assert (late.outcome, late.message_id) == ("accepted", "77")
 
 
 async def test_no_late_answer_once_the_connection_is_gone(

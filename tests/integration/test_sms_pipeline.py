@@ -71,7 +71,7 @@ async def test_ten_thousand_messages_through_a_hostile_smsc(dsn: str, db: Databa
         for a in config.accounts.values()
     )
     lifecycle = Lifecycle()
-    inbound = Inbound(accounts=lambda: config.accounts, rcs_bot_id=lambda: None)
+    inbound = Inbound(accounts=lambda: config.accounts)
     recorder = WriteBehind(
         db,
         clock,

@@ -22,9 +22,12 @@ from carrierd.sim.smsc import (
     CarrierSimConfig,
     MessageIdFormat,
     SimConfigError,
+    SmscJournal,
     SmscSimConfig,
     SmscSimulator,
     load_sim_config,
+    read_journal_backlog,
+    read_smsc_journal,
     run_smsc_sim,
     sim_config_from_mapping,
     subscriber_carrier,
@@ -390,7 +393,7 @@ def test_receipt_tlv_id_format_is_checked() -> None:
 
 
 async def test_no_receipt_unless_requested_and_query_says_enroute_until_final() -> None:
-    config = one_carrier(receipt_delay_min_s=3600.0, receipt_delay_max_s=3600.0)
+    config = one_carrier(receipt_delay_min_s=1.0, receipt_delay_max_s=1.0)
     async with running(config) as (sim, ports), bound(ports["docomo"]) as esme:
         unrequested = await esme.submit(submit_pdu(text="no receipt", registered_delivery=0))
         on_failure = await esme.submit(submit_pdu(text="on failure", registered_delivery=2))
@@ -821,3 +824,46 @@ async def test_run_smsc_sim_serves_every_carrier_until_cancelled() -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_a_restarted_simulator_sends_the_receipts_it_owed_and_keeps_ids_unique(
+    tmp_path: Path,
+) -> None:
+    """An SMSC keeps its message store across a restart: a campaign that
+    kills the simulator must still get the receipts of what it accepted,
+    and a new part must never take an id an older one had."""
+    journal_path = tmp_path / "journal.jsonl"
+    first = SmscJournal.open(journal_path, seed=0)
+    sim = SmscSimulator(
+        one_carrier(receipt_delay_min_s=1.0, receipt_delay_max_s=1.0, port=0), journal=first
+    )
+    ports = await sim.start()
+    try:
+        async with bound(ports["docomo"]) as esme:
+            accepted = await esme.submit(submit_pdu(text="before the restart"))
+    finally:
+        await sim.stop()
+        first.close()
+
+    second = SmscJournal.open(journal_path, seed=0)
+    sim = SmscSimulator(one_carrier(port=0), journal=second)
+    ports = await sim.start()
+    try:
+        async with bound(ports["docomo"]) as esme:
+            receipt = await esme.next_deliver()
+            await asyncio.sleep(0.05)  # its acknowledgement is journalled
+            later = await esme.submit(submit_pdu(text="after the restart"))
+            await esme.next_deliver()
+            await asyncio.sleep(0.05)
+    finally:
+        await sim.stop()
+        second.close()
+
+    assert receipt.receipted_message_id == accepted.message_id
+    assert int(later.message_id, 16) > int(accepted.message_id, 16)
+    summary = read_smsc_journal(journal_path)
+    before = summary.parts[(NUMBER, "before the restart")]
+    assert (before.accepted, before.receipts_acknowledged) == (1, 1)
+    backlog = read_journal_backlog(journal_path)
+    assert backlog.owed == {}
+    assert backlog.last_id == {"docomo": int(later.message_id, 16)}

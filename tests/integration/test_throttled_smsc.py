@@ -82,7 +82,7 @@ async def test_a_throttling_smsc_gets_the_pace_it_accepts(dsn: str, db: Database
         for a in config.accounts.values()
     )
     lifecycle = Lifecycle()
-    inbound = Inbound(accounts=lambda: config.accounts, rcs_bot_id=lambda: None)
+    inbound = Inbound(accounts=lambda: config.accounts)
     recorder = WriteBehind(
         db,
         clock,

@@ -110,6 +110,8 @@ def test_the_one_daemon_per_core_recipe_works_with_the_example() -> None:
         "CARRIERD_RCS_TOKEN": "rcs-token",
         "CARRIERD_RCS_CLIENT_SECRET": "client-secret",
         "CARRIERD_RCS_WEBHOOK_SECRET": "webhook-secret",
+        "CARRIERD_RCS_WEBHOOK_SECRET_ACME": "acme-webhook-secret",
+        "CARRIERD_RCS_WEBHOOK_SECRET_GLOBEX": "globex-webhook-secret",
     }
     config = load_config(EXAMPLE, env=env)
     assert (config.daemon_id, config.http.port, config.log_level) == ("gw1-core2", 8082, "warning")
@@ -184,13 +186,55 @@ def test_a_missing_database_names_the_ways_to_give_one() -> None:
 
 
 def test_a_missing_webhook_secret_names_the_variable_and_the_credential() -> None:
+    raw = with_key(with_key(BASE, "rcs.enabled", True), "rcs.base_url", "https://rcs.example")
+    raw = with_key(raw, "rcs.bot_id", "bot")
+    problems = problems_of(with_key(raw, "rcs.token", "t"), {})
+    assert len(problems) == 1 and problems[0].startswith("rcs.webhook_secret: required"), problems
+    assert "CARRIERD_RCS_WEBHOOK_SECRET" in problems[0]
+    assert "credential carrierd_rcs_webhook_secret" in problems[0]
+    problems = problems_of(with_key(raw, "rcs.webhook_secret", "w"), {})
+    assert len(problems) == 1 and problems[0].startswith("rcs.token: a bearer token"), problems
+    assert "CARRIERD_RCS_TOKEN" in problems[0]
+
+
+def test_the_example_names_each_accounts_missing_secrets() -> None:
     env = {"CARRIERD_DSN": "postgresql://x/y", "CARRIERD_RCS_CLIENT_SECRET": "s"}
     with pytest.raises(ConfigError) as caught:
         load_config(EXAMPLE, env=env)
-    (problem,) = caught.value.problems
-    assert problem.startswith("rcs.webhook_secret: required")
-    assert "CARRIERD_RCS_WEBHOOK_SECRET" in problem
-    assert "credential carrierd_rcs_webhook_secret" in problem
+    assert caught.value.problems, "the example leaves its webhook secrets to the environment"
+    for problem in caught.value.problems:
+        account = problem.removeprefix("accounts.").split(".")[0]
+        assert problem.startswith(f"accounts.{account}.rcs.webhook_secret: required"), problem
+        assert f"CARRIERD_RCS_WEBHOOK_SECRET_{account.upper()}" in problem
+        assert f"credential carrierd_rcs_webhook_secret_{account}" in problem
+
+
+def test_an_accounts_own_secrets_come_from_credentials_or_its_variables(tmp_path: Path) -> None:
+    raw = {
+        **BASE,
+        "rcs": {"enabled": True, "base_url": "https://rcs.example", "oauth_token_url": "u"},
+        "accounts": {
+            "acme-jp": {
+                "tokens": ["t"],
+                "rcs": {"bot_id": "acme-bot", "oauth_client_id": "c", "webhook_secret": "file"},
+            }
+        },
+    }
+    (tmp_path / "carrierd_rcs_webhook_secret_acme_jp").write_text("from-credential\n")
+    env = {
+        "CREDENTIALS_DIRECTORY": str(tmp_path),
+        "CARRIERD_RCS_WEBHOOK_SECRET_ACME_JP": "from-variable",
+        "CARRIERD_RCS_CLIENT_SECRET_ACME_JP": "client-secret",
+    }
+    config = parse_config(raw, env=env)
+    bot = config.rcs_bots["acme-bot"]
+    assert (bot.webhook_secret, bot.oauth_client_secret) == ("from-credential", "client-secret")
+    assert config.overridden == {
+        "accounts.acme-jp.rcs.webhook_secret": "credential carrierd_rcs_webhook_secret_acme_jp",
+        "accounts.acme-jp.rcs.oauth_client_secret": "CARRIERD_RCS_CLIENT_SECRET_ACME_JP",
+    }
+    # The caller's mapping is left as it was.
+    assert raw["accounts"]["acme-jp"]["rcs"]["webhook_secret"] == "file"
 
 
 def test_the_installed_default_config_path() -> None:

@@ -13,6 +13,7 @@ from carrierd.__main__ import main
 from carrierd.config import (
     CARRIERS,
     AccountConfig,
+    AccountRcsConfig,
     CarrierConfig,
     DatabaseConfig,
     EngineConfig,
@@ -29,6 +30,9 @@ ENV = {
     "CARRIERD_DSN": "postgresql://carrierd:secret@db1.internal.example:5432/carrierd",
     "CARRIERD_RCS_CLIENT_SECRET": "client-secret",
     "CARRIERD_RCS_WEBHOOK_SECRET": "webhook-secret",
+    "CARRIERD_RCS_CLIENT_SECRET_ACME": "acme-client-secret",
+    "CARRIERD_RCS_WEBHOOK_SECRET_ACME": "acme-webhook-secret",
+    "CARRIERD_RCS_WEBHOOK_SECRET_GLOBEX": "globex-webhook-secret",
 }
 
 
@@ -55,6 +59,15 @@ def test_example_loads_with_production_values() -> None:
     assert acme.resend.quiet_window is not None
     assert acme.callback_secret
     assert config.accounts["globex"].routes["softbank"] == "standard"
+    acme_bot, globex_bot = config.rcs_bot_of("acme"), config.rcs_bot_of("globex")
+    assert acme_bot is not None and globex_bot is not None
+    assert (acme_bot.bot_id, acme_bot.oauth_client_id) == ("acme-bot", "acme-bot-client")
+    assert (acme_bot.oauth_client_secret, acme_bot.webhook_secret) == (
+        "acme-client-secret",
+        "acme-webhook-secret",
+    )
+    assert (globex_bot.bot_id, globex_bot.oauth_client_id) == ("globex-bot", "acme-gateway")
+    assert globex_bot.webhook_secret == "globex-webhook-secret"
 
 
 def _fields(config_class: type) -> set[str]:
@@ -79,9 +92,14 @@ def test_example_documents_every_setting() -> None:
         "oauth_client_secret": "CARRIERD_RCS_CLIENT_SECRET",
         "webhook_secret": "CARRIERD_RCS_WEBHOOK_SECRET",
     }
-    assert set(raw["rcs"]) == _fields(RcsConfig) - set(env_secrets)
+    # [rcs] bot_id serves only accounts naming no bot: shown, commented out.
+    assert set(raw["rcs"]) == _fields(RcsConfig) - set(env_secrets) - {"bot_id"}
+    assert "\n# bot_id = " in text
     for variable in env_secrets.values():
         assert variable in text
+    assert set(raw["accounts"]["acme"]["rcs"]) == _fields(AccountRcsConfig) - set(env_secrets)
+    for variable in env_secrets.values():
+        assert variable + "_ACME" in text
 
 
 def test_example_stores_token_digests_only() -> None:

@@ -172,3 +172,21 @@ def test_a_match_is_the_only_fitting_part_and_a_twin_makes_it_ambiguous(
     if match.part is not None:
         twin = match.part._replace(message_id=10_000)
         assert match_receipt(receipt, [*candidates, twin]).part is None
+
+
+def test_parts_of_one_message_are_not_guessed_while_an_answer_may_name_them() -> None:
+    parts = [Candidate(7, 1, n, SENT, "あ" * 67) for n in (1, 2)]
+    waiting = [parts[0], parts[1]._replace(answer_may_come=True)]
+    unwritable = clues("?" * 20, second_look=True)
+    assert match_receipts([(unwritable, waiting)]) == [Match(None, 0)]
+    [guess] = match_receipts([(unwritable, parts)])
+    assert guess.part == parts[0]
+
+
+def test_a_receipt_does_not_take_a_part_whose_answer_may_still_come() -> None:
+    """It fits that part alone: most likely it beat its own response, which
+    names the part of its id for certain."""
+    [part] = [Candidate(7, 1, 1, SENT, "Your code is 4321", answer_may_come=True)]
+    assert match_receipts([(clues("Your code is 4321"), [part])]) == [Match(None, 0)]
+    [later] = match_receipts([(clues("Your code is 4321"), [part._replace(answer_may_come=False)])])
+    assert later.part is not None

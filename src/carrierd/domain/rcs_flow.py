@@ -45,6 +45,9 @@ RCS_CAPACITY_EXCEEDED = Reason(
 RCS_INVALID_CONTENT = Reason("rcs_invalid_content", "the stored +Message content could not be read")
 RCS_DELIVERY_FAILED = Reason("rcs_failed", "the +Message platform reported the delivery failed")
 RCS_NOT_CONFIGURED = Reason("rcs_not_configured", "+Message is not configured on this daemon")
+RCS_NO_OFFICIAL_ACCOUNT = Reason(
+    "rcs_no_official_account", "the account has no +Message official account (bot)"
+)
 
 FallbackCause = Literal[
     "not_capable",
@@ -54,6 +57,7 @@ FallbackCause = Literal[
     "not_delivered_in_time",
     "rcs_failed",
     "rcs_not_configured",
+    "no_official_account",
 ]
 SendKind = Literal["accepted", "capacity_exceeded", "not_capable", "error", "rejected"]
 
@@ -150,10 +154,14 @@ def after_send(
     error: str | None = None,
     http_status: int | None = None,
     platform: str | None = None,
+    bot_id: str | None = None,
 ) -> Move:
-    """What the platform's answer to a send means."""
+    """What the platform's answer to a send means. `bot_id`: the official
+    account it went out under, kept in the history."""
     if kind == "accepted":
         detail: dict[str, Any] = {"attempts": attempts}
+        if bot_id is not None:
+            detail["bot"] = bot_id
         if already_existed:
             detail["already_existed"] = True
         relay = facts.channel == "rcs_then_sms"

@@ -37,6 +37,12 @@ receipt waits for a second look, so that the receipts of the same message
 whose text does tell their part (part 1 often carries a visible number)
 take theirs first; on the second look the rest take that attempt's parts in
 part order, one part each, as long as they are no more than its parts.
+
+No receipt takes a part that may still hear its submit_sm_resp (pending,
+or timed out so recently that a late answer is still awaited): the answer
+names the part of its id for certain, the receipt then meets it by id, and
+a guess made first could put that id on a second part, or lose the receipt
+to a part that learned another id meanwhile.
 Which of those parts a receipt lands on changes neither the message's
 outcome nor its billing (§11: a unit per delivered part), only which part's
 row shows which receipt.
@@ -82,6 +88,9 @@ class Candidate(NamedTuple):
     part_no: int
     sent_at: datetime
     text: str  # the text of this part as it was sent
+    # Its submit_sm_resp may still come (pending, or timed out a moment
+    # ago): that answer, not a guess, says which receipt is its.
+    answer_may_come: bool = False
 
 
 class Match(NamedTuple):
@@ -170,6 +179,9 @@ def match_receipts(
             whole = {k: c for k, c in parts.items() if excerpt_is_whole(text_start, c.text)}
             if whole:
                 parts = fitting[index] = whole
+        if any(c.answer_may_come for c in parts.values()):
+            matches[index] = Match(None, 0)  # not ambiguous: the answer may settle it
+            continue
         if len(parts) > 1 and not receipts[index][0].second_look:
             matches[index] = Match(None, 0)  # not ambiguous: wait for the second look
             continue

@@ -4,8 +4,10 @@ SMS MO (through the write-behind, acknowledged once durable) and +Message
 replies and taps (through the webhook) are stored here, each with the
 account it belongs to:
   - SMS: the account whose sender or inbound address it was sent to;
-  - +Message: the account of the message it answers (inReplyTo, our msgId),
-    else of the latest +Message sent to the number.
+  - +Message: the account whose official account (bot) it came to. Among
+    accounts sharing the [rcs] bot, the account of the message it answers
+    (inReplyTo, our msgId), else of the latest +Message that bot sent to
+    the number. A reply never names a message of another bot's account.
 
 A +Message webhook is applied once per body (`record_webhook_event`, in the
 applying transaction): a reply without a platform msgId has nothing else
@@ -21,7 +23,7 @@ from typing import Any
 
 from carrierd.channels.rcs import InboundEvent
 from carrierd.channels.types import InboundSms
-from carrierd.config import AccountConfig
+from carrierd.config import AccountConfig, RcsBotConfig
 from carrierd.domain.numbers import NumberError, normalize_msisdn
 from carrierd.store.db import Transaction
 
@@ -42,14 +44,8 @@ async def record_webhook_event(tx: Transaction, event_key: bytes, now: datetime)
 
 
 class Inbound:
-    def __init__(
-        self,
-        *,
-        accounts: Callable[[], Mapping[str, AccountConfig]],
-        rcs_bot_id: Callable[[], str | None],
-    ) -> None:
+    def __init__(self, *, accounts: Callable[[], Mapping[str, AccountConfig]]) -> None:
         self._accounts = accounts
-        self._rcs_bot_id = rcs_bot_id
 
     async def store_sms(self, tx: Transaction, inbound: Sequence[InboundSms]) -> None:
         owners = sms_owners(self._accounts())
@@ -64,10 +60,16 @@ class Inbound:
         )
 
     async def store_rcs(
-        self, tx: Transaction, event: InboundEvent, now: datetime, event_key: bytes | None = None
+        self,
+        tx: Transaction,
+        event: InboundEvent,
+        bot: RcsBotConfig,
+        now: datetime,
+        event_key: bytes | None = None,
     ) -> bool:
-        """A +Message reply or tap; a repeated webhook (same `event_key`, or
-        the same platform msgId) stores nothing and returns False."""
+        """A +Message reply or tap to `bot`; a repeated webhook (same
+        `event_key`, or the same platform msgId) stores nothing and returns
+        False."""
         if event_key is not None and not await record_webhook_event(tx, event_key, now):
             return False
         msisdn = _canonical(event.msisdn)
@@ -78,16 +80,21 @@ class Inbound:
             "inReplyTo": event.in_reply_to,
             "platform_at": event.at.isoformat() if event.at else None,
         }
-        owner = await tx.fetchrow("rcs_reply_owner", named, msisdn)
-        raw["owner_inferred"] = owner is not None and owner["id"] != named
+        owners = sorted(bot.accounts)
+        answered = await tx.fetchrow("rcs_reply_owner", named, msisdn, owners)
+        raw["owner_inferred"] = answered is not None and answered["id"] != named
+        # The bot tells the account even when no message of it fits.
+        account_id = answered["account_id"] if answered else None
+        if account_id is None and len(owners) == 1:
+            account_id = owners[0]
         stored = await tx.fetch(
             "rcs_insert_inbound",
-            owner["account_id"] if owner else None,
+            account_id,
             msisdn,
-            self._rcs_bot_id() or None,
+            bot.bot_id,
             event.text,
             event.postback,
-            owner["id"] if owner else None,
+            answered["id"] if answered else None,
             now,
             json.dumps(raw, ensure_ascii=False),
         )

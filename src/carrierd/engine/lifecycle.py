@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from carrierd.domain.attempt import ATTEMPT_ENDED
 from carrierd.domain.billing import billing_month
@@ -58,11 +58,11 @@ class Lifecycle:
         """Apply `moves` (one per message) in `tx`; returns those that applied."""
         if not moves:
             return []
+        by_id = _one_each(moves)
         *columns, log_once = _move_arrays(moves)
         rows = await tx.fetch("apply_moves", *columns, now, log_once)
         if not rows:
             return []
-        by_id = {m.message_id: m for m in moves}
         applied = [
             Applied(by_id[r["id"]], r["account_id"], r["channel"], r["carrier"]) for r in rows
         ]
@@ -102,6 +102,7 @@ class Lifecycle:
         """Log history without a state change; returns the messages noted."""
         if not notes:
             return []
+        by_id = _one_each(notes)
         rows = await tx.fetch(
             "apply_notes",
             [n.message_id for n in notes],
@@ -114,7 +115,6 @@ class Lifecycle:
             now,
             [n.sms_units for n in notes],
         )
-        by_id = {n.message_id: n for n in notes}
         bills = _Bills()
         for r in rows:
             noted = by_id[r["id"]]
@@ -232,6 +232,20 @@ def _labelled(metrics: Metrics, a: Applied) -> tuple[Any, ...]:
     if a.move.event is Event.RESEND_SCHEDULED:
         return (metrics.resends_total, a.carrier or "")
     return (metrics.fallbacks_total, str(detail.get("cause", "")))
+
+
+_Written = TypeVar("_Written", Move, Note)
+
+
+def _one_each(changes: Sequence[_Written]) -> dict[int, _Written]:
+    """The changes by message; two for one message in one statement would
+    apply one of them (which, PostgreSQL does not say) and bill the other."""
+    by_id = {c.message_id: c for c in changes}
+    if len(by_id) != len(changes):
+        counts = Counter(c.message_id for c in changes)
+        twice = sorted(message_id for message_id, n in counts.items() if n > 1)
+        raise ValueError(f"two changes for one message in one write: {twice[:10]}")
+    return by_id
 
 
 def _json(detail: Any) -> str | None:

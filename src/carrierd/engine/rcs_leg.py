@@ -34,7 +34,15 @@ Timers are rows (DESIGN principle 4); `settle_due` claims them:
                                     with its answer in the event (§9: old
                                     apps could deliver after a discard)
 
-Webhooks (http/webhooks.py verifies them and calls `apply_webhook`):
+Every platform request is made as the message's account's official account
+(`Config.rcs_bot_of`, one `RcsClient` per bot in `RcsClients`): capability
+(cached per bot and number), send, and the revokes of fallback and discard.
+An account with no bot is `not_by_rcs` ('no_official_account').
+
+Webhooks (http/webhooks.py verifies them with the bot's secret and calls
+`apply_webhook` with the bot) touch only messages of the bot's account(s):
+a status naming another account's message is refused and counted
+('other_bot').
 delivered/displayed settle an rcs_sent message as delivered and bill 1
 +Message unit if within 72 h of the send (§11); failed falls back to SMS
 (rcs_then_sms) or fails. A status for a message not yet rcs_sent (the
@@ -55,6 +63,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+import aiohttp
 import structlog
 
 from carrierd.channels.rcs import (
@@ -70,7 +79,7 @@ from carrierd.channels.rcs import (
     TypingEvent,
     WebhookEvent,
 )
-from carrierd.config import Config, RcsConfig
+from carrierd.config import Config, RcsBotConfig, RcsConfig
 from carrierd.domain import billing, reasons
 from carrierd.domain.clock import Clock
 from carrierd.domain.lifecycle import Event, Move, Note
@@ -78,6 +87,7 @@ from carrierd.domain.rcs_content import RcsContent, RcsContentError, content_fro
 from carrierd.domain.rcs_flow import (
     RCS_CAPACITY_EXCEEDED,
     RCS_INVALID_CONTENT,
+    RCS_NO_OFFICIAL_ACCOUNT,
     RcsFacts,
     after_platform_error,
     after_send,
@@ -115,25 +125,57 @@ PURGE_BATCH = 1000
 EARLY_STATUS_KEEP_S = 24 * 3600.0
 
 
-def platform_config(rcs: RcsConfig) -> RcsPlatformConfig:
-    """The client configuration for the [rcs] section (a static token wins
-    over OAuth2 client credentials when both are set)."""
+def platform_config(rcs: RcsConfig, bot: RcsBotConfig) -> RcsPlatformConfig:
+    """The client configuration of one official account on the [rcs]
+    platform (a static token wins over OAuth2 client credentials when both
+    are set)."""
     auth: BearerAuth | OAuth2ClientCredentials
-    if rcs.token:
-        auth = BearerAuth(rcs.token)
+    if bot.token:
+        auth = BearerAuth(bot.token)
     else:
         auth = OAuth2ClientCredentials(
             token_url=rcs.oauth_token_url,
-            client_id=rcs.oauth_client_id,
-            client_secret=rcs.oauth_client_secret,
+            client_id=bot.oauth_client_id,
+            client_secret=bot.oauth_client_secret,
         )
     return RcsPlatformConfig(
         base_url=rcs.base_url,
-        bot_id=rcs.bot_id,
+        bot_id=bot.bot_id,
         auth=auth,
-        webhook_secret=rcs.webhook_secret,
+        webhook_secret=bot.webhook_secret,
         request_timeout_s=rcs.request_timeout_s,
     )
+
+
+class RcsClients:
+    """One platform client per official account, made on first use from the
+    configuration of the moment: a reload that changes a bot's credentials
+    gets a new client (and a new OAuth token), the others keep theirs."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        tune: Callable[[RcsPlatformConfig], RcsPlatformConfig] = lambda config: config,
+    ) -> None:
+        self._session = session
+        self._tune = tune
+        self._clients: dict[RcsPlatformConfig, RcsClient] = {}
+
+    def for_bot(self, rcs: RcsConfig, bot: RcsBotConfig) -> RcsClient:
+        config = self._tune(platform_config(rcs, bot))
+        client = self._clients.get(config)
+        if client is None:
+            # Clients of bots a reload dropped or changed are not kept.
+            self._clients = {
+                c: existing for c, existing in self._clients.items() if c.bot_id != bot.bot_id
+            }
+            client = self._clients[config] = RcsClient(self._session, config)
+        return client
+
+
+# Capability answers freshly asked, per bot id and number.
+_Checked = dict[str, dict[str, bool]]
 
 
 @dataclass(frozen=True)
@@ -172,7 +214,7 @@ class RcsLeg:
         self,
         db: Database,
         clock: Clock,
-        client: RcsClient,
+        clients: RcsClients,
         lifecycle: Lifecycle,
         inbound: Inbound,
         *,
@@ -184,7 +226,7 @@ class RcsLeg:
     ) -> None:
         self._db = db
         self._clock = clock
-        self._client = client
+        self._clients = clients
         self._lifecycle = lifecycle
         self._inbound = inbound
         self._config = config
@@ -239,7 +281,7 @@ class RcsLeg:
             self._keep_leases([m.id for m in messages], config.engine.lease_s)
         )
         try:
-            moves, checked, effects = await self._decide_and_send(messages, now, config.rcs)
+            moves, checked, effects = await self._decide_and_send(messages, now, config)
         finally:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
@@ -267,15 +309,30 @@ class RcsLeg:
                 log.exception("rcs_lease_renewal_failed")
 
     async def _decide_and_send(
-        self, messages: list[ClaimedMessage], now: datetime, rcs: RcsConfig
-    ) -> tuple[list[Move], dict[str, bool], _Effects]:
-        """Capability and send for each message: the moves to record, the
-        capability answers to cache."""
+        self, messages: list[ClaimedMessage], now: datetime, config: Config
+    ) -> tuple[list[Move], _Checked, _Effects]:
+        """Capability and send for each message, each under its account's
+        official account: the moves to record, the capability answers to
+        cache per bot."""
+        rcs = config.rcs
         moves: list[Move] = []
         effects = _Effects()
-        candidates: list[tuple[ClaimedMessage, RcsContent]] = []
+        candidates: list[tuple[ClaimedMessage, RcsContent, RcsBotConfig]] = []
         for message in messages:
             facts = _facts(message)
+            bot = config.rcs_bot_of(message.account_id)
+            if bot is None:
+                moves.append(
+                    not_by_rcs(
+                        facts,
+                        State.DISPATCHING,
+                        "no_official_account",
+                        RCS_NO_OFFICIAL_ACCOUNT,
+                        now,
+                        detail={"account": message.account_id},
+                    )
+                )
+                continue
             if not rcs_possible(message.carrier_named, message.carriers_allowed):
                 moves.append(
                     not_by_rcs(
@@ -302,19 +359,28 @@ class RcsLeg:
                     )
                 )
                 continue
-            candidates.append((message, content))
+            candidates.append((message, content, bot))
 
-        capable, checked = await self._capabilities(
-            sorted({m.msisdn for m, _ in candidates if m.msisdn}), now, rcs
-        )
-        to_send: list[tuple[ClaimedMessage, RcsContent]] = []
-        for message, content in candidates:
+        by_bot: dict[str, set[str]] = defaultdict(set)
+        bots = {bot.bot_id: bot for _, _, bot in candidates}
+        for message, _, bot in candidates:
+            if message.msisdn:
+                by_bot[bot.bot_id].add(message.msisdn)
+        capable: dict[tuple[str, str], bool | RcsPlatformError] = {}
+        checked: _Checked = {}
+        for bot_id, numbers in by_bot.items():
+            answers, asked = await self._capabilities(sorted(numbers), now, rcs, bots[bot_id])
+            capable.update(((bot_id, number), answer) for number, answer in answers.items())
+            if asked:
+                checked[bot_id] = asked
+        to_send: list[tuple[ClaimedMessage, RcsContent, RcsBotConfig]] = []
+        for message, content, bot in candidates:
             facts = _facts(message)
             assert message.msisdn is not None
-            answer = capable[message.msisdn]
+            answer = capable[(bot.bot_id, message.msisdn)]
             if not isinstance(answer, RcsPlatformError):
                 if answer:
-                    to_send.append((message, content))
+                    to_send.append((message, content, bot))
                 else:
                     moves.append(
                         not_by_rcs(
@@ -344,12 +410,12 @@ class RcsLeg:
                     )
                 )
 
-        sent = await self._send_all(to_send)
+        sent = await self._send_all(to_send, rcs)
         answered_at = self._clock.now()
-        for message, outcome in sent:
+        for message, bot, outcome in sent:
             if outcome.kind == "not_capable" and message.msisdn:
                 # The handset lost +Message since the check: remember that.
-                checked[message.msisdn] = False
+                checked.setdefault(bot.bot_id, {})[message.msisdn] = False
             moves.append(
                 after_send(
                     _facts(message),
@@ -362,25 +428,27 @@ class RcsLeg:
                     error=outcome.reason,
                     http_status=outcome.http_status,
                     platform=outcome.detail,
+                    bot_id=bot.bot_id,
                 )
             )
         return moves, checked, effects
 
     async def _record_dispatch(
-        self, moves: list[Move], checked: dict[str, bool], effects: _Effects
+        self, moves: list[Move], checked: _Checked, effects: _Effects
     ) -> None:
         """One transaction for the batch: capability cache, the moves, and
         statuses that came early."""
         sent_at = self._clock.now()
 
         async def work(tx: Transaction) -> _Effects:
-            if checked:
-                numbers = sorted(checked)
+            for bot_id, answers in sorted(checked.items()):
+                numbers = sorted(answers)
                 await tx.execute(
                     "rcs_store_capabilities",
                     numbers,
-                    [checked[n] for n in numbers],
+                    [answers[n] for n in numbers],
                     [sent_at] * len(numbers),
+                    bot_id,
                 )
             applied = await self._lifecycle.apply(tx, moves, sent_at)
             now_sent = [a.move.message_id for a in applied if a.move.dst is State.RCS_SENT]
@@ -401,20 +469,22 @@ class RcsLeg:
         self._observe(effects)
 
     async def _capabilities(
-        self, msisdns: list[str], now: datetime, rcs: RcsConfig
+        self, msisdns: list[str], now: datetime, rcs: RcsConfig, bot: RcsBotConfig
     ) -> tuple[dict[str, bool | RcsPlatformError], dict[str, bool]]:
-        """Every number's answer, and the ones freshly asked (to cache)."""
+        """Every number's answer for `bot`, and the ones freshly asked (to
+        cache)."""
         if not msisdns:
             return {}, {}
         fresh_after = now - timedelta(seconds=rcs.capability_ttl_s)
-        cached = await self._db.fetch("rcs_cached_capabilities", msisdns, fresh_after)
+        cached = await self._db.fetch("rcs_cached_capabilities", msisdns, fresh_after, bot.bot_id)
+        client = self._clients.for_bot(rcs, bot)
         answers: dict[str, bool | RcsPlatformError] = {r["msisdn"]: r["capable"] for r in cached}
         missing = [m for m in msisdns if m not in answers]
 
         async def ask(msisdn: str) -> bool | RcsPlatformError:
             async with self._requests:
                 try:
-                    return (await self._client.capability(msisdn)).capable
+                    return (await client.capability(msisdn)).capable
                 except RcsPlatformError as exc:
                     return exc
                 except Exception as exc:
@@ -427,21 +497,23 @@ class RcsLeg:
         return answers, checked
 
     async def _send_all(
-        self, to_send: list[tuple[ClaimedMessage, RcsContent]]
-    ) -> list[tuple[ClaimedMessage, SendOutcome]]:
+        self, to_send: list[tuple[ClaimedMessage, RcsContent, RcsBotConfig]], rcs: RcsConfig
+    ) -> list[tuple[ClaimedMessage, RcsBotConfig, SendOutcome]]:
         # FIFO per recipient: messages to one number leave one after another.
-        by_recipient: dict[str, list[tuple[ClaimedMessage, RcsContent]]] = defaultdict(list)
-        for message, content in to_send:
-            by_recipient[message.msisdn or ""].append((message, content))
+        by_recipient: dict[str, list[tuple[ClaimedMessage, RcsContent, RcsBotConfig]]] = (
+            defaultdict(list)
+        )
+        for message, content, bot in to_send:
+            by_recipient[message.msisdn or ""].append((message, content, bot))
 
         async def send_in_order(
-            queue: list[tuple[ClaimedMessage, RcsContent]],
-        ) -> list[tuple[ClaimedMessage, SendOutcome]]:
-            results: list[tuple[ClaimedMessage, SendOutcome]] = []
-            for message, content in queue:
+            queue: list[tuple[ClaimedMessage, RcsContent, RcsBotConfig]],
+        ) -> list[tuple[ClaimedMessage, RcsBotConfig, SendOutcome]]:
+            results: list[tuple[ClaimedMessage, RcsBotConfig, SendOutcome]] = []
+            for message, content, bot in queue:
                 async with self._requests:
                     try:
-                        outcome = await self._client.send(
+                        outcome = await self._clients.for_bot(rcs, bot).send(
                             str(message.id), message.msisdn or "", content
                         )
                     except Exception as exc:
@@ -449,7 +521,7 @@ class RcsLeg:
                         # unknown outcome, and a resend under the msgId is safe.
                         log.exception("rcs_send_crashed", message_id=message.id)
                         outcome = SendOutcome("error", "exception", repr(exc))
-                results.append((message, outcome))
+                results.append((message, bot, outcome))
             return results
 
         groups = await asyncio.gather(*map(send_in_order, by_recipient.values()))
@@ -568,10 +640,17 @@ class RcsLeg:
         return done
 
     async def _revoke_all(self, rows: Sequence[Row]) -> list[RevokeOutcome]:
+        config = self._config()
+
         async def revoke(row: Row) -> RevokeOutcome:
+            # The message went out under its account's official account; a
+            # revoke through any other bot would not find it.
+            bot = config.rcs_bot_of(row["account_id"])
+            if bot is None:
+                return RevokeOutcome("error", "no_official_account", row["account_id"])
             async with self._requests:
                 try:
-                    return await self._client.revoke(str(row["id"]))
+                    return await self._clients.for_bot(config.rcs, bot).revoke(str(row["id"]))
                 except Exception as exc:
                     log.exception("rcs_revoke_crashed", message_id=row["id"])
                     return RevokeOutcome("error", "exception", repr(exc))
@@ -580,9 +659,12 @@ class RcsLeg:
 
     # -- webhooks ------------------------------------------------------------------
 
-    async def apply_webhook(self, event: WebhookEvent, event_key: bytes | None = None) -> bool:
-        """Apply one verified event once per `event_key` (the platform
-        repeats them, an attacker may replay them); False for a repeat."""
+    async def apply_webhook(
+        self, event: WebhookEvent, bot: RcsBotConfig, event_key: bytes | None = None
+    ) -> bool:
+        """Apply one verified event of `bot` once per `event_key` (the
+        platform repeats them, an attacker may replay them); False for a
+        repeat. It can touch only messages of the bot's own account(s)."""
         now = self._clock.now()
         if isinstance(event, MessageStatusEvent):
             status = _status_of(event, now)
@@ -592,7 +674,7 @@ class RcsLeg:
             async def settle(tx: Transaction) -> _Effects | None:
                 if event_key is not None and not await record_webhook_event(tx, event_key, now):
                     return None
-                return await self._settle_statuses(tx, [status], now)
+                return await self._settle_statuses(tx, [status], now, owners=bot.accounts)
 
             effects = await self._db.in_transaction(settle)
             if effects is None:
@@ -601,15 +683,22 @@ class RcsLeg:
         elif isinstance(event, InboundEvent):
             inbound_event = event
             return await self._db.in_transaction(
-                lambda tx: self._inbound.store_rcs(tx, inbound_event, now, event_key)
+                lambda tx: self._inbound.store_rcs(tx, inbound_event, bot, now, event_key)
             )
         elif isinstance(event, TypingEvent):
             pass  # "is typing" changes nothing we keep
         return True
 
     async def _settle_statuses(
-        self, tx: Transaction, statuses: Sequence[_Status], now: datetime
+        self,
+        tx: Transaction,
+        statuses: Sequence[_Status],
+        now: datetime,
+        *,
+        owners: frozenset[str] | None = None,
     ) -> _Effects:
+        """`owners`: the accounts the reporting bot sends for (None: statuses
+        that waited for their send, checked when they came)."""
         effects = _Effects()
         if not statuses:
             return effects
@@ -624,6 +713,18 @@ class RcsLeg:
             row = rows.get(status.message_id)
             if row is None:
                 log.info("rcs_status_for_unknown_message", message_id=status.message_id)
+                continue
+            if owners is not None and row["account_id"] not in owners:
+                # Another official account's message: a bot reports on its
+                # own sends only, whatever msgId its webhook names.
+                log.warning(
+                    "rcs_status_for_other_bot",
+                    message_id=row["id"],
+                    account_id=row["account_id"],
+                    bot_accounts=sorted(owners),
+                )
+                if self._metrics is not None:
+                    self._metrics.webhooks_rejected_total.labels("other_bot").inc()
                 continue
             if not _on_rcs_leg(row):
                 # Only a message that went, or goes, by +Message can hear

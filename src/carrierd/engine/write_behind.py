@@ -81,6 +81,7 @@ from carrierd.domain.states import State
 from carrierd.engine.inbound import Inbound
 from carrierd.engine.lifecycle import Lifecycle
 from carrierd.smpp.receipt import parse_receipt_date
+from carrierd.smpp.session import LATE_ANSWER_MIN_KEEP_S, late_answer_keep_s
 from carrierd.store.db import Database, Row, Transaction, is_transient_db_error
 from carrierd.store.rows import AttemptRow
 from carrierd.telemetry import Metrics
@@ -558,6 +559,7 @@ class WriteBehind:
             return 0
         clues: list[ReceiptClues | None] = [_clues(r) for r in waiting]
         looked_up = [(i, c) for i, c in enumerate(clues) if c is not None]
+        by_index = dict(looked_up)
         candidates: dict[int, list[Candidate]] = defaultdict(list)
         if looked_up:
             windows = [sent_at_window(c) for _, c in looked_up]
@@ -580,6 +582,9 @@ class WriteBehind:
                             row["sms_encoding"] or "ucs2",
                             row["part_no"],
                             row["part_total"],
+                        ),
+                        answer_may_come=self._answer_may_come(
+                            row, by_index[row["receipt"]].carrier, now
                         ),
                     )
                 )
@@ -619,6 +624,21 @@ class WriteBehind:
         correlated = [p["carrier"] for p in changed_parts]
         tx.after_commit(lambda: self._count_correlation(correlated, newly_ambiguous))
         return await self.settle_receipted(tx, changed_parts, now)
+
+    def _answer_may_come(self, part: Row, carrier: str, now: datetime) -> bool:
+        """Whether a candidate part may still hear its submit_sm_resp: it is
+        pending, or its response timed out within the late-answer keep time."""
+        if part["state"] == "pending":
+            return True
+        if part["unknown_cause"] != "response_timeout" or part["resp_at"] is None:
+            return False
+        config = self._carriers().get(carrier)
+        keep_s = (
+            late_answer_keep_s(config.response_timeout_s)
+            if config is not None
+            else LATE_ANSWER_MIN_KEEP_S
+        )
+        return bool((now - part["resp_at"]).total_seconds() < keep_s)
 
     async def settle_receipted(self, tx: Transaction, parts: Sequence[Row], now: datetime) -> int:
         """Settle the messages of parts a receipt just changed outside a

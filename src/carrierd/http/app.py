@@ -143,5 +143,6 @@ def build_app(state: ApiState) -> web.Application:
         routes.append(web.get("/metrics", health.serve_metrics))
     if state.webhook_sink is not None:
         routes.append(web.post(webhooks.WEBHOOK_PATH, webhooks.receive_rcs_webhook))
+        routes.append(web.post(webhooks.WEBHOOK_PATH + "/{bot_id}", webhooks.receive_rcs_webhook))
     app.add_routes(routes)
     return app

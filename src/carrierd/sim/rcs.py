@@ -17,8 +17,15 @@ Per-message decisions (delay, capacity, 5xx, replies) hash the seed with the
 msgId, and per-handset ones (capable, never delivers) hash the number, so a
 run is reproducible whatever order the requests arrive in.
 
+Several official accounts (bots) share one platform, as companies do: each
+has its own login (static token, or an OAuth2 client whose tokens serve that
+bot only), its own webhook URL and secret, and its own messages (a msgId
+names a message of one bot; a revoke through another bot finds nothing).
+Recipients may block one bot (`SimBot.blocked_numbers`): that bot finds them
+not capable, the others do not.
+
 Counters (`RcsPlatformSim.counters`) let tests prove exactly-once: sends
-accepted per msgId and per recipient, deliveries, revokes.
+accepted per msgId, per recipient and per bot, deliveries, revokes.
 """
 
 from __future__ import annotations
@@ -49,7 +56,23 @@ _MessageState: TypeAlias = Literal["pending", "committed", "delivered", "cancell
 
 
 @dataclass(frozen=True, kw_only=True)
+class SimBot:
+    """One official account on the platform, beside the one RcsSimConfig's
+    own fields describe."""
+
+    bot_id: str
+    bearer_token: str | None = field(default=None, repr=False)
+    oauth_client_id: str = ""
+    oauth_client_secret: str = field(default="", repr=False)
+    webhook_url: str | None = None
+    webhook_secret: str = field(default="sim-webhook-secret", repr=False)
+    # Recipients who blocked this official account: not capable for it.
+    blocked_numbers: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, kw_only=True)
 class RcsSimConfig:
+    # The first bot: its id, login and webhook (more_bots adds others).
     bot_id: str = "carrierd"
     # Auth: the static token, and any token issued by /oauth2/token.
     bearer_token: str | None = "sim-token"
@@ -97,6 +120,9 @@ class RcsSimConfig:
     webhook_attempts: int = 4
     webhook_retry_delay_s: float = 0.5
     webhook_timeout_s: float = 5.0
+    # Recipients who blocked the first bot (SimBot.blocked_numbers for others).
+    blocked_numbers: frozenset[str] = frozenset()
+    more_bots: tuple[SimBot, ...] = ()
 
     # Simulated answers from recipients after delivery: a tap on the first
     # reply suggestion of the message, or a short text if it has none.
@@ -122,6 +148,21 @@ class RcsSimConfig:
             raise ValueError("need 0 <= delivery_delay_min_s <= delivery_delay_max_s")
         if self.webhook_attempts < 1:
             raise ValueError("webhook_attempts must be at least 1")
+        ids = [bot.bot_id for bot in self.bots()]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"bot ids must differ, got {ids}")
+
+    def bots(self) -> tuple[SimBot, ...]:
+        first = SimBot(
+            bot_id=self.bot_id,
+            bearer_token=self.bearer_token,
+            oauth_client_id=self.oauth_client_id,
+            oauth_client_secret=self.oauth_client_secret,
+            webhook_url=self.webhook_url,
+            webhook_secret=self.webhook_secret,
+            blocked_numbers=self.blocked_numbers,
+        )
+        return (first, *self.more_bots)
 
 
 @dataclass
@@ -146,10 +187,14 @@ class RcsSimCounters:
     webhook_attempt_failures: int = 0
     webhooks_abandoned: int = 0
     inbound_sent: int = 0
+    accepted_by_bot: Counter[str] = field(default_factory=Counter)
+    # Sends refused because the request named a bot its token is not for.
+    wrong_bot_requests: int = 0
 
 
 @dataclass
 class _SimMessage:
+    bot: SimBot
     msg_id: str
     recipient: str
     rcs_message: Mapping[str, Any]
@@ -178,12 +223,19 @@ class RcsPlatformSim:
         self._incapable = frozenset(_canonical(n) for n in config.incapable_numbers)
         self._never = frozenset(_canonical(n) for n in config.never_deliver_numbers)
         self._capacity = frozenset(_canonical(n) for n in config.capacity_numbers)
-        self._messages: dict[str, _SimMessage] = {}
-        self._tokens: dict[str, float] = {}
+        self._bots = {bot.bot_id: bot for bot in config.bots()}
+        self._blocked = {
+            bot.bot_id: frozenset(_canonical(n) for n in bot.blocked_numbers)
+            for bot in config.bots()
+        }
+        # Our msgIds are unique per bot, not across bots.
+        self._messages: dict[tuple[str, str], _SimMessage] = {}
+        # Issued token -> (the OAuth2 client it was issued to, expiry).
+        self._tokens: dict[str, tuple[str, float]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._inbound_serial = 0
         self._webhook_session: aiohttp.ClientSession | None = None
-        self._state_waiters: list[tuple[str, str, asyncio.Future[None]]] = []
+        self._state_waiters: list[tuple[str, str, str, asyncio.Future[None]]] = []
 
     # -- public helpers for tests and the CLI -----------------------------------
 
@@ -198,25 +250,32 @@ class RcsPlatformSim:
         app.cleanup_ctx.append(self._lifecycle)
         return app
 
-    def is_capable(self, msisdn: str) -> bool:
+    def is_capable(self, msisdn: str, bot_id: str | None = None) -> bool:
         number = _canonical(msisdn)
+        if number in self._blocked.get(bot_id or self.config.bot_id, frozenset()):
+            return False
         if number in self._capable:
             return True
         if number in self._incapable:
             return False
         return _unit("capable", number) < self.config.capable_share
 
-    def message_state(self, msg_id: str) -> str | None:
-        message = self._messages.get(msg_id)
+    def message_state(self, msg_id: str, bot_id: str | None = None) -> str | None:
+        message = self._messages.get((bot_id or self.config.bot_id, msg_id))
         return message.state if message is not None else None
 
-    async def wait_for_state(self, msg_id: str, state: str) -> None:
+    def msg_ids_of(self, bot_id: str) -> set[str]:
+        """The msgIds the platform accepted under `bot_id`."""
+        return {msg_id for (bot, msg_id) in self._messages if bot == bot_id}
+
+    async def wait_for_state(self, msg_id: str, state: str, bot_id: str | None = None) -> None:
         """Return once `msg_id` is (or becomes) `state`: pending, committed,
         delivered or cancelled."""
-        if self.message_state(msg_id) == state:
+        bot_id = bot_id or self.config.bot_id
+        if self.message_state(msg_id, bot_id) == state:
             return
         waiter = asyncio.get_running_loop().create_future()
-        entry = (msg_id, state, waiter)
+        entry = (bot_id, msg_id, state, waiter)
         self._state_waiters.append(entry)
         try:
             await waiter
@@ -226,17 +285,47 @@ class RcsPlatformSim:
 
     def _set_state(self, message: _SimMessage, state: _MessageState) -> None:
         message.state = state
-        for msg_id, wanted, waiter in self._state_waiters:
-            if msg_id == message.msg_id and wanted == state and not waiter.done():
+        for bot_id, msg_id, wanted, waiter in self._state_waiters:
+            if (
+                (bot_id, msg_id) == (message.bot.bot_id, message.msg_id)
+                and wanted == state
+                and (not waiter.done())
+            ):
                 waiter.set_result(None)
 
     def expire_tokens(self) -> None:
         """Drop every issued token, as a platform restart or key rotation does."""
         self._tokens.clear()
 
-    async def deliver_now(self, msg_id: str) -> None:
+    async def deliver_now(self, msg_id: str, bot_id: str | None = None) -> None:
         """Deliver a pending message at once (tests of the revoke race)."""
-        await self._deliver(self._messages[msg_id])
+        await self._deliver(self._messages[(bot_id or self.config.bot_id, msg_id)])
+
+    async def post_status_as(self, bot_id: str, msg_id: str, status: str, recipient: str) -> None:
+        """Post a status webhook as `bot_id` naming any msgId, sent by that
+        bot or not: a platform fault, or a bot's stolen secret, that the
+        receiver must contain to the bot's own messages."""
+        bot = self._bots[bot_id]
+        message = _SimMessage(bot, msg_id, _canonical(recipient), {})
+        await self._post_status(message, status)
+
+    async def post_text_from(self, recipient: str, bot_id: str, text: str) -> None:
+        """A recipient writes to official account `bot_id` unprompted (no
+        inReplyTo): only the bot it came to can tell whose it is."""
+        self._inbound_serial += 1
+        self.counters.inbound_sent += 1
+        await self._post_webhook(
+            self._bots[bot_id],
+            {
+                "event": "message",
+                "messageContact": {"userContact": _canonical(recipient)},
+                "RCSMessage": {
+                    "msgId": f"mo-{self.config.seed}-{self._inbound_serial}",
+                    "timestamp": self._timestamp(),
+                    "textMessage": text,
+                },
+            },
+        )
 
     async def wait_idle(self) -> None:
         """Wait for every scheduled delivery and webhook to finish."""
@@ -271,21 +360,30 @@ class RcsPlatformSim:
 
     # -- handlers ---------------------------------------------------------------
 
-    def _check_request(self, request: web.Request) -> web.Response | None:
-        if request.match_info["bot_id"] != self.config.bot_id:
+    def _check_request(self, request: web.Request) -> SimBot | web.Response:
+        """The bot the request is for, or the refusal: each bot takes its
+        own static token and the tokens issued to its own OAuth2 client."""
+        bot = self._bots.get(request.match_info["bot_id"])
+        if bot is None:
             # 403, not 404: a 404 on send means "not capable" to clients.
             return _error(403, "UNKNOWN_BOT", f"no bot {request.match_info['bot_id']!r}")
         header = request.headers.get("Authorization", "")
         token = header[7:] if header[:7].lower() == "bearer " else ""
-        static_ok = self.config.bearer_token is not None and hmac.compare_digest(
-            token.encode(), self.config.bearer_token.encode()
-        )
-        expires_at = self._tokens.get(token)
-        issued_ok = expires_at is not None and self._monotonic() < expires_at
-        if not (static_ok or issued_ok):
-            self.counters.unauthorized += 1
-            return _error(401, "UNAUTHORIZED", "missing or expired token")
-        return None
+        if _token_matches(token, bot.bearer_token):
+            return bot
+        client_id, expires_at = self._tokens.get(token, ("", 0.0))
+        issued = bool(client_id) and self._monotonic() < expires_at
+        if issued and client_id == bot.oauth_client_id:
+            return bot
+        if issued or any(
+            _token_matches(token, other.bearer_token) for other in self._bots.values()
+        ):
+            # A good login of another official account.
+            self.counters.wrong_bot_requests += 1
+            return _error(403, "FORBIDDEN", f"token is not for bot {bot.bot_id!r}")
+        self.counters.unauthorized += 1
+        return _error(401, "UNAUTHORIZED", "missing or expired token")
+        return bot
 
     async def _handle_token(self, request: web.Request) -> web.Response:
         form = await request.post()
@@ -295,15 +393,26 @@ class RcsPlatformSim:
             client_secret = _form_str(form.get("client_secret"))
         if form.get("grant_type") != "client_credentials":
             return web.json_response({"error": "unsupported_grant_type"}, status=400)
-        if client_id != self.config.oauth_client_id or not hmac.compare_digest(
-            (client_secret or "").encode(), self.config.oauth_client_secret.encode()
+        client = next(
+            (
+                bot
+                for bot in self._bots.values()
+                if bot.oauth_client_id and bot.oauth_client_id == client_id
+            ),
+            None,
+        )
+        if client is None or not hmac.compare_digest(
+            (client_secret or "").encode(), client.oauth_client_secret.encode()
         ):
             return web.json_response({"error": "invalid_client"}, status=401)
         self.counters.tokens_issued += 1
         token = hashlib.sha256(
             f"{self.config.seed}:token:{self.counters.tokens_issued}:{self._monotonic()}".encode()
         ).hexdigest()
-        self._tokens[token] = self._monotonic() + self.config.token_lifetime_s
+        self._tokens[token] = (
+            client.oauth_client_id,
+            self._monotonic() + self.config.token_lifetime_s,
+        )
         return web.json_response(
             {
                 "access_token": token,
@@ -313,19 +422,21 @@ class RcsPlatformSim:
         )
 
     async def _handle_capability(self, request: web.Request) -> web.Response:
-        if (denied := self._check_request(request)) is not None:
-            return denied
+        bot = self._check_request(request)
+        if isinstance(bot, web.Response):
+            return bot
         self.counters.capability_checks += 1
         user = request.query.get("userContact")
         if not user:
             return _error(400, "BAD_REQUEST", "userContact is required")
-        if not self.is_capable(user):
+        if not self.is_capable(user, bot.bot_id):
             return _error(404, "NOT_CAPABLE", "contact cannot receive chatbot messages")
         return web.json_response({"capabilities": list(self.config.features)})
 
     async def _handle_send(self, request: web.Request) -> web.Response:
-        if (denied := self._check_request(request)) is not None:
-            return denied
+        bot = self._check_request(request)
+        if isinstance(bot, web.Response):
+            return bot
         try:
             body = await request.json()
         except ValueError:
@@ -337,10 +448,10 @@ class RcsPlatformSim:
         counters = self.counters
         counters.posts_by_msg_id[msg_id] += 1
         first_post = counters.posts_by_msg_id[msg_id] == 1
-        if msg_id in self._messages:
+        if (bot.bot_id, msg_id) in self._messages:
             counters.duplicates_by_msg_id[msg_id] += 1
             return _error(409, "ALREADY_EXISTS", f"msgId {msg_id} already exists")
-        if not self.is_capable(recipient):
+        if not self.is_capable(recipient, bot.bot_id):
             counters.not_capable_rejections += 1
             return _error(404, "NOT_CAPABLE", "contact cannot receive chatbot messages")
         if recipient in self._capacity or self._chance(
@@ -354,10 +465,11 @@ class RcsPlatformSim:
         if transient and not self.config.transient_after_accept:
             counters.transient_errors += 1
             return _error(503, "UNAVAILABLE", "try again")
-        message = _SimMessage(msg_id, recipient, rcs_message)
-        self._messages[msg_id] = message
+        message = _SimMessage(bot, msg_id, recipient, rcs_message)
+        self._messages[(bot.bot_id, msg_id)] = message
         counters.accepted_by_msg_id[msg_id] += 1
         counters.accepted_by_recipient[recipient] += 1
+        counters.accepted_by_bot[bot.bot_id] += 1
         message.task = self._spawn(self._run_message(message))
         if transient:
             counters.transient_errors += 1
@@ -365,8 +477,9 @@ class RcsPlatformSim:
         return web.json_response({"RCSMessage": {"msgId": msg_id, "status": "pending"}}, status=201)
 
     async def _handle_status(self, request: web.Request) -> web.Response:
-        if (denied := self._check_request(request)) is not None:
-            return denied
+        bot = self._check_request(request)
+        if isinstance(bot, web.Response):
+            return bot
         try:
             body = await request.json()
         except ValueError:
@@ -374,7 +487,7 @@ class RcsPlatformSim:
         if _requested_status(body) != "cancelled":
             return _error(400, "BAD_REQUEST", "only status 'cancelled' can be set")
         self.counters.revoke_requests += 1
-        message = self._messages.get(request.match_info["msg_id"])
+        message = self._messages.get((bot.bot_id, request.match_info["msg_id"]))
         if message is None:
             return _error(404, "NOT_FOUND", "unknown msgId")
         if message.state == "delivered" or (
@@ -431,6 +544,7 @@ class RcsPlatformSim:
 
     async def _post_status(self, message: _SimMessage, status: str) -> None:
         await self._post_webhook(
+            message.bot,
             {
                 "event": "messageStatus",
                 "messageContact": {"userContact": message.recipient},
@@ -439,7 +553,7 @@ class RcsPlatformSim:
                     "status": status,
                     "timestamp": self._timestamp(),
                 },
-            }
+            },
         )
 
     async def _post_inbound_reply(self, message: _SimMessage) -> None:
@@ -459,27 +573,29 @@ class RcsPlatformSim:
             rcs["textMessage"] = self.config.inbound_reply_text
         self.counters.inbound_sent += 1
         await self._post_webhook(
+            message.bot,
             {
                 "event": event,
                 "messageContact": {"userContact": message.recipient},
                 "RCSMessage": rcs,
-            }
+            },
         )
 
-    async def _post_webhook(self, payload: Mapping[str, object]) -> None:
+    async def _post_webhook(self, bot: SimBot, payload: Mapping[str, object]) -> None:
+        """To the bot's own webhook URL, signed with the bot's own secret."""
         config = self.config
         session = self._webhook_session
-        if config.webhook_url is None or session is None:
+        if bot.webhook_url is None or session is None:
             return
         body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
         timeout = aiohttp.ClientTimeout(total=config.webhook_timeout_s)
         for attempt in range(1, config.webhook_attempts + 1):
             # Each attempt is signed when it is sent: a retry is as fresh as
             # the first try, and its body (the receiver's key) is the same.
-            headers = {"Content-Type": "application/json", **self._signature_headers(body)}
+            headers = {"Content-Type": "application/json", **self._signature_headers(bot, body)}
             try:
                 async with session.post(
-                    config.webhook_url, data=body, headers=headers, timeout=timeout
+                    bot.webhook_url, data=body, headers=headers, timeout=timeout
                 ) as response:
                     if 200 <= response.status < 300:
                         self.counters.webhooks_delivered += 1
@@ -494,11 +610,11 @@ class RcsPlatformSim:
         self.counters.webhooks_abandoned += 1
         _log.warning("rcs_sim_webhook_abandoned", webhook_event=payload.get("event"))
 
-    def _signature_headers(self, body: bytes) -> dict[str, str]:
+    def _signature_headers(self, bot: SimBot, body: bytes) -> dict[str, str]:
         config = self.config
         timestamp = str(int(self._clock.now().timestamp()))
         signed = timestamp.encode("ascii") + b"." + body
-        signature = hmac.new(config.webhook_secret.encode(), signed, hashlib.sha256).hexdigest()
+        signature = hmac.new(bot.webhook_secret.encode(), signed, hashlib.sha256).hexdigest()
         return {config.timestamp_header: timestamp, config.signature_header: signature}
 
     # -- randomness -------------------------------------------------------------
@@ -537,7 +653,7 @@ async def run_rcs_sim(
         site = web.TCPSite(runner, host, port)
         await site.start()
         urls = [_base_url(address) for address in runner.addresses]
-        _log.info("rcs_sim_listening", urls=urls, bot_id=config.bot_id)
+        _log.info("rcs_sim_listening", urls=urls, bots=[bot.bot_id for bot in config.bots()])
         if on_listening is not None:
             on_listening(urls)
         await asyncio.Event().wait()
@@ -565,6 +681,14 @@ def _canonical(number: str) -> str:
         return normalize_msisdn(number, allow_m2m=True)
     except NumberError:
         return number.strip()
+
+
+def _token_matches(token: str, expected: str | None) -> bool:
+    return (
+        bool(token)
+        and expected is not None
+        and hmac.compare_digest(token.encode(), expected.encode())
+    )
 
 
 def _error(status: int, code: str, message: str) -> web.Response:

@@ -38,7 +38,9 @@ Counters (`SmscSimulator.counters`) let tests and benchmarks prove that no
 part reached a handset twice: `counters.duplicates()`. A fault campaign that
 kills and restarts the simulator process reads the same from a journal file
 instead (`SmscJournal`, `carrierd sim smsc --journal PATH`): every accepted
-part and every acknowledged receipt, written before the answer leaves.
+part and every acknowledged receipt, written before the answer leaves. Like
+a real SMSC's message store, the journal outlives the process: one started
+on it continues the message ids and sends the receipts the last one owed.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ import signal
 import time
 import tomllib
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -463,6 +465,14 @@ class _Carrier:
         # and the two carriers' ids do not collide.
         offset_digest = hashlib.sha256(f"{sim_config.seed}:{name}".encode()).digest()
         self._next_message_id = 0x10000000 + int.from_bytes(offset_digest[:4]) % 0x60000000
+        # A restarted SMSC keeps its message store: ids go on where the last
+        # process stopped, and receipts it owed are sent after all.
+        self._owed: list[tuple[_MessageRecord, float]] = []
+        if journal is not None:
+            last_id = journal.backlog.last_id.get(name)
+            if last_id is not None:
+                self._next_message_id = max(self._next_message_id, last_id + 1)
+            self._owed = journal.backlog.owed.get(name, [])
         self._records: dict[int, _MessageRecord] = {}
         self._heap: list[tuple[float, int, _Delivery]] = []
         self._heap_serial = 0
@@ -491,6 +501,14 @@ class _Carrier:
         )
         self._scheduler = loop.create_task(self._run_scheduler(), name=f"smsc-sim-{self.name}")
         self._scheduler.add_done_callback(self._scheduler_done)
+        owed, self._owed = self._owed, []
+        now_s, wall_s = loop.time(), time.time()
+        for record, final_at_wall_s in owed:
+            record.final_at_s = now_s + max(0.0, final_at_wall_s - wall_s)
+            self._records[record.message_id] = record
+            self._push(record.final_at_s, _Delivery(record.system_id, record=record))
+        if owed:
+            _log.info("smsc_sim_receipts_owed", carrier=self.name, receipts=len(owed))
         port: int = self._server.sockets[0].getsockname()[1]
         _log.info("smsc_sim_listening", carrier=self.name, host=host, port=port)
         return port
@@ -684,17 +702,20 @@ class _Carrier:
         )
         self._records[message_id] = record
         if self.journal is not None:
-            self.journal.accepted(self.name, record, destination, text)
+            self.journal.accepted(
+                self.name,
+                record,
+                destination,
+                text,
+                receipt_owed=_receipt_wanted(pdu.registered_delivery, stat),
+                final_in_s=response_delay_s + receipt_delay_s,
+            )
         return record
 
     def _schedule_receipt(
         self, pdu: SubmitSm, record: _MessageRecord, *, receipt_first: bool
     ) -> None:
-        wanted = pdu.registered_delivery & 0x03
-        if not (
-            wanted == REGISTERED_DELIVERY_RECEIPT_ALWAYS
-            or (wanted == REGISTERED_DELIVERY_RECEIPT_ON_FAILURE and record.stat != "DELIVRD")
-        ):
+        if not _receipt_wanted(pdu.registered_delivery, record.stat):
             return
         delivery = _Delivery(record.system_id, record=record)
         if receipt_first:
@@ -1246,7 +1267,8 @@ async def run_smsc_sim(
 #
 #   {"event": "start", "incarnation": "<pid>-<ns>", "seed": 7}
 #   {"event": "accepted", "carrier": "au", "id": 4711, "to": "+8180...",
-#    "text": "...", "stat": "DELIVRD"}
+#    "text": "...", "stat": "DELIVRD", "receipt": true, ...the rest of the
+#    record, for the next process to send the receipt if this one cannot}
 #   {"event": "receipt_acknowledged", "carrier": "au", "id": 4711}
 #   {"event": "counters", "carriers": {"au": {...CarrierSimCounters...}}}
 
@@ -1258,18 +1280,31 @@ JournalPartKey: TypeAlias = tuple[str, str]
 class SmscJournal:
     """Writes the journal; `_Carrier` calls it on acceptance and acknowledgement."""
 
-    def __init__(self, fd: int, incarnation: str) -> None:
+    def __init__(self, fd: int, incarnation: str, backlog: JournalBacklog | None = None) -> None:
         self._fd = fd
         self.incarnation = incarnation
+        # What earlier processes writing this journal left: the last id per
+        # carrier and the receipts they owed (see `read_journal_backlog`).
+        self.backlog = backlog or JournalBacklog()
 
     @classmethod
     def open(cls, path: Path, *, seed: int) -> SmscJournal:
+        backlog = read_journal_backlog(path) if path.exists() else JournalBacklog()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        journal = cls(fd, f"{os.getpid()}-{time.time_ns()}")
+        journal = cls(fd, f"{os.getpid()}-{time.time_ns()}", backlog)
         journal._line({"event": "start", "incarnation": journal.incarnation, "seed": seed})
         return journal
 
-    def accepted(self, carrier: str, record: _MessageRecord, destination: str, text: str) -> None:
+    def accepted(
+        self,
+        carrier: str,
+        record: _MessageRecord,
+        destination: str,
+        text: str,
+        *,
+        receipt_owed: bool = False,
+        final_in_s: float = 0.0,
+    ) -> None:
         self._line(
             {
                 "event": "accepted",
@@ -1278,6 +1313,14 @@ class SmscJournal:
                 "to": destination,
                 "text": text,
                 "stat": record.stat,
+                "err": record.err,
+                "receipt": receipt_owed,
+                "final_at": time.time() + final_in_s,
+                "system_id": record.system_id,
+                "source": [record.source_ton, record.source_npi, record.source_addr],
+                "destination": [record.dest_ton, record.dest_npi, record.destination_addr],
+                "submitted_at": record.submitted_at.isoformat(),
+                "excerpt": record.excerpt,
             }
         )
 
@@ -1338,33 +1381,83 @@ class SmscJournalSummary:
         )
 
 
-def read_smsc_journal(path: Path) -> SmscJournalSummary:
-    """Add up a journal written by one or more simulator processes."""
-    summary = SmscJournalSummary()
-    incarnation = ""
-    # (incarnation, carrier, SMSC message id) -> part: ids restart per process.
-    by_id: dict[tuple[str, str, int], JournalPart] = {}
+@dataclass
+class JournalBacklog:
+    """What the processes that wrote a journal left to the next one."""
+
+    last_id: dict[str, int] = field(default_factory=dict)  # per carrier
+    # Per carrier: accepted parts whose receipt was owed and never
+    # acknowledged, with the wall-clock time their outcome is final.
+    owed: dict[str, list[tuple[_MessageRecord, float]]] = field(default_factory=dict)
+
+
+def read_journal_backlog(path: Path) -> JournalBacklog:
+    """The ids and owed receipts a journal's earlier writers left."""
+    backlog = JournalBacklog()
+    owed: dict[tuple[str, int], tuple[_MessageRecord, float]] = {}
+    for record in _journal_lines(path):
+        event = record["event"]
+        if event == "accepted":
+            carrier, number = record["carrier"], record["id"]
+            backlog.last_id[carrier] = max(backlog.last_id.get(carrier, number), number)
+            if record.get("receipt"):
+                source_ton, source_npi, source_addr = record["source"]
+                dest_ton, dest_npi, destination_addr = record["destination"]
+                owed[(carrier, number)] = (
+                    _MessageRecord(
+                        message_id=number,
+                        system_id=record["system_id"],
+                        source_ton=source_ton,
+                        source_npi=source_npi,
+                        source_addr=source_addr,
+                        dest_ton=dest_ton,
+                        dest_npi=dest_npi,
+                        destination_addr=destination_addr,
+                        submitted_at=datetime.fromisoformat(record["submitted_at"]),
+                        final_at_s=0.0,
+                        stat=record["stat"],
+                        err=record["err"],
+                        excerpt=record["excerpt"],
+                    ),
+                    float(record["final_at"]),
+                )
+        elif event == "receipt_acknowledged":
+            owed.pop((record["carrier"], record["id"]), None)
+    for (carrier, _), entry in owed.items():
+        backlog.owed.setdefault(carrier, []).append(entry)
+    return backlog
+
+
+def _journal_lines(path: Path) -> Iterator[dict[str, Any]]:
     with path.open(encoding="utf-8") as file:
         for line in file:
             if not line.endswith("\n"):
-                break  # cut short by a kill mid-write
-            record = json.loads(line)
-            event = record["event"]
-            if event == "start":
-                incarnation = record["incarnation"]
-                summary.incarnations += 1
-            elif event == "accepted":
-                part = summary.parts.setdefault((record["to"], record["text"]), JournalPart())
-                part.accepted += 1
-                if record["stat"] == "DELIVRD":
-                    part.delivered += 1
-                by_id[(incarnation, record["carrier"], record["id"])] = part
-            elif event == "receipt_acknowledged":
-                acknowledged = by_id.get((incarnation, record["carrier"], record["id"]))
-                if acknowledged is not None:
-                    acknowledged.receipts_acknowledged += 1
-            elif event == "counters":
-                summary.counters[record["incarnation"]] = record["carriers"]
+                return  # cut short by a kill mid-write
+            yield json.loads(line)
+
+
+def read_smsc_journal(path: Path) -> SmscJournalSummary:
+    """Add up a journal written by one or more simulator processes."""
+    summary = SmscJournalSummary()
+    # (carrier, SMSC message id) -> part: a process continues the ids of the
+    # one before it, and acknowledges the receipts that one owed.
+    by_id: dict[tuple[str, int], JournalPart] = {}
+    for record in _journal_lines(path):
+        event = record["event"]
+        if event == "start":
+            summary.incarnations += 1
+        elif event == "accepted":
+            part = summary.parts.setdefault((record["to"], record["text"]), JournalPart())
+            part.accepted += 1
+            if record["stat"] == "DELIVRD":
+                part.delivered += 1
+            by_id[(record["carrier"], record["id"])] = part
+        elif event == "receipt_acknowledged":
+            acknowledged = by_id.get((record["carrier"], record["id"]))
+            if acknowledged is not None:
+                acknowledged.receipts_acknowledged += 1
+        elif event == "counters":
+            summary.counters[record["incarnation"]] = record["carriers"]
     return summary
 
 
@@ -1518,6 +1611,13 @@ def _decode_text(data_coding: int, payload: bytes) -> str:
     except ValueError:
         pass
     return payload.hex()
+
+
+def _receipt_wanted(registered_delivery: int, stat: ReceiptStat) -> bool:
+    wanted = registered_delivery & 0x03
+    return wanted == REGISTERED_DELIVERY_RECEIPT_ALWAYS or (
+        wanted == REGISTERED_DELIVERY_RECEIPT_ON_FAILURE and stat != "DELIVRD"
+    )
 
 
 def _format_message_id(number: int, id_format: MessageIdFormat) -> str:

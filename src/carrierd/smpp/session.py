@@ -80,6 +80,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import math
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -151,6 +152,14 @@ _SEQUENCE_OFFSET: Final = 12  # sequence_number sits at octets 12..15 of the hea
 LATE_ANSWER_KEEP_FACTOR: Final = 6.0
 LATE_ANSWER_MIN_KEEP_S: Final = 60.0
 LATE_ANSWERS_PER_WINDOW_SLOT: Final = 8
+# Refused deliver_sm (their receipt could not be made durable) are logged
+# as a count at most this often per connection.
+REFUSALS_LOG_EVERY_S: Final = 10.0
+
+
+def late_answer_keep_s(response_timeout_s: float) -> float:
+    """How long after its response timeout a submit's late answer is still read."""
+    return max(LATE_ANSWER_MIN_KEEP_S, LATE_ANSWER_KEEP_FACTOR * response_timeout_s)
 
 
 class SubmitObserver(Protocol):
@@ -306,8 +315,15 @@ class _Connection(asyncio.Protocol):
         self.window: Window[SubmitResponse] | None = (
             Window(config.window, clock=clock) if role != "receiver" else None
         )
+        # deliver_sm answered with a temporary error, and how many were logged.
+        self.delivers_refused = 0
+        self._refusals_logged = 0
+        self._refusals_logged_at_s = -math.inf
+        # Late-answer futures of submits just expired, until their callback
+        # (Session._submit_answered) claims them.
+        self.expired_unclaimed: dict[int, asyncio.Future[SubmitResponse]] = {}
         self.late_answers: LateAnswers[SubmitResponse] = LateAnswers(
-            keep_s=max(LATE_ANSWER_MIN_KEEP_S, LATE_ANSWER_KEEP_FACTOR * config.response_timeout_s),
+            keep_s=late_answer_keep_s(config.response_timeout_s),
             max_entries=max(1, config.window) * LATE_ANSWERS_PER_WINDOW_SLOT,
         )
         self.last_received_at_s = clock()
@@ -457,14 +473,27 @@ class _Connection(asyncio.Protocol):
             elif due_s > now_s:
                 await asyncio.sleep(due_s - now_s)
             else:
-                expired = self.window.expire(now_s, timeout_s)
-                if expired:
-                    log.warning(
-                        "smpp_response_timeout",
-                        bind=self._bind_id,
-                        count=len(expired),
-                        first_sequence=expired[0],
-                    )
+                self.expire_unanswered(now_s)
+
+    def expire_unanswered(self, now_s: float) -> list[int]:
+        """Time out the submits unanswered for the response timeout; their
+        late answers are awaited from this moment."""
+        assert self.window is not None
+        expired = self.window.expire(now_s, self._config.response_timeout_s)
+        for sequence_number in expired:
+            # Remembered now, not when the submit's callback runs: an answer
+            # read in between would find nothing waiting for it.
+            self.expired_unclaimed[sequence_number] = self.late_answers.remember(
+                sequence_number, now_s
+            )
+        if expired:
+            log.warning(
+                "smpp_response_timeout",
+                bind=self._bind_id,
+                count=len(expired),
+                first_sequence=expired[0],
+            )
+        return expired
 
     # -- reading --------------------------------------------------------------------------
 
@@ -590,8 +619,8 @@ class _Connection(asyncio.Protocol):
         status: int = CommandStatus.ESME_ROK
         try:
             await asyncio.wait_for(pending, DELIVER_ACK_TIMEOUT_S)
-        except Exception:
-            log.exception("smpp_deliver_not_recorded", bind=self._bind_id)
+        except Exception as exc:
+            self._refused_deliver(exc)
             status = CommandStatus.ESME_RX_T_APPN
         self.delivers_unanswered -= 1
         self._answer_deliver(pdu, status)
@@ -600,9 +629,26 @@ class _Connection(asyncio.Protocol):
         self.delivers_unanswered -= 1
         status: int = CommandStatus.ESME_ROK
         if failure is not None:
-            log.error("smpp_deliver_not_recorded", bind=self._bind_id, error=repr(failure))
+            self._refused_deliver(failure)
             status = CommandStatus.ESME_RX_T_APPN
         self._answer_deliver(pdu, status)
+
+    def _refused_deliver(self, failure: BaseException) -> None:
+        """Log a deliver_sm answered with a temporary error (the SMSC sends it
+        again): the first at once, then a count every REFUSALS_LOG_EVERY_S,
+        not a line per receipt through a database outage."""
+        self.delivers_refused += 1
+        now_s = self._clock()
+        if now_s - self._refusals_logged_at_s < REFUSALS_LOG_EVERY_S:
+            return
+        log.warning(
+            "smpp_delivers_refused",
+            bind=self._bind_id,
+            refused=self.delivers_refused - self._refusals_logged,
+            error=repr(failure),
+        )
+        self._refusals_logged_at_s = now_s
+        self._refusals_logged = self.delivers_refused
 
     def _answer_deliver(self, pdu: DeliverSm | DataSm, status: int) -> None:
         if isinstance(pdu, DeliverSm):
@@ -1077,11 +1123,12 @@ class SmppSession:
             answer = response.result()
         except ResponseTimeout as exc:
             late: asyncio.Future[SubmitResult] | None = None
-            if connection.is_open:
+            awaited = connection.expired_unclaimed.pop(exc.sequence_number, None)
+            if awaited is None and connection.is_open:
+                awaited = connection.late_answers.remember(exc.sequence_number, self._clock())
+            if awaited is not None and not awaited.cancelled():
                 late = asyncio.get_running_loop().create_future()
-                connection.late_answers.remember(
-                    exc.sequence_number, self._clock()
-                ).add_done_callback(partial(self._late_answered, item, late))
+                awaited.add_done_callback(partial(self._late_answered, item, late))
             self._resolve(
                 item,
                 "unknown",

@@ -626,11 +626,11 @@ WITH input AS (
              AS i(receipt, carrier, msisdn, earliest, latest)
 )
 SELECT i.receipt, c.message_id, c.attempt, c.part_no, c.part_total, c.sent_at, c.sms_text,
-       c.sms_encoding
+       c.sms_encoding, c.state, c.unknown_cause, c.resp_at
 FROM input i
 CROSS JOIN LATERAL (
     SELECT p.message_id, p.attempt, p.part_no, p.part_total, p.sent_at, m.sms_text,
-           m.sms_encoding
+           m.sms_encoding, p.state, p.unknown_cause, p.resp_at
     FROM parts_in_doubt d
     JOIN parts p ON p.message_id = d.message_id AND p.attempt = d.attempt
                 AND p.part_no = d.part_no
@@ -639,7 +639,7 @@ CROSS JOIN LATERAL (
       AND d.sent_at BETWEEN i.earliest AND i.latest AND p.state = 'unknown'
     UNION ALL
     SELECT p.message_id, p.attempt, p.part_no, p.part_total, p.sent_at, m.sms_text,
-           m.sms_encoding
+           m.sms_encoding, p.state, p.unknown_cause, p.resp_at
     FROM messages m
     JOIN parts p ON p.message_id = m.id AND p.attempt = m.attempt
     WHERE m.msisdn = i.msisdn AND m.state = 'sending' AND p.carrier = i.carrier
@@ -650,28 +650,43 @@ CROSS JOIN LATERAL (
 -- Waiting receipts given to the part their other clues found
 -- (domain/receipt_match.py). The part takes the receipt's id, so that the
 -- same receipt delivered again finds it by id, and never another part.
--- Returns the parts that changed, as record_receipts does.
+-- A receipt whose id a part learned since the candidates were read (a
+-- response committed meanwhile) is that part's: it stays for
+-- apply_early_receipts; so does one whose part is no longer in doubt. A
+-- receipt leaves early_receipts only with the part it settled. Returns the
+-- parts that changed, as record_receipts does.
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[], $5::int[])
              AS i(carrier, smsc_message_id, message_id, attempt, part_no)
 ),
-matched AS (
-    DELETE FROM early_receipts e
-     USING input i
-     WHERE e.carrier = i.carrier AND e.smsc_message_id = i.smsc_message_id
-    RETURNING i.message_id, i.attempt, i.part_no, e.smsc_message_id, e.stat, e.err,
-              e.received_at
+receipt AS (
+    SELECT e.carrier, e.smsc_message_id, e.stat, e.err, e.received_at,
+           i.message_id, i.attempt, i.part_no
+    FROM input i
+    JOIN early_receipts e ON e.carrier = i.carrier AND e.smsc_message_id = i.smsc_message_id
+    WHERE NOT EXISTS (SELECT 1 FROM parts q
+                       WHERE q.carrier = e.carrier AND q.smsc_message_id = e.smsc_message_id)
+      AND NOT EXISTS (SELECT 1 FROM parts q
+                       WHERE q.carrier = e.carrier
+                         AND q.smsc_message_id = e.alt_smsc_message_id)
 ),
 updated AS (
     UPDATE parts p
-       SET state = CASE WHEN m.stat = 'DELIVRD' THEN 'delivered' ELSE 'failed' END,
-           smsc_message_id = coalesce(p.smsc_message_id, m.smsc_message_id),
-           receipt_stat = m.stat, receipt_err = m.err, receipt_at = m.received_at
-      FROM matched m
-     WHERE p.message_id = m.message_id AND p.attempt = m.attempt AND p.part_no = m.part_no
-       AND p.state IN ('unknown', 'pending')
+       SET state = CASE WHEN r.stat = 'DELIVRD' THEN 'delivered' ELSE 'failed' END,
+           smsc_message_id = r.smsc_message_id,
+           receipt_stat = r.stat, receipt_err = r.err, receipt_at = r.received_at
+      FROM receipt r
+     WHERE p.message_id = r.message_id AND p.attempt = r.attempt AND p.part_no = r.part_no
+       -- On the row itself: PostgreSQL re-checks this after waiting for a
+       -- concurrent writer's lock.
+       AND p.state IN ('unknown', 'pending') AND p.smsc_message_id IS NULL
     RETURNING p.message_id, p.state, p.carrier, p.receipt_at, p.resp_at, p.attempt, p.units,
-              p.part_no
+              p.part_no, r.smsc_message_id AS receipt_id
+),
+matched AS (
+    DELETE FROM early_receipts e
+     USING updated u
+     WHERE e.carrier = u.carrier AND e.smsc_message_id = u.receipt_id
 ),
 settled_doubt AS (
     DELETE FROM parts_in_doubt d

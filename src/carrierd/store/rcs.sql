@@ -3,27 +3,28 @@
 -- (queries.sql); these are the leg's own reads and bookkeeping.
 
 -- name: rcs_cached_capabilities
--- Answers younger than the TTL ($2 = now - capability_ttl_s). One primary
--- key probe per number (a cached plan of "= ANY(array)" made while the
--- table was small would go on scanning it).
+-- One bot's answers ($3) younger than the TTL ($2 = now - capability_ttl_s).
+-- One primary key probe per number (a cached plan of "= ANY(array)" made
+-- while the table was small would go on scanning it).
 SELECT c.msisdn, c.capable
 FROM unnest($1::text[]) AS n(msisdn)
-JOIN rcs_capabilities c ON c.msisdn = n.msisdn
+JOIN rcs_capabilities c ON c.bot_id = $3 AND c.msisdn = n.msisdn
 WHERE c.checked_at > $2;
 
 -- name: rcs_store_capabilities
--- The caller passes each number once (ON CONFLICT cannot touch a row twice).
--- An older answer never overwrites a newer one from another daemon.
-INSERT INTO rcs_capabilities (msisdn, capable, checked_at)
-SELECT * FROM unnest($1::text[], $2::boolean[], $3::timestamptz[])
-ON CONFLICT (msisdn) DO UPDATE
+-- One bot's answers ($4). The caller passes each number once (ON CONFLICT
+-- cannot touch a row twice). An older answer never overwrites a newer one
+-- from another daemon.
+INSERT INTO rcs_capabilities (bot_id, msisdn, capable, checked_at)
+SELECT $4, n.* FROM unnest($1::text[], $2::boolean[], $3::timestamptz[]) AS n
+ON CONFLICT (bot_id, msisdn) DO UPDATE
    SET capable = EXCLUDED.capable, checked_at = EXCLUDED.checked_at
  WHERE rcs_capabilities.checked_at <= EXCLUDED.checked_at;
 
 -- name: rcs_purge_capabilities
 DELETE FROM rcs_capabilities
-WHERE msisdn IN (SELECT msisdn FROM rcs_capabilities WHERE checked_at <= $1
-                 ORDER BY checked_at LIMIT $2);
+WHERE (bot_id, msisdn) IN (SELECT bot_id, msisdn FROM rcs_capabilities
+                           WHERE checked_at <= $1 ORDER BY checked_at LIMIT $2);
 
 -- name: rcs_renew_leases
 -- A batch still waiting on the platform keeps its claims ($3 = daemon id).
@@ -96,13 +97,15 @@ WHERE (message_id, status) IN (SELECT message_id, status FROM rcs_early_statuses
                                WHERE received_at <= $1 ORDER BY received_at LIMIT $2);
 
 -- name: rcs_reply_owner
--- The message a +Message reply answers: the one it names (inReplyTo is our
--- msgId), else the latest +Message sent to the number.
+-- The message a +Message reply answers, among the messages of the accounts
+-- of the bot it came to ($3): the one it names (inReplyTo is our msgId),
+-- else the latest +Message sent to the number.
 SELECT id, account_id FROM (
-    (SELECT id, account_id, 0 AS rank FROM messages WHERE id = $1)
+    (SELECT id, account_id, 0 AS rank FROM messages
+      WHERE id = $1 AND account_id = ANY($3::text[]))
     UNION ALL
     (SELECT id, account_id, 1 AS rank FROM messages
-      WHERE msisdn = $2 AND rcs_sent_at IS NOT NULL
+      WHERE msisdn = $2 AND rcs_sent_at IS NOT NULL AND account_id = ANY($3::text[])
       ORDER BY rcs_sent_at DESC LIMIT 1)
 ) AS candidates
 ORDER BY rank
