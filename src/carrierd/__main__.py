@@ -1,4 +1,9 @@
-"""carrierd command line: run | migrate | check-config | sim."""
+"""carrierd command line.
+
+The daemon's side: run | migrate | check-config | sim. The client's side,
+through the HTTP API (client_cli.py): send | status | cancel | messages |
+billing, and token new.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from carrierd.config import ConfigError, load_config
+from carrierd import __version__
+from carrierd.client_cli import add_client_commands
+from carrierd.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -45,8 +52,12 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    load_config(args.config)
+    config = load_config(args.config)
     print(f"{args.config}: ok")
+    # Which values did not come from the file: an operator checking a unit's
+    # environment sees that it took (never the values: most are secrets).
+    for key, origin in sorted(config.overridden.items()):
+        print(f"  {key} from {origin}")
     return 0
 
 
@@ -120,15 +131,19 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="carrierd", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="carrierd", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"carrierd {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    config_help = f"configuration file (default: {DEFAULT_CONFIG_PATH})"
     run = sub.add_parser("run", help="run the daemon")
-    run.add_argument("--config", default="conf/carrierd.toml")
+    run.add_argument("--config", default=DEFAULT_CONFIG_PATH, help=config_help)
     run.set_defaults(func=_cmd_run)
 
     mig = sub.add_parser("migrate", help="apply database migrations (idempotent)")
-    mig.add_argument("--config", default="conf/carrierd.toml")
+    mig.add_argument("--config", default=DEFAULT_CONFIG_PATH, help=config_help)
     mig.add_argument(
         "--wait-s",
         type=float,
@@ -164,8 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=_cmd_sim)
 
     check = sub.add_parser("check-config", help="validate a configuration file")
-    check.add_argument("config")
+    check.add_argument("config", nargs="?", default=DEFAULT_CONFIG_PATH, help=config_help)
     check.set_defaults(func=_cmd_check_config)
+
+    add_client_commands(sub)
     return parser
 
 

@@ -4,6 +4,13 @@ Every error names its key path (``carriers.au.binds: must be >= 1``), and all
 errors of a file are reported at once so an operator fixes them in one pass.
 Carrier and contract numbers from DOMAIN.md are defaults here, never
 constants in the code that uses them.
+
+A few keys may also come from the environment or, for secrets, from a
+systemd credential (``LoadCredential=``, read from
+``$CREDENTIALS_DIRECTORY``); `OVERRIDES` is the one list of them. An
+override replaces the file's value before validation, so it is checked by
+the same code as the key it replaces, and an error about it names where the
+value came from (``http.port (CARRIERD_HTTP_PORT): expected an integer``).
 """
 
 from __future__ import annotations
@@ -22,6 +29,10 @@ from typing import Any, Literal
 
 from carrierd.domain import rcs_flow
 from carrierd.domain.netpolicy import IPNetwork
+
+# Where an installed carrierd looks for its configuration (the demo passes
+# conf/carrierd.toml through `make run`).
+DEFAULT_CONFIG_PATH = "/etc/carrierd/carrierd.toml"
 
 CARRIERS: tuple[str, ...] = ("docomo", "au", "softbank", "rakuten")
 RCS_CARRIERS: frozenset[str] = rcs_flow.RCS_CARRIERS
@@ -274,6 +285,8 @@ class Config:
     carriers: Mapping[str, CarrierConfig]
     rcs: RcsConfig
     source_path: Path | None = None
+    # Key paths an override set, and where from ("CARRIERD_HTTP_PORT").
+    overridden: Mapping[str, str] = field(default_factory=dict)
     # +Message official accounts by bot id.
     rcs_bots: Mapping[str, RcsBotConfig] = field(default_factory=dict)
 
@@ -300,26 +313,181 @@ def hash_token(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8")).digest()
 
 
+@dataclass(frozen=True)
+class Override:
+    """A key whose value may come from outside the file.
+
+    The systemd credential wins over the environment variable (a unit moved
+    to credentials may keep an old environment file), which wins over the
+    file. An empty credential or variable counts as not set (an
+    EnvironmentFile line left blank must not blank the file's value).
+    """
+
+    path: tuple[str, ...]  # its path in the file, ("http", "port")
+    variable: str
+    # The name under $CREDENTIALS_DIRECTORY (LoadCredential=NAME:PATH), for
+    # secrets only.
+    credential: str | None = None
+
+    @property
+    def key(self) -> str:
+        return ".".join(self.path)
+
+
+OVERRIDES: tuple[Override, ...] = (
+    Override(("daemon", "id"), "CARRIERD_DAEMON_ID"),
+    Override(("daemon", "log_level"), "CARRIERD_LOG_LEVEL"),
+    Override(("http", "port"), "CARRIERD_HTTP_PORT"),
+    Override(("database", "dsn"), "CARRIERD_DSN", credential="carrierd_dsn"),
+    Override(("rcs", "token"), "CARRIERD_RCS_TOKEN", credential="carrierd_rcs_token"),
+    Override(
+        ("rcs", "oauth_client_secret"),
+        "CARRIERD_RCS_CLIENT_SECRET",
+        credential="carrierd_rcs_client_secret",
+    ),
+    Override(
+        ("rcs", "webhook_secret"),
+        "CARRIERD_RCS_WEBHOOK_SECRET",
+        credential="carrierd_rcs_webhook_secret",
+    ),
+)
+_OVERRIDE_BY_KEY: Mapping[str, Override] = {o.key: o for o in OVERRIDES}
+
+# An account's own +Message secrets ([accounts.<id>.rcs]), by the suffix of
+# their names (account_env_name).
+ACCOUNT_RCS_SECRETS: tuple[tuple[str, str], ...] = (
+    ("token", "TOKEN"),
+    ("oauth_client_secret", "CLIENT_SECRET"),
+    ("webhook_secret", "WEBHOOK_SECRET"),
+)
+
+
+def account_rcs_override(account_id: str, key: str) -> Override:
+    what = dict(ACCOUNT_RCS_SECRETS)[key]
+    variable = account_env_name(account_id, what)
+    return Override(("accounts", account_id, "rcs", key), variable, credential=variable.lower())
+
+
+def overrides_for(raw: Mapping[str, Any]) -> tuple[Override, ...]:
+    """OVERRIDES, and the secrets of each account that has its own +Message
+    table."""
+    found = list(OVERRIDES)
+    accounts = raw.get("accounts")
+    for account_id, table in accounts.items() if isinstance(accounts, dict) else ():
+        if isinstance(table, dict) and isinstance(table.get("rcs"), dict):
+            found += [account_rcs_override(account_id, key) for key, _ in ACCOUNT_RCS_SECRETS]
+    return tuple(found)
+
+
+# The demo's project-local PostgreSQL (`scripts/localpg.sh dsn`, exported by
+# the Makefile): used only when neither the file nor an override names one.
+LOCAL_DSN_VARIABLE = "CARRIERD_LOCAL_DSN"
+
+
+def how_to_set(key: str, account_id: str | None = None) -> str:
+    """The ways to give `key` a value, for an error saying it is missing
+    (`account_id`: `key` is that account's +Message secret, "token")."""
+    if account_id is not None:
+        override: Override | None = account_rcs_override(account_id, key)
+        key = f"accounts.{account_id}.rcs.{key}"
+    else:
+        override = _OVERRIDE_BY_KEY.get(key)
+    if override is None:
+        return f"set {key}"
+    ways = []
+    if override.credential is not None:
+        ways.append(f"the systemd credential {override.credential}")
+    ways.append(f"{override.variable}")
+    ways.append(f"{key} in the file")
+    return "set " + ", ".join(ways[:-1]) + " or " + ways[-1]
+
+
+def _read_credential(directory: str, name: str, key: str, problems: list[str]) -> str | None:
+    path = Path(directory) / name
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        problems.append(f"{key} (credential {name}): cannot read {path}: {reason}")
+        return None
+    # `echo secret > file` leaves a newline no secret means to have.
+    return text.rstrip("\r\n")
+
+
+def apply_overrides(
+    raw: Mapping[str, Any], env: Mapping[str, str], problems: list[str]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """`raw` with the overrides in place, and where each replaced value came
+    from (key path -> "CARRIERD_HTTP_PORT" or "credential carrierd_dsn")."""
+    merged: dict[str, Any] = dict(raw)
+    origins: dict[str, str] = {}
+    credentials_dir = env.get("CREDENTIALS_DIRECTORY", "")
+    for override in overrides_for(raw):
+        value: str | None = None
+        if override.credential is not None and credentials_dir:
+            value = _read_credential(credentials_dir, override.credential, override.key, problems)
+            origin = f"credential {override.credential}"
+        if not value:
+            value = env.get(override.variable) or None
+            origin = override.variable
+        if not value:
+            continue
+        if _replace(merged, override.path, value):
+            origins[override.key] = origin
+    return merged, origins
+
+
+def _replace(raw: dict[str, Any], path: tuple[str, ...], value: str) -> bool:
+    """Set `path` in `raw`, copying each table on the way (the caller's
+    mapping stays as it was); False when a table on the way is not one (the
+    reader reports it)."""
+    head, *rest = path
+    if not rest:
+        raw[head] = value
+        return True
+    table = raw.get(head, {})
+    if not isinstance(table, dict):
+        return False
+    raw[head] = copied = dict(table)
+    return _replace(copied, tuple(rest), value)
+
+
 class _Reader:
     """Typed access to a TOML table that records problems instead of raising."""
 
-    def __init__(self, problems: list[str], table: Mapping[str, Any], path: str) -> None:
+    def __init__(
+        self,
+        problems: list[str],
+        table: Mapping[str, Any],
+        path: str,
+        origins: Mapping[str, str] | None = None,
+    ) -> None:
         self.problems = problems
         self.table = table
         self.path = path
         self.used: set[str] = set()
+        # Key paths whose value came from an override, and from where.
+        self.origins: Mapping[str, str] = origins or {}
 
     def _key(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
 
     def problem(self, key: str, text: str) -> None:
-        self.problems.append(f"{self._key(key)}: {text}")
+        full = self._key(key)
+        origin = self.origins.get(full)
+        self.problems.append(f"{full} ({origin}): {text}" if origin else f"{full}: {text}")
 
     def get(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
         self.used.add(key)
         if key not in self.table:
             return default
         value = self.table[key]
+        if self._key(key) in self.origins and isinstance(value, str):
+            value = self._from_text(key, value, kind)
+            if value is None:
+                return default
         # bool is an int in Python; a number field must not accept true/false.
         if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
             self.problem(key, f"expected {_kind_name(kind)}, got a boolean")
@@ -328,6 +496,22 @@ class _Reader:
             self.problem(key, f"expected {_kind_name(kind)}, got {type(value).__name__}")
             return default
         return value
+
+    def _from_text(self, key: str, text: str, kind: type | tuple[type, ...]) -> Any:
+        """An override's text read as the key's type (None: not readable)."""
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if str in kinds:
+            return text
+        for candidate in kinds:
+            try:
+                if candidate is int:
+                    return int(text.strip())
+                if candidate is float:
+                    return float(text.strip())
+            except ValueError:
+                continue
+        self.problem(key, f"expected {_kind_name(kind)}, got {text!r}")
+        return None
 
     def number(
         self,
@@ -508,7 +692,6 @@ def _rcs_bots(
     problems: list[str],
     rcs: RcsConfig,
     accounts: Mapping[str, AccountConfig],
-    env: Mapping[str, str],
 ) -> dict[str, RcsBotConfig]:
     """Each official account with its owner(s), or a problem naming the key
     where two accounts claim one bot or a bot lacks what it needs."""
@@ -527,7 +710,10 @@ def _rcs_bots(
             webhook_secret=rcs.webhook_secret,
         )
         if rcs.enabled and not rcs.webhook_secret:
-            problems.append("rcs.webhook_secret: required when rcs.enabled is true")
+            problems.append(
+                "rcs.webhook_secret: required when rcs.enabled is true"
+                f" ({how_to_set('rcs.webhook_secret')})"
+            )
     env_names: dict[str, str] = {}
     uses_rcs_login = bool(bots)
     for account in accounts.values():
@@ -554,11 +740,9 @@ def _rcs_bots(
             )
             continue
 
-        def secret(what: str, configured: str, account_id: str = account.account_id) -> str:
-            return env.get(account_env_name(account_id, what)) or configured
-
-        token = secret("TOKEN", own.token)
-        client_secret = secret("CLIENT_SECRET", own.oauth_client_secret)
+        # Their environment variables and credentials are in place already
+        # (apply_overrides).
+        token, client_secret = own.token, own.oauth_client_secret
         # Credentials come as a set: an account naming none of its own uses
         # the platform login of [rcs].
         own_login = bool(token or own.oauth_client_id)
@@ -569,17 +753,20 @@ def _rcs_bots(
             token=token if own_login else rcs.token,
             oauth_client_id=own.oauth_client_id if own_login else rcs.oauth_client_id,
             oauth_client_secret=client_secret if own_login else rcs.oauth_client_secret,
-            webhook_secret=secret("WEBHOOK_SECRET", own.webhook_secret) or rcs.webhook_secret,
+            webhook_secret=own.webhook_secret or rcs.webhook_secret,
         )
         if rcs.enabled:
             if not bots[own.bot_id].webhook_secret:
-                problems.append(f"{key}.webhook_secret: required (or rcs.webhook_secret)")
+                ways = how_to_set("webhook_secret", account.account_id)
+                problems.append(f"{key}.webhook_secret: required (or rcs.webhook_secret; {ways})")
             if own_login and not token and not rcs.oauth_token_url:
                 problems.append(f"{key}.oauth_client_id: needs rcs.oauth_token_url")
     if rcs.enabled and not bots:
         problems.append("rcs.bot_id: required when rcs.enabled is true")
     if rcs.enabled and (uses_rcs_login or not bots) and not (rcs.token or rcs.oauth_token_url):
-        problems.append("rcs.token: a bearer token or oauth_token_url is required")
+        problems.append(
+            f"rcs.token: a bearer token or oauth_token_url is required ({how_to_set('rcs.token')})"
+        )
     return bots
 
 
@@ -681,10 +868,6 @@ def _check_bind_field(reader: _Reader, key: str, value: str, max_octets: int) ->
         )
 
 
-def _env_first(env: Mapping[str, str], name: str, configured: str) -> str:
-    return env.get(name) or configured
-
-
 def _check_routes(
     problems: list[str],
     accounts: Mapping[str, AccountConfig],
@@ -716,31 +899,31 @@ def _check_routes(
                 )
 
 
-def _resolve_dsn(configured: str, env: Mapping[str, str]) -> str:
-    # Precedence: CARRIERD_DSN, then the config file, then the project-local
-    # server that `make run` / `make test` start (CARRIERD_LOCAL_DSN).
-    return env.get("CARRIERD_DSN") or configured or env.get("CARRIERD_LOCAL_DSN", "")
-
-
 def parse_config(
     raw: Mapping[str, Any], *, env: Mapping[str, str] | None = None, source_path: Path | None = None
 ) -> Config:
     env = os.environ if env is None else env
     problems: list[str] = []
+    raw, origins = apply_overrides(raw, env, problems)
     top = _Reader(problems, raw, "")
 
-    daemon = _Reader(problems, top.table_of("daemon"), "daemon")
+    def section(name: str) -> _Reader:
+        return _Reader(problems, top.table_of(name), name, origins)
+
+    daemon = section("daemon")
     default_id = f"{socket.gethostname()}-{os.getpid()}"
-    daemon_id = env.get("CARRIERD_DAEMON_ID") or daemon.string("id", "") or default_id
-    log_level = env.get("CARRIERD_LOG_LEVEL") or daemon.string(
-        "log_level", "info", choices=LOG_LEVELS
-    )
+    daemon_id = daemon.string("id", "") or default_id
+    log_level = daemon.string("log_level", "info", choices=LOG_LEVELS)
     daemon.finish()
 
-    db = _Reader(problems, top.table_of("database"), "database")
-    dsn = _resolve_dsn(db.string("dsn", ""), env)
+    db = section("database")
+    dsn = db.string("dsn", "") or env.get(LOCAL_DSN_VARIABLE, "")
     if not dsn:
-        problems.append("database.dsn: no database configured (set CARRIERD_DSN or database.dsn)")
+        problems.append(
+            f"database.dsn: no database configured: {how_to_set('database.dsn')}"
+            f" (the demo's local server: {LOCAL_DSN_VARIABLE}=$(scripts/localpg.sh dsn),"
+            " which make exports)"
+        )
     database = DatabaseConfig(
         dsn=dsn,
         pool_min=db.integer("pool_min", 2, minimum=1),
@@ -748,13 +931,10 @@ def parse_config(
     )
     db.finish()
 
-    http_reader = _Reader(problems, top.table_of("http"), "http")
+    http_reader = section("http")
     http = HttpConfig(
         host=http_reader.string("host", "127.0.0.1"),
-        port=int(
-            env.get("CARRIERD_HTTP_PORT")
-            or http_reader.integer("port", 8080, minimum=0, maximum=65535)
-        ),
+        port=http_reader.integer("port", 8080, minimum=0, maximum=65535),
         max_body_bytes=http_reader.integer("max_body_bytes", 32 * 1024 * 1024, minimum=1024),
         max_batch_items=http_reader.integer("max_batch_items", 10_000, minimum=1),
         header_timeout_s=http_reader.number("header_timeout_s", 10.0, minimum=0.1),
@@ -768,7 +948,7 @@ def parse_config(
     )
     http_reader.finish()
 
-    eng = _Reader(problems, top.table_of("engine"), "engine")
+    eng = section("engine")
     order = eng.strings("default_carrier_order", CARRIERS)
     for name in order:
         if name not in CARRIERS:
@@ -823,29 +1003,23 @@ def parse_config(
                 )
     _check_routes(problems, accounts, carriers)
 
-    rr = _Reader(problems, top.table_of("rcs"), "rcs")
+    rr = section("rcs")
     rcs = RcsConfig(
         enabled=rr.boolean("enabled", False),
         base_url=rr.string("base_url", ""),
         bot_id=rr.string("bot_id", ""),
-        # The file's value is read even when the environment overrides it:
-        # otherwise the key would count as unknown.
-        token=_env_first(env, "CARRIERD_RCS_TOKEN", rr.string("token", "")),
+        token=rr.string("token", ""),
         oauth_token_url=rr.string("oauth_token_url", ""),
         oauth_client_id=rr.string("oauth_client_id", ""),
-        oauth_client_secret=_env_first(
-            env, "CARRIERD_RCS_CLIENT_SECRET", rr.string("oauth_client_secret", "")
-        ),
-        webhook_secret=_env_first(
-            env, "CARRIERD_RCS_WEBHOOK_SECRET", rr.string("webhook_secret", "")
-        ),
+        oauth_client_secret=rr.string("oauth_client_secret", ""),
+        webhook_secret=rr.string("webhook_secret", ""),
         request_timeout_s=rr.number("request_timeout_s", 10.0, minimum=0.1),
         fallback_after_s=rr.number("fallback_after_s", 600.0, minimum=1.0),
         expiry_s=rr.number("expiry_s", 72 * 3600.0, minimum=60.0),
         capability_ttl_s=rr.number("capability_ttl_s", 24 * 3600.0, minimum=0.0),
         webhook_tolerance_s=rr.number("webhook_tolerance_s", 300.0, minimum=1.0),
     )
-    rcs_bots = _rcs_bots(problems, rcs, accounts, env)
+    rcs_bots = _rcs_bots(problems, rcs, accounts)
     if rcs.enabled:
         if not rcs.base_url:
             problems.append("rcs.base_url: required when rcs.enabled is true")
@@ -868,6 +1042,7 @@ def parse_config(
         carriers=carriers,
         rcs=rcs,
         source_path=source_path,
+        overridden=origins,
         rcs_bots=rcs_bots,
     )
 
@@ -878,7 +1053,14 @@ def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Co
         with config_path.open("rb") as f:
             raw = tomllib.load(f)
     except FileNotFoundError as exc:
-        raise ConfigError([f"{config_path}: file not found"]) from exc
+        hint = (
+            " (the installed default; name the configuration file to use)"
+            if str(path) == DEFAULT_CONFIG_PATH
+            else ""
+        )
+        raise ConfigError([f"{config_path}: file not found{hint}"]) from exc
+    except OSError as exc:
+        raise ConfigError([f"{config_path}: cannot read: {exc.strerror or exc}"]) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{config_path}: not valid TOML: {exc}"]) from exc
     return parse_config(raw, env=env, source_path=config_path)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -63,6 +64,12 @@ from carrierd.telemetry import Metrics, SubmitMetrics
 
 log = structlog.get_logger("carrierd.daemon")
 
+
+class StartupError(Exception):
+    """The daemon cannot start for a reason its operator must fix (one line
+    saying what, no traceback)."""
+
+
 # While waiting for the database at startup, systemd's start timeout is
 # extended to the next try plus this much.
 START_WAIT_MARGIN_S = 30.0
@@ -95,7 +102,8 @@ class Daemon:
 
     async def start(self) -> None:
         config = self.config
-        log.info("starting", daemon_id=config.daemon_id)
+        # Which keys came from the environment or credentials (never values).
+        log.info("starting", daemon_id=config.daemon_id, overridden=sorted(config.overridden))
         self.db = await until_database_answers(
             "startup", self._open_database, stop=self._stopping, on_wait=self._waiting_at_start
         )
@@ -114,9 +122,19 @@ class Daemon:
             log.info("component_starting", component=component.name)
             await component.start()
         app = build_app(api_state)
-        self.http_runner, _ = await start_http_server(
-            app, config.http, metrics=self.metrics, access_log=None
-        )
+        try:
+            self.http_runner, _ = await start_http_server(
+                app, config.http, metrics=self.metrics, access_log=None
+            )
+        except OSError as exc:
+            where = f"{config.http.host}:{config.http.port}"
+            port_from = config.overridden.get("http.port")
+            keys = f"http.host, http.port{f' from {port_from}' if port_from else ''}"
+            # asyncio's strerror repeats the address; the errno's text is
+            # enough (a name that does not resolve has a negative errno).
+            errno = exc.errno or 0
+            reason = os.strerror(errno) if errno > 0 else (exc.strerror or str(exc))
+            raise StartupError(f"cannot listen on {where} ({keys}): {reason}") from exc
         self.http_port = int(self.http_runner.addresses[0][1])
         log.info("ready", http=f"{config.http.host}:{self.http_port}")
         self.notifier.ready(status=f"serving on {config.http.host}:{self.http_port}")
@@ -436,7 +454,11 @@ def run(config_path: Path, **overrides: Any) -> int:
 
     async def main() -> int:
         daemon = Daemon(config, **overrides)
-        return await daemon.run_until_stopped()
+        try:
+            return await daemon.run_until_stopped()
+        except StartupError as exc:
+            print(f"carrierd: {exc}", file=sys.stderr, flush=True)
+            return 1
 
     return int(runner(main()))
 

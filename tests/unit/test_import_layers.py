@@ -73,6 +73,18 @@ RULES: tuple[Rule, ...] = (
         forbidden=("carrierd.engine", "carrierd.smpp", "carrierd.sim"),
         forbidden_except=("carrierd.engine.lifecycle",),
     ),
+    Rule(
+        "carrierd.client",
+        "the API client speaks HTTP only: it runs on hosts that have neither the "
+        "daemon's configuration nor its database",
+        third_party=frozenset({"aiohttp"}),
+        carrierd=("carrierd.__version__", "carrierd.domain"),
+    ),
+    Rule(
+        "carrierd.client_cli",
+        "the client commands reach the daemon through the API client only",
+        carrierd=("carrierd.__version__", "carrierd.client", "carrierd.domain"),
+    ),
 )
 
 # Imports that break a rule today, each with the reason it is tolerated.
