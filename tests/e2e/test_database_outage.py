@@ -245,8 +245,15 @@ async def test_daemon_waits_for_the_database_at_startup(
     )
 
     async def database_back_later() -> list[str]:
-        await asyncio.sleep(2.0)
-        seen = read_notifications(notify)
+        # Back once the daemon says it waits (a loaded machine may take a
+        # while to start it; the bound is not a speed claim).
+        seen: list[str] = []
+        async with asyncio.timeout(60.0):
+            while not any(line.startswith("EXTEND_TIMEOUT_USEC=") for line in seen):
+                await asyncio.sleep(0.1)
+                seen += read_notifications(notify)
+        await asyncio.sleep(0.5)  # a little longer: it keeps waiting, not exiting
+        seen += read_notifications(notify)
         await asyncio.to_thread(cluster.start)
         return seen
 
