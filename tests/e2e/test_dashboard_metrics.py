@@ -261,9 +261,18 @@ async def stall_receipt_writes(dsn: str, seconds: float) -> None:
     receipts arriving meanwhile stay unanswered until they are durable."""
     conn = await asyncpg.connect(dsn)
     try:
-        async with conn.transaction():
-            await conn.execute("LOCK TABLE messages, parts IN EXCLUSIVE MODE")
-            await asyncio.sleep(seconds)
+        for _ in range(20):
+            try:
+                async with conn.transaction():
+                    # The two locks are taken one after the other; a daemon
+                    # transaction holding the second and wanting the first
+                    # makes PostgreSQL abort one of the two: ours, again.
+                    await conn.execute("LOCK TABLE messages, parts IN EXCLUSIVE MODE")
+                    await asyncio.sleep(seconds)
+                return
+            except asyncpg.DeadlockDetectedError:
+                continue
+        raise AssertionError("could not lock messages and parts")
     finally:
         await conn.close()
 
