@@ -567,6 +567,16 @@ class RcsLeg:
         self._observe(effects)
         return done
 
+    async def revoke(self, message_id: int) -> RevokeOutcome:
+        """One revoke for a sender's cancel, within the leg's request limit;
+        what it does to the message is the caller's (engine/cancel.py)."""
+        async with self._requests:
+            try:
+                return await self._client.revoke(str(message_id))
+            except Exception as exc:
+                log.exception("rcs_revoke_crashed", message_id=message_id)
+                return RevokeOutcome("error", "exception", repr(exc))
+
     async def _revoke_all(self, rows: Sequence[Row]) -> list[RevokeOutcome]:
         async def revoke(row: Row) -> RevokeOutcome:
             async with self._requests:

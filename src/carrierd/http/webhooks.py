@@ -30,7 +30,7 @@ from carrierd.channels.rcs import (
     WebhookRejected,
     verify_and_parse_webhook,
 )
-from carrierd.http.app import API_STATE
+from carrierd.http.app import API_STATE, api_error
 
 log = structlog.get_logger("carrierd.http.webhooks")
 
@@ -57,7 +57,7 @@ async def receive_rcs_webhook(request: web.Request) -> web.Response:
     secret = state.config.rcs.webhook_secret
     if not secret:
         log.error("rcs_webhook_without_secret")
-        return web.json_response({"error": "webhooks are not configured"}, status=503)
+        return api_error(503, "not_configured", "webhooks are not configured")
     try:
         event = verify_and_parse_webhook(
             body,
@@ -76,8 +76,10 @@ async def receive_rcs_webhook(request: web.Request) -> web.Response:
         )
         if state.metrics is not None:
             state.metrics.webhooks_rejected_total.labels(rejected.reason).inc()
-        status = 401 if rejected.reason in UNAUTHORIZED_REASONS else 400
-        return web.json_response({"error": rejected.reason}, status=status)
+        # The reason is the stable word (bad_signature, stale_timestamp...).
+        if rejected.reason in UNAUTHORIZED_REASONS:
+            return api_error(401, "webhook_unauthorized", rejected.reason)
+        return api_error(400, "malformed_body", rejected.reason, "body")
     if not await sink.apply_webhook(event, webhook_event_key(body)):
         log.info("rcs_webhook_duplicate", remote=request.remote, body_bytes=len(body))
         if state.metrics is not None:

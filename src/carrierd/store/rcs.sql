@@ -116,3 +116,14 @@ INSERT INTO inbound_messages (account_id, channel, msisdn, to_address, text, pos
 VALUES ($1, 'rcs', $2, $3, $4, $5, $6, $7, $8::text::jsonb)
 ON CONFLICT ((raw ->> 'msgId')) WHERE channel = 'rcs' DO NOTHING
 RETURNING id;
+
+-- name: rcs_hold_for_cancel
+-- A sender's cancel of an rcs_sent message revokes it before moving it:
+-- while that revoke is out, its fallback and expiry timers wait until $3
+-- (they would revoke too, and start the SMS or expire it), like their own
+-- claims do. Nothing when the message is no longer rcs_sent.
+UPDATE messages
+   SET fallback_at = CASE WHEN fallback_at IS NOT NULL THEN greatest(fallback_at, $3) END,
+       expires_at = greatest(expires_at, $3)
+ WHERE id = $1 AND account_id = $2 AND state = 'rcs_sent'
+RETURNING id;
