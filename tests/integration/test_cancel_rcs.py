@@ -1,0 +1,58 @@
+"""Cancelling a +Message already with the platform: revoke first, over real
+HTTP to the +Message simulator, then cancelled unless it was delivered."""
+
+from __future__ import annotations
+
+import asyncio
+
+from carrierd.store.db import Database
+from tests.integration.test_api_surface import api, assert_error, call
+from tests.integration.test_rcs_leg import CAPABLE, NEVER, WAIT_S, rig
+
+
+async def test_cancel_of_rcs_sent_revokes_then_cancels(dsn: str, db: Database) -> None:
+    async with rig(dsn, db) as r:
+        message_id = await r.send(NEVER)
+        await r.cycle()
+        assert (await r.row(message_id))["state"] == "rcs_sent"
+        async with api(db, r.engine.config, r.clock, r.engine.lifecycle, r.leg.revoke) as (
+            base,
+            http,
+            _,
+        ):
+            status, view, _ = await call(http, "POST", f"{base}/v1/messages/{message_id}/cancel")
+        assert status == 200, view
+        assert (view["state"], view["status"]) == ("cancelled", 3)
+        assert r.sim.counters.revoked_msg_ids == {str(message_id): 1}
+        event = (await r.events(message_id))[-1]
+        assert (event["kind"], event["detail"]["revoke"]["answer"]) == ("cancelled", "revoked")
+        # Its fallback never comes: nothing is sent by SMS.
+        r.clock.advance(3600)
+        await r.settle()
+        await r.cycle()
+        assert r.engine.network.submitted == []
+
+
+async def test_cancel_of_rcs_the_platform_delivered_is_409(dsn: str, db: Database) -> None:
+    async with rig(
+        dsn,
+        db,
+        delivery_delay_min_s=30.0,
+        delivery_delay_max_s=30.0,
+        commit_before_delivery_s=30.0,
+        revoke_race="already_delivered",
+    ) as r:
+        message_id = await r.send(CAPABLE)
+        await r.cycle()
+        await asyncio.wait_for(r.sim.wait_for_state(str(message_id), "committed"), WAIT_S)
+        async with api(db, r.engine.config, r.clock, r.engine.lifecycle, r.leg.revoke) as (
+            base,
+            http,
+            _,
+        ):
+            status, body, _ = await call(http, "POST", f"{base}/v1/messages/{message_id}/cancel")
+        assert status == 409, body
+        assert_error(body, "not_cancellable")
+        assert body["state"] == "rcs_sent"
+        assert "delivered" in body["error"]["message"]
+        assert (await r.row(message_id))["state"] == "rcs_sent"
