@@ -71,9 +71,8 @@ class Rejection:
     field: str
     reason: str
     # "invalid_field", or "idempotency_conflict" for a client_ref that
-    # already names other content (then `message_id` is that message).
+    # another item of the same request uses for other content.
     code: str = "invalid_field"
-    message_id: int | None = None
 
 
 # What "the same message" means for idempotency: these columns of the
