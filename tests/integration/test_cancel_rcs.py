@@ -4,10 +4,15 @@ HTTP to the +Message simulator, then cancelled unless it was delivered."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
+from datetime import timedelta
 
+from carrierd.channels.rcs import RcsClient
+from carrierd.domain.rcs_flow import SEND_RETRY_S
+from carrierd.engine.rcs_leg import platform_config
 from carrierd.store.db import Database
 from tests.integration.test_api_surface import api, assert_error, call
-from tests.integration.test_rcs_leg import CAPABLE, NEVER, WAIT_S, rig
+from tests.integration.test_rcs_leg import CAPABLE, NEVER, T0, WAIT_S, rig
 
 
 async def test_cancel_of_rcs_sent_revokes_then_cancels(dsn: str, db: Database) -> None:
@@ -56,3 +61,44 @@ async def test_cancel_of_rcs_the_platform_delivered_is_409(dsn: str, db: Databas
         assert body["state"] == "rcs_sent"
         assert "delivered" in body["error"]["message"]
         assert (await r.row(message_id))["state"] == "rcs_sent"
+
+
+async def test_cancel_of_a_send_retried_after_a_lost_answer_revokes_it(
+    dsn: str, db: Database
+) -> None:
+    # The platform stores the message but its answer is lost, and this
+    # daemon's client does not ask again: the message is queued for a retry
+    # while the platform holds it.
+    async with rig(
+        dsn,
+        db,
+        transient_5xx_share=1.0,
+        transient_after_accept=True,
+        delivery_delay_min_s=30.0,
+        delivery_delay_max_s=30.0,
+    ) as r:
+        once = r.make_leg(
+            RcsClient(r.session, replace(platform_config(r.engine.config.rcs), max_attempts=1))
+        )
+        r.engine.dispatcher.rcs_leg = once
+        message_id = await r.send(CAPABLE, channel="rcs")
+        await r.engine.cycle()
+        await once.wait_idle()
+        row = await r.row(message_id)
+        assert (row["state"], row["leg"]) == ("queued", "rcs")
+        assert r.sim.counters.accepted_by_msg_id == {str(message_id): 1}
+        async with api(db, r.engine.config, r.clock, r.engine.lifecycle, once.revoke) as (
+            base,
+            http,
+            _,
+        ):
+            status, view, _ = await call(http, "POST", f"{base}/v1/messages/{message_id}/cancel")
+        assert status == 200, view
+        assert view["state"] == "cancelled"
+        assert r.sim.counters.revoked_msg_ids == {str(message_id): 1}
+        # The retry never comes.
+        r.clock.advance(SEND_RETRY_S + 60)
+        await r.engine.cycle()
+        await once.wait_idle()
+        assert r.sim.counters.accepted_by_msg_id == {str(message_id): 1}
+        assert (await r.row(message_id))["not_before"] >= T0 + timedelta(seconds=SEND_RETRY_S)

@@ -55,12 +55,21 @@ def test_a_cancel_stops_only_what_no_carrier_has(state: State) -> None:
 
 def test_after_a_revoke() -> None:
     for answer in ("revoked", "not_found"):
-        move = after_revoke(7, answer, {"answer": answer})
-        assert isinstance(move, Move) and move.dst is State.CANCELLED
-    delivered = after_revoke(7, "already_delivered", {})
+        for src in (State.RCS_SENT, State.QUEUED):
+            move = after_revoke(7, src, answer, {"answer": answer})
+            assert isinstance(move, Move) and (move.src, move.dst) == (src, State.CANCELLED)
+    delivered = after_revoke(7, State.RCS_SENT, "already_delivered", {})
     assert isinstance(delivered, Refused) and not delivered.retry
-    error = after_revoke(7, "error", {})
-    assert isinstance(error, Refused) and error.retry
+    error = after_revoke(7, State.QUEUED, "error", {})
+    assert isinstance(error, Refused) and error.retry and error.state is State.QUEUED
+
+
+def test_a_queued_plus_message_is_revoked_first() -> None:
+    # It may be a send retried after a lost answer: the platform may hold it.
+    assert isinstance(decide_cancel(7, State.QUEUED, "rcs"), RevokeFirst)
+    assert isinstance(decide_cancel(7, State.QUEUED, "rcs", can_revoke=False), Move)
+    assert isinstance(decide_cancel(7, State.QUEUED, "sms"), Move)
+    assert isinstance(decide_cancel(7, State.SCHEDULED, "rcs"), Move)
 
 
 def _hash(item: dict[str, object]) -> bytes:

@@ -3,9 +3,12 @@
 A cancel may stop only what has not reached a handset's carrier:
 
     scheduled, queued   -> cancelled at once
-    rcs_sent            -> revoke at the +Message platform first; revoked (or
-                           unknown to it) -> cancelled; "already delivered"
-                           -> refused, the message stays as it is
+    queued on the +Message leg, rcs_sent
+                        -> revoke at the +Message platform first (a queued
+                           +Message may be a send retried after an answer
+                           that was lost: the platform may hold it); revoked
+                           (or unknown to it) -> cancelled; "already
+                           delivered" -> refused, the message stays as it is
     dispatching         -> refused for now: a daemon holds it under a lease
                            and may be handing it to the platform this very
                            moment (ask again shortly)
@@ -49,8 +52,15 @@ class RevokeFirst:
 CancelDecision = Move | Refused | RevokeFirst
 
 
-def decide_cancel(message_id: int, state: State) -> CancelDecision:
-    """The cancel of a message in `state`."""
+def decide_cancel(
+    message_id: int, state: State, leg: str = "sms", can_revoke: bool = True
+) -> CancelDecision:
+    """The cancel of a message in `state` on `leg`; `can_revoke`: this
+    daemon reaches a +Message platform (without one, nothing of ours can be
+    there unless the configuration changed, and a queued message is
+    cancelled as it is)."""
+    if state is State.QUEUED and leg == "rcs" and can_revoke:
+        return RevokeFirst(state)
     if state in (State.SCHEDULED, State.QUEUED):
         return Move(
             message_id,
@@ -70,21 +80,22 @@ def decide_cancel(message_id: int, state: State) -> CancelDecision:
 
 
 def after_revoke(
-    message_id: int, answer: RevokeAnswer, revoke_detail: dict[str, Any]
+    message_id: int, src: State, answer: RevokeAnswer, revoke_detail: dict[str, Any]
 ) -> Move | Refused:
-    """An rcs_sent message's cancel once the platform answered the revoke."""
+    """The cancel of a message decided in `src` (RevokeFirst) once the
+    platform answered the revoke."""
     if answer in ("revoked", "not_found"):
         return Move(
             message_id,
-            State.RCS_SENT,
+            src,
             State.CANCELLED,
             Event.CANCELLED,
             reason=CANCELLED_BY_SENDER,
             detail={"by": "sender", "revoke": revoke_detail},
         )
     if answer == "already_delivered":
-        return Refused(State.RCS_SENT, "the +Message platform says it was already delivered")
-    return Refused(State.RCS_SENT, "the +Message platform did not answer the revoke", retry=True)
+        return Refused(src, "the +Message platform says it was already delivered")
+    return Refused(src, "the +Message platform did not answer the revoke", retry=True)
 
 
 CancelResult = Literal["cancelled", "not_found", "refused", "revoke_failed", "not_configured"]

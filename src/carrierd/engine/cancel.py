@@ -57,11 +57,13 @@ class Canceller:
             if row is None:
                 return CancelOutcome("not_found")
             state = State(row["state"])
-            decision = decide_cancel(message_id, state)
+            decision = decide_cancel(
+                message_id, state, row["leg"], can_revoke=self._revoke is not None
+            )
             if isinstance(decision, Refused):
                 return _refused(decision)
             if isinstance(decision, RevokeFirst):
-                outcome = await self._revoke_then_decide(account_id, message_id)
+                outcome = await self._revoke_then_decide(account_id, message_id, state)
                 if outcome is None:
                     continue  # the message moved meanwhile: decide again
                 if isinstance(outcome, CancelOutcome):
@@ -76,12 +78,12 @@ class Canceller:
         )
 
     async def _revoke_then_decide(
-        self, account_id: str, message_id: int
+        self, account_id: str, message_id: int, state: State
     ) -> Move | CancelOutcome | None:
         if self._revoke is None:
             return CancelOutcome(
                 "not_configured",
-                State.RCS_SENT,
+                state,
                 "+Message is not configured on this daemon: it cannot revoke",
                 retry=True,
             )
@@ -91,6 +93,7 @@ class Canceller:
             message_id,
             account_id,
             now + timedelta(seconds=REVOKE_RETRY_S),
+            state,
         )
         if held is None:
             return None
@@ -98,7 +101,7 @@ class Canceller:
         detail: dict[str, object] = {"answer": answer.kind}
         if answer.http_status is not None:
             detail["http_status"] = answer.http_status
-        decision = after_revoke(message_id, answer.kind, detail)
+        decision = after_revoke(message_id, state, answer.kind, detail)
         if isinstance(decision, Refused):
             log.info(
                 "message_cancel_refused",

@@ -118,12 +118,19 @@ ON CONFLICT ((raw ->> 'msgId')) WHERE channel = 'rcs' DO NOTHING
 RETURNING id;
 
 -- name: rcs_hold_for_cancel
--- A sender's cancel of an rcs_sent message revokes it before moving it:
--- while that revoke is out, its fallback and expiry timers wait until $3
--- (they would revoke too, and start the SMS or expire it), like their own
--- claims do. Nothing when the message is no longer rcs_sent.
+-- A sender's cancel of a +Message the platform may hold (rcs_sent, or
+-- queued again after a send whose answer was lost) revokes it before moving
+-- it. While that revoke is out, what would act on the message waits until
+-- $3, like the timers' own claims: the fallback and expiry of an rcs_sent
+-- one (they would revoke too, and start the SMS or expire it), the
+-- dispatcher for a queued one (it would send it again). Nothing when the
+-- message is no longer in the state $4 the cancel read.
 UPDATE messages
-   SET fallback_at = CASE WHEN fallback_at IS NOT NULL THEN greatest(fallback_at, $3) END,
-       expires_at = greatest(expires_at, $3)
- WHERE id = $1 AND account_id = $2 AND state = 'rcs_sent'
+   SET fallback_at = CASE WHEN state = 'rcs_sent' AND fallback_at IS NOT NULL
+                          THEN greatest(fallback_at, $3) ELSE fallback_at END,
+       expires_at = CASE WHEN state = 'rcs_sent' THEN greatest(expires_at, $3)
+                         ELSE expires_at END,
+       not_before = CASE WHEN state = 'queued' THEN greatest(not_before, $3)
+                         ELSE not_before END
+ WHERE id = $1 AND account_id = $2 AND state = $4::text
 RETURNING id;
