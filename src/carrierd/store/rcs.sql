@@ -125,12 +125,13 @@ RETURNING id;
 -- one (they would revoke too, and start the SMS or expire it), the
 -- dispatcher for a queued one (it would send it again). Nothing when the
 -- message is no longer in the state $4 the cancel read.
+-- (The row is in state $4 when it is updated at all, so $4 says which.)
 UPDATE messages
-   SET fallback_at = CASE WHEN state = 'rcs_sent' AND fallback_at IS NOT NULL
+   SET fallback_at = CASE WHEN $4::text = 'rcs_sent' AND fallback_at IS NOT NULL
                           THEN greatest(fallback_at, $3) ELSE fallback_at END,
-       expires_at = CASE WHEN state = 'rcs_sent' THEN greatest(expires_at, $3)
+       expires_at = CASE WHEN $4::text = 'rcs_sent' THEN greatest(expires_at, $3)
                          ELSE expires_at END,
-       not_before = CASE WHEN state = 'queued' THEN greatest(not_before, $3)
+       not_before = CASE WHEN $4::text = 'queued' THEN greatest(not_before, $3)
                          ELSE not_before END
  WHERE id = $1 AND account_id = $2 AND state = $4::text
 RETURNING id;
