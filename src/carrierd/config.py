@@ -66,6 +66,20 @@ _ROUTE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 # national number (0120...) or a carrier short code (SoftBank's 249200).
 _FIXED_NUMBER = re.compile(r"\+?[0-9]{3,20}")
 
+# What an API token may do (http/app.py `authenticate`): send and cancel
+# messages, read their status, read billing and the delivery log, manage the
+# opt-out list; `admin` holds every scope (and will manage users).
+SCOPES: tuple[str, ...] = ("send", "read", "reports", "optouts", "admin")
+ALL_SCOPES: frozenset[str] = frozenset(SCOPES)
+# The roles of a KMC company's users, as scopes. A general user prepares
+# drafts, which carrierd does not hold: it may only read.
+ROLES: Mapping[str, frozenset[str]] = {
+    "company_admin": frozenset({"admin"}),
+    "senior_manager": frozenset({"send", "read", "reports", "optouts"}),
+    "manager": frozenset({"send", "read"}),
+    "general_user": frozenset({"read"}),
+}
+
 ConcatMode = Literal["udh8", "udh16", "sar", "payload"]
 MessageIdStyle = Literal["as_is", "hex", "decimal"]
 BindMode = Literal["transceiver", "pair"]
@@ -124,6 +138,9 @@ class RcsBotConfig:
 class AccountConfig:
     account_id: str
     token_sha256: tuple[bytes, ...]
+    # The scopes of each token given in `api_tokens`; a token listed in
+    # `tokens` or `token_sha256` holds every scope.
+    api_tokens: Mapping[bytes, frozenset[str]] = field(default_factory=dict)
     rate_per_hour: float = 40_000.0
     burst: int = 100
     count_parts: bool = False
@@ -302,10 +319,15 @@ class Config:
         return self.rcs_bots.get(self.rcs.bot_id) if self.rcs.bot_id else None
 
     def account_for_token(self, token: str) -> AccountConfig | None:
+        access = self.access_for_token(token)
+        return None if access is None else access[0]
+
+    def access_for_token(self, token: str) -> tuple[AccountConfig, frozenset[str]] | None:
+        """The token's account and scopes, or None for an unknown token."""
         digest = hash_token(token)
         for account in self.accounts.values():
             if digest in account.token_sha256:
-                return account
+                return account, account.api_tokens.get(digest, ALL_SCOPES)
         return None
 
 
@@ -609,8 +631,13 @@ def _parse_account(problems: list[str], account_id: str, raw: Mapping[str, Any])
             r.problem("token_sha256", f"not a SHA-256 hex digest: {hex_digest!r}")
         else:
             tokens.append(digest)
+    api_tokens = _parse_api_tokens(r)
+    tokens.extend(d for d in api_tokens if d not in tokens)
     if not tokens:
-        r.problem("tokens", "an account needs at least one API token (tokens or token_sha256)")
+        r.problem(
+            "tokens",
+            "an account needs at least one API token (tokens, token_sha256 or api_tokens)",
+        )
     senders = r.table_of("senders")
     for carrier, sender in senders.items():
         if carrier not in CARRIERS:
@@ -635,6 +662,7 @@ def _parse_account(problems: list[str], account_id: str, raw: Mapping[str, Any])
     account = AccountConfig(
         account_id=account_id,
         token_sha256=tuple(tokens),
+        api_tokens=api_tokens,
         rate_per_hour=r.number("rate_per_hour", 40_000.0, minimum=1.0),
         burst=r.integer("burst", 100, minimum=1),
         count_parts=r.boolean("count_parts", False),
@@ -768,6 +796,58 @@ def _rcs_bots(
             f"rcs.token: a bearer token or oauth_token_url is required ({how_to_set('rcs.token')})"
         )
     return bots
+
+
+def _parse_api_tokens(r: _Reader) -> dict[bytes, frozenset[str]]:
+    """`[[accounts.X.api_tokens]]`: a token (`sha256` hex digest, or plain
+    `token` for a demo) with its `role` (ROLES) or its `scopes` (SCOPES)."""
+    result: dict[bytes, frozenset[str]] = {}
+    entries = r.get("api_tokens", list, [])
+    for i, entry in enumerate(entries):
+        path = f"api_tokens[{i}]"
+        if not isinstance(entry, dict):
+            r.problem(path, "expected a table")
+            continue
+        e = _Reader(r.problems, entry, f"{r.path}.{path}")
+        e.string("name", "")
+        plain, hex_digest = e.string("token", ""), e.string("sha256", "")
+        digest = b""
+        if plain and hex_digest:
+            e.problem("token", "give token or sha256, not both")
+        elif plain:
+            digest = hash_token(plain)
+        elif hex_digest:
+            try:
+                digest = bytes.fromhex(hex_digest)
+            except ValueError:
+                digest = b""
+            if len(digest) != 32:
+                e.problem("sha256", f"not a SHA-256 hex digest: {hex_digest!r}")
+                digest = b""
+        else:
+            e.problem("sha256", "required (or token)")
+        role = e.string("role", "")
+        scopes = e.strings("scopes", ())
+        granted: frozenset[str] = frozenset()
+        if role and scopes:
+            e.problem("role", "give role or scopes, not both")
+        elif role:
+            if role not in ROLES:
+                e.problem("role", f"must be one of {', '.join(ROLES)}, not {role!r}")
+            granted = ROLES.get(role, frozenset())
+        elif scopes:
+            unknown = [s for s in scopes if s not in SCOPES]
+            if unknown:
+                e.problem("scopes", f"unknown scope {unknown[0]!r} (one of {', '.join(SCOPES)})")
+            granted = frozenset(s for s in scopes if s in SCOPES)
+        else:
+            e.problem("role", "required (or scopes)")
+        e.finish()
+        if digest:
+            if digest in result:
+                e.problem("sha256", "the same token is listed twice")
+            result[digest] = granted
+    return result
 
 
 def _parse_networks(reader: _Reader, key: str) -> tuple[IPNetwork, ...]:

@@ -43,6 +43,7 @@ from carrierd.channels.types import InboundSms, Receipt
 from carrierd.config import Config, ConfigError, load_config
 from carrierd.domain.clock import Clock, SystemClock
 from carrierd.domain.netpolicy import IPNetwork
+from carrierd.engine.cancel import Canceller
 from carrierd.engine.dispatcher import Dispatcher
 from carrierd.engine.inbound import Inbound
 from carrierd.engine.leases import Leases, lease_owner_for
@@ -116,6 +117,12 @@ class Daemon:
             readiness=self._readiness,
             metrics=self.metrics,
             webhook_sink=self._rcs_leg,
+            canceller=Canceller(
+                self.db,
+                self.lifecycle,
+                self.clock,
+                revoke=self._rcs_leg.revoke if self._rcs_leg is not None else None,
+            ),
         )
         self._api_state = api_state
         for component in self._components:

@@ -11,6 +11,8 @@ Two kinds of error, on purpose:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -68,6 +70,39 @@ class Rejection:
     index: int
     field: str
     reason: str
+    # "invalid_field", or "idempotency_conflict" for a client_ref that
+    # another item of the same request uses for other content.
+    code: str = "invalid_field"
+
+
+# What "the same message" means for idempotency: these columns of the
+# validated row, each as intake normalized it (the number in E.164, the text
+# as it will be sent, +Message content in its canonical JSON, the carrier
+# list sorted, send_at as an instant). Spelling a number nationally or in
+# E.164, or reordering JSON keys, is the same content; anything that would
+# make a different message is not.
+CONTENT_COLUMNS: tuple[str, ...] = (
+    "channel",
+    "msisdn",
+    "sms_text",
+    "rcs_content",
+    "carrier_named",
+    "carriers_allowed",
+    "callback_url",
+    "callback_every_change",
+    "send_at",
+)
+
+
+def request_sha256(row: dict[str, Any]) -> bytes:
+    """The content hash of a validated intake row (CONTENT_COLUMNS)."""
+    send_at = row["send_at"]
+    content = {column: row[column] if column != "send_at" else None for column in CONTENT_COLUMNS}
+    # One instant has many ISO spellings (offsets, fractions): use its
+    # microseconds since the epoch.
+    content["send_at"] = None if send_at is None else round(send_at.timestamp() * 1_000_000)
+    canonical = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).digest()
 
 
 @dataclass(frozen=True)
@@ -311,10 +346,23 @@ def validate_batch(
         except _ItemRejected as exc:
             rejected.append(Rejection(index, exc.field, exc.reason))
             continue
+        row["request_sha256"] = request_sha256(row)
         ref = row["client_ref"]
         if ref is not None and ref in seen_refs:
-            # The same reference twice in one batch is one message.
+            # The same reference twice in one batch is one message, if it
+            # is the same content.
             first = seen_refs[ref]
+            if rows[first]["request_sha256"] != row["request_sha256"]:
+                rejected.append(
+                    Rejection(
+                        index,
+                        "client_ref",
+                        f"conflict: item {indexes[first]} of this request uses this "
+                        "client_ref for other content",
+                        "idempotency_conflict",
+                    )
+                )
+                continue
             rows.append(rows[first])
         elif ref is not None:
             seen_refs[ref] = len(rows)

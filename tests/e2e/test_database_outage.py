@@ -347,7 +347,7 @@ async def test_daemon_rides_out_restarts_and_an_outage(
                 assert r.status == 503
                 assert int(r.headers["Retry-After"]) >= 1
                 assert r.content_type == "application/json"
-                assert (await r.json())["error"] == "database unavailable"
+                assert (await r.json())["error"]["code"] == "database_unavailable"
             status, body = await get_json(
                 http, f"{daemon.base}/v1/messages/1", headers={"Authorization": "Bearer acme-token"}
             )
@@ -373,7 +373,7 @@ async def test_daemon_rides_out_restarts_and_an_outage(
             await producing
         assert 503 in producer.statuses
         headers, body = producer.unavailable[0]
-        assert "Retry-After" in headers and body["error"] == "database unavailable"
+        assert "Retry-After" in headers and body["error"]["code"] == "database_unavailable"
 
         accepted = len(producer.accepted_refs)
         for _ in range(600):

@@ -8,6 +8,7 @@ import asyncio
 import re
 import signal
 import socket
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
@@ -101,6 +102,22 @@ async def test_systemd_lifecycle_and_metrics(dsn: str, db: Database, tmp_path: P
                 f"{daemon.base}/v1/messages", json={"messages": items}, headers=headers
             ) as resp:
                 assert resp.status == 202
+            # The daemon wires the cancel to its engine: a scheduled message
+            # is cancelled through the lifecycle writer.
+            send_at = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+            later = {"to": "09011112222", "sms": {"text": "予約"}, "send_at": send_at}
+            async with http.post(
+                f"{daemon.base}/v1/messages", json={"messages": [later]}, headers=headers
+            ) as resp:
+                [scheduled] = (await resp.json())["accepted"]
+            async with http.post(
+                f"{daemon.base}/v1/messages/{scheduled['id']}/cancel", headers=headers
+            ) as resp:
+                assert resp.status == 200
+                assert (await resp.json())["state"] == "cancelled"
+            async with http.get(f"{daemon.base}/v1/openapi.json") as resp:
+                assert resp.status == 200
+                assert (await resp.json())["openapi"].startswith("3.1")
             async with http.get(f"{daemon.base}/metrics") as resp:
                 exposition = await resp.text()
             count = (await db.call_raw("SELECT count(*) AS n FROM messages"))[0]["n"]

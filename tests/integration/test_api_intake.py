@@ -115,7 +115,7 @@ async def test_malformed_requests_get_400_naming_the_field_and_write_nothing(
                 headers={**auth("acme-token"), "Content-Type": "application/json"},
             )
             assert resp.status == 400, payload
-            assert (await resp.json())["field"] == field
+            assert (await resp.json())["error"]["field"] == field
         count = await db.call_raw("SELECT count(*) AS n FROM messages")
         assert count[0]["n"] == 0
 
@@ -126,7 +126,7 @@ async def test_request_size_limit(dsn: str, db: Database) -> None:
         big = {"messages": [{"to": "09012345678", "sms": {"text": "a" * 600}}] * 10}
         resp = await http.post(f"{base}/v1/messages", json=big, headers=auth("acme-token"))
         assert resp.status == 413
-        assert (await resp.json())["field"] == "body"
+        assert (await resp.json())["error"]["field"] == "body"
 
 
 async def test_scheduled_send_is_stored_as_scheduled(dsn: str, db: Database) -> None:

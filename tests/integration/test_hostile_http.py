@@ -155,7 +155,7 @@ async def test_an_unreadable_body_is_400_naming_the_body(
     async with server(dsn, db) as (base, _, _, _):
         status, result = await post_raw(base, body)
     assert status == 400, result
-    assert result["field"] in ("body", "messages[0]"), result
+    assert result["error"]["field"] in ("body", "messages[0]"), result
     assert await message_count(db) == 0
 
 
@@ -206,7 +206,7 @@ async def test_a_message_id_that_is_not_ascii_digits_is_400(
             http.get(f"{base}/v1/messages/{message_id}", headers=auth("acme-token")) as resp,
         ):
             assert resp.status == 400
-            assert (await resp.json())["field"] == "message_id"
+            assert (await resp.json())["error"]["field"] == "message_id"
 
 
 @pytest.mark.parametrize("client_ref", ["a\x00b", "x" * 129])
@@ -221,7 +221,7 @@ async def test_a_client_ref_query_that_cannot_be_stored_is_400(
         ) as resp,
     ):
         assert resp.status == 400
-        assert (await resp.json())["field"] == "client_ref"
+        assert (await resp.json())["error"]["field"] == "client_ref"
 
 
 async def test_rejections_make_one_metric_series_per_schema_field(dsn: str, db: Database) -> None:

@@ -22,6 +22,8 @@ ACCOUNT_ROUTES = {
     ("GET", "/v1/messages"),
     ("GET", "/v1/messages/export"),
     ("GET", "/v1/messages/{message_id}"),
+    ("POST", "/v1/messages/{message_id}/cancel"),
+    ("GET", "/v1/openapi.json"),
     ("GET", "/v1/billing"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),

@@ -81,10 +81,16 @@ async def test_missing_or_wrong_signature_is_401_counted_and_not_applied(
     ) as (base, http):
         resp = await http.post(f"{base}{WEBHOOK_PATH}", data=body)
         assert resp.status == 401
-        assert await resp.json() == {"error": "missing_signature"}
+        assert (await resp.json())["error"] == {
+            "code": "webhook_unauthorized",
+            "message": "missing_signature",
+        }
         resp = await http.post(f"{base}{WEBHOOK_PATH}", data=body, headers=forged)
         assert resp.status == 401
-        assert await resp.json() == {"error": "bad_signature"}
+        assert (await resp.json())["error"] == {
+            "code": "webhook_unauthorized",
+            "message": "bad_signature",
+        }
     assert sink.events == []
     assert rejected_count(metrics, "missing_signature") == 1
     assert rejected_count(metrics, "bad_signature") == 1
@@ -100,10 +106,18 @@ async def test_an_unreadable_body_is_400_counted_and_not_applied(dsn: str, db: D
     ) as (base, http):
         resp = await http.post(f"{base}{WEBHOOK_PATH}", data=not_json, headers=headers)
         assert resp.status == 400
-        assert await resp.json() == {"error": "malformed_json"}
+        assert (await resp.json())["error"] == {
+            "code": "malformed_body",
+            "message": "malformed_json",
+            "field": "body",
+        }
         resp = await http.post(f"{base}{WEBHOOK_PATH}", data=unknown_body, headers=unknown_headers)
         assert resp.status == 400
-        assert await resp.json() == {"error": "unknown_shape"}
+        assert (await resp.json())["error"] == {
+            "code": "malformed_body",
+            "message": "unknown_shape",
+            "field": "body",
+        }
     assert sink.events == []
     assert rejected_count(metrics, "malformed_json") == 1
     assert rejected_count(metrics, "unknown_shape") == 1

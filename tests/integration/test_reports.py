@@ -240,13 +240,13 @@ async def test_billing_report_matches_the_messages(dsn: str, db: Database) -> No
                 f"{base}/v1/billing", params={"month": bad}, headers=auth("acme-token")
             )
             assert response.status == 400
-            assert (await response.json())["field"] == "month"
+            assert (await response.json())["error"]["field"] == "month"
         response = await http.get(
             f"{base}/v1/billing",
             params={"month": "2026-11", "format": "xml"},
             headers=auth("acme-token"),
         )
-        assert response.status == 400 and (await response.json())["field"] == "format"
+        assert response.status == 400 and (await response.json())["error"]["field"] == "format"
         response = await http.get(f"{base}/v1/billing", params={"month": "2026-11"})
         assert response.status == 401
 
@@ -380,7 +380,7 @@ async def test_export_refuses_bad_ranges(dsn: str, db: Database) -> None:
                 f"{base}/v1/messages/export", params=params, headers=auth("acme-token")
             )
             assert response.status == 400, params
-            assert (await response.json())["field"] == field, params
+            assert (await response.json())["error"]["field"] == field, params
         response = await http.get(
             f"{base}/v1/messages/export",
             params={"from": start.isoformat(), "to": (start + timedelta(days=93)).isoformat()},

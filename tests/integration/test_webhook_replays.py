@@ -124,7 +124,10 @@ async def test_a_hostile_signed_body_is_400_and_stores_nothing(
 ) -> None:
     async with rig(dsn, db) as r:
         headers = webhook_headers(body, WEBHOOK_SECRET, r.clock.now())
-        assert await post(r, body, headers) == (400, {"error": reason})
+        assert await post(r, body, headers) == (
+            400,
+            {"error": {"code": "malformed_body", "message": reason, "field": "body"}},
+        )
         assert await db.call_raw("SELECT id FROM inbound_messages") == []
 
 

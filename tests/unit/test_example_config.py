@@ -54,7 +54,11 @@ def test_example_loads_with_production_values() -> None:
     assert config.carriers["docomo"].receipt_timeout_s == 72 * 3600
     assert config.rcs.enabled and config.rcs.webhook_secret == "webhook-secret"
     acme = config.accounts["acme"]
-    assert len(acme.token_sha256) == 2
+    assert len(acme.token_sha256) == 4  # two with every scope, two with a role
+    assert set(acme.api_tokens.values()) == {
+        frozenset({"read", "reports"}),
+        frozenset({"send", "read"}),
+    }
     assert acme.senders["softbank"] == "249200"
     assert acme.resend.quiet_window is not None
     assert acme.callback_secret

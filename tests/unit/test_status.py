@@ -62,6 +62,7 @@ def test_a_delivered_sms() -> None:
         "channel": "sms",
         "leg": "sms",
         "state": "delivered",
+        "status": 2,
         "reason": None,
         "to": "+819012345678",
         "carrier": "docomo",

@@ -16,6 +16,42 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from carrierd.domain.states import State
+
+# DOMAIN §10's numbered statuses.
+STATUS_UNKNOWN = 0
+STATUS_SENDING = 1
+STATUS_DELIVERED = 2
+STATUS_FAILED = 3
+
+_STATUS_OF_STATE: Mapping[State, int] = {
+    # Not started yet, and may still change.
+    State.SCHEDULED: STATUS_UNKNOWN,
+    State.QUEUED: STATUS_UNKNOWN,
+    State.DISPATCHING: STATUS_UNKNOWN,
+    # Handed to a carrier or the +Message platform, no final answer yet.
+    State.SENDING: STATUS_SENDING,
+    State.SUBMITTED: STATUS_SENDING,
+    State.RCS_SENT: STATUS_SENDING,
+    State.DELIVERED: STATUS_DELIVERED,
+    # Will never reach the handset: §10's "plus expired, discarded/cancelled
+    # and rejected" are failures by number, told apart by `state`.
+    State.FAILED: STATUS_FAILED,
+    State.EXPIRED: STATUS_FAILED,
+    State.CANCELLED: STATUS_FAILED,
+    State.SKIPPED: STATUS_FAILED,
+    State.REJECTED: STATUS_FAILED,
+    # The carrier never revealed the outcome: a late receipt may still settle it.
+    State.UNKNOWN: STATUS_UNKNOWN,
+}
+
+
+def status_number(state: State | str) -> int:
+    """The §10 status number (0 unknown, 1 sending, 2 delivered, 3 failed)
+    of a carrierd state."""
+    return _STATUS_OF_STATE[State(state)]
+
+
 # What a row must carry; the engine's transition rows feed the callbacks, so
 # a column missing there shows up as a KeyError in its tests, not as a
 # silently absent field in a receiver's payload.
@@ -69,6 +105,7 @@ def status_document(message: Mapping[str, Any]) -> dict[str, Any]:
         "channel": message["channel"],
         "leg": message["leg"],
         "state": message["state"],
+        "status": status_number(message["state"]),
         "reason": (
             {"code": reason_code, "text": reason_text} if reason_code or reason_text else None
         ),

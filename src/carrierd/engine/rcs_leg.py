@@ -639,6 +639,13 @@ class RcsLeg:
         self._observe(effects)
         return done
 
+    async def revoke(self, account_id: str, message_id: int) -> RevokeOutcome:
+        """One revoke for a sender's cancel, through the account's official
+        account and within the leg's request limit; what it does to the
+        message is the caller's (engine/cancel.py)."""
+        [outcome] = await self._revoke_all([{"id": message_id, "account_id": account_id}])
+        return outcome
+
     async def _revoke_all(self, rows: Sequence[Row]) -> list[RevokeOutcome]:
         config = self._config()
 

@@ -35,6 +35,7 @@ import structlog
 from aiohttp import web
 
 from carrierd.config import HttpConfig
+from carrierd.http.app import error_body
 from carrierd.telemetry import Metrics
 
 log = structlog.get_logger("carrierd.http.limits")
@@ -191,10 +192,11 @@ class ConnectionGuard:
     async def _body_timed_out(self, request: web.Request) -> web.StreamResponse:
         self.count_closed("body_timeout")
         response = web.json_response(
-            {
-                "error": f"request body not received within {self.config.body_timeout_s:g} s",
-                "field": "body",
-            },
+            error_body(
+                "request_timeout",
+                f"request body not received within {self.config.body_timeout_s:g} s",
+                "body",
+            ),
             status=408,
         )
         response.force_close()

@@ -139,7 +139,7 @@ def _csv_text(rows: Iterable[Sequence[Any]]) -> str:
 
 async def get_billing(request: web.Request) -> web.Response:
     state = request.app[API_STATE]
-    account = authenticate(request)
+    account = authenticate(request, "reports")
     output_format = request.query.get("format")
     if output_format not in (None, "json", "csv"):
         return json_error(400, "format", "must be json or csv")
@@ -219,7 +219,7 @@ def _export_line(row: Row) -> tuple[Any, ...]:
 
 async def export_messages(request: web.Request) -> web.StreamResponse:
     state = request.app[API_STATE]
-    account = authenticate(request)
+    account = authenticate(request, "reports")
     bounds: dict[str, datetime] = {}
     for field in ("from", "to"):
         text = request.query.get(field)

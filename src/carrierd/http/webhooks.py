@@ -35,7 +35,7 @@ from carrierd.channels.rcs import (
     verify_and_parse_webhook,
 )
 from carrierd.config import RcsBotConfig
-from carrierd.http.app import API_STATE
+from carrierd.http.app import API_STATE, api_error
 
 log = structlog.get_logger("carrierd.http.webhooks")
 
@@ -71,12 +71,12 @@ async def receive_rcs_webhook(request: web.Request) -> web.Response:
         log.warning("rcs_webhook_unknown_bot", bot_id=bot_id, remote=request.remote)
         if state.metrics is not None:
             state.metrics.webhooks_rejected_total.labels("unknown_bot").inc()
-        return web.json_response({"error": "unknown_bot"}, status=404)
+        return api_error(404, "not_found", f"no +Message official account {bot_id!r}", "bot_id")
     body = await request.read()
     secret = bot.webhook_secret
     if not secret:
         log.error("rcs_webhook_without_secret")
-        return web.json_response({"error": "webhooks are not configured"}, status=503)
+        return api_error(503, "not_configured", "webhooks are not configured")
     try:
         event = verify_and_parse_webhook(
             body,
@@ -96,8 +96,10 @@ async def receive_rcs_webhook(request: web.Request) -> web.Response:
         )
         if state.metrics is not None:
             state.metrics.webhooks_rejected_total.labels(rejected.reason).inc()
-        status = 401 if rejected.reason in UNAUTHORIZED_REASONS else 400
-        return web.json_response({"error": rejected.reason}, status=status)
+        # The reason is the stable word (bad_signature, stale_timestamp...).
+        if rejected.reason in UNAUTHORIZED_REASONS:
+            return api_error(401, "webhook_unauthorized", rejected.reason)
+        return api_error(400, "malformed_body", rejected.reason, "body")
     if not await sink.apply_webhook(event, bot, webhook_event_key(body, bot.bot_id)):
         log.info("rcs_webhook_duplicate", remote=request.remote, body_bytes=len(body))
         if state.metrics is not None:

@@ -368,12 +368,19 @@ class Database:
     # -- intake -------------------------------------------------------------------
 
     async def insert_messages(
-        self, account_id: str, rows: Sequence[Mapping[str, Any]], now: datetime
+        self,
+        account_id: str,
+        rows: Sequence[Mapping[str, Any]],
+        now: datetime,
+        conflicts: dict[int, int] | None = None,
     ) -> dict[int, int]:
         """Insert validated messages; returns {row index: message id}.
 
         Rows whose client_ref the account already used map to the existing
-        message (idempotent retries); nothing else is written for them.
+        message (idempotent retries); nothing else is written for them. A
+        row whose `request_sha256` differs from the existing message's is
+        not a retry: it is left out of the result and put in `conflicts`
+        ({row index: existing id}) when given.
         """
         if not rows:
             return {}
@@ -414,6 +421,7 @@ class Database:
                     ids,
                     *columns.values(),
                     now,
+                    [row.get("request_sha256") for row in rows],
                 )
             }
             result: dict[int, int] = {}
@@ -429,6 +437,12 @@ class Database:
                 )
                 for r in found:
                     for index in missing_refs.get(r["client_ref"], []):
+                        wanted = rows[index].get("request_sha256")
+                        stored = r["request_sha256"]
+                        if wanted is not None and stored is not None and wanted != stored:
+                            if conflicts is not None:
+                                conflicts[index] = r["id"]
+                            continue
                         result[index] = r["id"]
             return result
 

@@ -25,30 +25,32 @@ FROM generate_series(1, $1::int);
 -- name: insert_messages
 -- One statement per intake batch: the rows and their 'accepted' events.
 -- A client_ref already taken by the account inserts nothing (idempotency);
--- the caller then reads the existing id with find_by_client_refs.
+-- the caller then reads the existing id with find_by_client_refs, and
+-- compares the content hashes (request_sha256) to tell a retry from a conflict.
 WITH input AS (
     SELECT *
     FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
                 $8::text[], $9::text[], $10::int[], $11::text[], $12::text[], $13::text[],
                 $14::text[], $15::boolean[], $16::timestamptz[], $17::timestamptz[],
-                $18::timestamptz[])
+                $18::timestamptz[], $20::bytea[])
          AS t(id, client_ref, channel, state, recipient_raw, msisdn, sms_text, sms_encoding,
               sms_parts, rcs_content, carrier_named, carriers_allowed, callback_url,
-              callback_every_change, send_at, not_before, expires_at)
+              callback_every_change, send_at, not_before, expires_at, request_sha256)
 ),
 inserted AS (
     INSERT INTO messages (
         id, account_id, client_ref, channel, leg, state, recipient_raw, msisdn, validated,
         sms_text, sms_encoding, sms_parts, rcs_content, carrier_named, carriers_allowed,
         callback_url, callback_every_change, send_at, not_before, expires_at,
-        accepted_at, updated_at)
+        accepted_at, updated_at, request_sha256)
     OVERRIDING SYSTEM VALUE
     SELECT id, $1, client_ref, channel, CASE WHEN channel = 'sms' THEN 'sms' ELSE 'rcs' END,
            state, recipient_raw, msisdn, true, sms_text, sms_encoding, sms_parts,
            rcs_content::jsonb, carrier_named,
            CASE WHEN carriers_allowed IS NULL THEN NULL
                 ELSE string_to_array(carriers_allowed, ',') END,
-           callback_url, callback_every_change, send_at, not_before, expires_at, $19, $19
+           callback_url, callback_every_change, send_at, not_before, expires_at, $19, $19,
+           request_sha256
     FROM input
     ON CONFLICT (account_id, client_ref) WHERE client_ref IS NOT NULL DO NOTHING
     RETURNING id, state
@@ -60,7 +62,7 @@ logged AS (
 SELECT id FROM inserted;
 
 -- name: find_by_client_refs
-SELECT client_ref, id, sms_parts FROM messages
+SELECT client_ref, id, sms_parts, request_sha256 FROM messages
 WHERE account_id = $1 AND client_ref = ANY($2::text[]);
 
 -- name: get_message
@@ -72,8 +74,28 @@ SELECT id, account_id, client_ref, channel, leg, state, reason_code, reason_text
 FROM messages
 WHERE id = $1 AND account_id = $2;
 
--- name: get_message_by_client_ref
-SELECT id FROM messages WHERE account_id = $1 AND client_ref = $2;
+-- name: search_messages
+-- GET /v1/messages: one page of the account's messages, newest first, each
+-- filter applied only when given (NULL: any). Keyset pagination on
+-- (accepted_at, id) after the cursor ($9, $10): a message accepted while a
+-- client pages is newer than the cursor and never shifts a later page.
+-- Served by messages_by_account_time_id (and client_ref_unique).
+SELECT id, account_id, client_ref, channel, leg, state, reason_code, reason_text,
+       recipient_raw, msisdn, sms_parts, carrier, route, carriers_wrong, attempt, send_at,
+       expires_at, accepted_at, submitted_at, rcs_sent_at, final_at, updated_at,
+       sms_units, rcs_units
+FROM messages
+WHERE account_id = $1
+  AND ($2::text[] IS NULL OR state = ANY($2::text[]))
+  AND ($3::text IS NULL OR msisdn = $3)
+  AND ($4::timestamptz IS NULL OR accepted_at >= $4)
+  AND ($5::timestamptz IS NULL OR accepted_at < $5)
+  AND ($6::text IS NULL OR client_ref = $6)
+  AND ($7::text IS NULL OR channel = $7)
+  AND ($8::text IS NULL OR carrier = $8)
+  AND ($9::timestamptz IS NULL OR (accepted_at, id) < ($9, $10::bigint))
+ORDER BY accepted_at DESC, id DESC
+LIMIT $11;
 
 -- name: get_message_events
 SELECT at, kind, state, carrier, detail FROM message_events

@@ -119,3 +119,22 @@ INSERT INTO inbound_messages (account_id, channel, msisdn, to_address, text, pos
 VALUES ($1, 'rcs', $2, $3, $4, $5, $6, $7, $8::text::jsonb)
 ON CONFLICT ((raw ->> 'msgId')) WHERE channel = 'rcs' DO NOTHING
 RETURNING id;
+
+-- name: rcs_hold_for_cancel
+-- A sender's cancel of a +Message the platform may hold (rcs_sent, or
+-- queued again after a send whose answer was lost) revokes it before moving
+-- it. While that revoke is out, what would act on the message waits until
+-- $3, like the timers' own claims: the fallback and expiry of an rcs_sent
+-- one (they would revoke too, and start the SMS or expire it), the
+-- dispatcher for a queued one (it would send it again). Nothing when the
+-- message is no longer in the state $4 the cancel read.
+-- (The row is in state $4 when it is updated at all, so $4 says which.)
+UPDATE messages
+   SET fallback_at = CASE WHEN $4::text = 'rcs_sent' AND fallback_at IS NOT NULL
+                          THEN greatest(fallback_at, $3) ELSE fallback_at END,
+       expires_at = CASE WHEN $4::text = 'rcs_sent' THEN greatest(expires_at, $3)
+                         ELSE expires_at END,
+       not_before = CASE WHEN $4::text = 'queued' THEN greatest(not_before, $3)
+                         ELSE not_before END
+ WHERE id = $1 AND account_id = $2 AND state = $4::text
+RETURNING id;
