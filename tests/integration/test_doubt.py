@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from carrierd.channels.sms import SmppGateway
@@ -538,3 +538,25 @@ async def test_a_receipt_stays_waiting_when_its_chosen_part_learned_another_id(
     assert settled == []
     [waiting] = await db.call_raw("SELECT smsc_message_id FROM early_receipts")
     assert waiting["smsc_message_id"] == "e5f6"
+
+
+async def test_the_receipts_of_one_recipient_are_looked_at_together(dsn: str, db: Database) -> None:
+    """One is due for a look, the other came a moment ago: both are read, so
+    that a receipt whose text names its part is never left out while the
+    others take parts in part order."""
+    engine, _ = await sent_through_a_dropped_bind(dsn, db, ["あ" * 201])
+    clock = engine.clock
+    engine.recorder.receipt(late_receipt(clock, "b0b0", "?" * 20))
+    await engine.recorder.drain()
+    clock.advance(5)
+    engine.recorder.receipt(late_receipt(clock, "b1b1", "?" * 20))
+    await engine.recorder.drain()
+
+    async def looked_at(tx: Transaction) -> list[Row]:
+        now = clock.now()
+        return await tx.fetch("early_receipts_to_correlate", now - timedelta(seconds=2), now, 500)
+
+    assert sorted(r["smsc_message_id"] for r in await db.in_transaction(looked_at)) == [
+        "b0b0",
+        "b1b1",
+    ]

@@ -190,3 +190,20 @@ def test_a_receipt_does_not_take_a_part_whose_answer_may_still_come() -> None:
     assert match_receipts([(clues("Your code is 4321"), [part])]) == [Match(None, 0)]
     [later] = match_receipts([(clues("Your code is 4321"), [part._replace(answer_may_come=False)])])
     assert later.part is not None
+
+
+def test_a_receipt_that_shows_nothing_leaves_the_part_that_would_show_its_number() -> None:
+    """Part 1 starts with a visible number that its own receipt shows; a
+    receipt of ???? is one of the other parts' (a restart left all three in
+    doubt, and part 1's receipt may come a moment later)."""
+    texts = ("お知らせ 239 " + "あ" * 60, "い" * 67, "う" * 67)
+    parts = [Candidate(7, 1, n, SENT, t) for n, t in enumerate(texts, start=1)]
+    [vague] = match_receipts([(clues("?" * 20, second_look=True), parts)])
+    assert vague.part == parts[1]
+    specific, vague = match_receipts(
+        [
+            (clues(ascii_excerpt(texts[0]), second_look=True), parts),
+            (clues("?" * 20, second_look=True), parts),
+        ]
+    )
+    assert (specific.part, vague.part) == (parts[0], parts[1])

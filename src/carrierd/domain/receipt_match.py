@@ -36,7 +36,9 @@ together, and a Japanese text reads `????` in an ASCII receipt. Such a
 receipt waits for a second look, so that the receipts of the same message
 whose text does tell their part (part 1 often carries a visible number)
 take theirs first; on the second look the rest take that attempt's parts in
-part order, one part each, as long as they are no more than its parts.
+part order, one part each, as long as they are no more than its parts, the
+parts whose start would show in an ASCII receipt last. The receipts of one
+recipient are looked at together.
 
 No receipt takes a part that may still hear its submit_sm_resp (pending,
 or timed out so recently that a late answer is still awaited): the answer
@@ -136,6 +138,13 @@ def excerpt_is_whole(text_start: str | None, part_text: str) -> bool:
     return len(written) == len(text_start)
 
 
+def shows_in_ascii(part_text: str) -> bool:
+    """Whether the excerpt of this part an ASCII-only SMSC writes has a
+    character other than `?` and spaces: something that tells the part."""
+    excerpt = part_text.strip()[:RECEIPT_TEXT_CHARS]
+    return any(char.isascii() and char.isprintable() and char not in " ?" for char in excerpt)
+
+
 def fits(clues: ReceiptClues, part: Candidate, window: tuple[datetime, datetime]) -> bool:
     earliest, latest = window
     return earliest <= part.sent_at <= latest and text_fits(clues.text_start, part.text)
@@ -193,7 +202,12 @@ def match_receipts(
         taken: set[tuple[int, int, int]] = set()
         chosen: dict[int, Candidate] = {}
         for index in sorted(indexes, key=lambda i: (len(fitting[i]), receipts[i][0].received_at)):
-            free = sorted(key for key in fitting[index] if key not in taken)
+            # Parts whose start an ASCII receipt would show (a number, a
+            # name) last: their own receipt, likely still to come, says so.
+            free = sorted(
+                (key for key in fitting[index] if key not in taken),
+                key=lambda key: (shows_in_ascii(fitting[index][key].text), key),
+            )
             if not free:
                 break
             taken.add(free[0])

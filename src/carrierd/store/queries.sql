@@ -681,16 +681,26 @@ ON CONFLICT DO NOTHING;
 
 -- name: early_receipts_to_correlate
 -- Receipts that waited $1 and more without meeting a part by id, and were
--- not tried by their other clues since $2: oldest first, $3 at most. Rows
--- another daemon (or flush) holds are its own.
-SELECT carrier, smsc_message_id, stat, err, received_at, recipient_addr, submit_date,
-       text_start, ambiguous_at, checked_at
-FROM early_receipts
-WHERE received_at <= $1 AND recipient_addr IS NOT NULL
-  AND (checked_at IS NULL OR checked_at <= $2)
-ORDER BY received_at
-LIMIT $3
-FOR UPDATE SKIP LOCKED;
+-- not tried by their other clues since $2 (oldest first, $3 recipients at
+-- most), with every other receipt waiting for the same recipient at that
+-- carrier: the receipts of one message's parts are matched together, so
+-- that the one whose text names its part is never left out while the
+-- others take parts in part order. Rows another daemon (or flush) holds
+-- are its own.
+WITH due AS (
+    SELECT DISTINCT carrier, recipient_addr
+    FROM (SELECT carrier, recipient_addr FROM early_receipts
+          WHERE received_at <= $1 AND recipient_addr IS NOT NULL
+            AND (checked_at IS NULL OR checked_at <= $2)
+          ORDER BY received_at
+          LIMIT $3) AS oldest
+)
+SELECT e.carrier, e.smsc_message_id, e.stat, e.err, e.received_at, e.recipient_addr,
+       e.submit_date, e.text_start, e.ambiguous_at, e.checked_at
+FROM early_receipts e
+JOIN due d ON d.carrier = e.carrier AND d.recipient_addr = e.recipient_addr
+ORDER BY e.received_at
+FOR UPDATE OF e SKIP LOCKED;
 
 -- name: doubt_candidates
 -- For each receipt ($1: its index), the carrier's parts to its recipient
