@@ -12,6 +12,7 @@ import re
 import tomllib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -133,9 +134,25 @@ async def test_send_status_find_bill_and_refusals_through_the_daemon(
         "sms_units": 0,
         "rcs_units": 0,
         "reassigned_checks": 0,
+        "sms_units_by_route": {},
     }
     human = await cli("billing", "--month", "2026-11")
     assert re.search(r"^month\s+2026-11$", human.out, re.MULTILINE)
+
+    # Cancel, and find it by state, through the daemon's real routes.
+    next_week = (datetime.now(UTC) + timedelta(days=7)).isoformat()
+    later = await cli(
+        "send", "--to", "090-3333-4444", "--text", "来週のご案内", "--send-at", next_week
+    )
+    assert later.code == 0, later.err
+    later_id = later.out.splitlines()[2].split()[1]
+    cancelled = await cli("cancel", later_id, "--json")
+    assert cancelled.code == 0, cancelled.err
+    assert json.loads(cancelled.out)["state"] == "cancelled"
+    again = await cli("cancel", later_id)
+    assert again.code == 1 and " 409 " in again.err
+    by_state = await cli("messages", "--state", "cancelled", "--json")
+    assert [m["id"] for m in json.loads(by_state.out)["messages"]] == [later_id]
 
     # Refusals: one line on stderr and exit status 1.
     rejected = await cli("send", "--to", "12", "--text", "hello")
