@@ -68,20 +68,34 @@ class NetworkStandIn:
         if owner != carrier:
             return [
                 PartOutcome(
-                    i + 1,
+                    n,
                     "refused",
                     command_status=self.wrong_carrier_status,
                     bind_id=f"{carrier}-1",
                 )
-                for i in range(len(request.parts))
+                for n in request.numbers()
             ]
-        ids = [f"{next(self._ids)}" for _ in request.parts]
-        self.submitted.append(Submitted(self.clock.now(), carrier, request, ids))
+        ids = [f"{next(self._ids)}" for _ in request.numbers()]
+        earlier = next(
+            (
+                s
+                for s in reversed(self.submitted)
+                if (s.request.message_id, s.request.attempt, s.carrier)
+                == (request.message_id, request.attempt, carrier)
+            ),
+            None,
+        )
+        if earlier is not None and request.numbers()[0] > 1:
+            # The parts that followed an accepted part 1: one record per
+            # attempt, as if they had gone together.
+            earlier.smsc_ids.extend(ids)
+        else:
+            self.submitted.append(Submitted(self.clock.now(), carrier, request, ids))
         return [
             PartOutcome(
-                i + 1, "accepted", smsc_message_id=sid, command_status=0, bind_id=f"{carrier}-1"
+                n, "accepted", smsc_message_id=sid, command_status=0, bind_id=f"{carrier}-1"
             )
-            for i, sid in enumerate(ids)
+            for n, sid in zip(request.numbers(), ids, strict=True)
         ]
 
 

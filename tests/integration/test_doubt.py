@@ -36,7 +36,7 @@ class BindDropsInFlight(NetworkStandIn):
     async def submit(self, carrier: str, request: SmsRequest) -> list[PartOutcome]:
         return [
             PartOutcome(n, "unknown", bind_id=f"{carrier}-1", unknown_cause="bind_lost")
-            for n in range(1, len(request.parts) + 1)
+            for n in request.numbers()
         ]
 
 

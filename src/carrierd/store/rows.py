@@ -92,6 +92,7 @@ class AttemptRow(NamedTuple):
     last_resp_at: datetime | None
     learned_carrier: str | None
     unknown_cause: str | None  # of the first unknown part
+    carrier_named: str | None = None  # the carrier the sender named
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> AttemptRow:
@@ -120,6 +121,7 @@ class AttemptRow(NamedTuple):
             row["last_resp_at"],
             row["learned_carrier"],
             row["unknown_cause"],
+            row["carrier_named"],
         )
 
 
