@@ -29,11 +29,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 
 import aiohttp
 import asyncpg
 
 from bench.harness import daemon_process, free_port, fresh_database
+from carrierd.domain.allocation import allocated_carrier
 
 CARRIERS = ("docomo", "au", "softbank", "rakuten")
 RATE_PER_HOUR = 40_000
@@ -87,6 +89,19 @@ def daemon_toml(ports: dict[str, int], *, paced: bool) -> str:
 def blocks() -> list[str]:
     """Every 070/080/090 block of 100,000 numbers (`090-123`)."""
     return [f"0{prefix}{block:03d}" for prefix in (90, 80, 70) for block in range(100, 1000)]
+
+
+def allocation_coverage() -> str:
+    """How many blocks the built-in allocation gives one of our carriers."""
+    by_carrier = Counter(allocated_carrier(f"+81{block[1:]}00000") for block in blocks())
+    unknown = by_carrier.pop(None, 0)
+    total = len(blocks())
+    return (
+        f"{total - unknown} of {total} blocks of 070/080/090 "
+        f"({(total - unknown) / total:.1%}) map to one of the four carriers ("
+        + ", ".join(f"{c} {n}" for c, n in sorted(by_carrier.items(), key=str))
+        + f"), {unknown} to none"
+    )
 
 
 def new_numbers(count: int, offset: int) -> list[str]:
@@ -189,6 +204,7 @@ def main() -> None:
     )
     try:
         time.sleep(1.0)
+        print(f"guess: built-in allocation: {allocation_coverage()}")
         total = args.messages
         elapsed, f = run_daemon(ports, new_numbers(total, 0), args, paced=False)
         print(

@@ -155,6 +155,13 @@ async def test_a_dead_daemons_refused_part_is_rerouted_not_unknown(dsn: str, db:
     dead = await make_engine(
         config, db, clock, daemon_id="dead", network=StallingNetwork(clock, list(config.carriers))
     )
+    # Carriers confirmed for the numbers: both parts leave at once.
+    await db.call_raw(
+        "INSERT INTO carrier_learned (msisdn, carrier, learned_at)"
+        " SELECT '+81901111' || lpad(n::text, 4, '0'), 'docomo', $1"
+        " FROM generate_series(0, 2) AS n",
+        clock.now(),
+    )
     [refused, unsent, in_flight] = await enqueue(
         db,
         "acme",
