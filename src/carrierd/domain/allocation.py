@@ -13,11 +13,9 @@ Pure: a lookup in data the package carries, no I/O.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from typing import Final
-
-from phonenumbers import PhoneNumber
-from phonenumbers.carrier import name_for_valid_number
 
 # The names the allocation gives the carriers carrierd delivers to. Okinawa
 # Cellular is au in Okinawa (KDDI's; its subscribers are served by au's
@@ -36,5 +34,18 @@ def allocated_carrier(e164: str) -> str | None:
     """The carrier the number's block is allocated to, or None when the
     allocation names none of ours (an unallocated block, an MVNO).
     `e164` is canonical (`+819012345678`)."""
-    number = PhoneNumber(country_code=81, national_number=int(e164[3:]))
-    return ALLOCATION_NAMES.get(name_for_valid_number(number, "en"))
+    return ALLOCATION_NAMES.get(_lookup()(e164))
+
+
+@functools.cache
+def _lookup() -> Callable[[str], str]:
+    # Imported on first use: the allocation tables take a quarter of a
+    # second to load, which every CLI command and daemon start would pay.
+    from phonenumbers import PhoneNumber
+    from phonenumbers.carrier import name_for_valid_number
+
+    def name(e164: str) -> str:
+        number = PhoneNumber(country_code=81, national_number=int(e164[3:]))
+        return name_for_valid_number(number, "en")
+
+    return name
