@@ -93,17 +93,24 @@ ORDER BY attempt, part_no;
 -- `due`: messages never sent, each to spend a token of the account's rate;
 -- `again`: messages already sent once (a reroute after "not our
 -- subscriber", a retry, a resend), whose token is spent: the rate counts
--- messages, not attempts.
-SELECT a.account_id, d.due, d.again
+-- messages, not attempts. Each count reads only its index (no row is
+-- fetched): `due` is all due messages but those sent once.
+SELECT a.account_id, greatest(d.due - s.again, 0) AS due, s.again
 FROM accounts a
 CROSS JOIN LATERAL (
-    SELECT count(*) FILTER (WHERE capped.attempt = 0)::int AS due,
-           count(*) FILTER (WHERE capped.attempt > 0)::int AS again
-    FROM (SELECT m.attempt FROM messages m
+    SELECT count(*)::int AS due
+    FROM (SELECT 1 FROM messages m
           WHERE m.account_id = a.account_id AND m.state = 'queued' AND m.not_before <= $1
           LIMIT $2) AS capped
 ) AS d
-WHERE d.due + d.again > 0;
+CROSS JOIN LATERAL (
+    SELECT count(*)::int AS again
+    FROM (SELECT 1 FROM messages m
+          WHERE m.account_id = a.account_id AND m.state = 'queued' AND m.not_before <= $1
+            AND m.attempt > 0
+          LIMIT $2) AS capped
+) AS s
+WHERE d.due > 0;
 
 -- name: claim_due
 -- Lock up to quota[i] due messages of account[i] for this claim's
