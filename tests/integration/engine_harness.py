@@ -49,6 +49,8 @@ class NetworkStandIn:
     backlogged: bool = False  # what receipts_backlogged says
     # Unique across stand-ins, as tests may run several against one database.
     _ids: itertools.count[int] = field(default_factory=lambda: _SMSC_IDS)
+    # Part 1 sent alone, by (message, attempt, carrier): its rest joins it.
+    _part_one: dict[tuple[int, int, str], Submitted] = field(default_factory=dict)
 
     def carriers(self) -> Collection[str]:
         return self.carrier_names
@@ -76,21 +78,20 @@ class NetworkStandIn:
                 for n in request.numbers()
             ]
         ids = [f"{next(self._ids)}" for _ in request.numbers()]
-        earlier = next(
-            (
-                s
-                for s in reversed(self.submitted)
-                if (s.request.message_id, s.request.attempt, s.carrier)
-                == (request.message_id, request.attempt, carrier)
-            ),
-            None,
-        )
-        if earlier is not None and request.numbers()[0] > 1:
+        key = (request.message_id, request.attempt, carrier)
+        earlier = self._part_one.pop(key, None) if request.numbers()[0] > 1 else None
+        if earlier is not None:
             # The parts that followed an accepted part 1: one record per
             # attempt, as if they had gone together.
             earlier.smsc_ids.extend(ids)
-        else:
-            self.submitted.append(Submitted(self.clock.now(), carrier, request, ids))
+            return self._accepted(carrier, request, ids)
+        self.submitted.append(Submitted(self.clock.now(), carrier, request, ids))
+        if request.part_numbers == (1,):
+            self._part_one[key] = self.submitted[-1]
+        return self._accepted(carrier, request, ids)
+
+    @staticmethod
+    def _accepted(carrier: str, request: SmsRequest, ids: list[str]) -> list[PartOutcome]:
         return [
             PartOutcome(
                 n, "accepted", smsc_message_id=sid, command_status=0, bind_id=f"{carrier}-1"
