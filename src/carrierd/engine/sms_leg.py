@@ -84,11 +84,17 @@ class SmsLeg:
 
     @property
     def in_flight(self) -> int:
-        return len(self._in_flight)
+        """Submits under way. A message whose other parts wait for part 1's
+        outcome to be written holds no bind window and costs no work until
+        then: it does not count, or the write-behind's latency would hold
+        back claims of messages that could go at once."""
+        return len(self._in_flight) - len(self._releases)
 
     async def wait_for_slot(self, max_in_flight: int) -> None:
-        while len(self._in_flight) >= max_in_flight:
-            await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+        while self.in_flight >= max_in_flight:
+            await asyncio.wait(
+                self._in_flight, timeout=RELEASE_POLL_S, return_when=asyncio.FIRST_COMPLETED
+            )
 
     async def wait_idle(self) -> None:
         """Tests: wait for every spawned submit to finish. Parts waiting for
