@@ -16,6 +16,8 @@ BENCHES = [
     ["bench.e2e", "--daemons", "2", "--binds", "1"],
     # An SMSC that accepts 5 submits a second per bind: found and kept to?
     ["bench.throttle"],
+    # New numbers, 15% ported: first guesses, refused submits, the rate.
+    ["bench.guess"],
 ]
 
 

@@ -49,6 +49,8 @@ class NetworkStandIn:
     backlogged: bool = False  # what receipts_backlogged says
     # Unique across stand-ins, as tests may run several against one database.
     _ids: itertools.count[int] = field(default_factory=lambda: _SMSC_IDS)
+    # Part 1 sent alone, by (message, attempt, carrier): its rest joins it.
+    _part_one: dict[tuple[int, int, str], Submitted] = field(default_factory=dict)
 
     def carriers(self) -> Collection[str]:
         return self.carrier_names
@@ -68,20 +70,33 @@ class NetworkStandIn:
         if owner != carrier:
             return [
                 PartOutcome(
-                    i + 1,
+                    n,
                     "refused",
                     command_status=self.wrong_carrier_status,
                     bind_id=f"{carrier}-1",
                 )
-                for i in range(len(request.parts))
+                for n in request.numbers()
             ]
-        ids = [f"{next(self._ids)}" for _ in request.parts]
+        ids = [f"{next(self._ids)}" for _ in request.numbers()]
+        key = (request.message_id, request.attempt, carrier)
+        earlier = self._part_one.pop(key, None) if request.numbers()[0] > 1 else None
+        if earlier is not None:
+            # The parts that followed an accepted part 1: one record per
+            # attempt, as if they had gone together.
+            earlier.smsc_ids.extend(ids)
+            return self._accepted(carrier, request, ids)
         self.submitted.append(Submitted(self.clock.now(), carrier, request, ids))
+        if request.part_numbers == (1,):
+            self._part_one[key] = self.submitted[-1]
+        return self._accepted(carrier, request, ids)
+
+    @staticmethod
+    def _accepted(carrier: str, request: SmsRequest, ids: list[str]) -> list[PartOutcome]:
         return [
             PartOutcome(
-                i + 1, "accepted", smsc_message_id=sid, command_status=0, bind_id=f"{carrier}-1"
+                n, "accepted", smsc_message_id=sid, command_status=0, bind_id=f"{carrier}-1"
             )
-            for i, sid in enumerate(ids)
+            for n, sid in zip(request.numbers(), ids, strict=True)
         ]
 
 

@@ -258,7 +258,7 @@ async def test_a_cancel_racing_a_claim_waits_for_it_and_is_refused(dsn: str, db:
         async def claim(tx: Transaction) -> None:
             # The dispatcher's own claim statement: the row is locked until
             # this transaction, which marks it sending, commits.
-            rows = await tx.fetch("claim_due", NOW, ["acme"], [10])
+            rows = await tx.fetch("claim_due", NOW, ["acme"], [10], [0])
             assert [r["id"] for r in rows] == [message_id]
             claimed.set()
             await release.wait()

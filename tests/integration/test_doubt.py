@@ -36,7 +36,7 @@ class BindDropsInFlight(NetworkStandIn):
     async def submit(self, carrier: str, request: SmsRequest) -> list[PartOutcome]:
         return [
             PartOutcome(n, "unknown", bind_id=f"{carrier}-1", unknown_cause="bind_lost")
-            for n in range(1, len(request.parts) + 1)
+            for n in request.numbers()
         ]
 
 
@@ -69,10 +69,11 @@ async def sent_through_a_dropped_bind(
     engine = await make_engine(
         config, db, clock, network=BindDropsInFlight(clock, list(config.carriers))
     )
+    await confirm_docomo(db, clock)
     ids = await enqueue(
         db,
         "acme",
-        [{"to": TO, "sms": {"text": text}, "carrier": "docomo"} for text in texts],
+        [{"to": TO, "sms": {"text": text}} for text in texts],
         clock.now(),
         config,
     )
@@ -154,6 +155,13 @@ async def test_a_dead_daemons_refused_part_is_rerouted_not_unknown(dsn: str, db:
     config = resend_config(dsn)
     dead = await make_engine(
         config, db, clock, daemon_id="dead", network=StallingNetwork(clock, list(config.carriers))
+    )
+    # Carriers confirmed for the numbers: both parts leave at once.
+    await db.call_raw(
+        "INSERT INTO carrier_learned (msisdn, carrier, learned_at)"
+        " SELECT '+81901111' || lpad(n::text, 4, '0'), 'docomo', $1"
+        " FROM generate_series(0, 2) AS n",
+        clock.now(),
     )
     [refused, unsent, in_flight] = await enqueue(
         db,
@@ -411,7 +419,7 @@ class ResponsesTimeOut(NetworkStandIn):
     async def submit(self, carrier: str, request: SmsRequest) -> list[PartOutcome]:
         loop = asyncio.get_running_loop()
         outcomes = []
-        for n in range(1, len(request.parts) + 1):
+        for n in request.numbers():
             self.late[n] = loop.create_future()
             outcomes.append(
                 PartOutcome(
@@ -430,15 +438,25 @@ class ResponsesTimeOut(NetworkStandIn):
         )
 
 
+async def confirm_docomo(db: Database, clock: FakeClock) -> None:
+    """docomo confirmed for the recipient: every part leaves at once."""
+    await db.call_raw(
+        "INSERT INTO carrier_learned (msisdn, carrier, learned_at) VALUES ($1, 'docomo', $2)",
+        "+819011112222",
+        clock.now(),
+    )
+
+
 async def three_parts_timed_out(dsn: str, db: Database) -> tuple[Engine, ResponsesTimeOut, int]:
     clock = FakeClock(T0)
     config = resend_config(dsn)
     network = ResponsesTimeOut(clock, list(config.carriers))
     engine = await make_engine(config, db, clock, network=network)
+    await confirm_docomo(db, clock)
     [mid] = await enqueue(
         db,
         "acme",
-        [{"to": TO, "sms": {"text": "あ" * 201}, "carrier": "docomo"}],  # 3 UCS-2 parts
+        [{"to": TO, "sms": {"text": "あ" * 201}}],  # 3 UCS-2 parts
         clock.now(),
         config,
     )

@@ -84,7 +84,9 @@ async def test_rerouting_walks_every_carrier_and_learns_the_right_one(
         await engine.cycle()
     row = await state_of(db, mid)
     assert row["state"] == "submitted" and row["carrier"] == "rakuten"
-    assert row["carriers_wrong"] == ["docomo", "au", "softbank"]
+    # First the carrier of the number's block (090-444: au), then the
+    # default order.
+    assert row["carriers_wrong"] == ["au", "docomo", "softbank"]
     history = await db.call_raw(
         "SELECT kind, carrier FROM message_events WHERE message_id=$1 ORDER BY id", mid
     )
@@ -205,7 +207,9 @@ async def test_sql_feed_row_is_validated_at_claim(dsn: str, db: Database) -> Non
     assert row["state"] == "rejected" and "ip_phone" in row["reason_text"]
 
 
-async def test_only_deliveries_that_teach_the_resolver_are_learned(dsn: str, db: Database) -> None:
+async def test_only_deliveries_that_teach_the_resolver_something_are_learned(
+    dsn: str, db: Database
+) -> None:
     clock = FakeClock(T0)
     config = engine_config(
         dsn,
@@ -233,14 +237,18 @@ async def test_only_deliveries_that_teach_the_resolver_are_learned(dsn: str, db:
 
     await send_and_deliver(
         [
-            # The number range already says docomo: nothing to learn.
+            # The number range says docomo: the delivery confirms it, and
+            # the number's multipart messages then go whole.
             {"to": "09011112222", "sms": {"text": "x"}},
             # Named docomo against an au range: the resolver must learn it.
             {"to": "08033334444", "sms": {"text": "x"}, "carrier": "docomo"},
         ]
     )
     first = await learned()
-    assert {m: c for m, (c, _) in first.items()} == {"+818033334444": "docomo"}
+    assert {m: c for m, (c, _) in first.items()} == {
+        "+819011112222": "docomo",
+        "+818033334444": "docomo",
+    }
 
     clock.advance(60)
     # Learned docomo, delivered by docomo again: the row stays as it was.

@@ -211,3 +211,29 @@ async def test_a_hold_no_final_receipt_released_is_swept_after_its_recheck(
     clock.advance(2)
     await engine.settler.settle_once(clock.now())
     assert await holds() == []
+
+
+async def test_a_refusal_at_au_releases_the_held_message_at_once(dsn: str, db: Database) -> None:
+    """A refusal from au is not an arrival (§5 counts from the receipt of an
+    SMS that reached the handset): the message held behind a probe that au
+    refused ("not our subscriber") goes in the same instant, not after the
+    gate's 30 s re-check."""
+    clock = FakeClock(T0)
+    config = engine_config(dsn, {"engine": {"pacing": False}})
+    number = f"080{next(_numbers):08d}"
+    engine = await make_engine(config, db, clock, subscribers={"+81" + number[1:]: "softbank"})
+    [probe, held] = await enqueue(
+        db,
+        "acme",
+        [{"to": number, "sms": {"text": f"message {i}"}, "carrier": "au"} for i in range(2)],
+        clock.now(),
+        config,
+    )
+    await engine.cycle()  # the probe at au, refused; the second held behind it
+    rows = await db.call_raw("SELECT not_before FROM messages WHERE id = $1", held)
+    assert rows[0]["not_before"] == clock.now()
+    for _ in range(4):  # no time passes
+        await engine.cycle()
+    sent = [(s.request.message_id, s.carrier) for s in engine.network.submitted]
+    assert (held, "softbank") in sent, sent
+    assert (probe, "softbank") in sent, sent

@@ -154,7 +154,7 @@ async def test_a_dead_daemons_messages_are_never_resent_blindly(dsn: str, db: Da
     )
     with contextlib.suppress(DiedMidClaim):
         async with db.transaction() as tx:
-            held = await tx.fetch("claim_due", clock.now(), ["acme"], [10])
+            held = await tx.fetch("claim_due", clock.now(), ["acme"], [10], [0])
             assert [h["id"] for h in held] == [claimed_only]
             raise DiedMidClaim
     for task in list(dead.dispatcher.sms_leg._in_flight):

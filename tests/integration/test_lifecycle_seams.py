@@ -195,6 +195,12 @@ async def test_parts_still_waiting_when_their_attempt_failed_are_billed_when_del
     config = engine_config(dsn, {"engine": {"pacing": False, "submitted_grace_s": 0}})
     network = FirstPartAnsweredFirst(clock, list(config.carriers))
     engine = await make_engine(config, db, clock, network=network)
+    # A carrier confirmed for the number: every part leaves at once.
+    await db.call_raw(
+        "INSERT INTO carrier_learned (msisdn, carrier, learned_at) VALUES ($1, 'docomo', $2)",
+        "+819012340003",
+        clock.now(),
+    )
     [message_id] = await enqueue(
         db, "acme", [{"to": "09012340003", "sms": {"text": "い" * 150}}], clock.now(), config
     )

@@ -314,7 +314,7 @@ async def test_status_webhook_that_beats_the_send_is_applied_with_it(
         async with db.transaction() as tx:
             claimed = [
                 ClaimedMessage.from_row(c)
-                for c in await tx.fetch("claim_due", r.clock.now(), ["acme"], [10])
+                for c in await tx.fetch("claim_due", r.clock.now(), ["acme"], [10], [0])
             ]
             await r.engine.lifecycle.apply(
                 tx,

@@ -91,7 +91,9 @@ async def new_message(db: Database) -> int:
 
 
 async def send_part(tx: Transaction, message_id: int, sent_at: datetime) -> None:
-    await tx.execute("insert_parts", [message_id], [1], [1], [1], ["docomo"], [1], sent_at)
+    await tx.execute(
+        "insert_parts", [message_id], [1], [1], [1], ["docomo"], [1], sent_at, ["pending"]
+    )
 
 
 async def record_response(

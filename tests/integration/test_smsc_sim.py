@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from carrierd.domain.allocation import allocated_carrier
 from carrierd.domain.clock import FakeClock
 from carrierd.domain.numbers import smpp_international
 from carrierd.sim.smsc import (
@@ -25,6 +26,7 @@ from carrierd.sim.smsc import (
     SmscJournal,
     SmscSimConfig,
     SmscSimulator,
+    is_ported,
     load_sim_config,
     read_journal_backlog,
     read_smsc_journal,
@@ -509,16 +511,35 @@ async def test_numbers_under_an_undeliverable_prefix_always_fail() -> None:
     assert sim.counters.carriers["docomo"].receipts_by_stat == {"UNDELIV": 2, "DELIVRD": 1}
 
 
-def test_subscribers_by_stable_hash_unless_a_prefix_claims_them() -> None:
+def test_subscribers_by_the_allocation_with_a_stable_share_ported() -> None:
+    """A number is on the carrier its block is allocated to unless it
+    ported (15% by default, by a stable hash of the number): then always on
+    the same other carrier, whatever the seed or the spelling."""
     carriers = {name: CarrierSimConfig() for name in ("docomo", "au", "softbank", "rakuten")}
     config = SmscSimConfig(carriers=carriers)
-    numbers = [f"090{n:08d}" for n in range(10_000_000, 10_004_000)]
+    # Two numbers in each of the 2,700 blocks of 070, 080 and 090.
+    numbers = [
+        f"0{prefix}{block:03d}{(block * 7919 + i * 50_021) % 100_000:05d}"
+        for prefix in (90, 80, 70)
+        for block in range(100, 1000)
+        for i in range(2)
+    ]
+    allocated = [allocated_carrier("+81" + number[1:]) for number in numbers]
     owners = [subscriber_carrier(config, number) for number in numbers]
-    for name in carriers:
-        assert 0.2 < owners.count(name) / len(numbers) < 0.3
+    in_allocation = [(o, a) for o, a in zip(owners, allocated, strict=True) if a is not None]
+    ported = [o for o, a in in_allocation if o != a]
+    assert 0.13 < len(ported) / len(in_allocation) < 0.17
+    assert set(ported) == set(carriers)  # ported to every carrier
+    assert sum(is_ported(config, n) for n in numbers) == len(ported)
     # Stable: another seed, another spelling of the number, the same owner.
     other = SmscSimConfig(carriers=carriers, seed=42)
-    assert subscriber_carrier(other, "+81" + numbers[0][1:]) == owners[0]
+    assert [subscriber_carrier(other, "+81" + n[1:]) for n in numbers[:200]] == owners[:200]
+    nobody_ported = SmscSimConfig(carriers=carriers, ported_share=0.0)
+    assert all(
+        subscriber_carrier(nobody_ported, n) == a
+        for n, a in zip(numbers, allocated, strict=True)
+        if a is not None
+    )
     assert subscriber_carrier(config, "050-1234-5678") is None
 
     claimed = dict(carriers)

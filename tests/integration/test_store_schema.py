@@ -84,12 +84,14 @@ async def test_claim_query_uses_its_index_on_100k_rows(db: Database) -> None:
         NOW + timedelta(hours=1),
         ["a", "b", "c"],
         [100, 100, 100],
+        [10, 10, 10],
     )
     nodes = list(_plan_nodes(_plan(plan_rows)))
     scans_of_messages = [n for n in nodes if _is_scan_of_messages(n)]
     assert scans_of_messages, nodes
     assert {n.get("Index Name") for n in scans_of_messages} <= {
         "messages_claimable",
+        "messages_claimable_sent_before",
         "messages_pkey",
     }, scans_of_messages
     assert any(n.get("Index Name") == "messages_claimable" for n in scans_of_messages)

@@ -109,3 +109,19 @@ def test_receipt_err_codes() -> None:
         None,
         None,
     ]
+
+
+def test_a_reroute_from_the_named_carrier_says_the_named_carrier_refused() -> None:
+    """A carrier the sender named is a first guess (§4): when it answers
+    "not our subscriber" the message is rerouted, and its history says that
+    the named carrier refused; a reroute from a guessed carrier does not."""
+    refused = parts(State.SENDING, refused=1)._replace(wrong_carrier=True, refused_status=0x0B)
+    outcome = decide_attempt(refused, NOW, resends_done=0, policy=NO_RESEND)
+    assert outcome is not None and outcome.reroute
+    named = AttemptFacts(7, "au", 1, 0, refused, None, NOW, carrier_named="au")
+    move = attempt_move(named, outcome, NOW, receipt_timeout_s=3600)
+    assert (move.dst, move.event, move.wrong_carrier) == (State.QUEUED, Event.REROUTED, True)
+    assert move.detail == {"attempt": 1, "wrong_carrier": "au", "named_carrier_refused": True}
+    guessed = AttemptFacts(7, "docomo", 2, 0, refused, None, NOW, carrier_named="au")
+    move = attempt_move(guessed, outcome, NOW, receipt_timeout_s=3600)
+    assert move.detail == {"attempt": 2, "wrong_carrier": "docomo"}

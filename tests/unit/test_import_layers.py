@@ -40,7 +40,9 @@ class Rule:
 RULES: tuple[Rule, ...] = (
     Rule(
         "carrierd.domain",
-        "the pure core does no I/O and depends on nothing but itself",
+        "the pure core does no I/O and depends on nothing but itself, and on the "
+        "national number allocation that phonenumbers carries as data",
+        third_party=frozenset({"phonenumbers"}),
         carrierd=("carrierd.domain",),
     ),
     Rule(

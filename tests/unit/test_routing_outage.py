@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from carrierd.domain.routing import CarrierPick, NumberRanges, pick_carrier
 
 CARRIERS = ("docomo", "au", "softbank", "rakuten")
-MSISDN = "+819012345678"
+MSISDN = "+819010012345"  # docomo by the national allocation: the first guess
 
 
 def pick(

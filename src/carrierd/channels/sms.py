@@ -169,23 +169,24 @@ def build_submit_pdus(request: SmsRequest, config: CarrierConfig) -> list[Submit
         "registered_delivery": REGISTERED_DELIVERY_RECEIPT_ALWAYS,
         "data_coding": data_coding,
     }
-    encoded = [encode_part(part) for part in request.parts]
-    total = len(encoded)
+    total = len(request.parts)
     if total == 1:
-        return [SubmitSm(**common, short_message=encoded[0])]
+        return [SubmitSm(**common, short_message=encode_part(request.parts[0]))]
     if config.concat == "payload":
+        encoded = [encode_part(part) for part in request.parts]
         return [SubmitSm(**common, message_payload=b"".join(encoded))]
+    numbers = request.numbers()
     if config.concat == "sar":
         reference = concat_reference(request.message_id, request.attempt, bits=16)
         return [
             SubmitSm(
                 **common,
-                short_message=part,
+                short_message=encode_part(request.parts[number - 1]),
                 sar_msg_ref_num=reference,
                 sar_total_segments=total,
                 sar_segment_seqnum=number,
             )
-            for number, part in enumerate(encoded, start=1)
+            for number in numbers
         ]
     wide = config.concat == "udh16"
     reference = concat_reference(request.message_id, request.attempt, bits=16 if wide else 8)
@@ -193,9 +194,10 @@ def build_submit_pdus(request: SmsRequest, config: CarrierConfig) -> list[Submit
         SubmitSm(
             **common,
             esm_class=ESM_CLASS_UDHI,
-            short_message=udh_concat(reference, total, number, ref16=wide) + part,
+            short_message=udh_concat(reference, total, number, ref16=wide)
+            + encode_part(request.parts[number - 1]),
         )
-        for number, part in enumerate(encoded, start=1)
+        for number in numbers
     ]
 
 
@@ -204,11 +206,14 @@ def part_outcomes(
 ) -> list[PartOutcome]:
     """One outcome per submit_sm, numbered as the engine's part records: a
     single message_payload PDU is one record (part 1) for the whole text."""
-    if len(results) != 1 and len(results) != len(request.parts):
-        raise ValueError(f"{len(results)} results for {len(request.parts)} parts")
+    numbers = request.numbers()
+    if len(results) == 1 and len(numbers) > 1:
+        numbers = (1,)  # one message_payload PDU for the whole text
+    if len(results) != len(numbers):
+        raise ValueError(f"{len(results)} results for parts {numbers}")
     return [
         _part_outcome(number, result, message_id_style)
-        for number, result in enumerate(results, start=1)
+        for number, result in zip(numbers, results, strict=True)
     ]
 
 

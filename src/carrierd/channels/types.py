@@ -35,6 +35,15 @@ class SmsRequest:
     expires_at: datetime
     # DOMAIN §6: the carrier's route (its bind pool) the account sends over.
     route: str = "premium"
+    # The parts (1-based) to submit now, in order; empty: every part. Each
+    # still goes as part n of len(parts), with the attempt's concatenation
+    # reference: part 1 alone first to a carrier not yet confirmed, the
+    # others once it accepted (engine/sms_leg.py).
+    part_numbers: tuple[int, ...] = ()
+
+    def numbers(self) -> tuple[int, ...]:
+        """The part numbers this request submits."""
+        return self.part_numbers or tuple(range(1, len(self.parts) + 1))
 
 
 @dataclass(frozen=True)
@@ -94,8 +103,8 @@ class SmsGateway(Protocol):
         ...
 
     async def submit(self, carrier: str, request: SmsRequest) -> list[PartOutcome]:
-        """Hand every part to the carrier over ``request.route``; one outcome
-        per part, in order."""
+        """Hand the request's parts (`request.numbers()`) to the carrier over
+        ``request.route``; one outcome per part, in order."""
         ...
 
     def receipts_backlogged(self) -> bool:

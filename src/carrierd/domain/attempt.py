@@ -209,6 +209,7 @@ class AttemptFacts(NamedTuple):
     parts: AttemptParts
     last_receipt_at: datetime | None
     last_resp_at: datetime | None
+    carrier_named: str | None = None  # the carrier the sender named, if any
 
 
 def attempt_move(
@@ -227,6 +228,10 @@ def attempt_move(
     if outcome.reroute:
         event = Event.REROUTED
         detail["wrong_carrier"] = facts.carrier
+        if facts.carrier == facts.carrier_named:
+            # A named carrier is a first guess (§4): it said "not our
+            # subscriber", and the history says so before another is tried.
+            detail["named_carrier_refused"] = True
     elif outcome.resend:
         event = Event.RESEND_SCHEDULED
     else:

@@ -55,18 +55,36 @@ def au_gate_check(
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class AuGateRelease:
+    """A settled au attempt opens the gate for its number: from the moment
+    its SMS arrived (`arrived_at`: held messages go `spacing_s` after it),
+    or, when nothing arrived (None), at once."""
+
+    arrived_at: datetime | None
+
+
 def au_gate_releases(
     *, carrier: str | None, last_receipt_at: datetime | None, to_state: State, reroute: bool
-) -> bool:
-    """Whether a settled SMS attempt opens the gate for its number: only a
-    final receipt from au does (a refusal or a reroute never reached the
-    handset, so nothing arrived to count from)."""
-    return (
-        carrier == AU
-        and last_receipt_at is not None
-        and to_state in (State.DELIVERED, State.FAILED, State.QUEUED)
-        and not reroute
-    )
+) -> AuGateRelease | None:
+    """Whether (and from when) a settled SMS attempt opens the gate for its
+    number; None while its SMS may still arrive.
+
+    A final receipt from au is an arrival: the spacing counts from it. A
+    refusal is not, nor is a "not our subscriber" answer in any form (the
+    number is not au's: a reroute), nor a message none of whose parts left
+    (queued again) or that failed without a receipt: nothing reached the
+    handset, so the messages held behind it go at once (the gate still
+    applies the spacing of an earlier arrival when they are claimed).
+    `unknown` keeps them held: its SMS may still arrive.
+    """
+    if carrier != AU:
+        return None
+    if reroute:
+        return AuGateRelease(None)
+    if to_state in (State.DELIVERED, State.FAILED, State.QUEUED):
+        return AuGateRelease(last_receipt_at)
+    return None
 
 
 def au_gate_forgets_before(now: datetime, spacing_s: float) -> datetime:

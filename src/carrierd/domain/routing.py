@@ -2,6 +2,12 @@
 
 Pure: the SMS leg gathers the facts (learned carriers, configured pools,
 bound binds), `pick_carrier` decides, the shell writes the decision.
+
+The resolver chain, most certain first: the carrier the sender named (a
+first guess too: a refusal reroutes like any other), the carrier that last
+delivered to the number (learned), the configured number ranges (the
+operator's own table overrides the built-in one), the national allocation
+(domain/allocation.py), then the default order.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from carrierd.domain import reasons
+from carrierd.domain.allocation import allocated_carrier
 from carrierd.domain.numbers import national_form
 from carrierd.domain.reasons import Reason
 
@@ -18,7 +25,7 @@ from carrierd.domain.reasons import Reason
 @dataclass(frozen=True)
 class CarrierChoice:
     carrier: str | None
-    source: Literal["named", "learned", "number_range", "default_order", "none"]
+    source: Literal["named", "learned", "number_range", "allocation", "default_order", "none"]
 
 
 class NumberRanges:
@@ -52,7 +59,7 @@ def resolve_carrier(
     tried: Collection[str],
     available: Collection[str],
 ) -> CarrierChoice:
-    """The resolver chain: named, learned, number range, default order.
+    """The resolver chain: named, learned, number range, allocation, default order.
 
     `tried` are carriers that already answered "not our subscriber" for this
     message: never asked twice. Only carriers with a configured pool count.
@@ -69,6 +76,9 @@ def resolve_carrier(
     by_range = number_ranges.carrier_for(msisdn)
     if usable(by_range):
         return CarrierChoice(by_range, "number_range")
+    by_allocation = allocated_carrier(msisdn)
+    if usable(by_allocation):
+        return CarrierChoice(by_allocation, "allocation")
     for carrier in default_order:
         if usable(carrier):
             return CarrierChoice(carrier, "default_order")
@@ -143,3 +153,21 @@ def pick_carrier(
     if allowed is not None:
         return CarrierPick("skip", None, choice.source, reasons.NOT_IN_CARRIER_RESTRICTION)
     return CarrierPick("fail", None, choice.source, reasons.NO_CARRIER_LEFT)
+
+
+def sends_part_one_first(source: str, submits: int) -> bool:
+    """Whether a multipart SMS goes out part 1 alone, the other parts only
+    after the carrier accepted it (§4): so whenever the carrier is not yet
+    confirmed for the recipient, that is, not the one that last delivered
+    to it. A carrier that refuses part 1 ("not our subscriber") has then
+    cost one submit and never seen the rest of the text. A named carrier is
+    a guess like any other."""
+    return submits > 1 and source != "learned"
+
+
+def teaches_resolver(learned: str | None, delivered_by: str) -> bool:
+    """Whether a delivery by `delivered_by` is news to the resolver: the
+    first delivery to a number confirms its carrier (its multipart messages
+    then go whole), a delivery by another carrier corrects it; the others
+    repeat what it knows and are not written."""
+    return learned != delivered_by

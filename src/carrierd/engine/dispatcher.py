@@ -70,7 +70,9 @@ class RcsLeg(Protocol):
 class _Claim:
     """What one claim transaction decided, acted on once it has committed."""
 
+    # Messages never sent before, each of which spent a token.
     claimed_per_account: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    claimed_again: int = 0  # messages sent once already: no token
     sending: list[Planned] = field(default_factory=list)
     rcs: list[ClaimedMessage] = field(default_factory=list)
 
@@ -162,6 +164,7 @@ class Dispatcher:
         )
         if committed.sending or committed.rcs or not ids:
             committed.claimed_per_account = decided.claimed_per_account
+            committed.claimed_again = decided.claimed_again
         log.warning(
             "claim_outcome",
             committed=bool(committed.sending or committed.rcs),
@@ -190,11 +193,15 @@ class Dispatcher:
             return 0
         per_account_cap = max(1, config.engine.claim_batch // len(due))
         wants = {d["account_id"]: min(d["due"], per_account_cap) for d in due}
+        # Messages sent once already (reroutes above all) spent their token.
+        again = {d["account_id"]: min(d["again"], per_account_cap) for d in due}
         if config.engine.pacing:
-            granted = await self._take_tokens(wants, now, config.accounts)
+            granted = await self._take_tokens(
+                {a: n for a, n in wants.items() if n > 0}, now, config.accounts
+            )
         else:
             granted = wants
-        quotas = {a: n for a, n in granted.items() if n > 0}
+        quotas = {a: granted.get(a, 0) for a in wants if granted.get(a, 0) > 0 or again[a] > 0}
         if not quotas:
             return 0
         lease_until = now + timedelta(seconds=config.engine.lease_s)
@@ -203,11 +210,15 @@ class Dispatcher:
 
         async def claim(tx: Transaction) -> _Claim:
             worked_out.clear()
-            rows = await tx.fetch("claim_due", now, list(quotas), list(quotas.values()))
+            rows = await tx.fetch(
+                "claim_due", now, list(quotas), list(quotas.values()), [again[a] for a in quotas]
+            )
             decided = _Claim()
             messages = [ClaimedMessage.from_row(r) for r in rows]
             for message in messages:
-                decided.claimed_per_account[message.account_id] += 1
+                if message.attempt == 0:
+                    decided.claimed_per_account[message.account_id] += 1
+                decided.claimed_again += 1 if message.attempt > 0 else 0
             if messages:
                 await self._decide(tx, messages, now, lease_until, config, decided)
             worked_out.append(decided)
@@ -238,7 +249,7 @@ class Dispatcher:
             await self._return_tokens(
                 {a: quotas[a] - decided.claimed_per_account.get(a, 0) for a in quotas}
             )
-        return sum(decided.claimed_per_account.values())
+        return sum(decided.claimed_per_account.values()) + decided.claimed_again
 
     async def _take_tokens(
         self, wants: Mapping[str, int], now: datetime, accounts: Mapping[str, AccountConfig]

@@ -12,7 +12,12 @@ Inside the claim's transaction (`plan`, then `mark_sending`):
   - the survivors move to 'sending' under this daemon's lease, with one
     'pending' part row per submit_sm, durably before anything leaves.
 After the commit (`hand_over`): submit_sm per part, FIFO per recipient;
-every outcome goes to the write-behind.
+every outcome goes to the write-behind. A multipart message to a carrier not
+yet confirmed for the recipient (domain/routing.sends_part_one_first) sends
+part 1 alone; its other parts wait as 'unsent' rows until the write-behind
+has durably recorded part 1 accepted and marked them 'pending' in the same
+transaction, and leave only then. A refusal of part 1 reroutes with the
+rest of the text never shown to that carrier.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -31,7 +36,7 @@ from carrierd.config import Config
 from carrierd.domain.au_gate import AU, AuGateFacts, au_gate_check
 from carrierd.domain.lifecycle import Event, Move
 from carrierd.domain.pacing import parts_budget
-from carrierd.domain.routing import NumberRanges, pick_carrier
+from carrierd.domain.routing import NumberRanges, pick_carrier, sends_part_one_first
 from carrierd.domain.sms_text import split_gsm7, split_ucs2
 from carrierd.domain.states import State
 from carrierd.engine.lifecycle import Lifecycle
@@ -46,6 +51,8 @@ NO_BIND_RETRY_S = 1.0
 NO_BIND_UP = "no bind up"
 PARTS_BUDGET = "rate counted in parts"
 AU_GATE = "au gate"
+# Tests' wait_idle: how often it looks whether parts wait for a release.
+RELEASE_POLL_S = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +67,8 @@ class Planned:
     records: tuple[tuple[int, int, int], ...]
     # Carriers ahead in the order passed over for having no bind up.
     carriers_down: tuple[str, ...] = ()
+    # Part 1 goes alone; the others once the carrier accepted it.
+    part_one_first: bool = False
 
 
 class SmsLeg:
@@ -80,19 +89,33 @@ class SmsLeg:
         self._lease_owner = lease_owner
         self._on_submitted = on_submitted
         self._in_flight: set[asyncio.Task[None]] = set()
+        # Part 1 sent alone, the rest waiting for its outcome to be recorded.
+        self._releases: set[asyncio.Future[bool]] = set()
 
     @property
     def in_flight(self) -> int:
-        return len(self._in_flight)
+        """Submits under way. A message whose other parts wait for part 1's
+        outcome to be written holds no bind window and costs no work until
+        then: it does not count, or the write-behind's latency would hold
+        back claims of messages that could go at once."""
+        return len(self._in_flight) - len(self._releases)
 
     async def wait_for_slot(self, max_in_flight: int) -> None:
-        while len(self._in_flight) >= max_in_flight:
-            await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
+        while self.in_flight >= max_in_flight:
+            await asyncio.wait(
+                self._in_flight, timeout=RELEASE_POLL_S, return_when=asyncio.FIRST_COMPLETED
+            )
 
     async def wait_idle(self) -> None:
-        """Tests: wait for every spawned submit to finish."""
+        """Tests: wait for every spawned submit to finish. Parts waiting for
+        their part 1's acceptance to be recorded are released by a flush of
+        the write-behind (the daemon's runs by itself; a test's may not)."""
         while self._in_flight:
-            await asyncio.gather(*list(self._in_flight), return_exceptions=True)
+            if self._releases:
+                await self._write_behind.flush_once()
+            await asyncio.wait(
+                self._in_flight, timeout=RELEASE_POLL_S, return_when=asyncio.FIRST_COMPLETED
+            )
 
     async def stop(self, drain_timeout_s: float) -> None:
         if self._in_flight:
@@ -247,6 +270,7 @@ class SmsLeg:
             ),
             records=records,
             carriers_down=carriers_down,
+            part_one_first=sends_part_one_first(source, len(records)),
         )
 
     async def _au_gate(
@@ -351,6 +375,10 @@ class SmsLeg:
             [p.carrier for p, _ in records],
             [units for _, (_, _, units) in records],
             now,
+            [
+                "unsent" if p.part_one_first and part_no > 1 else "pending"
+                for p, (part_no, _, _) in records
+            ],
         )
         return ours
 
@@ -371,22 +399,42 @@ class SmsLeg:
 
     async def _submit_in_order(self, queue: list[Planned]) -> None:
         for p in queue:
-            try:
-                outcomes = await self._gateway.submit(p.carrier, p.request)
-            except Exception:
-                # The gateway reports per submit; an exception here means we
-                # do not know what left: ambiguous, never resent blindly.
-                log.exception("submit_failed", message_id=p.request.message_id)
-                outcomes = [PartOutcome(n, "unknown") for n, _, _ in p.records]
-            for outcome in outcomes:
-                self._write_behind.response(
-                    SubmittedPart(
-                        message_id=p.request.message_id,
-                        attempt=p.attempt,
-                        carrier=p.carrier,
-                        outcome=outcome,
-                    )
+            if not p.part_one_first:
+                await self._submit(p, p.request)
+                continue
+            released: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            self._releases.add(released)
+            released.add_done_callback(self._releases.discard)
+            await self._submit(p, replace(p.request, part_numbers=(1,)), released)
+            # The next message to the number waits too (FIFO per recipient):
+            # its parts must not overtake this one's.
+            if await released:
+                rest = tuple(range(2, len(p.request.parts) + 1))
+                await self._submit(p, replace(p.request, part_numbers=rest))
+
+    async def _submit(
+        self, p: Planned, request: SmsRequest, released: asyncio.Future[bool] | None = None
+    ) -> None:
+        try:
+            outcomes = await self._gateway.submit(p.carrier, request)
+        except Exception:
+            # The gateway reports per submit; an exception here means we
+            # do not know what left: ambiguous, never resent blindly.
+            log.exception("submit_failed", message_id=request.message_id)
+            numbers = request.part_numbers or tuple(n for n, _, _ in p.records)
+            outcomes = [PartOutcome(n, "unknown") for n in numbers]
+        for outcome in outcomes:
+            self._write_behind.response(
+                SubmittedPart(
+                    message_id=request.message_id,
+                    attempt=p.attempt,
+                    carrier=p.carrier,
+                    outcome=outcome,
+                    releases=released if outcome.part_no == 1 else None,
                 )
+            )
+        if released is not None and not released.done() and not outcomes:
+            released.set_result(False)
 
 
 def counts_by_carrier(planned: Sequence[Planned]) -> Mapping[str, int]:

@@ -44,7 +44,7 @@ import asyncio
 import contextlib
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -76,7 +76,7 @@ from carrierd.domain.receipt_match import (
     part_text,
     sent_at_window,
 )
-from carrierd.domain.routing import NumberRanges
+from carrierd.domain.routing import teaches_resolver
 from carrierd.domain.states import State
 from carrierd.engine.inbound import Inbound
 from carrierd.engine.lifecycle import Lifecycle
@@ -123,6 +123,10 @@ class SubmittedPart:
     outcome: PartOutcome
     # The answer to a submit already recorded unknown (response timeout).
     late: bool = False
+    # Part 1 sent alone first (engine/sms_leg.py): completed once the flush
+    # that records its outcome has committed, True when that flush released
+    # the other parts (part 1 accepted), which may leave only then.
+    releases: asyncio.Future[bool] | None = field(default=None, compare=False)
 
 
 class NotDurable(Exception):
@@ -397,6 +401,10 @@ class WriteBehind:
                     # flush instead of being dropped.
                     self._keep(one_response, one_grace_over, now)
                     continue
+                for response in one_response:
+                    # Not recorded: its other parts stay unsent, never sent.
+                    if response.releases is not None and not response.releases.done():
+                        response.releases.set_result(False)
                 log.exception(
                     "write_behind_item_failed",
                     response=repr(one_response),
@@ -443,6 +451,9 @@ class WriteBehind:
                     [r.attempt for r in in_doubt],
                     [r.outcome.part_no for r in in_doubt],
                 )
+            releasing = [r for r in responses if r.releases is not None]
+            if releasing:
+                await self._release_parts_after_part_one(tx, releasing, now)
             accepted = {r.message_id for r in responses if r.outcome.result == "accepted"}
             # A refusal or an unsendable part decides now (reroute, fail).
             decisive = {r.message_id for r in responses} - accepted
@@ -505,6 +516,33 @@ class WriteBehind:
             moved = await self.settle(tx, sorted(touched), now)
             await self._bill_late_parts(tx, changed_parts, _billed_with_move(moved), now)
         return awaiting - touched, touched
+
+    @staticmethod
+    async def _release_parts_after_part_one(
+        tx: Transaction, releasing: Sequence[SubmittedPart], now: datetime
+    ) -> None:
+        """The other parts of each accepted part 1 become pending here, in
+        the transaction that records the acceptance; they leave once it has
+        committed (their sender waits on `releases`)."""
+        accepted = [r for r in releasing if r.outcome.result == "accepted"]
+        released: set[tuple[int, int]] = set()
+        if accepted:
+            released = {
+                (row["message_id"], row["attempt"])
+                for row in await tx.fetch(
+                    "release_parts_after_part_one",
+                    [r.message_id for r in accepted],
+                    [r.attempt for r in accepted],
+                    now,
+                )
+            }
+
+        def answer() -> None:
+            for r in releasing:
+                if r.releases is not None and not r.releases.done():
+                    r.releases.set_result((r.message_id, r.attempt) in released)
+
+        tx.after_commit(answer)
 
     async def _bill_late_parts(
         self, tx: Transaction, parts: Sequence[Row], billed: set[int], now: datetime
@@ -684,11 +722,9 @@ class WriteBehind:
         moves: list[Move] = []
         learned: list[tuple[str, str]] = []
         au_released: list[tuple[str, datetime]] = []
+        au_opened: list[str] = []
         accounts = self._accounts()
         carriers = self._carriers()
-        number_ranges = NumberRanges(
-            {prefix: name for name, c in carriers.items() for prefix in c.number_prefixes}
-        )
         policies: dict[str, ResendPolicy] = {}
         for row in rows:
             carrier_config = carriers.get(row.carrier)
@@ -706,6 +742,7 @@ class WriteBehind:
                 parts=_attempt_parts(row, carrier_config),
                 last_receipt_at=row.last_receipt_at,
                 last_resp_at=row.last_resp_at,
+                carrier_named=row.carrier_named,
             )
             outcome = decide_attempt(
                 facts.parts,
@@ -717,16 +754,20 @@ class WriteBehind:
                 continue
             timeout_s = carrier_config.receipt_timeout_s if carrier_config else 72 * 3600.0
             moves.append(attempt_move(facts, outcome, now, receipt_timeout_s=timeout_s))
-            if outcome.to_state is State.DELIVERED and _teaches_resolver(row, number_ranges):
+            if outcome.to_state is State.DELIVERED and teaches_resolver(
+                row.learned_carrier, row.carrier
+            ):
                 learned.append((row.msisdn, row.carrier))
-            if au_gate_releases(
+            release = au_gate_releases(
                 carrier=row.carrier,
                 last_receipt_at=row.last_receipt_at,
                 to_state=outcome.to_state,
                 reroute=outcome.reroute,
-            ):
-                assert row.last_receipt_at is not None
-                au_released.append((row.msisdn, row.last_receipt_at))
+            )
+            if release is not None and release.arrived_at is not None:
+                au_released.append((row.msisdn, release.arrived_at))
+            elif release is not None:
+                au_opened.append(row.msisdn)
         if learned:
             # In key order, like every multi-row upsert here: concurrent
             # flushes then wait for each other instead of deadlocking.
@@ -744,6 +785,8 @@ class WriteBehind:
                 [t for _, t in au_released],
                 self._au_spacing_s(),
             )
+        if au_opened:
+            await tx.execute("au_gate_open", sorted(set(au_opened)), now)
         applied = await self._lifecycle.apply(tx, moves, now)
         return [a.move for a in applied]
 
@@ -770,16 +813,6 @@ def _billed_with_move(moves: Sequence[Move]) -> set[int]:
     settling move but one from `unknown`, whose parts were billed at the
     move into it or as they arrived (domain/attempt.attempt_move)."""
     return {m.message_id for m in moves if m.src is not State.UNKNOWN}
-
-
-def _teaches_resolver(row: AttemptRow, number_ranges: NumberRanges) -> bool:
-    """Whether a delivery by row.carrier changes what the resolver chain
-    answers next time. It does not when the learned carrier already says
-    so, or, with nothing learned, when the number range does: writing that
-    row anyway was an upsert per delivered message for no information."""
-    if row.learned_carrier is not None:
-        return row.learned_carrier != row.carrier
-    return number_ranges.carrier_for(row.msisdn) != row.carrier
 
 
 def _resend_policy(account: AccountConfig | None) -> ResendPolicy:

@@ -18,9 +18,13 @@ submit_sm_resp, dropped connections (before a submit is taken, or after:
 written in hex on one side and decimal on the other.
 
 Which carrier a number belongs to: explicit `subscriber_prefixes` (longest
-match over all carriers) win; otherwise a stable hash of the national number
-modulo `len(hash_carriers)` picks one, so a client's first guess is wrong
-three times in four and its rerouting gets exercised.
+match over all carriers) win; otherwise the national allocation of its block
+(domain/allocation.py), as in life, except for a share of ported numbers
+(`ported_share`, 15% by default): a stable hash of the number says whether
+it ported and to which other carrier of `hash_carriers`, so a ported number
+is on the same carrier in every run and a client's first guess from the
+allocation is wrong for exactly those. A number in a block the allocation
+gives none of the carriers is placed by the hash among `hash_carriers`.
 
 It deliberately shares no code with the client side (smpp/session.py,
 smpp/pool.py, channels/sms.py), only the codec and `domain/`: an error in the
@@ -64,6 +68,7 @@ from typing import Any, Final, Literal, NamedTuple, TypeAlias, cast
 
 import structlog
 
+from carrierd.domain.allocation import allocated_carrier
 from carrierd.domain.clock import JST, Clock, SystemClock
 from carrierd.domain.numbers import NumberError, normalize_msisdn, smpp_international
 from carrierd.domain.sms_text import (
@@ -128,6 +133,8 @@ TextPartKey: TypeAlias = tuple[str, str]
 ConcatPartKey: TypeAlias = tuple[str, int, int]
 
 DEFAULT_HASH_CARRIERS: Final = ("docomo", "au", "softbank", "rakuten")
+# About the share of Japanese mobile numbers that have been ported (MNP).
+DEFAULT_PORTED_SHARE: Final = 0.15
 
 _RECEIPT_STATES: Final[Mapping[ReceiptStat, MessageState]] = {
     "DELIVRD": MessageState.DELIVERED,
@@ -284,14 +291,19 @@ class CarrierSimConfig:
 class SmscSimConfig:
     carriers: Mapping[str, CarrierSimConfig]
     seed: int = 0
-    # The carriers the subscriber hash picks from, in order (hash modulo length).
+    # The carriers ported numbers (and numbers of blocks allocated to none
+    # of them) are placed on by a hash of the number, in order.
     hash_carriers: tuple[str, ...] = DEFAULT_HASH_CARRIERS
+    # Share (0..1) of numbers ported away from the carrier of their block.
+    ported_share: float = DEFAULT_PORTED_SHARE
 
     def __post_init__(self) -> None:
         if not self.carriers:
             raise ValueError("carriers: at least one carrier is needed")
         if not self.hash_carriers:
             raise ValueError("hash_carriers must not be empty")
+        if not 0.0 <= self.ported_share <= 1.0:
+            raise ValueError(f"ported_share: {self.ported_share} is not between 0 and 1")
         ports = [c.port for c in self.carriers.values() if c.port != 0]
         if len(ports) != len(set(ports)):
             raise ValueError(f"carriers share a port: {sorted(ports)}")
@@ -380,8 +392,23 @@ def _owner(config: SmscSimConfig, national: str) -> str:
     # Not salted with the seed: the same numbers belong to the same carriers in
     # every run, so demo data and test expectations stay put.
     digest = hashlib.sha256(national.encode("ascii")).digest()
-    index = int.from_bytes(digest[:8], "big") % len(config.hash_carriers)
-    return config.hash_carriers[index]
+    allocated = allocated_carrier("+81" + national[1:]) if national[1:].isdigit() else None
+    if allocated is None:
+        index = int.from_bytes(digest[:8], "big") % len(config.hash_carriers)
+        return config.hash_carriers[index]
+    ported = int.from_bytes(digest[8:16], "big") < config.ported_share * 2**64
+    others = [c for c in config.hash_carriers if c != allocated]
+    if not ported or not others:
+        return allocated
+    return others[int.from_bytes(digest[:8], "big") % len(others)]
+
+
+def is_ported(config: SmscSimConfig, msisdn: str) -> bool:
+    """Whether the number's subscriber is on another carrier than its block's
+    allocation says (benchmarks count how often a first guess can be right)."""
+    owner = subscriber_carrier(config, msisdn)
+    allocated = allocated_carrier(normalize_msisdn(msisdn)) if owner is not None else None
+    return allocated is not None and owner != allocated
 
 
 # ---------------------------------------------------------------------------
@@ -1494,7 +1521,7 @@ def sim_config_from_mapping(raw: Mapping[str, Any], *, source: str = "config") -
     """`load_sim_config` on an already parsed document."""
     problems: list[str] = []
     for key in raw:
-        if key not in ("seed", "hash_carriers", "defaults", "carriers"):
+        if key not in ("seed", "hash_carriers", "ported_share", "defaults", "carriers"):
             problems.append(f"{key}: unknown key")
     seed = raw.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
@@ -1503,6 +1530,10 @@ def sim_config_from_mapping(raw: Mapping[str, Any], *, source: str = "config") -
     hash_carriers = _strings(
         raw.get("hash_carriers", DEFAULT_HASH_CARRIERS), "hash_carriers", problems
     )
+    ported_share = raw.get("ported_share", DEFAULT_PORTED_SHARE)
+    if not isinstance(ported_share, int | float) or isinstance(ported_share, bool):
+        problems.append("ported_share: expected a number between 0 and 1")
+        ported_share = DEFAULT_PORTED_SHARE
     defaults = raw.get("defaults", {})
     if not isinstance(defaults, dict):
         problems.append("defaults: expected a table")
@@ -1521,7 +1552,12 @@ def sim_config_from_mapping(raw: Mapping[str, Any], *, source: str = "config") -
             carriers[name] = carrier
     if not problems:
         try:
-            return SmscSimConfig(carriers=carriers, seed=seed, hash_carriers=hash_carriers)
+            return SmscSimConfig(
+                carriers=carriers,
+                seed=seed,
+                hash_carriers=hash_carriers,
+                ported_share=float(ported_share),
+            )
         except ValueError as exc:
             problems.append(str(exc))
     raise SimConfigError(f"{source}: " + "; ".join(problems))

@@ -112,7 +112,12 @@ ORDER BY attempt, part_no;
 -- name: due_accounts
 -- Accounts with due work and how much (capped), so the dispatcher takes
 -- tokens only for messages that exist. Uses messages_claimable per account.
-SELECT a.account_id, d.due
+-- `due`: messages never sent, each to spend a token of the account's rate;
+-- `again`: messages already sent once (a reroute after "not our
+-- subscriber", a retry, a resend), whose token is spent: the rate counts
+-- messages, not attempts. Each count reads only its index (no row is
+-- fetched): `due` is all due messages but those sent once.
+SELECT a.account_id, greatest(d.due - s.again, 0) AS due, s.again
 FROM accounts a
 CROSS JOIN LATERAL (
     SELECT count(*)::int AS due
@@ -120,6 +125,13 @@ CROSS JOIN LATERAL (
           WHERE m.account_id = a.account_id AND m.state = 'queued' AND m.not_before <= $1
           LIMIT $2) AS capped
 ) AS d
+CROSS JOIN LATERAL (
+    SELECT count(*)::int AS again
+    FROM (SELECT 1 FROM messages m
+          WHERE m.account_id = a.account_id AND m.state = 'queued' AND m.not_before <= $1
+            AND m.attempt > 0
+          LIMIT $2) AS capped
+) AS s
 WHERE d.due > 0;
 
 -- name: claim_due
@@ -128,24 +140,51 @@ WHERE d.due > 0;
 -- commits: no row version is written just to claim, and a daemon that dies
 -- mid-claim leaves the rows queued (its transaction rolls back).
 WITH quotas AS (
-    -- Each account's share of this claim: the tokens it was granted, so one
-    -- busy account cannot starve another.
-    SELECT account_id, quota FROM unnest($2::text[], $3::int[]) AS q(account_id, quota)
-)
+    -- Each account's share of this claim: the tokens it was granted for
+    -- messages never sent ($3), so one busy account cannot starve another,
+    -- and how many already sent once it may take again ($4, no token: see
+    -- due_accounts).
+    SELECT account_id, quota, again
+    FROM unnest($2::text[], $3::int[], $4::int[]) AS q(account_id, quota, again)
+),
 -- Oldest first within the account (FIFO per recipient follows); SKIP
 -- LOCKED lets several daemons claim from one queue without waiting.
-SELECT picked.*
-FROM quotas q
-CROSS JOIN LATERAL (
-    SELECT id, account_id, channel, leg, validated, recipient_raw, msisdn, sms_text,
-           sms_encoding, sms_parts, rcs_content, carrier_named, carriers_allowed, carrier,
-           carriers_wrong, attempt, resends_done, expires_at, accepted_at, send_at
-    FROM messages
-    WHERE account_id = q.account_id AND state = 'queued' AND not_before <= $1
-    ORDER BY not_before, id
-    LIMIT q.quota
-    FOR UPDATE SKIP LOCKED
-) AS picked;
+never_sent AS (
+    SELECT picked.*
+    FROM quotas q
+    CROSS JOIN LATERAL (
+        SELECT id, account_id, channel, leg, validated, recipient_raw, msisdn, sms_text,
+               sms_encoding, sms_parts, rcs_content, carrier_named, carriers_allowed, carrier,
+               carriers_wrong, attempt, resends_done, expires_at, accepted_at, send_at,
+               not_before
+        FROM messages
+        WHERE account_id = q.account_id AND state = 'queued' AND not_before <= $1
+          AND attempt = 0
+        ORDER BY not_before, id
+        LIMIT q.quota
+        FOR UPDATE SKIP LOCKED
+    ) AS picked
+),
+sent_before AS (
+    SELECT picked.*
+    FROM quotas q
+    CROSS JOIN LATERAL (
+        SELECT id, account_id, channel, leg, validated, recipient_raw, msisdn, sms_text,
+               sms_encoding, sms_parts, rcs_content, carrier_named, carriers_allowed, carrier,
+               carriers_wrong, attempt, resends_done, expires_at, accepted_at, send_at,
+               not_before
+        FROM messages
+        WHERE account_id = q.account_id AND state = 'queued' AND not_before <= $1
+          AND attempt > 0
+        ORDER BY not_before, id
+        LIMIT q.again
+        FOR UPDATE SKIP LOCKED
+    ) AS picked
+)
+SELECT * FROM never_sent
+UNION ALL
+SELECT * FROM sent_before
+ORDER BY account_id, not_before, id;
 
 -- name: ensure_buckets
 -- A new bucket starts empty: a restart or a new account never bursts above
@@ -225,6 +264,21 @@ UPDATE messages m
   FROM released r
  WHERE m.id = r.message_id AND m.state = 'queued' AND m.not_before = r.recheck_at;
 
+-- name: au_gate_open
+-- An au SMS ended without reaching the handset (refused, not au's
+-- subscriber, never handed over): the messages the gate held for the
+-- number go now ($2); their claim checks the spacing of an earlier
+-- arrival again. As in au_gate_release, one rescheduled since keeps its time.
+WITH released AS (
+    DELETE FROM au_gate_waiting w
+     WHERE w.msisdn = ANY($1::text[])
+    RETURNING w.message_id, w.recheck_at
+)
+UPDATE messages m
+   SET not_before = $2
+  FROM released r
+ WHERE m.id = r.message_id AND m.state = 'queued' AND m.not_before = r.recheck_at;
+
 -- name: au_gate_hold
 -- au SMS that wait for the previous one's final receipt, and the re-check
 -- time their hold set (in case that receipt never comes).
@@ -243,11 +297,30 @@ UPDATE messages m
  WHERE m.id = i.id;
 
 -- name: insert_parts
--- One row per submit_sm ($6: the §3 units each stands for).
+-- One row per submit_sm ($6: the §3 units each stands for), 'pending'
+-- (about to leave) or, behind a part 1 sent alone first, 'unsent' ($8)
+-- until release_parts_after_part_one.
 INSERT INTO parts (message_id, attempt, part_no, part_total, carrier, state, sent_at, units)
-SELECT i.message_id, i.attempt, i.part_no, i.part_total, i.carrier, 'pending', $7, i.units
-FROM unnest($1::bigint[], $2::int[], $3::int[], $4::int[], $5::text[], $6::int[])
-     AS i(message_id, attempt, part_no, part_total, carrier, units);
+SELECT i.message_id, i.attempt, i.part_no, i.part_total, i.carrier, i.state, $7, i.units
+FROM unnest($1::bigint[], $2::int[], $3::int[], $4::int[], $5::text[], $6::int[], $8::text[])
+     AS i(message_id, attempt, part_no, part_total, carrier, units, state);
+
+-- name: release_parts_after_part_one
+-- Part 1 went alone to a carrier not yet confirmed for the recipient and
+-- was accepted: its other parts become 'pending' in the transaction that
+-- records the acceptance, and leave only once it has committed. A crash
+-- after this finds them in flight (never resent blindly); one before finds
+-- them unsent. Only while the attempt is still the message's current one.
+UPDATE parts p
+   SET state = 'pending', sent_at = $3
+  FROM unnest($1::bigint[], $2::int[]) AS i(message_id, attempt), messages m
+ WHERE p.message_id = i.message_id AND p.attempt = i.attempt AND p.part_no > 1
+   AND p.state = 'unsent'
+   AND m.id = i.message_id AND m.attempt = i.attempt AND m.state IN ('sending', 'submitted')
+   AND EXISTS (SELECT 1 FROM parts one
+               WHERE one.message_id = i.message_id AND one.attempt = i.attempt
+                 AND one.part_no = 1 AND one.state IN ('accepted', 'delivered'))
+RETURNING p.message_id, p.attempt;
 
 -- name: record_part_responses
 -- submit_sm_resp outcomes, written behind in batches. Only a pending part
@@ -433,7 +506,7 @@ SELECT id FROM messages WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE;
 -- What the parts of each message's current attempt say. 'unknown' too: a
 -- late final receipt settles a message whose outcome was unknown.
 SELECT m.id, m.state, m.account_id, m.channel, m.carrier, m.route, m.attempt, m.msisdn,
-       m.resends_done,
+       m.resends_done, m.carrier_named,
        count(p.part_no)::int AS total,
        count(*) FILTER (WHERE p.state = 'pending')::int AS pending,
        count(*) FILTER (WHERE p.state = 'accepted')::int AS accepted,

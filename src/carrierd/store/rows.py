@@ -94,6 +94,7 @@ class AttemptRow(NamedTuple):
     unknown_cause: str | None  # of the first unknown part
     # DOMAIN §6: the carrier's route of the attempt; NULL before routes.
     route: str | None = None
+    carrier_named: str | None = None  # the carrier the sender named
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> AttemptRow:
@@ -123,6 +124,7 @@ class AttemptRow(NamedTuple):
             row["learned_carrier"],
             row["unknown_cause"],
             row["route"],
+            row["carrier_named"],
         )
 
 
