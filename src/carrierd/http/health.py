@@ -8,7 +8,9 @@ so keep the HTTP listener on a private interface.
 - ``GET /readyz``: the database answers and the daemon's own checks pass
   (readiness: 503 otherwise, with the failing checks in the body; the
   database check is ``true`` or ``"unreachable: <reason>"``).
-- ``GET /metrics``: the Prometheus exposition (only with ApiState.metrics).
+- ``GET /metrics``: the Prometheus exposition (only with ApiState.metrics):
+  the text format, or OpenMetrics when the scraper asks for it, gzipped
+  when it accepts that.
 """
 
 from __future__ import annotations
@@ -34,9 +36,8 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
 
 
-async def serve_metrics(request: web.Request) -> web.Response:
+async def serve_metrics(request: web.Request) -> web.StreamResponse:
     metrics = request.app[API_STATE].metrics
     if metrics is None:
         raise web.HTTPNotFound()
-    body, content_type = metrics.render()
-    return web.Response(body=body, headers={"Content-Type": content_type})
+    return await metrics.serve(request)
