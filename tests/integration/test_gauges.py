@@ -11,7 +11,9 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
+from carrierd.channels.types import InboundSms
 from carrierd.config import Config
+from carrierd.daemon import _CountingEvents, bind_counts
 from carrierd.domain.clock import FakeClock
 from carrierd.ops.gauges import GaugeRefresher, set_bind_gauges
 from carrierd.smpp.pool import BindHealth, PoolHealth
@@ -189,3 +191,32 @@ async def test_callback_backlog_and_database_up(dsn: str, db: Database, pg_serve
         await admin.close()
     await refresher.refresh()
     assert value("carrierd_database_up") == 1
+
+
+def test_bind_reconnects_and_failures_are_summed_per_carrier() -> None:
+    metrics = Metrics()
+    first = replace(bind("d1", "bound", 0), stats=SessionStats(binds=3, reconnects=2))
+    second = replace(bind("d2", "connecting", 0), stats=SessionStats(bind_failures=5))
+    pools = {"docomo": PoolHealth("docomo", (first, second))}
+    metrics.count_binds_from(lambda: bind_counts(pools))
+    value = metrics.registry.get_sample_value
+    assert value("carrierd_bind_reconnects_total", {"carrier": "docomo"}) == 2
+    assert value("carrierd_bind_failures_total", {"carrier": "docomo"}) == 5
+
+
+def test_mo_received_counts_each_inbound_sms() -> None:
+    class Recorder:
+        def __init__(self) -> None:
+            self.inbound_seen: list[InboundSms] = []
+
+        def inbound(self, message: InboundSms) -> None:
+            self.inbound_seen.append(message)
+
+    metrics = Metrics()
+    recorder = Recorder()
+    events = _CountingEvents(recorder, metrics)  # type: ignore[arg-type]
+    mo = InboundSms("au", "+819012345678", "0120111111", "はい", NOW)
+    events.inbound(mo)
+    events.inbound(mo)
+    assert recorder.inbound_seen == [mo, mo]
+    assert metrics.registry.get_sample_value("carrierd_mo_received_total", {"channel": "sms"}) == 2

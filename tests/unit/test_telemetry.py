@@ -20,6 +20,7 @@ from carrierd.telemetry import (
     SubmitMetrics,
     command_status_label,
     configure_logging,
+    http_method_label,
     mask_phone_number,
     receipt_stat_label,
     stream_is_journal,
@@ -265,6 +266,7 @@ def test_a_hostile_smsc_cannot_grow_the_submit_series() -> None:
         if s.name == "carrierd_submit_responses_total"
     ]
     assert {s.labels["status"]: s.value for s in samples} == {"other": 5000.0, "ok": 1.0}
+    assert len(observer._by_status) == 1  # its cache of children is as bounded
 
 
 def test_bind_counters_read_their_source_at_scrape_time() -> None:
@@ -317,3 +319,12 @@ def test_the_journal_is_recognised_by_its_device_and_inode(tmp_path: Path) -> No
         assert not stream_is_journal(journal, None)
         assert not stream_is_journal(journal, "not-a-pair")
         assert not stream_is_journal(io.StringIO(), variable)
+
+
+def test_http_methods_outside_the_standard_ones_read_other() -> None:
+    assert [http_method_label(m) for m in ("GET", "POST", "BREW", "get")] == [
+        "GET",
+        "POST",
+        "other",
+        "other",
+    ]
