@@ -10,7 +10,7 @@ LOCALPG := scripts/localpg.sh
 # project-local PostgreSQL that `make db` starts.
 export CARRIERD_LOCAL_DSN := $(shell $(LOCALPG) dsn)
 
-.PHONY: run test lint bench chaos stop-db clean db venv
+.PHONY: run test test-lowest lint bench chaos stop-db clean db venv
 
 venv: $(STAMP)
 
@@ -33,6 +33,10 @@ lint: $(STAMP)
 
 test: $(STAMP) db lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# The test suite against the lowest dependency versions pyproject.toml allows.
+test-lowest: $(STAMP) db
+	VENV=$(VENV) scripts/test-lowest.sh $(PYTEST_ARGS)
 
 bench: $(STAMP) db
 	$(BIN)/python bench/run_all.py

@@ -282,6 +282,8 @@ class HttpConfig:
     # past than the skew between the client's clock and ours.
     send_at_max_ahead_days: float = 60.0
     send_at_past_skew_s: float = 300.0
+    # One http_access log event per request (http/observe.py).
+    access_log: bool = False
 
 
 @dataclass(frozen=True)
@@ -1025,6 +1027,7 @@ def parse_config(
             "send_at_max_ahead_days", 60.0, minimum=1.0, maximum=3650.0
         ),
         send_at_past_skew_s=http_reader.number("send_at_past_skew_s", 300.0, minimum=0.0),
+        access_log=http_reader.boolean("access_log", False),
     )
     http_reader.finish()
 

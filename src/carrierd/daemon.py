@@ -28,7 +28,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -60,8 +60,9 @@ from carrierd.ops.callbacks import CallbackSender, GuardedClient
 from carrierd.ops.gauges import GaugeRefresher
 from carrierd.ops.retention import run_retention
 from carrierd.ops.sdnotify import SystemdNotifier
+from carrierd.smpp.pool import PoolHealth
 from carrierd.store.db import Database, describe_db_error
-from carrierd.telemetry import Metrics, SubmitMetrics
+from carrierd.telemetry import Metrics, SubmitMetrics, receipt_stat_label
 
 log = structlog.get_logger("carrierd.daemon")
 
@@ -175,6 +176,7 @@ class Daemon:
                 for route in carrier.all_routes()
             },
         )
+        self.metrics.count_binds_from(lambda: bind_counts(gateway.health()))
         lease_owner = lease_owner_for(self.config.daemon_id)
         leases = Leases(db, lifecycle, config=config, lease_owner=lease_owner)
         sms_leg = SmsLeg(
@@ -470,6 +472,17 @@ def run(config_path: Path, **overrides: Any) -> int:
     return int(runner(main()))
 
 
+def bind_counts(health: Mapping[str, PoolHealth]) -> dict[str, tuple[int, int]]:
+    """Per carrier: (binds re-established after a loss, failed bind attempts)."""
+    return {
+        carrier: (
+            sum(bind.stats.reconnects for bind in pool.binds),
+            sum(bind.stats.bind_failures for bind in pool.binds),
+        )
+        for carrier, pool in health.items()
+    }
+
+
 class _CountingEvents:
     """Counts receipts for metrics on their way to the recorder."""
 
@@ -479,9 +492,10 @@ class _CountingEvents:
         # labels() looks its child up under a lock on every call: a few
         # (carrier, stat) pairs exist, so keep them.
         self._receipt_counters: dict[tuple[str, str], Any] = {}
+        self._mo_received = metrics.mo_received_total.labels("sms")
 
     def receipt(self, receipt: Receipt) -> Awaitable[None] | None:
-        key = (receipt.carrier, receipt.stat)
+        key = (receipt.carrier, receipt_stat_label(receipt.stat))
         counter = self._receipt_counters.get(key)
         if counter is None:
             counter = self._receipt_counters[key] = self._metrics.receipts_total.labels(*key)
@@ -489,4 +503,5 @@ class _CountingEvents:
         return self._recorder.receipt(receipt)
 
     def inbound(self, message: InboundSms) -> Awaitable[None] | None:
+        self._mo_received.inc()
         return self._recorder.inbound(message)

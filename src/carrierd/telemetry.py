@@ -1,5 +1,10 @@
 """Logging set-up (structlog, JSON lines on stdout for journald) and metrics.
 
+Under systemd (stdout is the journal: ``$JOURNAL_STREAM`` names its device
+and inode) every line starts with its syslog priority, ``<3>{...}`` for an
+error, which journald strips and stores as the entry's PRIORITY, so
+``journalctl -p err`` finds errors. Anywhere else the lines are plain JSON.
+
 Every Prometheus metric of the daemon is defined in this module, so that
 one file lists what operators can graph and alert on
 (conf/grafana/carrierd.json graphs them; a test keeps the two in step).
@@ -14,13 +19,30 @@ dropped from every event logged at info or above.
 from __future__ import annotations
 
 import logging
+import os
+import platform
 import sys
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from aiohttp import web
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+)
+from prometheus_client.aiohttp import make_aiohttp_handler
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+import carrierd
 
 # -- logging -----------------------------------------------------------------------
 
@@ -79,13 +101,63 @@ class _CarrierdLogHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Marks the root handler we installed, so reconfiguring replaces it."""
 
 
-def configure_logging(level: str = "info", *, stream: TextIO | None = None) -> None:
+# syslog(3) priorities of our level names (sd-daemon(3) "<N>" prefixes).
+SYSLOG_PRIORITY: Mapping[str, int] = {
+    "critical": 2,
+    "exception": 3,
+    "error": 3,
+    "warning": 4,
+    "warn": 4,
+    "info": 6,
+    "debug": 7,
+    "notset": 7,
+}
+
+
+def stream_is_journal(stream: TextIO, journal_stream: str | None) -> bool:
+    """True when `stream` is the journal systemd connected us to.
+
+    systemd sets JOURNAL_STREAM to "<device>:<inode>" of the stream it gave
+    the service; comparing them with the stream's own (not just looking for
+    the variable) keeps the prefixes out of a pipe or file that a child of
+    such a service writes to.
+    """
+    if not journal_stream:
+        return False
+    device, _, inode = journal_stream.partition(":")
+    try:
+        status = os.fstat(stream.fileno())
+        return (status.st_dev, status.st_ino) == (int(device), int(inode))
+    except (OSError, ValueError, AttributeError):
+        # No file descriptor (a StringIO), or a malformed variable.
+        return False
+
+
+class _PriorityPrefixed:
+    """A renderer whose lines start with the syslog priority of their level."""
+
+    def __init__(self, renderer: Callable[..., Any]) -> None:
+        self._renderer = renderer
+
+    def __call__(self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> str:
+        level = str(event_dict.get("level", method_name)).lower()
+        priority = SYSLOG_PRIORITY.get(level, 6)
+        return f"<{priority}>{self._renderer(logger, method_name, event_dict)}"
+
+
+def configure_logging(
+    level: str = "info", *, stream: TextIO | None = None, journal: bool | None = None
+) -> None:
     """JSON lines on `stream` (stdout) for structlog and stdlib loggers alike.
 
+    `journal`: prefix each line with its syslog priority (``<3>`` for an
+    error); None decides by whether `stream` is the journal (JOURNAL_STREAM).
     Safe to call again (tests, SIGHUP with a new level): it replaces what an
     earlier call installed.
     """
     output = sys.stdout if stream is None else stream
+    if journal is None:
+        journal = stream_is_journal(output, os.environ.get("JOURNAL_STREAM"))
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise ValueError(f"unknown log level {level!r}")
@@ -95,7 +167,9 @@ def configure_logging(level: str = "info", *, stream: TextIO | None = None) -> N
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact,
     ]
-    renderer = structlog.processors.JSONRenderer(ensure_ascii=False)
+    renderer: Callable[..., Any] = structlog.processors.JSONRenderer(ensure_ascii=False)
+    if journal:
+        renderer = _PriorityPrefixed(renderer)
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
@@ -135,6 +209,74 @@ _SUBMIT_RESPONSE_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 
 _INTAKE_TO_SUBMIT_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 _RECEIPT_BUCKETS_S = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 3 * 3600, 24 * 3600)
 _RCS_DELIVERY_BUCKETS_S = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 6 * 3600, 24 * 3600)
+# Intake of 10,000 items takes a second or two; a CSV export streams longer.
+_HTTP_REQUEST_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+# Label values come only from bounded sets: configured accounts, carriers and
+# binds, the daemon's own enums and reason words, route templates. What a
+# peer sends (a receipt's stat, an SMSC's command_status, an HTTP method) is
+# mapped onto such a set here, so a broken or hostile peer cannot grow the
+# series count.
+RECEIPT_STATS: frozenset[str] = frozenset(
+    {"DELIVRD", "EXPIRED", "DELETED", "UNDELIV", "ACCEPTD", "UNKNOWN", "REJECTD", "ENROUTE"}
+)
+HTTP_METHODS: frozenset[str] = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"}
+)
+OTHER = "other"
+# The route label of a request that matched no route (404, 405).
+UNMATCHED_ROUTE = "unmatched"
+
+
+def receipt_stat_label(stat: str | None) -> str:
+    """A receipt's stat as a label: one of RECEIPT_STATS, else "other"."""
+    return stat if stat in RECEIPT_STATS else OTHER
+
+
+def command_status_label(command_status: int) -> str:
+    """ "ok", or the command_status in hex when SMPP 3.4 gives it a place
+    (0x00-0xFF, vendor-specific 0x400-0x4FF: 512 values at most), else "other"."""
+    if command_status == 0:
+        return "ok"
+    if 0 < command_status <= 0xFF or 0x400 <= command_status <= 0x4FF:
+        return f"0x{command_status:08x}"
+    return OTHER
+
+
+def http_method_label(method: str) -> str:
+    return method if method in HTTP_METHODS else OTHER
+
+
+# carrier -> (binds established again after a loss, bind attempts that failed),
+# each counted since the daemon started.
+BindCounts = Callable[[], Mapping[str, tuple[int, int]]]
+
+
+class _BindCounters(Collector):
+    """bind_reconnects_total and bind_failures_total, read from the SMPP
+    sessions' own counters at scrape time (smpp/ knows nothing of Prometheus)."""
+
+    def __init__(self) -> None:
+        self.source: BindCounts | None = None
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        reconnects = CounterMetricFamily(
+            "carrierd_bind_reconnects",
+            "Binds established again after one was lost (the first bind of each "
+            "connection is not counted).",
+            labels=("carrier",),
+        )
+        failures = CounterMetricFamily(
+            "carrierd_bind_failures",
+            "Bind attempts that failed (no connection, refused, no answer in time).",
+            labels=("carrier",),
+        )
+        counts = self.source() if self.source is not None else {}
+        for carrier, (reconnected, failed) in sorted(counts.items()):
+            reconnects.add_metric((carrier,), reconnected)
+            failures.add_metric((carrier,), failed)
+        yield reconnects
+        yield failures
 
 
 class Metrics:
@@ -144,6 +286,14 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
+        # The process (CPU, memory, file descriptors), platform (Python
+        # version) and garbage collector collectors of prometheus_client's
+        # default registry, in ours: they read this process, whichever
+        # registry shows them.
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            registry.register(collector)
+        self._bind_counters = _BindCounters()
+        registry.register(self._bind_counters)
 
         def counter(name: str, doc: str, labels: Iterable[str] = ()) -> Counter:
             return Counter(f"carrierd_{name}", doc, list(labels), registry=registry)
@@ -170,11 +320,14 @@ class Metrics:
         )
         self.submit_responses_total = counter(
             "submit_responses_total",
-            "submit_sm_resp received; status is ok or the command_status in hex.",
+            "submit_sm_resp received; status is ok, the command_status in hex, or other "
+            "(outside SMPP 3.4's ranges).",
             ("carrier", "status"),
         )
         self.receipts_total = counter(
-            "receipts_total", "Delivery receipts received, by stat.", ("carrier", "stat")
+            "receipts_total",
+            "Delivery receipts received, by stat (other: not one SMPP 3.4 names).",
+            ("carrier", "stat"),
         )
         self.receipts_unmatched_total = counter(
             "receipts_unmatched_total",
@@ -221,10 +374,11 @@ class Metrics:
         self.throttled_total = counter(
             "throttled_total", "Throttling answers from an SMSC.", ("carrier",)
         )
+        # No month label: it would add series every month, for ever. The
+        # monthly figures are GET /v1/billing; increase() over a month range
+        # of this counter gives the same.
         self.billing_units_total = counter(
-            "billing_units_total",
-            "Billable units counted, by JST month.",
-            ("account", "channel", "month"),
+            "billing_units_total", "Billable units counted.", ("account", "channel")
         )
         self.webhooks_rejected_total = counter(
             "webhooks_rejected_total", "Inbound webhooks refused, by reason.", ("reason",)
@@ -237,6 +391,18 @@ class Metrics:
             "HTTP connections the server closed on a client (idle_timeout, "
             "header_timeout, body_timeout, displaced, over_limit).",
             ("reason",),
+        )
+        self.http_requests_total = counter(
+            "http_requests_total",
+            "HTTP requests answered, by route template (unmatched: no route), method "
+            "and status code.",
+            ("route", "method", "status"),
+        )
+        self.mo_received_total = counter(
+            "mo_received_total",
+            "Messages from handsets received: SMS MO (sms; an SMSC's redelivery "
+            "counts again) and +Message replies and taps (rcs).",
+            ("channel",),
         )
 
         # Gauges.
@@ -269,6 +435,26 @@ class Metrics:
         self.au_gate_held = gauge(
             "au_gate_held", "au numbers waiting out the spacing after their last receipt."
         )
+        self.callbacks_pending = gauge(
+            "callbacks_pending", "Status callbacks not yet delivered (due or waiting to retry)."
+        )
+        self.callbacks_oldest_pending_age_seconds = gauge(
+            "callbacks_oldest_pending_age_seconds",
+            "How long the oldest undelivered status callback has waited (0: none).",
+        )
+        self.database_up = gauge(
+            "database_up",
+            "1 when the database answered the daemon's last probe, 0 when it did not.",
+        )
+        self.build = Info(
+            "carrierd_build", "The running carrierd and the Python it runs on.", registry=registry
+        )
+        self.build.info(
+            {
+                "version": carrierd.__version__,
+                "python": platform.python_version(),
+            }
+        )
 
         # Histograms.
         self.intake_to_submit_seconds = histogram(
@@ -293,14 +479,44 @@ class Metrics:
             "From +Message send to its delivery report.",
             _RCS_DELIVERY_BUCKETS_S,
         )
+        self.http_request_duration_seconds = histogram(
+            "http_request_duration_seconds",
+            "From a request's handler being called to its response, by route template.",
+            _HTTP_REQUEST_BUCKETS_S,
+            ("route", "method"),
+        )
 
         # (state, account) pairs the queue gauges have reported: a pair that
         # empties reads 0 rather than vanishing from the graph.
         self._queue_label_pairs: set[tuple[str, str]] = set()
+        # (route, method, status) -> its counter and histogram children.
+        self._http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        # prometheus_client's own handler: gzip when the scraper accepts it,
+        # OpenMetrics when it asks for it, name[] filters.
+        self._exposition = make_aiohttp_handler(self.registry)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition body and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def serve(self, request: web.Request) -> Awaitable[web.StreamResponse]:
+        """Answer a scrape of /metrics."""
+        return self._exposition(request)
+
+    def count_binds_from(self, source: BindCounts) -> None:
+        """Where bind_reconnects_total and bind_failures_total are read."""
+        self._bind_counters.source = source
+
+    def observe_http_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, status)
+        children = self._http_children.get(key)
+        if children is None:
+            children = self._http_children[key] = (
+                self.http_requests_total.labels(route, method, str(status)),
+                self.http_request_duration_seconds.labels(route, method),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def exported_names(self) -> frozenset[str]:
         """Every series name a scrape can show (with _total, _bucket...)."""
@@ -311,6 +527,8 @@ class Metrics:
             elif family.type == "histogram":
                 suffixes = ("_bucket", "_sum", "_count", "_created")
                 names.update(family.name + s for s in suffixes)
+            elif family.type == "info":
+                names.add(f"{family.name}_info")
             else:
                 names.add(family.name)
         return frozenset(names)
@@ -347,10 +565,10 @@ class SubmitMetrics:
     def submit_answered(self, command_status: int, elapsed_s: float) -> None:
         counter = self._by_status.get(command_status)
         if counter is None:
-            status = "ok" if command_status == 0 else f"0x{command_status:08x}"
-            counter = self._by_status[command_status] = self._metrics.submit_responses_total.labels(
-                self._carrier, status
-            )
+            label = command_status_label(command_status)
+            counter = self._metrics.submit_responses_total.labels(self._carrier, label)
+            if label != OTHER:  # the cache stays as bounded as the labels
+                self._by_status[command_status] = counter
         counter.inc()
         self._response_seconds.observe(elapsed_s)
 

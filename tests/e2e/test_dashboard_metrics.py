@@ -48,6 +48,7 @@ from tests.integration.test_rcs_leg import serve
 
 WAIT_S = 20.0  # an upper bound for the scenario's real-time work, not a speed claim
 SCRAPE_EVERY_S = 0.2
+STALL_ATTEMPTS = 5
 WEBHOOK_SECRET = "dashboard-webhook-secret"
 FINAL = ("delivered", "failed", "expired", "cancelled", "skipped", "rejected", "unknown")
 
@@ -261,18 +262,18 @@ async def stall_receipt_writes(dsn: str, seconds: float) -> None:
     receipts arriving meanwhile stay unanswered until they are durable."""
     conn = await asyncpg.connect(dsn)
     try:
-        for _ in range(20):
+        for _ in range(STALL_ATTEMPTS):
             try:
                 async with conn.transaction():
-                    # The two locks are taken one after the other; a daemon
-                    # transaction holding the second and wanting the first
-                    # makes PostgreSQL abort one of the two: ours, again.
                     await conn.execute("LOCK TABLE messages, parts IN EXCLUSIVE MODE")
                     await asyncio.sleep(seconds)
                 return
             except asyncpg.DeadlockDetectedError:
+                # A daemon transaction wrote parts between our two locks and
+                # then wanted messages (its foreign key check): PostgreSQL
+                # chose us to give way. Take both locks again.
                 continue
-        raise AssertionError("could not lock messages and parts")
+        raise AssertionError(f"no stall after {STALL_ATTEMPTS} deadlocks")
     finally:
         await conn.close()
 

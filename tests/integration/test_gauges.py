@@ -7,8 +7,13 @@ import asyncio
 import math
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
+import asyncpg
+
+from carrierd.channels.types import InboundSms
 from carrierd.config import Config
+from carrierd.daemon import _CountingEvents, bind_counts
 from carrierd.domain.clock import FakeClock
 from carrierd.ops.gauges import GaugeRefresher, set_bind_gauges
 from carrierd.smpp.pool import BindHealth, PoolHealth
@@ -16,6 +21,7 @@ from carrierd.smpp.session import SessionStats
 from carrierd.store.db import Database
 from carrierd.telemetry import Metrics
 from tests.integration.apiclient import make_config
+from tests.integration.test_callbacks import new_message
 
 NOW = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
 SPACING_S = 22.0
@@ -142,3 +148,75 @@ async def test_the_loop_keeps_sampling_until_stopped(dsn: str, db: Database) -> 
     stop.set()
     await asyncio.wait_for(task, 10)
     assert metrics.registry.get_sample_value("carrierd_au_gate_held") == 1
+
+
+async def test_callback_backlog_and_database_up(dsn: str, db: Database, pg_server_dsn: str) -> None:
+    config = await synced(dsn, db)
+    ids = [await new_message(db), await new_message(db)]
+    for message_id, state, created_s_ago in zip(
+        ids + ids[:1], ("pending", "pending", "sent"), (30.0, 5.0, 600.0), strict=True
+    ):
+        await db.call_raw(
+            "INSERT INTO status_callbacks (message_id, account_id, url, payload, "
+            "next_attempt_at, created_at, state) VALUES ($1, 'acme', 'https://x.example/', "
+            "'{}', $2, $2, $3)",
+            message_id,
+            NOW - timedelta(seconds=created_s_ago),
+            state,
+        )
+    metrics = Metrics()
+    refresher = GaugeRefresher(db, FakeClock(NOW), metrics, config=lambda: config)
+    await refresher.refresh()
+    value = metrics.registry.get_sample_value
+    assert value("carrierd_callbacks_pending") == 2
+    assert value("carrierd_callbacks_oldest_pending_age_seconds") == 30.0
+    assert value("carrierd_database_up") == 1
+
+    # The database refuses every connection: the probe says so, and the
+    # refresh does not fail on the queries after it.
+    name = urlsplit(dsn).path.lstrip("/")
+    admin = await asyncpg.connect(pg_server_dsn)
+    try:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = $1 AND pid <> pg_backend_pid()",
+            name,
+        )
+        await refresher.refresh()
+        assert value("carrierd_database_up") == 0
+        assert value("carrierd_callbacks_pending") == 2  # the last value read
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.close()
+    await refresher.refresh()
+    assert value("carrierd_database_up") == 1
+
+
+def test_bind_reconnects_and_failures_are_summed_per_carrier() -> None:
+    metrics = Metrics()
+    first = replace(bind("d1", "bound", 0), stats=SessionStats(binds=3, reconnects=2))
+    second = replace(bind("d2", "connecting", 0), stats=SessionStats(bind_failures=5))
+    pools = {"docomo": PoolHealth("docomo", (first, second))}
+    metrics.count_binds_from(lambda: bind_counts(pools))
+    value = metrics.registry.get_sample_value
+    assert value("carrierd_bind_reconnects_total", {"carrier": "docomo"}) == 2
+    assert value("carrierd_bind_failures_total", {"carrier": "docomo"}) == 5
+
+
+def test_mo_received_counts_each_inbound_sms() -> None:
+    class Recorder:
+        def __init__(self) -> None:
+            self.inbound_seen: list[InboundSms] = []
+
+        def inbound(self, message: InboundSms) -> None:
+            self.inbound_seen.append(message)
+
+    metrics = Metrics()
+    recorder = Recorder()
+    events = _CountingEvents(recorder, metrics)  # type: ignore[arg-type]
+    mo = InboundSms("au", "+819012345678", "0120111111", "はい", NOW)
+    events.inbound(mo)
+    events.inbound(mo)
+    assert recorder.inbound_seen == [mo, mo]
+    assert metrics.registry.get_sample_value("carrierd_mo_received_total", {"channel": "sms"}) == 2

@@ -79,7 +79,7 @@ async def test_metrics_serves_the_exposition(dsn: str, db: Database) -> None:
     async with running_api(make_config(dsn), db, FakeClock(NOW), metrics=metrics) as (base, http):
         resp = await http.get(f"{base}/metrics")
         assert resp.status == 200
-        assert resp.headers["Content-Type"] == metrics.render()[1]
+        assert resp.headers["Content-Type"].startswith("text/plain")
         assert 'carrierd_callbacks_total{outcome="sent"} 2.0' in await resp.text()
         resp = await http.get(f"{base}/healthz")
         assert (resp.status, await resp.json()) == (200, {"status": "alive"})

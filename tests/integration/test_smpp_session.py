@@ -436,6 +436,7 @@ async def test_disconnect_mid_window_in_flight_unknown_queued_unsent_then_reconn
     stub.behaviour.answer_submits = True
     assert (await session.submit(message(9))).outcome == "accepted"
     assert len(stub.binds) == 2
+    assert (session.stats.binds, session.stats.reconnects) == (2, 1)
 
 
 async def test_peer_closing_on_a_submit(
@@ -483,6 +484,9 @@ async def test_bind_refused_is_retried(
     await wait_for(lambda: len(stub.binds) >= 2)
     stub.behaviour.bind_status = 0
     await wait_for(lambda: session.health == "bound")
+    # Refused attempts are failures; the first bind that works is no reconnect.
+    assert session.stats.bind_failures == len(stub.binds) - 1
+    assert session.stats.reconnects == 0
 
 
 async def test_binds_dropped_at_once_do_not_reconnect_in_a_tight_loop(

@@ -180,8 +180,8 @@ class Lifecycle:
         for a in applied:
             if a.move.event in _LABELLED_BY_MOVE:
                 counts[_labelled(metrics, a)] += 1
-        for (account_id, month, channel, _route), units in bills.units.items():
-            counts[(metrics.billing_units_total, account_id, channel, month)] += units
+        for (account_id, _month, channel, _route), units in bills.units.items():
+            counts[(metrics.billing_units_total, account_id, channel)] += units
         for (metric, *labels), amount in counts.items():
             self._inc(metric, *labels, amount=amount)
 

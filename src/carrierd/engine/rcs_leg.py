@@ -689,9 +689,12 @@ class RcsLeg:
             self._observe(effects)
         elif isinstance(event, InboundEvent):
             inbound_event = event
-            return await self._db.in_transaction(
+            stored = await self._db.in_transaction(
                 lambda tx: self._inbound.store_rcs(tx, inbound_event, bot, now, event_key)
             )
+            if stored and self._metrics is not None:
+                self._metrics.mo_received_total.labels("rcs").inc()
+            return stored
         elif isinstance(event, TypingEvent):
             pass  # "is typing" changes nothing we keep
         return True

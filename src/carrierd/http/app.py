@@ -256,10 +256,11 @@ def build_app(state: ApiState) -> web.Application:
     # The handler modules import API_STATE and authenticate from this one;
     # importing them here, at build time, keeps the table in this module
     # without an import cycle.
-    from carrierd.http import health, messages, openapi, reports, webhooks
+    from carrierd.http import health, messages, observe, openapi, reports, webhooks
 
     app = web.Application(
-        client_max_size=state.config.http.max_body_bytes, middlewares=[error_middleware]
+        client_max_size=state.config.http.max_body_bytes,
+        middlewares=[observe.observe_requests, error_middleware],
     )
     app[API_STATE] = state
     routes = [

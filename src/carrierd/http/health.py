@@ -12,7 +12,9 @@ so keep the HTTP listener on a private interface.
   binds, and is ready while at least one carrier is up: messages to a
   carrier that is away wait or go to the next candidate (§4), so intake
   stays open; only with every carrier down would it queue for nothing.
-- ``GET /metrics``: the Prometheus exposition (only with ApiState.metrics).
+- ``GET /metrics``: the Prometheus exposition (only with ApiState.metrics):
+  the text format, or OpenMetrics when the scraper asks for it, gzipped
+  when it accepts that.
 """
 
 from __future__ import annotations
@@ -51,9 +53,8 @@ def carriers_check(binds: Mapping[str, tuple[int, int]]) -> dict[str, Any]:
     return {"ready": ready, **carriers}
 
 
-async def serve_metrics(request: web.Request) -> web.Response:
+async def serve_metrics(request: web.Request) -> web.StreamResponse:
     metrics = request.app[API_STATE].metrics
     if metrics is None:
         raise web.HTTPNotFound()
-    body, content_type = metrics.render()
-    return web.Response(body=body, headers={"Content-Type": content_type})
+    return await metrics.serve(request)

@@ -8,8 +8,13 @@ states, so this loop samples them:
 - bucket_tokens: tokens in each account's rate bucket, projected to now
   (the stored value is as of the last claim, and the refill since then is
   arithmetic: domain.pacing.tokens_at);
+- callbacks_pending, callbacks_oldest_pending_age_seconds: the status
+  callbacks not yet delivered;
+- database_up: whether the database answered this pass's probe (while it
+  does not, the other database gauges keep their last values);
 - binds, window_in_use, delivers_unanswered, bind_send_rate_per_s: this
-  daemon's SMPP binds.
+  daemon's SMPP binds (sampled first: they matter most while the database
+  is away).
 
 The database gauges read the same rows in every daemon on a database:
 dashboards take max() across instances, and sum() only the bind gauges.
@@ -46,6 +51,13 @@ async def refresh_queue_gauges(metrics: Metrics, db: Database, now: datetime) ->
     """Open messages per state and account (one statement) into queue_depth
     and queue_oldest_age_seconds."""
     metrics.set_queue_gauges(await db.fetch("queue_gauges", now))
+
+
+async def refresh_callback_gauges(metrics: Metrics, db: Database, now: datetime) -> None:
+    row = await db.fetchrow("callback_backlog", now)
+    assert row is not None  # an aggregate always has its row
+    metrics.callbacks_pending.set(float(row["pending"]))
+    metrics.callbacks_oldest_pending_age_seconds.set(float(row["oldest_age_s"]))
 
 
 async def refresh_au_gate_gauge(
@@ -108,12 +120,17 @@ class GaugeRefresher:
 
     async def refresh(self) -> None:
         config = self._config()
-        now = self._clock.now()
-        await refresh_queue_gauges(self._metrics, self._db, now)
-        await refresh_au_gate_gauge(self._metrics, self._db, now, config.engine.au_spacing_s)
-        await self._refresh_buckets(config, now)
         if self._bind_health is not None:
             set_bind_gauges(self._metrics, self._bind_health())
+        problem = await self._db.probe()
+        self._metrics.database_up.set(1.0 if problem is None else 0.0)
+        if problem is not None:
+            return
+        now = self._clock.now()
+        await refresh_queue_gauges(self._metrics, self._db, now)
+        await refresh_callback_gauges(self._metrics, self._db, now)
+        await refresh_au_gate_gauge(self._metrics, self._db, now, config.engine.au_spacing_s)
+        await self._refresh_buckets(config, now)
 
     async def run(self, stop_event: asyncio.Event) -> None:
         async def step() -> float:

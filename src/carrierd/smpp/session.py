@@ -202,6 +202,7 @@ class SessionStats:
     late_answers: int = 0  # answers to submits already reported unknown
     throttled: int = 0
     binds: int = 0
+    reconnects: int = 0  # binds after a connection's first: it had been lost
     bind_failures: int = 0
     dead_peers: int = 0
 
@@ -891,6 +892,7 @@ class SmppSession:
 
     async def _supervise(self, link: _Link) -> None:
         short_lived_binds = 0
+        bound_before = False
         while self._state == "running":
             connection = await self._connect_with_backoff(link)
             if not connection.is_open:
@@ -898,6 +900,9 @@ class SmppSession:
             link.connection = connection
             bound_at_s = self._clock()
             self.stats.binds += 1
+            if bound_before:
+                self.stats.reconnects += 1
+            bound_before = True
             log.info(
                 "smpp_bound",
                 bind=self.bind_id,

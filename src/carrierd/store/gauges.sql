@@ -25,3 +25,13 @@ WHERE last_final_at > $1::timestamptz - make_interval(secs => $2::float8);
 -- Every account's stored bucket, as of its own updated_at; the refill up
 -- to now is projected in Python with the account's configured rate.
 SELECT account_id, tokens, updated_at FROM rate_buckets;
+
+-- name: callback_backlog
+-- Status callbacks not yet delivered, and how long the oldest has waited at
+-- $1 (0 with none). The partial index on pending rows keeps this to the
+-- backlog itself, however many sent callbacks the table keeps.
+SELECT count(*)::bigint AS pending,
+       coalesce(greatest(0, extract(epoch FROM $1::timestamptz - min(created_at))), 0)
+           ::float8 AS oldest_age_s
+FROM status_callbacks
+WHERE state = 'pending';
