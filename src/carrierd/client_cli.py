@@ -388,12 +388,38 @@ def new_token() -> tuple[str, str]:
     return token, hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+# The roles a token may carry (config.ROLES; the client does not read the
+# configuration, a test keeps the two lists equal).
+TOKEN_ROLES = ("company_admin", "senior_manager", "manager", "general_user")
+
+
 def _token_new(args: argparse.Namespace, out: TextIO) -> int:
     token, digest = new_token()
-    if args.json:
-        out.write(json.dumps({"token": token, "token_sha256": digest}) + "\n")
-        return 0
     account = args.account or "<account>"
+    if args.json:
+        minted = {"token": token, "token_sha256": digest}
+        out.write(json.dumps({**minted, "role": args.role} if args.role else minted) + "\n")
+        return 0
+    if args.role:
+        name = args.name or args.role
+        out.write(
+            "\n".join(
+                [
+                    f"token         {token}",
+                    f"token_sha256  {digest}",
+                    "",
+                    "Give the token to the client (it is not stored anywhere), add this",
+                    "table to the configuration, and reload the daemon (SIGHUP,",
+                    "`systemctl reload carrierd`); delete the table to revoke the token:",
+                    f"[[accounts.{account}.api_tokens]]",
+                    f"name = {json.dumps(name, ensure_ascii=False)}",
+                    f'sha256 = "{digest}"',
+                    f'role = "{args.role}"',
+                ]
+            )
+            + "\n"
+        )
+        return 0
     out.write(
         "\n".join(
             [
@@ -475,5 +501,11 @@ def add_client_commands(sub: Any) -> None:
     token_sub = token.add_subparsers(dest="token_command", required=True)
     token_new = token_sub.add_parser("new", help="a new token and the digest for the config")
     token_new.add_argument("--account", help="the account it is for (names it in the hint)")
+    token_new.add_argument(
+        "--role",
+        choices=TOKEN_ROLES,
+        help="a token limited to a role: prints its [[accounts.X.api_tokens]] table",
+    )
+    token_new.add_argument("--name", help="the token's name in that table (default: the role)")
     token_new.add_argument("--json", action="store_true")
     token_new.set_defaults(func=lambda args: _token_new(args, sys.stdout))

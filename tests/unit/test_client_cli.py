@@ -4,6 +4,9 @@ messages `send` builds, the columns it prints, the error shapes it reads."""
 from __future__ import annotations
 
 import argparse
+import io
+import re
+import tomllib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -11,7 +14,16 @@ import pytest
 
 from carrierd.__main__ import build_parser
 from carrierd.client import error_from_response
-from carrierd.client_cli import UsageError, jst, messages_to_send, parse_when, table
+from carrierd.client_cli import (
+    TOKEN_ROLES,
+    UsageError,
+    _token_new,
+    jst,
+    messages_to_send,
+    parse_when,
+    table,
+)
+from carrierd.config import ROLES, parse_config
 from carrierd.domain.clock import JST
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=JST)
@@ -142,3 +154,26 @@ def test_errors_are_read_in_every_shape() -> None:
     assert str(outage) == "503 unavailable: database unavailable: connection refused"
     plain = error_from_response(405, "405: Method Not Allowed")
     assert str(plain) == "405 method_not_allowed: 405: Method Not Allowed"
+
+
+def test_token_new_with_a_role_prints_a_table_the_daemon_reads_with_that_role() -> None:
+    out = io.StringIO()
+    args = build_parser().parse_args(
+        ["token", "new", "--account", "acme", "--role", "manager", "--name", "campaign tool"]
+    )
+    assert _token_new(args, out) == 0
+    printed = out.getvalue()
+    token = re.search(r"^token\s+(\S+)$", printed, re.MULTILINE)
+    assert token is not None
+    table_text = printed[printed.index("[[accounts.acme.api_tokens]]") :]
+    raw = {
+        "database": {"dsn": "postgresql://localhost/carrierd"},
+        "accounts": {"acme": {"senders": {}}},
+        **tomllib.loads(table_text),
+    }
+    raw["accounts"]["acme"]["senders"] = {}
+    config = parse_config(raw, env={})
+    access = config.access_for_token(token.group(1))
+    assert access is not None and access[1] == ROLES["manager"]
+    assert config.accounts["acme"].api_tokens  # the table's name was accepted
+    assert tuple(ROLES) == TOKEN_ROLES
