@@ -7,6 +7,7 @@ its part 1, and no carrier sees a text it will not deliver."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 from carrierd.channels.sms import SmppGateway
 from carrierd.domain.allocation import allocated_carrier
@@ -19,7 +20,7 @@ from carrierd.engine.sms_leg import SmsLeg
 from carrierd.engine.timers import Timers
 from carrierd.engine.write_behind import WriteBehind
 from carrierd.sim.smsc import SmscSimulator, is_ported, sim_config_from_mapping
-from carrierd.store.db import Database
+from carrierd.store.db import Database, Transaction
 from tests.integration.engine_harness import engine_config, enqueue
 
 CARRIERS = ("docomo", "au", "softbank", "rakuten")
@@ -154,3 +155,18 @@ async def test_first_guesses_by_the_allocation_and_part_one_alone_to_an_unconfir
     # A delivery confirms the carrier: the next long message goes whole.
     learned = await db.call_raw("SELECT count(*) AS n FROM carrier_learned")
     assert learned[0]["n"] == MESSAGES
+
+
+async def test_two_deliveries_to_one_new_number_in_one_flush_learn_it_once(db: Database) -> None:
+    """Both are the number's first delivery: PostgreSQL refuses an upsert
+    that takes one row twice, and the whole flush failed with it."""
+    now = datetime(2026, 12, 1, 1, 0, tzinfo=UTC)
+
+    async def learn(tx: Transaction) -> None:
+        await tx.execute(
+            "learn_carriers", ["+819012345678", "+819012345678"], ["au", "au"], [now, now]
+        )
+
+    await db.in_transaction(learn)
+    rows = await db.call_raw("SELECT msisdn, carrier FROM carrier_learned")
+    assert [(r["msisdn"], r["carrier"]) for r in rows] == [("+819012345678", "au")]

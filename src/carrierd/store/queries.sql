@@ -221,9 +221,13 @@ JOIN carrier_learned l ON l.msisdn = n.msisdn;
 
 -- name: learn_carriers
 -- learned_at: when the carrier was learned or last changed (the recorder
--- skips deliveries that teach the resolver nothing new).
+-- skips deliveries that teach the resolver nothing new). Two deliveries to
+-- one number in one flush: the later one is what was learned (ON CONFLICT
+-- cannot take a row twice in one statement).
 INSERT INTO carrier_learned (msisdn, carrier, learned_at)
-SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[])
+SELECT DISTINCT ON (msisdn) msisdn, carrier, learned_at
+FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS i(msisdn, carrier, learned_at)
+ORDER BY msisdn, learned_at DESC
 ON CONFLICT (msisdn) DO UPDATE SET carrier = EXCLUDED.carrier, learned_at = EXCLUDED.learned_at;
 
 -- name: au_gate_state
