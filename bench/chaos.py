@@ -839,6 +839,7 @@ class Outcome:
     # (carrier, SMSC id) pairs held by more than one part: a receipt or a
     # response recorded on a part it does not belong to.
     shared_ids: list[str] = field(default_factory=list)
+    open_samples: list[str] = field(default_factory=list)  # lost messages, as the database has them
     states: Counter[str] = field(default_factory=Counter)
     # History events that show what the faults did (recoveries, timeouts, waits).
     events: Counter[str] = field(default_factory=Counter)
@@ -874,6 +875,8 @@ class DatabaseSnapshot:
     billed_total: int
     events: dict[str, int]
     shared_ids: list[asyncpg.Record]
+    # A few messages never final, with what tells why: lease, parts, history.
+    open_samples: list[asyncpg.Record] = field(default_factory=list)
 
 
 async def snapshot(dsn: str) -> DatabaseSnapshot:
@@ -912,6 +915,18 @@ async def snapshot(dsn: str) -> DatabaseSnapshot:
                GROUP BY 1, 2 HAVING count(*) > 1""",
             ACCOUNT,
         )
+        open_samples = await conn.fetch(
+            """SELECT m.id, m.state, m.attempt, m.lease_owner,
+                      round(extract(epoch FROM m.lease_expires_at - now())) AS lease_left_s,
+                      (SELECT string_agg(p.part_no || ':' || p.state, ',' ORDER BY p.part_no)
+                         FROM parts p WHERE p.message_id = m.id AND p.attempt = m.attempt)
+                        AS parts,
+                      (SELECT string_agg(e.kind, ',' ORDER BY e.id)
+                         FROM message_events e WHERE e.message_id = m.id) AS history
+               FROM messages m WHERE m.account_id = $1 AND m.final_at IS NULL
+               ORDER BY m.id LIMIT 3""",
+            ACCOUNT,
+        )
         billed = await conn.fetchval(
             "SELECT coalesce(sum(units), 0) FROM billing_counts"
             " WHERE account_id = $1 AND channel = 'sms'",
@@ -926,6 +941,7 @@ async def snapshot(dsn: str) -> DatabaseSnapshot:
         int(billed),
         {r["kind"]: int(r["n"]) for r in events},
         shared_ids,
+        open_samples,
     )
 
 
@@ -970,6 +986,11 @@ def judge(
             side = _smsc_side(parts, int(row["sms_parts"] or 1))
             outcome.unknown[f"{row['reason_code']}: {side}"] += 1
     outcome.billing_counts_gap = db.billed_total - sum(int(r["sms_units"]) for r in db.messages)
+    outcome.open_samples = [
+        f"{r['id']} {r['state']} attempt {r['attempt']} lease {r['lease_owner']}"
+        f" ({r['lease_left_s']} s left) parts {r['parts']} history {r['history']}"
+        for r in db.open_samples
+    ]
     outcome.shared_ids = [
         f"{r['carrier']} {r['smsc_message_id']}: {', '.join(r['parts'])}" for r in db.shared_ids
     ]
@@ -1114,6 +1135,8 @@ def report_lines(outcome: Outcome) -> list[str]:
             detail + f"billed but not delivered: {outcome.overbilled} parts; billing_counts "
             f"minus sms_units: {outcome.billing_counts_gap}"
         )
+    if outcome.lost and outcome.open_samples:
+        lines.append(detail + "never final, e.g.: " + "; ".join(outcome.open_samples))
     if outcome.shared_ids:
         lines.append(
             detail

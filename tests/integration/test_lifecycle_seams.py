@@ -347,3 +347,48 @@ async def test_two_changes_for_one_message_in_one_write_are_refused_unwritten(
 
     await db.in_transaction(write_one)
     assert (await message(db, message_id))["sms_units"] == await sms_billed(db) == 2
+
+
+class SubmitsHang(NetworkStandIn):
+    """A bind that takes the submit and never answers while the test runs."""
+
+    async def submit(self, carrier: str, request: SmsRequest) -> list[PartOutcome]:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_a_claim_this_daemon_holds_nowhere_is_queued_again_not_kept_forever(
+    dsn: str, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim committed and then lost in memory stayed 'sending' for as
+    long as the daemon lived: its lease was renewed with every other."""
+    clock = FakeClock(T0)
+    config = engine_config(dsn, {"engine": {"pacing": False, "submitted_grace_s": 0}})
+    engine = await make_engine(config, db, clock)
+    [message_id] = await enqueue(
+        db, "acme", [{"to": "09012340004", "sms": {"text": "x"}}], clock.now(), config
+    )
+    with monkeypatch.context() as patched:
+        patched.setattr(engine.dispatcher.sms_leg, "hand_over", lambda ours, now: None)
+        await engine.cycle()
+    assert (await message(db, message_id))["state"] == "sending"
+
+    clock.advance(10)
+    assert await engine.dispatcher.release_orphans(clock.now()) == 1
+    await engine.recorder.drain()
+    requeued = await message(db, message_id)
+    assert requeued["state"] == "queued"
+    clock.advance(max(0.0, (requeued["not_before"] - clock.now()).total_seconds()))
+    await engine.cycle()
+    assert (await message(db, message_id))["state"] in ("submitted", "delivered")
+    assert [s.request.message_id for s in engine.network.submitted] == [message_id]
+
+
+async def test_a_claim_being_submitted_is_not_given_back(dsn: str, db: Database) -> None:
+    clock = FakeClock(T0)
+    config = engine_config(dsn, {"engine": {"pacing": False}})
+    engine = await make_engine(config, db, clock, network=SubmitsHang(clock, list(config.carriers)))
+    await enqueue(db, "acme", [{"to": "09012340004", "sms": {"text": "x"}}], clock.now(), config)
+    await engine.dispatcher.dispatch_once(clock.now())
+    clock.advance(10)
+    assert await engine.dispatcher.release_orphans(clock.now()) == 0

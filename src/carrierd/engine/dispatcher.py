@@ -129,6 +129,7 @@ class Dispatcher:
             self._last_renewal = now
         elif (now - self._last_renewal).total_seconds() >= renew_every_s:
             await self.leases.renew(now)
+            await self.release_orphans(now - timedelta(seconds=renew_every_s))
             self._last_renewal = now
         max_in_flight = max(1000, config.engine.claim_batch * 2)
         if self.sms_leg.in_flight >= max_in_flight:
@@ -147,6 +148,24 @@ class Dispatcher:
         if await self.dispatch_once(now):
             return 0.0
         return min(max(self.pacing_wait_s, config.engine.idle_poll_s), 1.0)
+
+    async def release_orphans(self, claimed_before: datetime) -> int:
+        """Give back this process's claims that it holds nowhere: 'sending'
+        under its lease, no part answered, yet neither the SMS leg nor the
+        write-behind has them. Their leases would be renewed for as long as
+        the daemon lives and nothing would ever send them; they were never
+        handed to a bind, so their parts are recorded unsent and the message
+        is queued again like any other not handed over. Returns how many."""
+        rows = await self._db.fetch("own_claims_unanswered", self.lease_owner, claimed_before)
+        if not rows:
+            return 0
+        # Checked after the rows were read: a claim handed over since is held.
+        orphans = self.sms_leg.give_back_unheld(
+            [(r["id"], r["attempt"], r["carrier"], r["pending"]) for r in rows]
+        )
+        if orphans:
+            log.error("orphaned_claims_released", messages=len(orphans), first=orphans[:5])
+        return len(orphans)
 
     async def _committed_part(self, decided: _Claim) -> _Claim:
         """What of a claim whose commit went unanswered the database holds:

@@ -89,6 +89,8 @@ class SmsLeg:
         self._lease_owner = lease_owner
         self._on_submitted = on_submitted
         self._in_flight: set[asyncio.Task[None]] = set()
+        # Messages handed over whose outcomes are not all with the write-behind.
+        self._held: set[int] = set()
         # Part 1 sent alone, the rest waiting for its outcome to be recorded.
         self._releases: set[asyncio.Future[bool]] = set()
 
@@ -384,8 +386,29 @@ class SmsLeg:
 
     # -- after the commit ------------------------------------------------------------
 
+    def held_message_ids(self) -> set[int]:
+        """Messages handed over whose submit outcomes have not all reached
+        the write-behind yet."""
+        return set(self._held)
+
+    def give_back_unheld(self, claims: Sequence[tuple[int, int, str, Sequence[int]]]) -> list[int]:
+        """Of (message id, attempt, carrier, pending part numbers) claimed
+        under this process's lease, those it holds nowhere (not being
+        submitted, no outcome waiting to be written) were never handed to a
+        bind: their pending parts are recorded unsent, which queues the
+        message again. Returns their ids."""
+        held = self._held | self._write_behind.unwritten_message_ids()
+        orphans = [c for c in claims if c[0] not in held]
+        for message_id, attempt, carrier, pending in orphans:
+            for part_no in pending:
+                self._write_behind.response(
+                    SubmittedPart(message_id, attempt, carrier, PartOutcome(part_no, "unsent"))
+                )
+        return [c[0] for c in orphans]
+
     def hand_over(self, ours: Sequence[Planned], now: datetime) -> None:
         """Submit what the committed claim marked 'sending'."""
+        self._held.update(p.request.message_id for p in ours)
         if self._on_submitted is not None:
             self._on_submitted(ours, now)
         # FIFO per recipient: messages to one number go out one after another.
@@ -398,19 +421,27 @@ class SmsLeg:
             task.add_done_callback(self._in_flight.discard)
 
     async def _submit_in_order(self, queue: list[Planned]) -> None:
-        for p in queue:
-            if not p.part_one_first:
-                await self._submit(p, p.request)
-                continue
-            released: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-            self._releases.add(released)
-            released.add_done_callback(self._releases.discard)
-            await self._submit(p, replace(p.request, part_numbers=(1,)), released)
-            # The next message to the number waits too (FIFO per recipient):
-            # its parts must not overtake this one's.
-            if await released:
-                rest = tuple(range(2, len(p.request.parts) + 1))
-                await self._submit(p, replace(p.request, part_numbers=rest))
+        try:
+            for p in queue:
+                await self._submit_one(p)
+                self._held.discard(p.request.message_id)
+        finally:
+            # A task that ended early (cancelled at shutdown) holds nothing.
+            self._held.difference_update(p.request.message_id for p in queue)
+
+    async def _submit_one(self, p: Planned) -> None:
+        if not p.part_one_first:
+            await self._submit(p, p.request)
+            return
+        released: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._releases.add(released)
+        released.add_done_callback(self._releases.discard)
+        await self._submit(p, replace(p.request, part_numbers=(1,)), released)
+        # The next message to the number waits too (FIFO per recipient):
+        # its parts must not overtake this one's.
+        if await released:
+            rest = tuple(range(2, len(p.request.parts) + 1))
+            await self._submit(p, replace(p.request, part_numbers=rest))
 
     async def _submit(
         self, p: Planned, request: SmsRequest, released: asyncio.Future[bool] | None = None

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -164,6 +164,10 @@ class WriteBehind:
         self._flush_interval_s = flush_interval_s
         self._max_batch = max_batch
         self._responses: list[SubmittedPart] = []
+        # Per message, its submit outcomes handed here and not yet written
+        # (kept through a database outage): its parts are still 'pending' in
+        # the database, yet they left (Dispatcher.release_orphans).
+        self._unwritten: Counter[int] = Counter()
         self._receipts: list[Receipt] = []
         self._inbound: list[InboundSms] = []
         self._wake = asyncio.Event()
@@ -181,6 +185,7 @@ class WriteBehind:
     # -- producers (never block: the SMPP read loop calls these) ------------------
 
     def response(self, part: SubmittedPart) -> None:
+        self._unwritten[part.message_id] += 1
         self._responses.append(part)
         if part.outcome.late is not None:
             part.outcome.late.add_done_callback(partial(self._late_response, part))
@@ -300,6 +305,18 @@ class WriteBehind:
         del self._inbound_commits[:n_inbound]
         return batch
 
+    def unwritten_message_ids(self) -> set[int]:
+        """Messages with a submit outcome held here, not yet written."""
+        return set(self._unwritten)
+
+    def _written(self, responses: Sequence[SubmittedPart]) -> None:
+        for r in responses:
+            left = self._unwritten[r.message_id] - 1
+            if left > 0:
+                self._unwritten[r.message_id] = left
+            else:
+                self._unwritten.pop(r.message_id, None)
+
     async def _flush(self, batch: _Batch, now: datetime) -> None:
         responses, receipts, inbound = batch.responses, batch.receipts, batch.inbound
         grace_over = batch.grace_over
@@ -307,6 +324,7 @@ class WriteBehind:
             awaiting, settled = await self._db.in_transaction(
                 lambda tx: self._write(tx, responses, receipts, inbound, grace_over, now)
             )
+            self._written(responses)
         except Exception as exc:
             if is_transient_db_error(exc):
                 # The database is away (restart, outage): the receipts are
@@ -393,6 +411,7 @@ class WriteBehind:
                 one_awaiting, one_settled = await self._db.in_transaction(write_one)
                 awaiting |= one_awaiting
                 settled |= one_settled
+                self._written(one_response)
             except Exception as exc:
                 if future is not None and not future.done():
                     future.set_exception(NotDurable(repr(exc)))
@@ -401,6 +420,7 @@ class WriteBehind:
                     # flush instead of being dropped.
                     self._keep(one_response, one_grace_over, now)
                     continue
+                self._written(one_response)
                 for response in one_response:
                     # Not recorded: its other parts stay unsent, never sent.
                     if response.releases is not None and not response.releases.done():

@@ -964,3 +964,17 @@ UPDATE messages m SET lease_expires_at = $2
   FROM mine
  WHERE m.id = mine.id;
 
+
+-- name: own_claims_unanswered
+-- This process's messages in 'sending' none of whose parts has an answer
+-- (each pending, or unsent waiting for part 1), claimed before $2: the
+-- dispatcher checks them against what it still holds (release_orphans).
+SELECT m.id, m.attempt, m.carrier,
+       array_agg(p.part_no ORDER BY p.part_no) FILTER (WHERE p.state = 'pending') AS pending
+FROM messages m
+JOIN parts p ON p.message_id = m.id AND p.attempt = m.attempt
+WHERE m.lease_owner = $1 AND m.state = 'sending'
+GROUP BY m.id
+HAVING bool_and(p.state IN ('pending', 'unsent')) AND bool_or(p.state = 'pending')
+   AND max(p.sent_at) < $2
+LIMIT 1000;
