@@ -384,7 +384,9 @@ def run_api_command(
 
 def new_token() -> tuple[str, str]:
     """A new API token and the SHA-256 hex digest the configuration holds."""
-    token = secrets.token_urlsafe(32)
+    # A prefix: a token never starts with "-" (a command line would read it
+    # as an option), and secret scanners can recognise it.
+    token = "cd_" + secrets.token_urlsafe(32)
     return token, hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 

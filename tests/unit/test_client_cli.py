@@ -20,6 +20,7 @@ from carrierd.client_cli import (
     _token_new,
     jst,
     messages_to_send,
+    new_token,
     parse_when,
     table,
 )
@@ -177,3 +178,9 @@ def test_token_new_with_a_role_prints_a_table_the_daemon_reads_with_that_role() 
     assert access is not None and access[1] == ROLES["manager"]
     assert config.accounts["acme"].api_tokens  # the table's name was accepted
     assert tuple(ROLES) == TOKEN_ROLES
+
+
+def test_new_tokens_never_read_as_an_option() -> None:
+    """token_urlsafe starts one token in 64 with "-": `--token -x...` then
+    failed as a missing argument."""
+    assert all(not new_token()[0].startswith("-") for _ in range(500))
