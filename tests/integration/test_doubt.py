@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,6 +27,7 @@ from tests.integration.test_engine_recovery import StallingNetwork, resend_confi
 
 T0 = datetime(2026, 11, 24, 1, 0, 30, tzinfo=UTC)  # 10:00:30 JST
 TO = "09011112222"
+WAIT_S = 10.0  # an upper bound, not a speed claim
 RECIPIENT_ADDR = "819011112222"  # a receipt's source_addr: our destination
 
 
@@ -578,3 +580,34 @@ async def test_the_receipts_of_one_recipient_are_looked_at_together(dsn: str, db
         "b0b0",
         "b1b1",
     ]
+
+
+async def until(
+    done: Callable[[], bool], step: Callable[[], Awaitable[None]] | None = None
+) -> None:
+    """Polls `done` (after `step`, if given) until it holds; WAIT_S bounds it."""
+    async with asyncio.timeout(WAIT_S):
+        while not done():
+            if step is not None:
+                await step()
+            await asyncio.sleep(0.01)
+
+
+async def test_a_late_accepted_part_one_releases_the_other_parts(dsn: str, db: Database) -> None:
+    """Part 1 goes alone to a carrier not yet confirmed; its response
+    timed out and came late with "accepted": the other parts leave, where
+    the timeout alone failed the message as an incomplete submission."""
+    clock = FakeClock(T0)
+    config = resend_config(dsn)
+    network = ResponsesTimeOut(clock, list(config.carriers))
+    engine = await make_engine(config, db, clock, network=network)
+    [mid] = await enqueue(
+        db, "acme", [{"to": TO, "sms": {"text": "あ" * 201}}], clock.now(), config
+    )
+    await engine.dispatcher.dispatch_once(clock.now())
+    await until(lambda: 1 in network.late)
+    assert set(network.late) == {1}  # part 1 alone, its answer awaited
+    network.answer(1, "f1f1")
+    await until(lambda: set(network.late) == {1, 2, 3}, engine.recorder.drain)
+    parts = await parts_by_id(db, mid)
+    assert parts[1][1] == "f1f1"

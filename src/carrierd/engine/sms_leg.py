@@ -448,6 +448,8 @@ class SmsLeg:
     ) -> None:
         try:
             outcomes = await self._gateway.submit(p.carrier, request)
+            if released is not None and outcomes:
+                outcomes = [await _answer_of_part_one(outcomes[0]), *outcomes[1:]]
         except Exception:
             # The gateway reports per submit; an exception here means we
             # do not know what left: ambiguous, never resent blindly.
@@ -466,6 +468,21 @@ class SmsLeg:
             )
         if released is not None and not released.done() and not outcomes:
             released.set_result(False)
+
+
+async def _answer_of_part_one(outcome: PartOutcome) -> PartOutcome:
+    """Part 1 sent alone decides whether the others leave: when its
+    submit_sm_resp timed out, its late answer (awaited while the bind keeps
+    it, smpp.session.late_answer_keep_s) decides instead of the timeout,
+    so that a slow SMSC's "accepted" still releases them."""
+    if outcome.result != "unknown" or outcome.late is None:
+        return outcome
+    try:
+        return await asyncio.shield(outcome.late)
+    except asyncio.CancelledError:
+        if not outcome.late.cancelled():
+            raise  # our own task is being cancelled
+        return outcome  # no answer will come: unknown, as recorded at the timeout
 
 
 def counts_by_carrier(planned: Sequence[Planned]) -> Mapping[str, int]:
