@@ -12,7 +12,7 @@ from typing import Any
 
 from carrierd.channels.types import PartOutcome, SmsRequest
 from carrierd.domain.clock import FakeClock
-from carrierd.store.db import Database
+from carrierd.store.db import Database, Row, Transaction
 from tests.integration.engine_harness import (
     Engine,
     NetworkStandIn,
@@ -212,3 +212,30 @@ async def test_a_reroute_spends_no_second_token_of_the_account_rate(dsn: str, db
     await engine.cycle()
     assert (await message(db, waiting))["state"] == "submitted"
     assert clock.now() == T0 + timedelta(seconds=2)  # the reroute took no time
+
+
+async def test_parts_released_by_a_commit_whose_answer_was_lost_still_leave(
+    dsn: str, db: Database
+) -> None:
+    """The flush that released parts 2 and 3 committed, and its answer was
+    lost (a server restart): part 1's outcome is written again, and the
+    release must say yes again, or the parts stay pending, never sent."""
+    clock = FakeClock(T0)
+    config = engine_config(dsn, {"engine": {"pacing": False}})
+    engine = await make_engine(config, db, clock)
+    [mid] = await enqueue(
+        db, "acme", [{"to": "09012345678", "sms": {"text": THREE_PARTS}}], clock.now(), config
+    )
+    await engine.dispatcher.dispatch_once(clock.now())
+    await engine.dispatcher.wait_idle()
+    await engine.recorder.drain()
+
+    async def release_again(tx: Transaction) -> list[Row]:
+        return await tx.fetch("release_parts_after_part_one", [mid], [1], clock.now())
+
+    await db.call_raw(
+        "UPDATE parts SET state = 'pending' WHERE message_id = $1 AND part_no > 1", mid
+    )
+    assert [(r["message_id"], r["attempt"]) for r in await db.in_transaction(release_again)] == [
+        (mid, 1)
+    ]

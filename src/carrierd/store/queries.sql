@@ -315,16 +315,37 @@ FROM unnest($1::bigint[], $2::int[], $3::int[], $4::int[], $5::text[], $6::int[]
 -- records the acceptance, and leave only once it has committed. A crash
 -- after this finds them in flight (never resent blindly); one before finds
 -- them unsent. Only while the attempt is still the message's current one.
-UPDATE parts p
-   SET state = 'pending', sent_at = $3
-  FROM unnest($1::bigint[], $2::int[]) AS i(message_id, attempt), messages m
- WHERE p.message_id = i.message_id AND p.attempt = i.attempt AND p.part_no > 1
-   AND p.state = 'unsent'
-   AND m.id = i.message_id AND m.attempt = i.attempt AND m.state IN ('sending', 'submitted')
-   AND EXISTS (SELECT 1 FROM parts one
-               WHERE one.message_id = i.message_id AND one.attempt = i.attempt
-                 AND one.part_no = 1 AND one.state IN ('accepted', 'delivered'))
-RETURNING p.message_id, p.attempt;
+-- Parts a flush released already count as released: that flush committed
+-- and its answer was lost (a server restart), so nobody sent them, and the
+-- outcome written again must let them leave.
+WITH released AS (
+    UPDATE parts p
+       SET state = 'pending', sent_at = $3
+      FROM unnest($1::bigint[], $2::int[]) AS i(message_id, attempt), messages m
+     WHERE p.message_id = i.message_id AND p.attempt = i.attempt AND p.part_no > 1
+       AND p.state = 'unsent'
+       AND m.id = i.message_id AND m.attempt = i.attempt
+       AND m.state IN ('sending', 'submitted')
+       AND EXISTS (SELECT 1 FROM parts one
+                   WHERE one.message_id = i.message_id AND one.attempt = i.attempt
+                     AND one.part_no = 1 AND one.state IN ('accepted', 'delivered'))
+    RETURNING p.message_id, p.attempt
+)
+SELECT message_id, attempt FROM released
+UNION
+SELECT i.message_id, i.attempt
+FROM unnest($1::bigint[], $2::int[]) AS i(message_id, attempt)
+JOIN messages m ON m.id = i.message_id AND m.attempt = i.attempt
+WHERE m.state IN ('sending', 'submitted')
+  AND EXISTS (SELECT 1 FROM parts one
+              WHERE one.message_id = i.message_id AND one.attempt = i.attempt
+                AND one.part_no = 1 AND one.state IN ('accepted', 'delivered'))
+  AND EXISTS (SELECT 1 FROM parts rest
+              WHERE rest.message_id = i.message_id AND rest.attempt = i.attempt
+                AND rest.part_no > 1 AND rest.state = 'pending')
+  AND NOT EXISTS (SELECT 1 FROM parts rest
+                  WHERE rest.message_id = i.message_id AND rest.attempt = i.attempt
+                    AND rest.part_no > 1 AND rest.state NOT IN ('pending', 'unsent'));
 
 -- name: record_part_responses
 -- submit_sm_resp outcomes, written behind in batches. Only a pending part
