@@ -137,7 +137,7 @@ def test_engine_constants() -> None:
         reasons.NO_CARRIER_LEFT,
         reasons.CANCELLED_BY_SENDER,
         reasons.REASSIGNED_NUMBER,
-        reasons.REASSIGNMENT_LOOKUP_ERROR,
+        reasons.REASSIGNMENT_LOOKUP_FAILED,
         reasons.RCS_NOT_CAPABLE,
         reasons.RCS_NOT_DELIVERED_IN_TIME,
         reasons.RCS_DISCARDED,

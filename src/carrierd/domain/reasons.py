@@ -41,8 +41,8 @@ CANCELLED_BY_SENDER = Reason("cancelled_by_sender", "cancelled by the sender")
 REASSIGNED_NUMBER = Reason(
     "reassigned_number", "the number may have changed owner since the base date"
 )
-REASSIGNMENT_LOOKUP_ERROR = Reason(
-    "reassignment_lookup_error", "the reassigned-number check failed, so the message was not sent"
+REASSIGNMENT_LOOKUP_FAILED = Reason(
+    "reassignment_lookup_failed", "the reassigned-number check failed, so the message was not sent"
 )
 RCS_NOT_CAPABLE = Reason("rcs_not_capable", "the handset cannot receive +Message")
 RCS_NOT_DELIVERED_IN_TIME = Reason(
