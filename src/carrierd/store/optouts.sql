@@ -53,6 +53,8 @@ UPDATE messages m
 RETURNING m.id, m.state, m.opted_out;
 
 -- name: due_optout_checks
--- Scheduled sends whose opt-out check is due (messages_optout_check_due).
-SELECT id FROM messages WHERE optout_check_at <= $1
+-- Scheduled sends whose opt-out check is due (messages_optout_check_due):
+-- once its instant has passed, so that a number added at that very
+-- instant is on the list it reads, whichever commits first.
+SELECT id FROM messages WHERE optout_check_at < $1
 ORDER BY optout_check_at LIMIT $2 FOR UPDATE SKIP LOCKED;
