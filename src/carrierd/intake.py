@@ -319,7 +319,7 @@ def _validate_item(
         "send_at": send_at,
         "not_before": start,
         "expires_at": start + timedelta(seconds=expiry_s),
-        # DOMAIN §12: None reads the opt-out list in the intake transaction.
+        # DOMAIN §12: when its opt-out list is read; None: as it is stored.
         "skip_opted_out": skip_opted_out,
         "optout_check_at": optout_list_read_at(send_at, now) if skip_opted_out else None,
     }

@@ -426,17 +426,6 @@ class Database:
                     [row.get("optout_check_at") for row in rows],
                 )
             }
-            # DOMAIN §12: an immediate send (or one due within 15 minutes)
-            # obeys the opt-out list as it is now, read in this transaction.
-            read_now = [
-                message_id
-                for row, message_id in zip(rows, ids, strict=True)
-                if message_id in inserted
-                and row.get("skip_opted_out")
-                and row.get("optout_check_at") is None
-            ]
-            if read_now:
-                await conn.execute(QUERIES["record_optout_verdicts"], read_now, now)
             result: dict[int, int] = {}
             missing_refs: dict[str, list[int]] = {}
             for index, (row, message_id) in enumerate(zip(rows, ids, strict=True)):

@@ -43,7 +43,7 @@ inserted AS (
         id, account_id, client_ref, channel, leg, state, recipient_raw, msisdn, validated,
         sms_text, sms_encoding, sms_parts, rcs_content, carrier_named, carriers_allowed,
         callback_url, callback_every_change, send_at, not_before, expires_at,
-        accepted_at, updated_at, request_sha256, skip_opted_out, optout_check_at)
+        accepted_at, updated_at, request_sha256, skip_opted_out, optout_check_at, opted_out)
     OVERRIDING SYSTEM VALUE
     SELECT id, $1, client_ref, channel, CASE WHEN channel = 'sms' THEN 'sms' ELSE 'rcs' END,
            state, recipient_raw, msisdn, true, sms_text, sms_encoding, sms_parts,
@@ -51,7 +51,13 @@ inserted AS (
            CASE WHEN carriers_allowed IS NULL THEN NULL
                 ELSE string_to_array(carriers_allowed, ',') END,
            callback_url, callback_every_change, send_at, not_before, expires_at, $19, $19,
-           request_sha256, skip_opted_out, optout_check_at
+           request_sha256, skip_opted_out, optout_check_at,
+           -- DOMAIN §12: a send that reads its opt-out list at registration
+           -- (domain/gates.py: no check due later) reads it here, in the
+           -- statement that stores it.
+           CASE WHEN skip_opted_out AND optout_check_at IS NULL
+                THEN EXISTS (SELECT 1 FROM optouts o
+                              WHERE o.account_id = $1 AND o.msisdn = input.msisdn) END
     FROM input
     ON CONFLICT (account_id, client_ref) WHERE client_ref IS NOT NULL DO NOTHING
     RETURNING id, state
