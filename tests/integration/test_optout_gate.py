@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,7 +21,7 @@ from carrierd.channels.sms import SmppGateway
 from carrierd.domain.clock import FakeClock, SystemClock
 from carrierd.engine.write_behind import WriteBehind
 from carrierd.sim.smsc import SmscSimulator, sim_config_from_mapping
-from carrierd.store.db import Database
+from carrierd.store.db import QUERIES, Database
 from tests.integration.apiclient import auth, running_api
 from tests.integration.engine_harness import Engine, engine_config, make_engine
 
@@ -389,3 +390,34 @@ async def test_a_skipped_message_never_reaches_the_smsc(dsn: str, db: Database) 
     ]
     billed = await db.call_raw("SELECT coalesce(sum(units), 0)::int AS n FROM billing_counts")
     assert billed[0]["n"] == 1
+
+
+async def test_the_due_checks_are_found_by_their_partial_index(db: Database) -> None:
+    """Timers are rows (DESIGN principle 4): the settler's search for due
+    opt-out checks reads the few pending ones, not 100,000 messages."""
+    await db.call_raw("INSERT INTO accounts (account_id) VALUES ('a')")
+    await db.call_raw(
+        """
+        INSERT INTO messages (account_id, channel, leg, state, recipient_raw, msisdn, validated,
+                              sms_text, not_before, expires_at, accepted_at, updated_at,
+                              skip_opted_out, optout_check_at)
+        SELECT 'a', 'sms', 'sms', CASE WHEN i % 100 = 0 THEN 'scheduled' ELSE 'delivered' END,
+               '09012345678', '+819012345678', true, 'x', $1::timestamptz,
+               $1::timestamptz + interval '3 days', $1::timestamptz, $1::timestamptz, true,
+               CASE WHEN i % 100 = 0 THEN $1::timestamptz + make_interval(secs => i) END
+        FROM generate_series(1, 100000) AS i
+        """,
+        T0,
+    )
+    await db.call_raw("ANALYZE messages")
+    rows = await db.call_raw(
+        "EXPLAIN (FORMAT JSON) " + QUERIES["due_optout_checks"], T0 + timedelta(hours=1), 1000
+    )
+    raw = rows[0]["QUERY PLAN"]
+    plan = (json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]
+
+    def nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
+        return [node, *(n for child in node.get("Plans", []) for n in nodes(child))]
+
+    scans = [n for n in nodes(plan) if n.get("Relation Name") == "messages"]
+    assert [n.get("Index Name") for n in scans] == ["messages_optout_check_due"], scans
