@@ -3,17 +3,22 @@ list, and what its recorded verdict makes of it when claimed."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from carrierd.config import AccountConfig
 from carrierd.domain.gates import (
     OPTOUT_LIST_LEAD,
     GateVerdict,
     optout_gate,
     optout_list_read_at,
 )
+from carrierd.intake import CONTENT_COLUMNS, validate_batch
 from carrierd.optout_list import parse_optout_csv
 
 NOW = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
@@ -77,3 +82,32 @@ def test_a_csv_import_takes_any_spelling_and_names_wrong_rows() -> None:
     assert parse_optout_csv("abc\n09012345678", allow_m2m=False) == (["+819012345678"], [])
     [error] = parse_optout_csv("09012345678\nabc", allow_m2m=False)[1]
     assert error.row == 2 and error.reason.startswith("not_a_number")
+
+
+def test_skipping_opted_out_numbers_is_part_of_a_message_s_content() -> None:
+    """Idempotency: the same client_ref asking to skip, where the first did
+    not, is other content; a message that does not ask hashes as before the
+    field existed."""
+    account = AccountConfig(account_id="a", token_sha256=())
+    item = {"to": "09012345678", "sms": {"text": "ご案内"}}
+
+    def hashes(*items: dict[str, object], default: bool = False) -> list[bytes]:
+        batch = validate_batch(
+            {"messages": list(items)},
+            replace(account, skip_opted_out=default),
+            NOW,
+            max_items=10,
+            expiry_s=3600,
+        )
+        return [row["request_sha256"] for row in batch.rows]
+
+    plain, asked, declined = hashes(
+        item, {**item, "skip_opted_out": True}, {**item, "skip_opted_out": False}
+    )
+    assert plain == declined != asked
+    # The hash as stored before the field existed (the row sends now).
+    [row] = validate_batch({"messages": [item]}, account, NOW, max_items=10, expiry_s=3600).rows
+    content = {c: row[c] for c in CONTENT_COLUMNS}
+    canonical = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    assert hashlib.sha256(canonical.encode("utf-8")).digest() == plain
+    assert hashes(item, default=True) == [asked]
