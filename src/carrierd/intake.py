@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from carrierd.config import CARRIERS, RCS_CARRIERS, AccountConfig
+from carrierd.domain.gates import optout_list_read_at
 from carrierd.domain.netpolicy import IPNetwork, callback_url_problem
 from carrierd.domain.numbers import NumberError, normalize_msisdn
 from carrierd.domain.rcs_content import RcsContentError, content_to_json, validate_rcs
@@ -40,6 +41,7 @@ ITEM_FIELDS = frozenset(
         "carriers",
         "callback_url",
         "callback_every_change",
+        "skip_opted_out",
     }
 )
 MAX_CLIENT_REF_LEN = 128
@@ -101,6 +103,10 @@ def request_sha256(row: dict[str, Any]) -> bytes:
     # One instant has many ISO spellings (offsets, fractions): use its
     # microseconds since the epoch.
     content["send_at"] = None if send_at is None else round(send_at.timestamp() * 1_000_000)
+    # Skipping opted-out numbers makes another message; hashed only when
+    # asked for, so the hashes stored before the field existed still match.
+    if row.get("skip_opted_out"):
+        content["skip_opted_out"] = True
     canonical = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).digest()
 
@@ -159,10 +165,9 @@ def check_shape(body: object, *, max_items: int) -> list[dict[str, Any]]:
         for key in ("to", "channel", "client_ref", "send_at", "carrier", "callback_url"):
             if key in item and item[key] is not None:
                 _expect(item[key], str, f"{path}.{key}", "a string")
-        if "callback_every_change" in item:
-            _expect(
-                item["callback_every_change"], bool, f"{path}.callback_every_change", "a boolean"
-            )
+        for key in ("callback_every_change", "skip_opted_out"):
+            if key in item:
+                _expect(item[key], bool, f"{path}.{key}", "a boolean")
         if "carriers" in item and item["carriers"] is not None:
             _expect(item["carriers"], list, f"{path}.carriers", "an array of carrier names")
             for j, name in enumerate(item["carriers"]):
@@ -296,6 +301,7 @@ def _validate_item(
             raise _ItemRejected("send_at", problem)
     start = max(now, send_at) if send_at is not None else now
     state = State.SCHEDULED if send_at is not None and send_at > now else State.QUEUED
+    skip_opted_out = bool(item.get("skip_opted_out", account.skip_opted_out))
     row = {
         "client_ref": client_ref,
         "channel": channel,
@@ -313,6 +319,9 @@ def _validate_item(
         "send_at": send_at,
         "not_before": start,
         "expires_at": start + timedelta(seconds=expiry_s),
+        # DOMAIN §12: when its opt-out list is read; None: as it is stored.
+        "skip_opted_out": skip_opted_out,
+        "optout_check_at": optout_list_read_at(send_at, now) if skip_opted_out else None,
     }
     return row, parts
 
