@@ -97,7 +97,14 @@ class Lifecycle:
         for a in applied:
             move = a.move
             if move.billed_at is not None:
-                bills.add(a.account_id, a.route, move.billed_at, move.sms_units, move.rcs_units)
+                bills.add(
+                    a.account_id,
+                    a.route,
+                    move.billed_at,
+                    move.sms_units,
+                    move.rcs_units,
+                    move.reassign_units,
+                )
         # Last: every writer adds to the same (account, month) rows, whose
         # locks are then held until commit for the shortest time.
         await self._add_billing(tx, bills)
@@ -195,7 +202,8 @@ class Lifecycle:
 
 class _Bills:
     """Billing units (§11) per (account, JST month, channel, route): SMS
-    units by the route that carried them (DOMAIN §6), '' for +Message."""
+    units by the route that carried them (DOMAIN §6), '' for +Message and
+    reassigned-number checks."""
 
     __slots__ = ("_month_of", "units")
 
@@ -212,8 +220,9 @@ class _Bills:
         billed_at: datetime,
         sms_units: int,
         rcs_units: int,
+        reassign_units: int = 0,
     ) -> None:
-        if not (sms_units or rcs_units):
+        if not (sms_units or rcs_units or reassign_units):
             return
         second = int(billed_at.timestamp())
         month = self._month_of.get(second)
@@ -227,6 +236,9 @@ class _Bills:
         if rcs_units:
             key = (account_id, month, "rcs", "")
             units[key] = units.get(key, 0) + rcs_units
+        if reassign_units:
+            key = (account_id, month, "reassigned_check", "")
+            units[key] = units.get(key, 0) + reassign_units
 
 
 # One encoder, built once: json.dumps() would build one per call.

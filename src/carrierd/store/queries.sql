@@ -156,7 +156,7 @@ never_sent AS (
         SELECT id, account_id, channel, leg, validated, recipient_raw, msisdn, sms_text,
                sms_encoding, sms_parts, rcs_content, carrier_named, carriers_allowed, carrier,
                carriers_wrong, attempt, resends_done, expires_at, accepted_at, send_at,
-               not_before
+               not_before, reassign_base_date, reassign_verdict
         FROM messages
         WHERE account_id = q.account_id AND state = 'queued' AND not_before <= $1
           AND attempt = 0
@@ -172,7 +172,7 @@ sent_before AS (
         SELECT id, account_id, channel, leg, validated, recipient_raw, msisdn, sms_text,
                sms_encoding, sms_parts, rcs_content, carrier_named, carriers_allowed, carrier,
                carriers_wrong, attempt, resends_done, expires_at, accepted_at, send_at,
-               not_before
+               not_before, reassign_base_date, reassign_verdict
         FROM messages
         WHERE account_id = q.account_id AND state = 'queued' AND not_before <= $1
           AND attempt > 0
