@@ -65,6 +65,8 @@ class ReassignSimConfig:
     gap_share: float = 0.05
     # Faults; read at every request, so a test may change them on the fly.
     error_share: float = 0.0
+    # The next this many requests are answered 503 whatever the share.
+    fail_next_requests: int = 0
     malformed_share: float = 0.0
     latency_ms: float = 0.0
     jitter_ms: float = 0.0
@@ -119,6 +121,11 @@ class ReassignSim:
         self.counters = ReassignSimCounters()
         self._now = now
         self._random = random.Random(config.seed)
+        # While set, answers wait to be released one by one (`release`): a
+        # service that stalls, and tests that choose which answer lands first.
+        self.hold_answers = False
+        self.held: list[asyncio.Future[None]] = []
+        self._held_more = asyncio.Event()
 
     def build_app(self) -> web.Application:
         app = web.Application()
@@ -158,6 +165,17 @@ class ReassignSim:
             "data_month": month_text(newest),
         }
 
+    def release(self, index: int) -> None:
+        """Let the `index`th held answer (in arrival order) go."""
+        if not self.held[index].done():
+            self.held[index].set_result(None)
+
+    async def wait_held(self, count: int) -> None:
+        """Until `count` answers have been held."""
+        while len(self.held) < count:
+            self._held_more.clear()
+            await self._held_more.wait()
+
     # -- HTTP ---------------------------------------------------------------------
 
     async def _handle_lookups(self, request: web.Request) -> web.Response:
@@ -176,13 +194,23 @@ class ReassignSim:
         self.counters.requests += 1
         self.counters.lookups += len(lookups)
         self.counters.asked += [number for number, _ in lookups]
+        # Judged on the data as it is when asked.
+        results = [self.verdict_of(number, base_date) for number, base_date in lookups]
         delay_ms = config.latency_ms + self._random.uniform(0.0, config.jitter_ms)
         if delay_ms > 0:
             await asyncio.sleep(delay_ms / 1000)
+        if self.hold_answers:
+            held = asyncio.get_running_loop().create_future()
+            self.held.append(held)
+            self._held_more.set()
+            await held
+        if config.fail_next_requests > 0:
+            config.fail_next_requests -= 1
+            self.counters.errors_injected += 1
+            return _error(503, "unavailable", "injected error")
         if self._random.random() < config.error_share:
             self.counters.errors_injected += 1
             return _error(503, "unavailable", "injected error")
-        results = [self.verdict_of(number, base_date) for number, base_date in lookups]
         if self._random.random() < config.malformed_share:
             self.counters.malformed_injected += 1
             return self._malformed(results)
