@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from carrierd.config import parse_config
+from carrierd.config import ConfigError, parse_config
 from carrierd.domain import reasons
 from carrierd.domain.lifecycle import Event
 from carrierd.domain.reassign import (
@@ -277,3 +277,44 @@ def test_the_base_date_is_part_of_the_content_but_leaves_other_hashes_alone() ->
     # A message without the check hashes as it did before the field existed.
     without_key = {k: v for k, v in plain.items() if k != "reassign_base_date"}
     assert request_sha256(without_key) == plain["request_sha256"]
+
+
+# -- configuration -----------------------------------------------------------------------
+
+
+def _config_problems(reassign: dict[str, object], env: dict[str, str] | None = None) -> list[str]:
+    raw = {
+        "database": {"dsn": "postgresql://x/y"},
+        "accounts": {"acme": {"tokens": ["t"]}},
+        "reassign": reassign,
+    }
+    try:
+        parse_config(raw, env=env or {})
+    except ConfigError as exc:
+        return exc.problems
+    return []
+
+
+def test_the_reassign_section_is_checked_key_by_key() -> None:
+    assert _config_problems({}) == []
+    assert _config_problems({"url": "http://db.example/", "token": "t"}) == []
+    problems = _config_problems(
+        {"url": "ftp://db", "batch_size": 0, "concurrency": 65, "timeout_s": "5", "colour": 1}
+    )
+    assert any(p.startswith("reassign.url: expected an http(s) URL") for p in problems)
+    assert any(p.startswith("reassign.token: required when reassign.url is set") for p in problems)
+    assert "reassign.batch_size: must be >= 1" in problems
+    assert "reassign.concurrency: must be <= 64" in problems
+    assert "reassign.timeout_s: expected an integer or a number, got str" in problems
+    assert "reassign.colour: unknown key" in problems
+
+
+def test_the_token_may_come_from_the_environment() -> None:
+    raw = {
+        "database": {"dsn": "postgresql://x/y"},
+        "reassign": {"url": "http://db.example"},
+    }
+    config = parse_config(raw, env={"CARRIERD_REASSIGN_TOKEN": "from-env"})
+    assert config.reassign.enabled and config.reassign.token == "from-env"
+    assert config.overridden["reassign.token"] == "CARRIERD_REASSIGN_TOKEN"
+    assert not parse_config({"database": {"dsn": "postgresql://x/y"}}, env={}).reassign.enabled
