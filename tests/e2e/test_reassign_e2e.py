@@ -78,7 +78,8 @@ async def test_a_reassigned_number_is_never_submitted(
         )
     )
     reassign_port = free_port()
-    sim_proc = subprocess.Popen(
+    # Popen returns at once; wait_for_port polls without blocking on the child.
+    sim_proc = subprocess.Popen(  # noqa: ASYNC220
         [
             sys.executable,
             "-m",
