@@ -111,6 +111,10 @@ class Move:
     # §13: reassigned-number checks judged (billing_counts only: a check
     # is no delivery, so the message's own unit columns do not hold it).
     reassign_units: int = 0
+    # §13: the verdict judged and the month of the data it was judged on,
+    # kept on the row (a message judged no_history is not looked up again).
+    reassign_verdict: str | None = None
+    reassign_data_month: str | None = None
     billed_at: datetime | None = None
     # A wait (back to queued: no bind up, parts budget, au gate, a
     # +Message platform error): its cause. The writer logs the move's event

@@ -184,6 +184,8 @@ def after_lookup(
             reasons.REASSIGNED_NUMBER,
             detail=detail,
             reassign_units=units,
+            reassign_verdict=outcome.verdict.value,
+            reassign_data_month=outcome.data_month,
             billed_at=now,
         )
     return Move(
@@ -193,5 +195,7 @@ def after_lookup(
         Event.REASSIGNMENT_CHECKED,
         detail=detail,
         reassign_units=units,
+        reassign_verdict=outcome.verdict.value,
+        reassign_data_month=outcome.data_month,
         billed_at=now,
     )

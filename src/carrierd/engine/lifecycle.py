@@ -61,8 +61,10 @@ class Lifecycle:
         if not moves:
             return []
         by_id = _one_each(moves)
-        *columns, waits, retries_wait, route = _move_arrays(moves)
-        rows = await tx.fetch("apply_moves", *columns, now, waits, retries_wait, route)
+        *columns, waits, retries_wait, route, verdicts, data_months = _move_arrays(moves)
+        rows = await tx.fetch(
+            "apply_moves", *columns, now, waits, retries_wait, route, verdicts, data_months
+        )
         if not rows:
             return []
         applied = [
@@ -281,9 +283,9 @@ def _json(detail: Any) -> str | None:
 
 
 def _move_arrays(moves: Sequence[Move]) -> list[list[Any] | None]:
-    """The 23 column arrays of apply_moves, in one pass over the moves. A
+    """The 26 column arrays of apply_moves, in one pass over the moves. A
     column no move sets is sent as NULL (unnest pads it with NULLs): most
-    moves set a few of the 23, and every element is encoded one by one."""
+    moves set a few of the 26, and every element is encoded one by one."""
     rows = [
         (
             m.message_id,
@@ -311,6 +313,8 @@ def _move_arrays(moves: Sequence[Move]) -> list[list[Any] | None]:
             m.wait,
             m.retries_wait or None,
             m.route,
+            m.reassign_verdict,
+            m.reassign_data_month,
         )
         for m in moves
     ]

@@ -13,7 +13,8 @@ The gate batches what it holds into lookups of `[reassign] batch_size`,
 `concurrency` of them in flight, and never holds the dispatcher: other
 messages are claimed and sent while a lookup waits. Each batch's outcome is
 one transaction (domain/reassign.py `after_lookup` decides the moves, the
-lifecycle writer applies them and bills §11's units):
+lifecycle writer applies them, keeps the verdict on the row and bills
+§11's units):
 
     no_history           → queued, the verdict kept on the row: the next
                            claim sends it on by its leg, no second lookup
@@ -46,7 +47,6 @@ from carrierd.domain import reasons
 from carrierd.domain.clock import Clock
 from carrierd.domain.lifecycle import Event, Move
 from carrierd.domain.reassign import (
-    Judged,
     LookupFailed,
     LookupOutcome,
     after_lookup,
@@ -70,7 +70,7 @@ REASSIGN_BACKLOG = "reassigned-number check backlog"
 GATE_ERROR_RETRY_S = 5.0
 # The gate holds at most this many rounds of full batches (queued and in
 # flight): the rest waits in the database, not in memory.
-HELD_ROUNDS = 4
+HELD_ROUNDS = 8
 
 
 def needs_check(message: ClaimedMessage, now: datetime) -> bool:
@@ -227,21 +227,7 @@ class ReassignGate:
             applied = await self._lifecycle.apply(
                 tx, [m for m in moves if m.message_id in held], now
             )
-            ids: list[int] = []
-            verdicts: list[str] = []
-            months: list[str] = []
-            tally: Counter[str] = Counter()
-            for a in applied:
-                outcome = outcomes[a.move.message_id]
-                if isinstance(outcome, Judged):
-                    ids.append(a.move.message_id)
-                    verdicts.append(outcome.verdict.value)
-                    months.append(outcome.data_month)
-                    tally[outcome.verdict.value] += 1
-                else:
-                    tally["lookup_failed"] += 1
-            if ids:
-                await tx.execute("reassign_record_verdicts", ids, verdicts, months)
+            tally = Counter(a.move.reassign_verdict or "lookup_failed" for a in applied)
             tx.after_commit(lambda: self._count(tally))
             failed = [o for o in outcomes.values() if isinstance(o, LookupFailed)]
             if failed:

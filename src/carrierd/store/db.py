@@ -422,19 +422,10 @@ class Database:
                     *columns.values(),
                     now,
                     [row.get("request_sha256") for row in rows],
+                    # §13: the reassigned-number check's base date, or None.
+                    [row.get("reassign_base_date") for row in rows],
                 )
             }
-            checked = [
-                (message_id, row["reassign_base_date"])
-                for row, message_id in zip(rows, ids, strict=True)
-                if message_id in inserted and row.get("reassign_base_date") is not None
-            ]
-            if checked:
-                await conn.execute(
-                    QUERIES["reassign_store_base_dates"],
-                    [message_id for message_id, _ in checked],
-                    [base_date for _, base_date in checked],
-                )
             result: dict[int, int] = {}
             missing_refs: dict[str, list[int]] = {}
             for index, (row, message_id) in enumerate(zip(rows, ids, strict=True)):
