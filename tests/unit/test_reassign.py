@@ -4,7 +4,9 @@ outcome, and intake's checks of the field."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -31,6 +33,13 @@ from carrierd.domain.reassign import (
 )
 from carrierd.domain.states import State
 from carrierd.intake import request_sha256, validate_batch
+from carrierd.sim.reassign import (
+    ReassignSim,
+    ReassignSimConfig,
+    ReassignSimDataError,
+    config_from,
+    load_histories,
+)
 
 NOW = datetime(2026, 12, 1, 3, 0, tzinfo=UTC)  # 12:00 JST
 
@@ -318,3 +327,68 @@ def test_the_token_may_come_from_the_environment() -> None:
     assert config.reassign.enabled and config.reassign.token == "from-env"
     assert config.overridden["reassign.token"] == "CARRIERD_REASSIGN_TOKEN"
     assert not parse_config({"database": {"dsn": "postgresql://x/y"}}, env={}).reassign.enabled
+
+
+# -- the simulator's data ------------------------------------------------------------------
+
+
+def test_the_simulator_judges_its_data_file_by_the_same_rule(tmp_path: Path) -> None:
+    path = tmp_path / "numbers.json"
+    path.write_text(
+        json.dumps(
+            {
+                "data_month": "2026-10",
+                "numbers": {
+                    "+819011112222": ["2025-03", "2025-04", "2025-05"],
+                    "+819011113333": [],
+                },
+            }
+        )
+    )
+    config = config_from(
+        {
+            "token": "t",
+            "seed": 1,
+            "data_month": "",
+            "data": str(path),
+            "reassigned_share": 0.0,
+            "error_share": 0.0,
+            "malformed_share": 0.0,
+            "latency_ms": 0.0,
+            "jitter_ms": 0.0,
+        }
+    )
+    sim = ReassignSim(config, now=lambda: NOW)
+    assert config.data_month == "2026-10"
+    judged = sim.verdict_of("+819011112222", date(2025, 1, 1))
+    assert judged == {
+        "number": "+819011112222",
+        "base_date": "2025-01-01",
+        "verdict": "history",
+        "data_month": "2026-10",
+    }
+    assert sim.verdict_of("+819011112222", date(2025, 4, 1))["verdict"] == "no_history"
+    assert sim.verdict_of("+819011113333", date(2025, 1, 1))["verdict"] == "no_history"
+    # Any other number: generated, and with a zero share never a history.
+    assert sim.invalid_months("+819099999999") == frozenset()
+
+
+def test_generated_histories_are_stable_and_at_about_their_share() -> None:
+    config = ReassignSimConfig(seed=5, data_month="2026-10", reassigned_share=0.1, gap_share=0.1)
+    sim, again = ReassignSim(config), ReassignSim(config)
+    numbers = [f"+81908888{n:04d}" for n in range(2000)]
+    verdicts = [sim.verdict_of(n, date(2024, 10, 1))["verdict"] for n in numbers]
+    assert verdicts == [again.verdict_of(n, date(2024, 10, 1))["verdict"] for n in numbers]
+    assert 120 < verdicts.count("history") < 280
+
+
+def test_a_broken_data_file_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "numbers.json"
+    for text, words in (
+        ("{", "numbers.json"),
+        ('{"numbers": {"+819011112222": ["2025-13"]}}', "numbers.+819011112222"),
+        ('{"numbers": []}', "expected"),
+    ):
+        path.write_text(text)
+        with pytest.raises(ReassignSimDataError, match=words.replace("+", r"\+")):
+            load_histories(path)
