@@ -51,7 +51,11 @@ def sim_toml(ports: dict[str, int]) -> str:
 
 
 def daemon_toml(
-    ports: dict[str, int], binds: int, window: int, reassign_port: int | None = None
+    ports: dict[str, int],
+    binds: int,
+    window: int,
+    reassign_port: int | None = None,
+    reassign_batch: int = 100,
 ) -> str:
     lines = [
         "[engine]",
@@ -79,6 +83,7 @@ def daemon_toml(
             "[reassign]",
             f'url = "http://127.0.0.1:{reassign_port}"',
             'token = "bench-reassign-token"',
+            f"batch_size = {reassign_batch}",
         ]
     return "\n".join(lines) + "\n"
 
@@ -268,6 +273,9 @@ def main() -> None:
         default=None,
         help="every message asks for the reassigned-number check, answered after this long",
     )
+    parser.add_argument(
+        "--reassign-batch", type=int, default=100, help="[reassign] batch_size (default 100)"
+    )
     args = parser.parse_args()
     ports = {carrier: free_port() for carrier in CARRIERS}
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
@@ -318,7 +326,9 @@ def main() -> None:
             pids = [
                 daemons.enter_context(
                     daemon_process(
-                        daemon_toml(ports, args.binds, args.window, reassign_port),
+                        daemon_toml(
+                            ports, args.binds, args.window, reassign_port, args.reassign_batch
+                        ),
                         dsn,
                         port,
                         f"bench-{n}",
