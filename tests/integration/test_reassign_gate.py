@@ -389,3 +389,44 @@ async def test_a_lookup_that_outlived_its_lease_decides_nothing(dsn: str, db: Da
         assert (row["state"], row["reason_code"]) == ("skipped", "reassigned_number")
         assert submitted_to(first) == [] and submitted_to(second) == []
         assert await check_units(db) == 1
+
+
+async def test_a_full_gate_leaves_the_rest_queued_a_second_longer(dsn: str, db: Database) -> None:
+    async with rig(dsn, db, reassign={"batch_size": 1, "concurrency": 1}) as r:
+        engine = r.engine
+        r.sim.hold_answers = True
+        held_max = r.gate.room()
+        numbers = [f"+8190444{n:05d}" for n in range(held_max + 2)]
+        ids = [await checked(engine, number) for number in numbers]
+        await engine.cycle()
+        states = [(await message(db, i))["state"] for i in ids]
+        assert states.count("dispatching") == held_max and states.count("queued") == 2
+        waiting = await db.call_raw(
+            "SELECT not_before, wait_cause FROM messages WHERE state = 'queued'"
+        )
+        assert {(w["not_before"], w["wait_cause"]) for w in waiting} == {
+            (T0.replace(second=1), "reassigned-number check backlog")
+        }
+        # One lookup at a time (concurrency 1): the first is held.
+        await asyncio.wait_for(r.sim.wait_held(1), WAIT_S)
+        r.sim.hold_answers = False
+        r.sim.release(0)
+        await r.run()
+        engine.clock.advance(1)
+        await r.run()
+        assert sorted(submitted_to(engine)) == sorted(numbers)
+        assert await check_units(db) == len(numbers)
+
+
+async def test_a_daemon_without_the_service_skips_what_asks_for_the_check(
+    dsn: str, db: Database
+) -> None:
+    async with rig(dsn, db) as r:
+        engine = r.engine
+        message_id = await checked(engine, CLEAN)
+        engine.dispatcher.reassign_gate = None
+        await engine.cycle()
+        row = await message(db, message_id)
+        assert (row["state"], row["reason_code"]) == ("skipped", "reassignment_lookup_failed")
+        assert submitted_to(engine) == [] and r.sim.counters.requests == 0
+        assert await check_units(db) == 0

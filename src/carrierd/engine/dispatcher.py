@@ -424,14 +424,13 @@ class Dispatcher:
                 for m in rcs
             ]
         if to_check:
-            checks, _ = claim_for_check(
+            moves += claim_for_check(
                 self.reassign_gate,
                 to_check,
                 now,
                 lease_owner=self.lease_owner,
                 lease_until=lease_until,
             )
-            moves += checks
             for m in to_check:
                 # Its token is spent when it is claimed to be sent.
                 if m.attempt == 0:

@@ -280,9 +280,9 @@ def claim_for_check(
     *,
     lease_owner: str,
     lease_until: datetime,
-) -> tuple[list[Move], set[int]]:
-    """The claim's moves for messages that need the check (`needs_check`),
-    and the ids moved to the gate (to hand over once committed)."""
+) -> list[Move]:
+    """The claim's moves for messages that need the check (`needs_check`):
+    those moved to dispatching are handed to the gate once committed."""
     if gate is None:
         return [
             Move(
@@ -297,7 +297,7 @@ def claim_for_check(
                 },
             )
             for m in messages
-        ], set()
+        ]
     room = gate.room()
     moves: list[Move] = []
     taken: set[int] = set()
@@ -326,4 +326,4 @@ def claim_for_check(
                     wait=REASSIGN_BACKLOG,
                 )
             )
-    return moves, taken
+    return moves
