@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
-from carrierd.channels.reassign import ReassignClient
+from carrierd.channels.reassign import Lookup, ReassignClient
 from carrierd.domain.clock import FakeClock
-from carrierd.domain.reassign import parse_month
+from carrierd.domain.reassign import Judged, parse_month
 from carrierd.engine.reassign_gate import ReassignGate
 from carrierd.sim.reassign import ReassignSim, ReassignSimConfig
 from carrierd.store.db import Database
@@ -430,3 +432,30 @@ async def test_a_daemon_without_the_service_skips_what_asks_for_the_check(
         assert (row["state"], row["reason_code"]) == ("skipped", "reassignment_lookup_failed")
         assert submitted_to(engine) == [] and r.sim.counters.requests == 0
         assert await check_units(db) == 0
+
+
+async def test_the_client_reads_a_whole_answer_that_comes_in_pieces(dsn: str, db: Database) -> None:
+    async with rig(dsn, db) as r:
+        numbers = [f"+8190666{n:05d}" for n in range(1000)]
+        body = json.dumps(
+            {"results": [r.sim.verdict_of(n, date(2025, 1, 1)) for n in numbers]}
+        ).encode()
+
+        async def slow_service(request: web.Request) -> web.StreamResponse:
+            # The simulator's answer, as a slow network delivers it.
+            response = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await response.prepare(request)
+            for start in range(0, len(body), 8192):
+                await response.write(body[start : start + 8192])
+                await asyncio.sleep(0.005)
+            await response.write_eof()
+            return response
+
+        app = web.Application()
+        app.router.add_post("/v1/lookups", slow_service)
+        async with serve(app) as url:
+            config = replace(r.engine.config.reassign, url=url)
+            client = ReassignClient(r.session, lambda: config)
+            outcomes = await client.lookup([Lookup(n, date(2025, 1, 1)) for n in numbers])
+        assert len(outcomes) == 1000
+        assert all(isinstance(o, Judged) for o in outcomes), outcomes[:1]

@@ -133,7 +133,7 @@ class ReassignClient:
                 url, json=body, headers=headers, timeout=timeout
             ) as response:
                 status = response.status
-                raw = await response.content.read(MAX_ANSWER_BYTES + 1)
+                raw = await _body(response)
             if status >= 500:
                 raise _Failed("server_error", f"HTTP {status}", transient=True)
             if status != 200:
@@ -142,8 +142,6 @@ class ReassignClient:
                     f"HTTP {status}: {raw[:200].decode(errors='replace')}",
                     transient=False,
                 )
-            if len(raw) > MAX_ANSWER_BYTES:
-                raise _Failed("malformed", "answer too large", transient=True)
             return _results(raw, lookups)
         except TimeoutError:
             outcome = "timeout"
@@ -159,6 +157,19 @@ class ReassignClient:
         finally:
             if self._observe_s is not None:
                 self._observe_s(time.perf_counter() - started, outcome)
+
+
+async def _body(response: aiohttp.ClientResponse) -> bytes:
+    """The whole answer, refused once past MAX_ANSWER_BYTES (a read(n)
+    would return whatever has arrived so far, not the body)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise _Failed("malformed", "answer too large", transient=True)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _results(raw: bytes, lookups: Sequence[Lookup]) -> list[Judged]:
