@@ -936,13 +936,17 @@ async def snapshot(dsn: str) -> DatabaseSnapshot:
             """SELECT m.id, m.attempt,
                       (SELECT string_agg(p.part_no || ':' || p.state
                                          || coalesce(' 0x' || to_hex(p.command_status), '')
+                                         || coalesce(' ' || p.unknown_cause, '')
                                          || coalesce(' +' || round(extract(epoch
                                               FROM p.resp_at - p.sent_at)::numeric, 1) || 's',
                                                      ''),
                                          ',' ORDER BY p.part_no)
                          FROM parts p WHERE p.message_id = m.id AND p.attempt = m.attempt)
                         AS parts,
-                      (SELECT string_agg(e.kind, ',' ORDER BY e.id)
+                      (SELECT string_agg(e.kind || ' +' || round(extract(epoch
+                                           FROM e.at - m.accepted_at)::numeric, 1) || 's'
+                                         || coalesce(' ' || e.detail::text, ''),
+                                         ', ' ORDER BY e.id)
                          FROM message_events e WHERE e.message_id = m.id) AS history
                FROM messages m WHERE m.account_id = $1 AND m.state = 'failed'
                  AND m.reason_code = 'incomplete_submission'

@@ -14,6 +14,11 @@ backlog.
 opted-out numbers (DOMAIN §12) against a list of N numbers (loaded before
 the clock starts), none of them a recipient: what reading the list at
 registration and the gate at claim cost, every message still sent.
+
+With --reassign-latency-ms N every message asks for the reassigned-number
+check (DOMAIN §13) against `carrierd sim reassign` answering each lookup
+after N ms (its generated data: 2% of numbers have a history and end
+skipped): the check's cost is this run's messages/s against the plain one's.
 """
 
 from __future__ import annotations
@@ -50,7 +55,13 @@ def sim_toml(ports: dict[str, int]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def daemon_toml(ports: dict[str, int], binds: int, window: int) -> str:
+def daemon_toml(
+    ports: dict[str, int],
+    binds: int,
+    window: int,
+    reassign_port: int | None = None,
+    reassign_batch: int = 100,
+) -> str:
     lines = [
         "[engine]",
         "pacing = false",
@@ -71,6 +82,13 @@ def daemon_toml(ports: dict[str, int], binds: int, window: int) -> str:
             'password = "bench"',
             f"binds = {binds}",
             f"window = {window}",
+        ]
+    if reassign_port is not None:
+        lines += [
+            "[reassign]",
+            f'url = "http://127.0.0.1:{reassign_port}"',
+            'token = "bench-reassign-token"',
+            f"batch_size = {reassign_batch}",
         ]
     return "\n".join(lines) + "\n"
 
@@ -144,6 +162,7 @@ async def run(
     total: int,
     batch: int,
     optout_list: int = 0,
+    reassign_check: bool = False,
 ) -> None:
     headers = {"Authorization": "Bearer bench-token"}
     numbers = new_numbers(total, 0)
@@ -163,6 +182,7 @@ async def run(
                     "to": numbers[b * batch + i],
                     "sms": {"text": f"ご利用ありがとうございます {b}-{i}"},
                     **ask,
+                    **({"reassigned_check": {"base_date": "2025-04-01"}} if reassign_check else {}),
                 }
                 for i in range(batch)
             ]
@@ -227,6 +247,8 @@ async def run(
     )
     await conn.close()
     variant = f" skipping opted-out numbers ({optout_list:,}-number list)" if optout_list else ""
+    if reassign_check:
+        variant += " with the reassigned-number check"
     print(
         f"e2e: {total} messages{variant} accepted in {intake_s:.1f} s, all final after "
         f"{elapsed:.1f} s = {total / elapsed:,.0f} messages/s end to end"
@@ -276,6 +298,15 @@ def main() -> None:
         default=0,
         help="every message skips opted-out numbers, against a list of this many (none sent to)",
     )
+    parser.add_argument(
+        "--reassign-latency-ms",
+        type=float,
+        default=None,
+        help="every message asks for the reassigned-number check, answered after this long",
+    )
+    parser.add_argument(
+        "--reassign-batch", type=int, default=100, help="[reassign] batch_size (default 100)"
+    )
     args = parser.parse_args()
     ports = {carrier: free_port() for carrier in CARRIERS}
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
@@ -295,6 +326,30 @@ def main() -> None:
         ],
         stdout=subprocess.DEVNULL,
     )
+    reassign_port = free_port() if args.reassign_latency_ms is not None else None
+    reassign_sim = None
+    if reassign_port is not None:
+        print(
+            f"e2e: reassignment database simulator answering after {args.reassign_latency_ms:g} ms"
+        )
+        reassign_sim = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "carrierd",
+                "sim",
+                "reassign",
+                "--reassign-port",
+                str(reassign_port),
+                "--reassign-token",
+                "bench-reassign-token",
+                "--reassign-latency-ms",
+                str(args.reassign_latency_ms),
+                "--log-level",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
     try:
         time.sleep(1.0)
         http_ports = [free_port() for _ in range(args.daemons)]
@@ -302,17 +357,34 @@ def main() -> None:
             pids = [
                 daemons.enter_context(
                     daemon_process(
-                        daemon_toml(ports, args.binds, args.window), dsn, port, f"bench-{n}"
+                        daemon_toml(
+                            ports, args.binds, args.window, reassign_port, args.reassign_batch
+                        ),
+                        dsn,
+                        port,
+                        f"bench-{n}",
                     )
                 ).pid
                 for n, port in enumerate(http_ports, start=1)
             ]
             asyncio.run(
-                run(dsn, http_ports, pids, sim.pid, args.messages, args.batch, args.optout_list)
+                run(
+                    dsn,
+                    http_ports,
+                    pids,
+                    sim.pid,
+                    args.messages,
+                    args.batch,
+                    args.optout_list,
+                    reassign_check=reassign_port is not None,
+                )
             )
     finally:
         sim.terminate()
         sim.wait(10)
+        if reassign_sim is not None:
+            reassign_sim.terminate()
+            reassign_sim.wait(10)
         os.unlink(sim_config)
 
 

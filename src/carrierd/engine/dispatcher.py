@@ -5,8 +5,9 @@ One cycle (`dispatch_once`):
      (rows in PostgreSQL, so daemons together hold each account's rate);
   2. in one transaction: lock up to that many messages per account
      (FOR UPDATE SKIP LOCKED), oldest first; per message validate SQL-feed
-     rows, skip opted-out recipients (§12), expire what ran out, pick
-     the leg (domain: `claim_route`); the SMS leg plans carriers, the au
+     rows, skip opted-out recipients (§12), hand those awaiting their
+     reassigned-number check (§13) to its gate under this daemon's lease,
+     expire what ran out, pick the leg (domain: `claim_route`); the SMS leg plans carriers, the au
      gate and the parts budget and marks its messages 'sending'; +Message
      messages move to 'dispatching' under this daemon's lease. Every
      change goes through the lifecycle writer.
@@ -43,6 +44,7 @@ from carrierd.domain.reasons import Reason
 from carrierd.domain.states import State
 from carrierd.engine.leases import RENEWALS_PER_LEASE, Leases
 from carrierd.engine.lifecycle import Lifecycle
+from carrierd.engine.reassign_gate import ReassignGate, claim_for_check, needs_check
 from carrierd.engine.sms_leg import Planned, SmsLeg
 from carrierd.intake import validate_fed
 from carrierd.loops import supervise, until_database_answers
@@ -77,6 +79,11 @@ class _Claim:
     claimed_again: int = 0  # messages sent once already: no token
     sending: list[Planned] = field(default_factory=list)
     rcs: list[ClaimedMessage] = field(default_factory=list)
+    # §13: messages for the reassigned-number gate (dispatching), and how
+    # many messages the gate step decided (their tokens are not spent: a
+    # message is claimed again to be sent once judged).
+    reassign: list[ClaimedMessage] = field(default_factory=list)
+    reassign_decided: int = 0
 
 
 class Dispatcher:
@@ -93,6 +100,7 @@ class Dispatcher:
         lease_owner: str,
         rcs_leg: RcsLeg | None = None,
         metrics: Metrics | None = None,
+        reassign_gate: ReassignGate | None = None,
     ) -> None:
         self._db = db
         self._clock = clock
@@ -103,6 +111,7 @@ class Dispatcher:
         self._config = config
         self.lease_owner = lease_owner
         self.rcs_leg = rcs_leg
+        self.reassign_gate = reassign_gate
         self._metrics = metrics
         self._stopping = asyncio.Event()
         self._last_renewal: datetime | None = None
@@ -172,7 +181,9 @@ class Dispatcher:
     async def _committed_part(self, decided: _Claim) -> _Claim:
         """What of a claim whose commit went unanswered the database holds:
         all of it if it committed, nothing if it rolled back."""
-        ids = [p.message.id for p in decided.sending] + [m.id for m in decided.rcs]
+        ids = [p.message.id for p in decided.sending] + [
+            m.id for m in decided.rcs + decided.reassign
+        ]
         held = {
             r["id"]: (r["state"], r["attempt"])
             for r in await self._db.fetch("claim_outcome", ids, self.lease_owner)
@@ -182,13 +193,17 @@ class Dispatcher:
                 p for p in decided.sending if held.get(p.message.id) == (State.SENDING, p.attempt)
             ],
             rcs=[m for m in decided.rcs if m.id in held and held[m.id][0] == State.DISPATCHING],
+            reassign=[
+                m for m in decided.reassign if m.id in held and held[m.id][0] == State.DISPATCHING
+            ],
         )
-        if committed.sending or committed.rcs or not ids:
+        if committed.sending or committed.rcs or committed.reassign or not ids:
             committed.claimed_per_account = decided.claimed_per_account
             committed.claimed_again = decided.claimed_again
+            committed.reassign_decided = decided.reassign_decided
         log.warning(
             "claim_outcome",
-            committed=bool(committed.sending or committed.rcs),
+            committed=bool(committed.sending or committed.rcs or committed.reassign),
             messages=len(ids),
         )
         return committed
@@ -264,13 +279,19 @@ class Dispatcher:
         # if the next statement fails, or it would end 'unknown' unsent.
         if decided.sending:
             self.sms_leg.hand_over(decided.sending, now)
+        if decided.reassign and self.reassign_gate is not None:
+            self.reassign_gate.take(decided.reassign)
         if decided.rcs and self.rcs_leg is not None:
             await self.rcs_leg.dispatch(decided.rcs, now)
         if config.engine.pacing:
             await self._return_tokens(
                 {a: quotas[a] - decided.claimed_per_account.get(a, 0) for a in quotas}
             )
-        return sum(decided.claimed_per_account.values()) + decided.claimed_again
+        return (
+            sum(decided.claimed_per_account.values())
+            + decided.claimed_again
+            + decided.reassign_decided
+        )
 
     async def _take_tokens(
         self, wants: Mapping[str, int], now: datetime, accounts: Mapping[str, AccountConfig]
@@ -330,6 +351,7 @@ class Dispatcher:
         fallbacks: list[Move] = []
         sms: list[ClaimedMessage] = []
         rcs: list[ClaimedMessage] = []
+        to_check: list[ClaimedMessage] = []
         for message in messages:
             if not message.validated:
                 checked = await self._validate_fed(tx, message, config.accounts[message.account_id])
@@ -344,6 +366,10 @@ class Dispatcher:
             )
             if opted_out is not None:
                 moves.append(opted_out)
+                continue
+            if needs_check(message, now):
+                # §13: judged first, sent by a later claim.
+                to_check.append(message)
                 continue
             route = claim_route(
                 channel=message.channel,
@@ -406,9 +432,25 @@ class Dispatcher:
                 )
                 for m in rcs
             ]
+        if to_check:
+            moves += claim_for_check(
+                self.reassign_gate,
+                to_check,
+                now,
+                lease_owner=self.lease_owner,
+                lease_until=lease_until,
+            )
+            for m in to_check:
+                # Its token is spent when it is claimed to be sent.
+                if m.attempt == 0:
+                    decided.claimed_per_account[m.account_id] -= 1
+                else:
+                    decided.claimed_again -= 1
+            decided.reassign_decided += len(to_check)
         applied = await self._lifecycle.apply(tx, moves, now)
         leased = {a.move.message_id for a in applied if a.move.dst is State.DISPATCHING}
         decided.rcs = [m for m in rcs if m.id in leased]
+        decided.reassign = [m for m in to_check if m.id in leased]
         if planned:
             decided.sending = await self.sms_leg.mark_sending(tx, planned, now, lease_until)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, NamedTuple
 
 
@@ -41,6 +41,10 @@ class ClaimedMessage(NamedTuple):
     # account's default) and the list's verdict (None: not read yet).
     skip_opted_out: bool | None = None
     opted_out: bool | None = None
+    # §13: the base date of the reassigned-number check (None: no check),
+    # and its verdict once judged.
+    reassign_base_date: date | None = None
+    reassign_verdict: str | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> ClaimedMessage:
@@ -68,6 +72,8 @@ class ClaimedMessage(NamedTuple):
             row["send_at"],
             row["skip_opted_out"],
             row["opted_out"],
+            row["reassign_base_date"],
+            row["reassign_verdict"],
         )
 
 
