@@ -114,7 +114,7 @@ class Dispatcher:
         self.reassign_gate = reassign_gate
         self._metrics = metrics
         self._stopping = asyncio.Event()
-        self._last_renewal: datetime | None = None
+        self._claiming = asyncio.Lock()
         self._held_since_s: float | None = None
         self.pacing_wait_s = 0.0
 
@@ -128,20 +128,30 @@ class Dispatcher:
         """Claim until stopped, under the daemon's one loop policy: a
         database outage is waited out (a claim that failed committed
         nothing, and one that committed was handed over first), anything
-        else is logged and retried, and gives up only when it keeps failing."""
-        await supervise("dispatcher", self._step, self._stopping)
+        else is logged and retried, and gives up only when it keeps failing.
+
+        Leases are renewed by a loop of their own: the claim loop waits
+        whenever its legs are full (a window of submits the SMSC throttles,
+        a +Message platform that answers slowly) and a renewal that waited
+        with it let the leases of messages still in flight run out, so the
+        timers declared their parts lost while this process still sent them."""
+        async with asyncio.TaskGroup() as loops:
+            loops.create_task(supervise("dispatcher", self._step, self._stopping))
+            loops.create_task(supervise("lease_renewal", self._renew_step, self._stopping))
+
+    async def _renew_step(self) -> float:
+        """Renew this process's leases and give back claims it holds
+        nowhere; returns the wait until the next renewal."""
+        now = self._clock.now()
+        renew_every_s = self._config().engine.lease_s / RENEWALS_PER_LEASE
+        await self.leases.renew(now)
+        await self.release_orphans(now - timedelta(seconds=renew_every_s))
+        return renew_every_s
 
     async def _step(self) -> float:
         """One turn of the loop; returns how long to wait before the next."""
         now = self._clock.now()
         config = self._config()
-        renew_every_s = config.engine.lease_s / RENEWALS_PER_LEASE
-        if self._last_renewal is None:
-            self._last_renewal = now
-        elif (now - self._last_renewal).total_seconds() >= renew_every_s:
-            await self.leases.renew(now)
-            await self.release_orphans(now - timedelta(seconds=renew_every_s))
-            self._last_renewal = now
         max_in_flight = max(1000, config.engine.claim_batch * 2)
         if self.sms_leg.in_flight >= max_in_flight:
             await self.sms_leg.wait_for_slot(max_in_flight)
@@ -167,13 +177,14 @@ class Dispatcher:
         the daemon lives and nothing would ever send them; they were never
         handed to a bind, so their parts are recorded unsent and the message
         is queued again like any other not handed over. Returns how many."""
-        rows = await self._db.fetch("own_claims_unanswered", self.lease_owner, claimed_before)
-        if not rows:
-            return 0
-        # Checked after the rows were read: a claim handed over since is held.
-        orphans = self.sms_leg.give_back_unheld(
-            [(r["id"], r["attempt"], r["carrier"], r["pending"]) for r in rows]
-        )
+        async with self._claiming:
+            rows = await self._db.fetch("own_claims_unanswered", self.lease_owner, claimed_before)
+            if not rows:
+                return 0
+            # Checked after the rows were read: a claim handed over since is held.
+            orphans = self.sms_leg.give_back_unheld(
+                [(r["id"], r["attempt"], r["carrier"], r["pending"]) for r in rows]
+            )
         if orphans:
             log.error("orphaned_claims_released", messages=len(orphans), first=orphans[:5])
         return len(orphans)
@@ -260,25 +271,28 @@ class Dispatcher:
             worked_out.append(decided)
             return decided
 
-        try:
-            decided = await self._db.in_transaction(claim)
-        except Exception as exc:
-            if not (worked_out and is_transient_db_error(exc)):
-                raise
-            # The connection broke after the claim's work, at its COMMIT:
-            # it may have committed with the answer lost (a server restart).
-            # Its messages would then be 'sending' under our lease, renewed
-            # for as long as we live and never sent: ask the database.
-            log.warning("claim_commit_unanswered", error=repr(exc))
-            decided = await until_database_answers(
-                "claim_outcome",
-                lambda: self._committed_part(worked_out[0]),
-                stop=self._stopping,
-            )
-        # Handed over first: what the claim marked 'sending' must leave even
-        # if the next statement fails, or it would end 'unknown' unsent.
-        if decided.sending:
-            self.sms_leg.hand_over(decided.sending, now)
+        # From the claim to its hand-over the claimed messages are held
+        # nowhere yet: the orphan release (another task) waits meanwhile.
+        async with self._claiming:
+            try:
+                decided = await self._db.in_transaction(claim)
+            except Exception as exc:
+                if not (worked_out and is_transient_db_error(exc)):
+                    raise
+                # The connection broke after the claim's work, at its COMMIT:
+                # it may have committed with the answer lost (a server restart).
+                # Its messages would then be 'sending' under our lease, renewed
+                # for as long as we live and never sent: ask the database.
+                log.warning("claim_commit_unanswered", error=repr(exc))
+                decided = await until_database_answers(
+                    "claim_outcome",
+                    lambda: self._committed_part(worked_out[0]),
+                    stop=self._stopping,
+                )
+            # Handed over first: what the claim marked 'sending' must leave even
+            # if the next statement fails, or it would end 'unknown' unsent.
+            if decided.sending:
+                self.sms_leg.hand_over(decided.sending, now)
         if decided.reassign and self.reassign_gate is not None:
             self.reassign_gate.take(decided.reassign)
         if decided.rcs and self.rcs_leg is not None:
