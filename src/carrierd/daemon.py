@@ -55,6 +55,7 @@ from carrierd.engine.write_behind import WriteBehind
 from carrierd.http.app import ApiState, build_app
 from carrierd.http.health import carriers_check
 from carrierd.http.limits import start_http_server
+from carrierd.http.links import LinkServer, start_link_server
 from carrierd.loops import StopRequested, until_database_answers
 from carrierd.ops.callbacks import CallbackSender, GuardedClient
 from carrierd.ops.gauges import GaugeRefresher
@@ -94,6 +95,7 @@ class Daemon:
     db: Database | None = None
     http_runner: web.AppRunner | None = None
     http_port: int | None = None
+    link_server: LinkServer | None = None
     _components: list[Component] = field(default_factory=list)
     _side_tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -138,12 +140,19 @@ class Daemon:
             where = f"{config.http.host}:{config.http.port}"
             port_from = config.overridden.get("http.port")
             keys = f"http.host, http.port{f' from {port_from}' if port_from else ''}"
-            # asyncio's strerror repeats the address; the errno's text is
-            # enough (a name that does not resolve has a negative errno).
-            errno = exc.errno or 0
-            reason = os.strerror(errno) if errno > 0 else (exc.strerror or str(exc))
-            raise StartupError(f"cannot listen on {where} ({keys}): {reason}") from exc
+            raise StartupError(f"cannot listen on {where} ({keys}): {_listen_error(exc)}") from exc
         self.http_port = int(self.http_runner.addresses[0][1])
+        if config.links.enabled:
+            # The public link server (DOMAIN §12): its own listener, facing
+            # the internet through a TLS proxy, with nothing of the API.
+            try:
+                self.link_server = await start_link_server(config.links, self.db, self.clock)
+            except OSError as exc:
+                where = f"{config.links.host}:{config.links.port}"
+                raise StartupError(
+                    f"cannot listen on {where} (links.host, links.port): {_listen_error(exc)}"
+                ) from exc
+            log.info("links_ready", links=f"{config.links.host}:{self.link_server.port}")
         log.info("ready", http=f"{config.http.host}:{self.http_port}")
         self.notifier.ready(status=f"serving on {config.http.host}:{self.http_port}")
 
@@ -406,6 +415,8 @@ class Daemon:
         self._stopping.set()
         if self.http_runner is not None:
             await self.http_runner.cleanup()
+        if self.link_server is not None:
+            await self.link_server.stop()
         for component in reversed(self._components):
             try:
                 await asyncio.wait_for(component.stop(), self.drain_timeout_s * 2)
@@ -470,6 +481,13 @@ def run(config_path: Path, **overrides: Any) -> int:
             return 1
 
     return int(runner(main()))
+
+
+def _listen_error(exc: OSError) -> str:
+    # asyncio's strerror repeats the address; the errno's text is enough (a
+    # name that does not resolve has a negative errno).
+    errno = exc.errno or 0
+    return os.strerror(errno) if errno > 0 else (exc.strerror or str(exc))
 
 
 def bind_counts(health: Mapping[str, PoolHealth]) -> dict[str, tuple[int, int]]:
