@@ -66,7 +66,9 @@ class LinkStyle:
     """How a link looks in a body: `prefix` + code, VISIBLE_WIDTH in all."""
 
     domain: str
-    show_scheme: bool = True
+    # Handsets link a bare host with a known TLD; "https://" costs 8 of
+    # the 23 characters.
+    show_scheme: bool = False
 
     @property
     def prefix(self) -> str:

@@ -53,11 +53,11 @@ INSERT INTO message_opens (message_id, opened_at, recorded_at) VALUES ($1, $2, $
 ON CONFLICT (message_id) DO UPDATE SET opened_at = least(message_opens.opened_at, excluded.opened_at);
 
 -- name: purge_expired_optout_links
--- Retention: opt-out URLs whose 60 days ran out before $1, at most $2 at a
+-- Retention: opt-out URLs whose 60 days ran out by $1, at most $2 at a
 -- time (one short transaction each); returns how many went.
 WITH doomed AS (
     SELECT code FROM message_links
-    WHERE expires_at < $1
+    WHERE expires_at <= $1
     ORDER BY expires_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
