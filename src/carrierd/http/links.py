@@ -254,7 +254,7 @@ _STYLE = (
     "body{margin:0;font-family:sans-serif;background:#f4f4f4;color:#222;line-height:1.6}"
     "main{max-width:30rem;margin:0 auto;padding:1.5rem 1rem}"
     "h1{font-size:1.25rem;margin:0 0 1rem}"
-    "p{margin:0 0 1rem}"
+    "p,form{margin:0 0 1rem}"
     "button{width:100%;padding:1rem;font-size:1.1rem;border:0;border-radius:.5rem;"
     "background:#c62828;color:#fff}"
     ".note{font-size:.85rem;color:#555}"
