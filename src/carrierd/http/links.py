@@ -61,6 +61,8 @@ CSRF_COOKIE = "optout_csrf"
 CSRF_FIELD = "token"
 # A click batch never grows past this many codes (one statement's arrays).
 MAX_BATCH_CODES = 2000
+# Batches being committed at once: one commits while the next executes.
+FLUSHES_IN_FLIGHT = 3
 # The address table of the rate limiter: past this many, addresses whose
 # buckets are full again (nothing to remember) are forgotten.
 MAX_TRACKED_ADDRESSES = 50_000
@@ -78,16 +80,18 @@ class Followed:
 
 class ClickBatcher:
     """Group commit for clicks: every request waits for the statement that
-    counts its click to commit, and all requests that arrive while one
-    statement runs go together in the next. A 302 is therefore only sent
-    once its click is durable, at the cost of one round trip per batch,
-    not per click."""
+    counts its click to commit, and the requests that arrive while
+    statements run go together in the next one (at most FLUSHES_IN_FLIGHT
+    at once, each sorting its codes so that two never wait on each other's
+    rows). A 302 is therefore only sent once its click is durable, at the
+    cost of one round trip per batch, not per click."""
 
     def __init__(self, db: Database, clock: Clock) -> None:
         self._db = db
         self._clock = clock
         self._pending: dict[str, list[asyncio.Future[Followed]]] = {}
         self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(FLUSHES_IN_FLIGHT)
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -109,27 +113,38 @@ class ClickBatcher:
         return await future
 
     async def _run(self) -> None:
+        in_flight: set[asyncio.Task[None]] = set()
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self._pending:
-                batch = self._take()
-                try:
-                    results = await self._flush(batch)
-                except Exception as exc:
-                    if not is_transient_db_error(exc):
-                        log.exception("link_clicks_failed", codes=len(batch))
-                    for futures in batch.values():
-                        for future in futures:
-                            if not future.done():
-                                future.set_exception(ConnectionError(str(exc)))
-                    continue
-                for code, futures in batch.items():
-                    for future in futures:
-                        if not future.done():
-                            future.set_result(results[code])
+                # While every slot is busy committing, requests gather in
+                # _pending: the busier the server, the bigger the batches.
+                await self._slots.acquire()
+                task = asyncio.create_task(self._answer(self._take()))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
             if self._stopping and not self._pending:
+                await asyncio.gather(*in_flight)
                 return
+
+    async def _answer(self, batch: dict[str, list[asyncio.Future[Followed]]]) -> None:
+        try:
+            results = await self._flush(batch)
+        except Exception as exc:
+            if not is_transient_db_error(exc):
+                log.exception("link_clicks_failed", codes=len(batch))
+            for futures in batch.values():
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(ConnectionError(str(exc)))
+            return
+        finally:
+            self._slots.release()
+        for code, futures in batch.items():
+            for future in futures:
+                if not future.done():
+                    future.set_result(results[code])
 
     def _take(self) -> dict[str, list[asyncio.Future[Followed]]]:
         if len(self._pending) <= MAX_BATCH_CODES:

@@ -7,7 +7,7 @@
 -- The click log is kept on the row: the first click is written once and
 -- never overwritten (coalesce), later clicks only count.
 CREATE TABLE message_links (
-    code            text COLLATE "C" PRIMARY KEY,
+    code            text PRIMARY KEY,
     message_id      bigint NOT NULL,
     kind            text NOT NULL CHECK (kind IN ('link', 'optout')),
     -- 1..5 for short links in the order of the body; 0 for the opt-out URL.
