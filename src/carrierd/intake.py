@@ -135,8 +135,8 @@ class LinkMinting:
 
     style: LinkStyle
     optout_valid_days: float
-    # The CSPRNG's choice; a test may pass its own.
-    choose: Callable[[str], str] = secrets.choice
+    # The CSPRNG; a test may pass its own.
+    random_bytes: Callable[[int], bytes] = secrets.token_bytes
 
     @classmethod
     def from_config(cls, links: LinksConfig) -> LinkMinting | None:
@@ -304,7 +304,7 @@ def _validate_item(
             minting.style,
             start_at,
             minting.optout_valid_days,
-            minting.choose,
+            minting.random_bytes,
         )
         if sms_template is not None and sms_template.has_marks:
             templates["sms_text"] = sms_body

@@ -5,6 +5,7 @@ link server's pure helpers (rate limits, client address, CSRF token)."""
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from ipaddress import ip_network
 from typing import Any
@@ -21,6 +22,7 @@ from carrierd.domain.links import (
     LinkStyle,
     link_live,
     mint_code,
+    mint_codes,
     optout_expires_at,
     parse_template,
     render,
@@ -35,14 +37,14 @@ STYLE = LinkStyle("s.kmc.jp")
 ACCOUNT = AccountConfig("acme", token_sha256=())
 
 
-def counting_choice() -> Any:
-    """A deterministic 'random' choice: codes differ, tests are repeatable."""
+def counting_bytes() -> Any:
+    """A deterministic 'random' source: codes differ, tests are repeatable."""
     counter = itertools.count()
-    return lambda alphabet: alphabet[next(counter) % len(alphabet)]
+    return lambda n: bytes(next(counter) % 248 for _ in range(n))
 
 
 def minting(**kw: Any) -> LinkMinting:
-    return LinkMinting(STYLE, 60.0, kw.get("choose", counting_choice()))
+    return LinkMinting(STYLE, 60.0, kw.get("random_bytes", counting_bytes()))
 
 
 def intake(items: list[dict[str, Any]], mint: LinkMinting | None = None) -> Any:
@@ -93,10 +95,15 @@ def test_marks_that_cannot_be_sent_are_refused_with_the_reason() -> None:
     assert "{{ }}" in template.plain_text()
 
 
-def test_codes_come_from_the_62_letters_and_digits() -> None:
+def test_codes_come_from_the_62_letters_and_digits_evenly() -> None:
     codes = {mint_code(14) for _ in range(200)}
     assert len(codes) == 200
     assert all(len(c) == 14 and set(c) <= set(CODE_ALPHABET) for c in codes)
+    # Every byte value below 248 is one character, four bytes each; the
+    # bytes above would favour the first eight characters and are dropped.
+    every_byte = iter([bytes(range(256))])
+    [code] = mint_codes(1, 248, lambda n: next(every_byte)[:n] if n >= 248 else b"")
+    assert Counter(code) == dict.fromkeys(CODE_ALPHABET, 4)
 
 
 def test_an_optout_url_lives_60_days_from_when_its_message_goes() -> None:
@@ -185,7 +192,7 @@ def test_links_are_minted_per_recipient_and_shared_between_sms_and_rcs() -> None
 
 def test_a_retry_is_the_same_content_though_its_codes_are_new() -> None:
     item = {"to": "09012345678", "sms": {"text": "{{link:https://ex.jp/}}"}, "client_ref": "r"}
-    one = intake([item], minting(choose=counting_choice())).rows[0]
+    one = intake([item], minting(random_bytes=counting_bytes())).rows[0]
     two = intake([item], LinkMinting(STYLE, 60.0)).rows[0]
     assert one["sms_text"] != two["sms_text"]
     assert request_sha256(one) == request_sha256(two)

@@ -24,7 +24,7 @@ characters is one of 62**n (n = 8: 2.2e14, n = 10: 8.4e17). Someone
 guessing must find one of the live codes among them; see README
 "Short links" for the cost.
 
-Pure apart from `mint_code` (which takes its random source as an
+Pure apart from `mint_codes` (which takes its random source as an
 argument): time is passed in.
 """
 
@@ -36,6 +36,8 @@ import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cached_property, lru_cache
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from carrierd.domain.clock import require_aware
@@ -70,11 +72,11 @@ class LinkStyle:
     # the 23 characters.
     show_scheme: bool = False
 
-    @property
+    @cached_property
     def prefix(self) -> str:
         return f"{'https://' if self.show_scheme else ''}{self.domain}/"
 
-    @property
+    @cached_property
     def code_chars(self) -> int:
         return VISIBLE_WIDTH - len(self.prefix)
 
@@ -112,11 +114,11 @@ Piece = str | LinkMark | OptOutMark
 class Template:
     pieces: tuple[Piece, ...]
 
-    @property
+    @cached_property
     def has_marks(self) -> bool:
         return any(not isinstance(p, str) for p in self.pieces)
 
-    @property
+    @cached_property
     def has_optout(self) -> bool:
         return any(isinstance(p, OptOutMark) for p in self.pieces)
 
@@ -150,7 +152,36 @@ def parse_template(text: str, links: list[str]) -> Template:
     `links` holds the targets seen so far (other fields of the same message)
     and gains the new ones; the same URL twice is one link. Raises
     LinkMarkupError for an unknown mark, a bad URL, or a sixth link."""
+    if "{{" not in text:
+        return Template((text,))
+    template, own_targets = _parse_cached(text)
+    if not links:
+        # The first body of its message numbers the links itself.
+        links.extend(own_targets)
+        return template
+    pieces = template.pieces
+    numbers: dict[int, int] = {}
+    for own_number, url in enumerate(own_targets, start=1):
+        if url not in links:
+            if len(links) >= MAX_LINKS_PER_MESSAGE:
+                raise LinkMarkupError(
+                    f"more than {MAX_LINKS_PER_MESSAGE} links in one message (§12)"
+                )
+            links.append(url)
+        numbers[own_number] = links.index(url) + 1
+    if not numbers:
+        return Template(pieces)
+    return Template(
+        tuple(LinkMark(numbers[p.number]) if isinstance(p, LinkMark) else p for p in pieces)
+    )
+
+
+@lru_cache(maxsize=256)
+def _parse_cached(text: str) -> tuple[Template, tuple[str, ...]]:
+    """One body's pieces, its links numbered by their first place in it. A
+    campaign sends one body to thousands: it is read once."""
     pieces: list[Piece] = []
+    targets: list[str] = []
     at = 0
     for match in _MARK.finditer(text):
         if match.start() > at:
@@ -166,13 +197,13 @@ def parse_template(text: str, links: list[str]) -> Template:
             if problem is not None:
                 where = match.start() + 1
                 raise LinkMarkupError(f"{{{{link:...}}}} at position {where}: {problem}")
-            if url not in links:
-                if len(links) >= MAX_LINKS_PER_MESSAGE:
+            if url not in targets:
+                if len(targets) >= MAX_LINKS_PER_MESSAGE:
                     raise LinkMarkupError(
                         f"more than {MAX_LINKS_PER_MESSAGE} links in one message (§12)"
                     )
-                links.append(url)
-            pieces.append(LinkMark(links.index(url) + 1))
+                targets.append(url)
+            pieces.append(LinkMark(targets.index(url) + 1))
             continue
         if _UNKNOWN_NAME.fullmatch(inside):
             raise LinkMarkupError(
@@ -185,7 +216,7 @@ def parse_template(text: str, links: list[str]) -> Template:
         raise LinkMarkupError("a {{link:...}} or {{optout_url}} mark is not closed with }}")
     if rest:
         pieces.append(rest)
-    return Template(tuple(pieces))
+    return Template(tuple(pieces)), tuple(targets)
 
 
 def render(
@@ -208,10 +239,32 @@ def render(
     return "".join(out)
 
 
-def mint_code(length: int, choose: Callable[[str], str] = secrets.choice) -> str:
-    """A fresh code: `length` characters, each drawn from CODE_ALPHABET by
-    `choose` (the CSPRNG's choice; tests may pass their own)."""
-    return "".join(choose(CODE_ALPHABET) for _ in range(length))
+RandomBytes = Callable[[int], bytes]
+# Bytes below this map evenly onto the 62 characters (248 = 4 * 62); the
+# rest are dropped, so no character is likelier than another.
+_EVEN_BELOW = 256 - 256 % len(CODE_ALPHABET)
+_BYTE_TO_CHAR = bytes(ord(CODE_ALPHABET[b % len(CODE_ALPHABET)]) for b in range(256))
+_UNEVEN_BYTES = bytes(range(_EVEN_BELOW, 256))
+
+
+def mint_codes(
+    count: int, length: int, random_bytes: RandomBytes = secrets.token_bytes
+) -> list[str]:
+    """`count` fresh codes of `length` characters from CODE_ALPHABET, drawn
+    from `random_bytes` (the CSPRNG; tests may pass their own) in one call
+    for all of them: a message's five links cost one read of the CSPRNG,
+    not seventy."""
+    wanted = count * length
+    drawn = b""
+    while len(drawn) < wanted:
+        # ~3% of bytes are dropped: ask for a little more than needed.
+        drawn += random_bytes(wanted - len(drawn) + 8).translate(_BYTE_TO_CHAR, _UNEVEN_BYTES)
+    text = drawn[:wanted].decode("ascii")
+    return [text[i * length : (i + 1) * length] for i in range(count)]
+
+
+def mint_code(length: int, random_bytes: RandomBytes = secrets.token_bytes) -> str:
+    return mint_codes(1, length, random_bytes)[0]
 
 
 def is_code_shaped(text: str, length: int) -> bool:
@@ -233,9 +286,9 @@ def link_live(expires_at: datetime | None, now: datetime) -> bool:
     return expires_at is None or now < expires_at
 
 
-@dataclass(frozen=True)
-class MintedLink:
-    """One code to store with its message."""
+class MintedLink(NamedTuple):
+    """One code to store with its message (a tuple: intake makes five per
+    message of a 10,000-message batch)."""
 
     code: str
     kind: str  # "link" or "optout"
@@ -250,18 +303,19 @@ def mint_links(
     style: LinkStyle,
     start: datetime,
     optout_valid_days: float,
-    choose: Callable[[str], str] = secrets.choice,
+    random_bytes: RandomBytes = secrets.token_bytes,
 ) -> tuple[list[MintedLink], list[str], str | None]:
     """Codes for one recipient: (rows to store, link codes in link order,
     opt-out code or None)."""
-    link_codes = [mint_code(style.code_chars, choose) for _ in targets]
+    codes = mint_codes(len(targets) + with_optout, style.code_chars, random_bytes)
+    link_codes = codes[: len(targets)]
     minted = [
         MintedLink(code, "link", n, url, None)
         for n, (code, url) in enumerate(zip(link_codes, targets, strict=True), start=1)
     ]
     optout_code = None
     if with_optout:
-        optout_code = mint_code(style.code_chars, choose)
+        optout_code = codes[-1]
         expires = optout_expires_at(start, optout_valid_days)
         minted.append(MintedLink(optout_code, "optout", 0, None, expires))
     return minted, link_codes, optout_code

@@ -466,28 +466,21 @@ async def _insert_links(
 ) -> None:
     """The links intake minted (row key "links", domain/links.MintedLink),
     for the rows inserted now: a retry's links are not its message's."""
-    columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
-    for row, message_id in zip(rows, ids, strict=True):
-        if message_id not in inserted:
-            continue
-        for link in row.get("links") or ():
-            for column, value in zip(
-                columns,
-                (
-                    link.code,
-                    message_id,
-                    link.kind,
-                    link.link_no,
-                    link.target_url,
-                    row["msisdn"],
-                    link.expires_at,
-                ),
-                strict=True,
-            ):
-                column.append(value)
-    if not columns[0]:
+    # Built column by column: a 10,000-message batch has 50,000 links.
+    owned = [
+        (message_id, row["msisdn"], row["links"])
+        for row, message_id in zip(rows, ids, strict=True)
+        if message_id in inserted and row.get("links")
+    ]
+    if not owned:
         return
-    codes, message_ids, kinds, link_nos, targets, msisdns, expires = columns
+    message_ids = [message_id for message_id, _, links in owned for _ in links]
+    msisdns = [msisdn for _, msisdn, links in owned for _ in links]
+    # MintedLink: (code, kind, link_no, target_url, expires_at).
+    codes, kinds, link_nos, targets, expires = (
+        list(column)
+        for column in zip(*(link for _, _, links in owned for link in links), strict=True)
+    )
     try:
         await conn.execute(
             QUERIES["insert_message_links"],
