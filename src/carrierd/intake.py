@@ -531,6 +531,13 @@ def validate_fed(
         return Reason("invalid_field", f"to: {exc.reason}: {exc.message}")
     encoding = None
     parts = None
+    # The feed's row has its id already and no links table entry: marks
+    # would go out as typed (DOMAIN §12 links come through HTTP intake).
+    if sms_text and any(word in sms_text for word in _MARK_WORDS):
+        return Reason("invalid_field", "sms.text: link marks are taken by HTTP intake only")
+    for path, text in _strings_in(rcs_content, "rcs"):
+        if any(word in text for word in _MARK_WORDS):
+            return Reason("invalid_field", f"{path}: link marks are taken by HTTP intake only")
     if channel in ("sms", "rcs_then_sms"):
         if not sms_text:
             return Reason("invalid_field", "sms.text: required")

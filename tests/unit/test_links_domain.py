@@ -28,9 +28,10 @@ from carrierd.domain.links import (
     render,
     style_problem,
 )
+from carrierd.domain.reasons import Reason
 from carrierd.domain.sms_text import prepare_sms
 from carrierd.http.links import AddressLimiter, client_address, csrf_token, csrf_valid
-from carrierd.intake import LINKS_KEY, LinkMinting, request_sha256, validate_batch
+from carrierd.intake import LINKS_KEY, LinkMinting, request_sha256, validate_batch, validate_fed
 
 NOW = datetime(2026, 12, 1, 3, 0, tzinfo=UTC)
 STYLE = LinkStyle("s.kmc.jp")
@@ -246,3 +247,11 @@ def test_a_csrf_token_is_bound_to_its_code_and_nonce() -> None:
     assert not csrf_valid("secret-secret-16", "Abc", "other", token)
     assert not csrf_valid("another-secret-1", "Abc", "nonce", token)
     assert not csrf_valid("secret-secret-16", "Abc", None, token)
+
+
+def test_the_sql_feed_refuses_marks_rather_than_send_them_as_typed() -> None:
+    refused = validate_fed("09012345678", "sms", "停止は{{optout_url}}", None, ACCOUNT)
+    assert isinstance(refused, Reason) and refused.text.startswith("sms.text: link marks")
+    rcs = validate_fed("09012345678", "rcs", None, {"text": "{{link:https://a.jp/}}"}, ACCOUNT)
+    assert isinstance(rcs, Reason) and rcs.text.startswith("rcs.text:")
+    assert not isinstance(validate_fed("09012345678", "sms", "{{ }}", None, ACCOUNT), Reason)
