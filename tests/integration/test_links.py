@@ -268,6 +268,12 @@ async def test_intake_counts_parts_on_the_text_as_sent(dsn: str, db: Database) -
             len(await db.call_raw("SELECT 1 FROM message_links WHERE message_id = $1", first_id))
             == 2
         )
+        # ...and stores none of its own.
+        orphans = await db.call_raw(
+            "SELECT code FROM message_links l"
+            " WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = l.message_id)"
+        )
+        assert orphans == []
 
 
 async def test_the_export_and_the_callbacks_carry_the_click_log(dsn: str, db: Database) -> None:

@@ -102,8 +102,8 @@ def test_codes_come_from_the_62_letters_and_digits_evenly() -> None:
     assert all(len(c) == 14 and set(c) <= set(CODE_ALPHABET) for c in codes)
     # Every byte value below 248 is one character, four bytes each; the
     # bytes above would favour the first eight characters and are dropped.
-    every_byte = iter([bytes(range(256))])
-    [code] = mint_codes(1, 248, lambda n: next(every_byte)[:n] if n >= 248 else b"")
+    uneven_first = bytes(range(248, 256)) + bytes(range(248))
+    [code] = mint_codes(1, 248, lambda n: uneven_first[:n])
     assert Counter(code) == dict.fromkeys(CODE_ALPHABET, 4)
 
 
@@ -214,6 +214,10 @@ def test_check_config_refuses_a_domain_that_leaves_too_short_a_code() -> None:
     with pytest.raises(ConfigError) as refused:
         parse_config(config_with_links(domain="links.example.co.jp", show_scheme=True), env={})
     assert any(p.startswith("links.domain:") and "at least 8" in p for p in refused.value.problems)
+    # "links.example.jp/" leaves 6: too few to be safe, though it fits.
+    with pytest.raises(ConfigError) as six:
+        parse_config(config_with_links(domain="links.example.jp"), env={})
+    assert any("leaves 6 of the 23" in p for p in six.value.problems)
     with pytest.raises(ConfigError) as no_secret:
         parse_config({**config_with_links(domain="s.kmc.jp"), "links": {"enabled": True}}, env={})
     assert any(p.startswith("links.csrf_secret:") for p in no_secret.value.problems)
