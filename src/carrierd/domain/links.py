@@ -267,9 +267,15 @@ def mint_code(length: int, random_bytes: RandomBytes = secrets.token_bytes) -> s
     return mint_codes(1, length, random_bytes)[0]
 
 
-def is_code_shaped(text: str, length: int) -> bool:
-    """Could `text` be a code at all (answered without the database)?"""
-    return len(text) == length and set(text) <= _CODE_CHARS
+# The shortest domain ("x.jp/") leaves 18 characters for a code.
+MAX_CODE_CHARS = VISIBLE_WIDTH - len("x.jp/")
+
+
+def is_code_shaped(text: str) -> bool:
+    """Could `text` be a code at all (answered without the database)? Any
+    length a configured domain can leave: links minted before a reload that
+    changed the domain keep working beside the new ones."""
+    return MIN_CODE_CHARS <= len(text) <= MAX_CODE_CHARS and set(text) <= _CODE_CHARS
 
 
 def optout_expires_at(start: datetime, valid_days: float = OPTOUT_VALID_DAYS) -> datetime:

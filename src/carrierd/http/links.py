@@ -47,7 +47,7 @@ from aiohttp import web
 
 from carrierd.config import HttpConfig, LinksConfig
 from carrierd.domain.clock import Clock
-from carrierd.domain.links import LinkStyle, is_code_shaped, link_live
+from carrierd.domain.links import is_code_shaped, link_live
 from carrierd.domain.netpolicy import IPNetwork
 from carrierd.domain.numbers import national_form
 from carrierd.http.app import Handler
@@ -398,10 +398,6 @@ class LinkServerState:
     loop_time: Callable[[], float]
     optout_cap: Callable[[str], int] = lambda _account_id: DEFAULT_CAP
 
-    @property
-    def code_chars(self) -> int:
-        return LinkStyle(self.config.domain, self.config.show_scheme).code_chars
-
 
 LINK_STATE: web.AppKey[LinkServerState] = web.AppKey("link_state", LinkServerState)
 
@@ -441,7 +437,7 @@ async def get_code(request: web.Request) -> web.StreamResponse:
     if not state.limiter.allow(address, now_s):
         return too_many_page()
     code = request.match_info["code"]
-    if not is_code_shaped(code, state.code_chars):
+    if not is_code_shaped(code):
         state.limiter.missed(address, now_s)
         return unknown_page()
     followed = await state.batcher.follow(code)
@@ -485,7 +481,7 @@ async def post_code(request: web.Request) -> web.StreamResponse:
     if not state.limiter.allow(address, now_s):
         return too_many_page()
     code = request.match_info["code"]
-    if not is_code_shaped(code, state.code_chars):
+    if not is_code_shaped(code):
         state.limiter.missed(address, now_s)
         return unknown_page()
     form = await request.post()
