@@ -23,7 +23,7 @@ from carrierd.config import Config
 from carrierd.domain.clock import FakeClock
 from carrierd.http.links import CSRF_COOKIE, CSRF_FIELD, LinkServer, start_link_server
 from carrierd.ops.callbacks import CallbackSender, GuardedClient, enqueue_callback
-from carrierd.ops.retention import purge_optout_links
+from carrierd.ops.retention import purge_expired, purge_optout_links
 from carrierd.store.db import Database
 from carrierd.telemetry import Metrics
 from tests.integration.apiclient import auth, make_config, running_api
@@ -335,3 +335,27 @@ async def test_the_export_and_the_callbacks_carry_the_click_log(dsn: str, db: Da
             assert payload["links"][0]["clicks"] == 1
     finally:
         await runner.cleanup()
+
+
+async def test_links_and_their_clicks_go_with_their_message(dsn: str, db: Database) -> None:
+    async with rig(dsn, db) as r:
+        old_id, [old_link, _], _ = await r.send()
+        kept_id, [kept_link, _], _ = await r.send()
+        await r.get(old_link)
+        await db.call_raw(
+            "INSERT INTO message_opens (message_id, opened_at, recorded_at) VALUES ($1, $2, $2)",
+            old_id,
+            T0,
+        )
+        # One message ended 101 days ago, the other is still going.
+        await db.call_raw(
+            "UPDATE messages SET state = 'delivered', final_at = $2 WHERE id = $1",
+            old_id,
+            T0 - timedelta(days=101),
+        )
+        assert await purge_expired(db, T0) == 1
+        left = await db.call_raw("SELECT DISTINCT message_id FROM message_links")
+        assert [row["message_id"] for row in left] == [kept_id]
+        assert await db.call_raw("SELECT 1 FROM message_opens") == []
+        assert (await r.get(old_link))[0] == 404
+        assert (await r.get(kept_link))[0] == 302
