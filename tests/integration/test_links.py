@@ -259,6 +259,21 @@ async def test_intake_counts_parts_on_the_text_as_sent(dsn: str, db: Database) -
         assert response.status == 422
         assert answer["rejected"][0]["field"] == "sms.text"
         assert "665" in answer["rejected"][0]["reason"]
+        # Stored in the order of the body, each with its kind and number.
+        message_id, codes, _ = await r.send(
+            "{{link:https://a.jp/1}}{{optout_url}}{{link:https://a.jp/2}}{{link:https://a.jp/1}}"
+        )
+        rows = await db.call_raw(
+            "SELECT code, kind, link_no, target_url, expires_at FROM message_links"
+            " WHERE message_id = $1 ORDER BY link_no",
+            message_id,
+        )
+        assert [(r["kind"], r["link_no"], r["target_url"], r["expires_at"]) for r in rows] == [
+            ("optout", 0, None, T0 + timedelta(days=60)),
+            ("link", 1, "https://a.jp/1", None),
+            ("link", 2, "https://a.jp/2", None),
+        ]
+        assert codes == [rows[1]["code"], rows[0]["code"], rows[2]["code"], rows[1]["code"]]
         # An idempotent retry keeps the first message's links.
         item = {"client_ref": "once"}
         first_id, first_codes, _ = await r.send(**item)

@@ -466,7 +466,7 @@ async def _insert_links(
 ) -> None:
     """The links intake minted (row key "links", domain/links.MintedLink),
     for the rows inserted now: a retry's links are not its message's."""
-    # Built column by column: a 10,000-message batch has 50,000 links.
+    # A 10,000-message batch has 50,000 links: few columns, built in bulk.
     owned = [
         (message_id, row["msisdn"], row["links"])
         for row, message_id in zip(rows, ids, strict=True)
@@ -474,25 +474,26 @@ async def _insert_links(
     ]
     if not owned:
         return
-    message_ids = [message_id for message_id, _, links in owned for _ in links]
-    msisdns = [msisdn for _, msisdn, links in owned for _ in links]
-    # MintedLink: (code, kind, link_no, target_url, expires_at).
-    codes, kinds, link_nos, targets, expires = (
-        list(column)
-        for column in zip(*(link for _, _, links in owned for link in links), strict=True)
-    )
+    # Link 1 first and the opt-out URL last, as insert_message_links
+    # numbers them (domain/links.mint_links mints them in that order).
+    codes = [link.code for _, _, links in owned for link in links]
+    link_messages = [message_id for message_id, _, links in owned for _ in links]
+    targets = [link.target_url for _, _, links in owned for link in links]
+    optout_expiry = [
+        next((link.expires_at for link in links if link.kind == "optout"), None)
+        for _, _, links in owned
+    ]
     try:
         await conn.execute(
             QUERIES["insert_message_links"],
             codes,
-            message_ids,
-            kinds,
-            link_nos,
+            link_messages,
             targets,
+            [message_id for message_id, _, _ in owned],
+            [msisdn for _, msisdn, _ in owned],
+            optout_expiry,
             account_id,
             now,
-            msisdns,
-            expires,
         )
     except asyncpg.UniqueViolationError as exc:
         raise LinkCodeTaken(str(exc)) from exc
