@@ -164,6 +164,10 @@ class AccountConfig:
     # Its +Message official account; None: the [rcs] bot_id (documented
     # for deployments where one company owns every account).
     rcs: AccountRcsConfig | None = None
+    # DOMAIN §12: its opt-out list's cap, and whether a send that does not
+    # say skips the numbers on it.
+    optout_cap: int = 10_000
+    skip_opted_out: bool = False
 
     def route_for(self, carrier: str) -> str:
         """The route this account's SMS to `carrier` take (DOMAIN §6)."""
@@ -716,6 +720,8 @@ def _parse_account(problems: list[str], account_id: str, raw: Mapping[str, Any])
         inbound_addresses=r.strings("inbound_addresses", ()),
         callback_allow_networks=_parse_networks(r, "callback_allow_networks"),
         rcs=_parse_account_rcs(problems, account_id, r),
+        optout_cap=r.integer("optout_cap", 10_000, minimum=0),
+        skip_opted_out=r.boolean("skip_opted_out", False),
     )
     r.finish()
     return account

@@ -61,6 +61,7 @@ from carrierd.ops.callbacks import CallbackSender, GuardedClient
 from carrierd.ops.gauges import GaugeRefresher
 from carrierd.ops.retention import run_retention
 from carrierd.ops.sdnotify import SystemdNotifier
+from carrierd.optout_list import DEFAULT_CAP
 from carrierd.smpp.pool import PoolHealth
 from carrierd.store.db import Database, describe_db_error
 from carrierd.telemetry import Metrics, SubmitMetrics, receipt_stat_label
@@ -146,7 +147,9 @@ class Daemon:
             # The public link server (DOMAIN §12): its own listener, facing
             # the internet through a TLS proxy, with nothing of the API.
             try:
-                self.link_server = await start_link_server(config.links, self.db, self.clock)
+                self.link_server = await start_link_server(
+                    config.links, self.db, self.clock, optout_cap=self._optout_cap
+                )
             except OSError as exc:
                 where = f"{config.links.host}:{config.links.port}"
                 raise StartupError(
@@ -319,6 +322,11 @@ class Daemon:
                 await self._http_client.close()
 
         self._components.append(Component("operations", start_operations, stop_operations))
+
+    def _optout_cap(self, account_id: str) -> int:
+        """The account's opt-out list cap as configured now (reloads apply)."""
+        account = self.config.accounts.get(account_id)
+        return account.optout_cap if account is not None else DEFAULT_CAP
 
     def _on_submitted(self, planned: Sequence[Planned], now: datetime) -> None:
         for p in planned:

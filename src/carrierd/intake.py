@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from carrierd.config import CARRIERS, RCS_CARRIERS, AccountConfig, LinksConfig
+from carrierd.domain.gates import optout_list_read_at
 from carrierd.domain.links import (
     LinkMarkupError,
     LinkStyle,
@@ -51,6 +52,7 @@ ITEM_FIELDS = frozenset(
         "carriers",
         "callback_url",
         "callback_every_change",
+        "skip_opted_out",
     }
 )
 MAX_CLIENT_REF_LEN = 128
@@ -118,6 +120,10 @@ def request_sha256(row: dict[str, Any]) -> bytes:
     # One instant has many ISO spellings (offsets, fractions): use its
     # microseconds since the epoch.
     content["send_at"] = None if send_at is None else round(send_at.timestamp() * 1_000_000)
+    # Skipping opted-out numbers makes another message; hashed only when
+    # asked for, so the hashes stored before the field existed still match.
+    if row.get("skip_opted_out"):
+        content["skip_opted_out"] = True
     canonical = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).digest()
 
@@ -199,10 +205,9 @@ def check_shape(body: object, *, max_items: int) -> list[dict[str, Any]]:
         for key in ("to", "channel", "client_ref", "send_at", "carrier", "callback_url"):
             if key in item and item[key] is not None:
                 _expect(item[key], str, f"{path}.{key}", "a string")
-        if "callback_every_change" in item:
-            _expect(
-                item["callback_every_change"], bool, f"{path}.callback_every_change", "a boolean"
-            )
+        for key in ("callback_every_change", "skip_opted_out"):
+            if key in item:
+                _expect(item[key], bool, f"{path}.{key}", "a boolean")
         if "carriers" in item and item["carriers"] is not None:
             _expect(item["carriers"], list, f"{path}.carriers", "an array of carrier names")
             for j, name in enumerate(item["carriers"]):
@@ -362,6 +367,7 @@ def _validate_item(
     send_at = _send_at_of(item, now, schedule)
     start = max(now, send_at) if send_at is not None else now
     state = State.SCHEDULED if send_at is not None and send_at > now else State.QUEUED
+    skip_opted_out = bool(item.get("skip_opted_out", account.skip_opted_out))
     row = {
         "client_ref": client_ref,
         "channel": channel,
@@ -379,6 +385,9 @@ def _validate_item(
         "send_at": send_at,
         "not_before": start,
         "expires_at": start + timedelta(seconds=expiry_s),
+        # DOMAIN §12: when its opt-out list is read; None: as it is stored.
+        "skip_opted_out": skip_opted_out,
+        "optout_check_at": optout_list_read_at(send_at, now) if skip_opted_out else None,
     }
     if minted:
         row[TEMPLATES_KEY] = templates

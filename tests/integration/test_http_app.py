@@ -25,6 +25,12 @@ ACCOUNT_ROUTES = {
     ("POST", "/v1/messages/{message_id}/cancel"),
     ("GET", "/v1/openapi.json"),
     ("GET", "/v1/billing"),
+    ("POST", "/v1/optouts"),
+    ("GET", "/v1/optouts"),
+    ("GET", "/v1/optouts/export"),
+    ("POST", "/v1/optouts/import"),
+    ("GET", "/v1/optouts/{number}"),
+    ("DELETE", "/v1/optouts/{number}"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
 }

@@ -10,6 +10,8 @@ when several daemons race for it.
                  -> queued      send_at reached
                  -> cancelled   sender cancelled
                  -> expired     validity ended before send_at
+                 -> skipped     opted out: on the list its check read 15
+                                minutes before send_at (§12)
 
     queued       due (or waiting for not_before); claimable by a dispatcher.
                  A claim locks the row for one transaction that decides it,
@@ -20,7 +22,9 @@ when several daemons race for it.
                  -> queued      postponed (au gate, no bind up, parts
                                 budget); not_before is set
                  -> dispatching +Message: handed to its leg under a lease
-                 -> skipped     carrier restriction excludes the recipient
+                 -> skipped     carrier restriction excludes the recipient,
+                                or opted out (§12: the gate, before the
+                                legs split)
                  -> rejected    SQL-feed row that fails validation
                  -> failed, expired, cancelled
 
@@ -33,7 +37,7 @@ when several daemons race for it.
                                 resent blindly
                  -> rcs_sent    +Message accepted by the platform
                  -> skipped     carrier restriction excludes the recipient
-                 -> rejected    opted out, or reassigned number (§12, §13)
+                 -> rejected    reassigned number (§13)
                  -> failed, expired, cancelled
 
     sending      SMS parts are being handed to the SMSC.
@@ -118,7 +122,7 @@ INITIAL_STATES: frozenset[State] = frozenset({State.SCHEDULED, State.QUEUED, Sta
 
 TRANSITIONS: Mapping[State, frozenset[State]] = MappingProxyType(
     {
-        State.SCHEDULED: frozenset({State.QUEUED, State.CANCELLED, State.EXPIRED}),
+        State.SCHEDULED: frozenset({State.QUEUED, State.CANCELLED, State.EXPIRED, State.SKIPPED}),
         State.QUEUED: frozenset(
             {
                 State.QUEUED,

@@ -5,10 +5,11 @@ One cycle (`dispatch_once`):
      (rows in PostgreSQL, so daemons together hold each account's rate);
   2. in one transaction: lock up to that many messages per account
      (FOR UPDATE SKIP LOCKED), oldest first; per message validate SQL-feed
-     rows, expire what ran out, pick the leg (domain: `claim_route`); the
-     SMS leg plans carriers, the au gate and the parts budget and marks its
-     messages 'sending'; +Message messages move to 'dispatching' under this
-     daemon's lease. Every change goes through the lifecycle writer.
+     rows, skip opted-out recipients (§12), expire what ran out, pick
+     the leg (domain: `claim_route`); the SMS leg plans carriers, the au
+     gate and the parts budget and marks its messages 'sending'; +Message
+     messages move to 'dispatching' under this daemon's lease. Every
+     change goes through the lifecycle writer.
   3. after the commit, *then* hand over: submits for SMS, the +Message leg
      for the rest.
 A claim writes nothing until its decisions do, and a crash before the
@@ -34,6 +35,7 @@ from carrierd.config import AccountConfig, Config
 from carrierd.domain import reasons
 from carrierd.domain.clock import Clock
 from carrierd.domain.dispatch import claim_route
+from carrierd.domain.gates import GateVerdict, optout_gate
 from carrierd.domain.lifecycle import Event, Move
 from carrierd.domain.pacing import Bucket, take_tokens
 from carrierd.domain.rcs_flow import RCS_NOT_CONFIGURED
@@ -337,6 +339,12 @@ class Dispatcher:
                     )
                     continue
                 message = checked
+            opted_out = await self._optout_gate(
+                tx, message, config.accounts[message.account_id], now
+            )
+            if opted_out is not None:
+                moves.append(opted_out)
+                continue
             route = claim_route(
                 channel=message.channel,
                 leg=message.leg,
@@ -403,6 +411,21 @@ class Dispatcher:
         decided.rcs = [m for m in rcs if m.id in leased]
         if planned:
             decided.sending = await self.sms_leg.mark_sending(tx, planned, now, lease_until)
+
+    async def _optout_gate(
+        self, tx: Transaction, message: ClaimedMessage, account: AccountConfig, now: datetime
+    ) -> Move | None:
+        """DOMAIN §12, before the legs split (SMS and +Message alike): the
+        skip of a message whose recipient is on the list it obeys, else
+        None. The verdict was recorded at intake or by its check's timer;
+        SQL-feed rows, validated only now, read the list now."""
+        verdict = optout_gate(message.skip_opted_out, account.skip_opted_out, message.opted_out)
+        if verdict is GateVerdict.CHECK:
+            row = await tx.fetchrow("record_optout_verdicts", [message.id], now)
+            verdict = GateVerdict.SKIP if row is not None and row["opted_out"] else GateVerdict.PASS
+        if verdict is GateVerdict.SKIP:
+            return Move(message.id, State.QUEUED, State.SKIPPED, Event.SKIPPED, reasons.OPTED_OUT)
+        return None
 
     async def _validate_fed(
         self, tx: Transaction, message: ClaimedMessage, account: AccountConfig

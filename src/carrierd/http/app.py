@@ -87,6 +87,7 @@ ERROR_CODES: frozenset[str] = frozenset(
         "request_timeout",  # 408: the body did not arrive in time
         "idempotency_conflict",  # 409: client_ref already names other content
         "not_cancellable",  # 409: the message is past the point a cancel can stop it
+        "optout_list_full",  # 409: the opt-out list would pass the account's cap
         "body_too_large",  # 413
         "unsupported_media_type",  # 415
         "nothing_accepted",  # 422: every item of a batch was rejected
@@ -256,7 +257,7 @@ def build_app(state: ApiState) -> web.Application:
     # The handler modules import API_STATE and authenticate from this one;
     # importing them here, at build time, keeps the table in this module
     # without an import cycle.
-    from carrierd.http import health, messages, observe, openapi, reports, webhooks
+    from carrierd.http import health, messages, observe, openapi, optouts, reports, webhooks
 
     app = web.Application(
         client_max_size=state.config.http.max_body_bytes,
@@ -272,6 +273,13 @@ def build_app(state: ApiState) -> web.Application:
         web.get("/v1/messages/{message_id}", messages.get_message),
         web.post("/v1/messages/{message_id}/cancel", messages.cancel_message),
         web.get("/v1/billing", reports.get_billing),
+        web.post("/v1/optouts", optouts.add_numbers),
+        web.get("/v1/optouts", optouts.list_numbers),
+        # Plain paths resolve before /v1/optouts/{number} (as for messages).
+        web.get("/v1/optouts/export", optouts.export_numbers),
+        web.post("/v1/optouts/import", optouts.import_numbers),
+        web.get("/v1/optouts/{number}", optouts.get_number),
+        web.delete("/v1/optouts/{number}", optouts.delete_number),
         web.get("/healthz", health.healthz),
         web.get("/readyz", health.readyz),
         web.get(openapi.OPENAPI_PATH, openapi.serve_openapi),

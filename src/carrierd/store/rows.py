@@ -37,6 +37,10 @@ class ClaimedMessage(NamedTuple):
     expires_at: datetime
     accepted_at: datetime
     send_at: datetime | None
+    # DOMAIN §12: whether the send skips opted-out numbers (None: the
+    # account's default) and the list's verdict (None: not read yet).
+    skip_opted_out: bool | None = None
+    opted_out: bool | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> ClaimedMessage:
@@ -62,6 +66,8 @@ class ClaimedMessage(NamedTuple):
             row["expires_at"],
             row["accepted_at"],
             row["send_at"],
+            row["skip_opted_out"],
+            row["opted_out"],
         )
 
 
