@@ -97,11 +97,18 @@ class Rig:
 
 
 @asynccontextmanager
-async def rig(dsn: str, db: Database, **links: Any) -> AsyncIterator[Rig]:
+async def rig(dsn: str, db: Database, optout_cap: int = 10_000, **links: Any) -> AsyncIterator[Rig]:
     config = links_config(dsn, **links)
     clock = FakeClock(T0)
     async with running_api(config, db, clock) as (api, session):
-        server = await start_link_server(config.links, db, clock, host="127.0.0.1", port=0)
+        server = await start_link_server(
+            config.links,
+            db,
+            clock,
+            optout_cap=lambda _account_id: optout_cap,
+            host="127.0.0.1",
+            port=0,
+        )
         # A jar that keeps cookies of a bare IP address, as a browser does.
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
             try:
@@ -374,3 +381,18 @@ async def test_links_and_their_clicks_go_with_their_message(dsn: str, db: Databa
         assert await db.call_raw("SELECT 1 FROM message_opens") == []
         assert (await r.get(old_link))[0] == 404
         assert (await r.get(kept_link))[0] == 302
+
+
+async def test_a_full_optout_list_shows_a_page_and_adds_nothing(dsn: str, db: Database) -> None:
+    async with rig(dsn, db, optout_cap=0) as r:
+        _, [_, optout], _ = await r.send()
+        _, text, _ = await r.get(optout)
+        token = re.search(rf'name="{CSRF_FIELD}" value="([0-9a-f]+)"', text)
+        assert token is not None
+        async with r.session.post(
+            f"{r.links}/{optout}", data={CSRF_FIELD: token.group(1)}
+        ) as response:
+            assert response.status == 409
+            assert "送信元へ直接お問い合わせください" in await response.text()
+        assert await r.listed() == []
+        assert (await r.link_row(optout))["confirmed_at"] is None
