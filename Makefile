@@ -10,7 +10,7 @@ LOCALPG := scripts/localpg.sh
 # project-local PostgreSQL that `make db` starts.
 export CARRIERD_LOCAL_DSN := $(shell $(LOCALPG) dsn)
 
-.PHONY: run test test-lowest lint bench chaos stop-db clean db venv
+.PHONY: run test test-lowest lint bench chaos stop-db clean db venv browser
 
 venv: $(STAMP)
 
@@ -31,14 +31,18 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
-test: $(STAMP) db lint
+# Headless Chromium for the opt-out browser test (installed when root).
+browser:
+	@scripts/ensure-browser.sh
+
+test: $(STAMP) db lint browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 # The test suite against the lowest dependency versions pyproject.toml allows.
 test-lowest: $(STAMP) db
 	VENV=$(VENV) scripts/test-lowest.sh $(PYTEST_ARGS)
 
-bench: $(STAMP) db
+bench: $(STAMP) db browser
 	$(BIN)/python bench/run_all.py
 
 # The fault campaign (bench/chaos.py) on a PostgreSQL cluster of its own;

@@ -26,6 +26,9 @@ BENCHES = [
     ["bench.throttle"],
     # New numbers, 15% ported: first guesses, refused submits, the rate.
     ["bench.guess"],
+    # Short links: redirects/s with durable clicks, intake with 5 links
+    # against none, and the opt-out browser test's screenshots.
+    ["bench.links"],
 ]
 
 

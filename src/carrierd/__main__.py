@@ -107,6 +107,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         bot_id=bot_ids[0],
         webhook_url=webhook_url(bot_ids[0]),
         webhook_secret=args.webhook_secret,
+        displayed_share=args.rcs_displayed_share,
         more_bots=tuple(
             SimBot(
                 bot_id=bot_id,
@@ -202,6 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="where each bot posts its webhooks; {bot_id} is replaced by the bot's id",
     )
     sim.add_argument("--webhook-secret", default="demo-webhook-secret")
+    sim.add_argument(
+        "--rcs-displayed-share",
+        type=float,
+        default=0.3,
+        help="share of delivered +Message the handset opens (a 'displayed' webhook,"
+        " shown as opened_at)",
+    )
     sim.add_argument("--log-level", default="info")
     sim.add_argument(
         "--journal",

@@ -29,6 +29,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from carrierd.domain import rcs_flow
+from carrierd.domain.links import style_problem
 from carrierd.domain.netpolicy import IPNetwork
 
 # Where an installed carrierd looks for its configuration (the demo passes
@@ -312,6 +313,35 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class LinksConfig:
+    """The public link server (http/links.py) and the links it mints
+    (domain/links.py, DOMAIN §12). Off unless enabled: a body with link
+    marks is then refused at intake rather than sent with the marks in it."""
+
+    enabled: bool = False
+    # Where it listens: meant to face the internet behind a TLS proxy.
+    host: str = "127.0.0.1"
+    port: int = 8081
+    # What a link shows: [https://]domain/code, 23 characters.
+    domain: str = ""
+    show_scheme: bool = False
+    # Signs the opt-out page's CSRF tokens; the same on every daemon.
+    csrf_secret: str = field(default="", repr=False)
+    optout_valid_days: float = 60.0
+    # The proxies whose X-Forwarded-For names the client (rate limits).
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    # Per client address: every request, and (stricter) answers for codes
+    # that do not exist or expired, which is what guessing produces.
+    rate_per_s: float = 20.0
+    burst: int = 60
+    misses_per_min: float = 10.0
+    miss_burst: int = 20
+    # Send the CSRF cookie with Secure (the proxy in front speaks https).
+    secure_cookies: bool = True
+    max_connections: int = 1024
+
+
+@dataclass(frozen=True)
 class DatabaseConfig:
     dsn: str
     pool_min: int = 2
@@ -334,6 +364,7 @@ class Config:
     # +Message official accounts by bot id.
     rcs_bots: Mapping[str, RcsBotConfig] = field(default_factory=dict)
     reassign: ReassignConfig = field(default_factory=ReassignConfig)
+    links: LinksConfig = field(default_factory=LinksConfig)
 
     def rcs_bot_of(self, account_id: str) -> RcsBotConfig | None:
         """The official account an account's +Message goes out under."""
@@ -402,6 +433,11 @@ OVERRIDES: tuple[Override, ...] = (
     ),
     Override(
         ("reassign", "token"), "CARRIERD_REASSIGN_TOKEN", credential="carrierd_reassign_token"
+    ),
+    Override(
+        ("links", "csrf_secret"),
+        "CARRIERD_LINKS_CSRF_SECRET",
+        credential="carrierd_links_csrf_secret",
     ),
 )
 _OVERRIDE_BY_KEY: Mapping[str, Override] = {o.key: o for o in OVERRIDES}
@@ -1143,6 +1179,7 @@ def parse_config(
             )
     rr.finish()
     reassign = _parse_reassign(section("reassign"))
+    links = _parse_links(section("links"))
     top.finish()
 
     if problems:
@@ -1160,7 +1197,39 @@ def parse_config(
         overridden=origins,
         rcs_bots=rcs_bots,
         reassign=reassign,
+        links=links,
     )
+
+
+def _parse_links(r: _Reader) -> LinksConfig:
+    links = LinksConfig(
+        enabled=r.boolean("enabled", False),
+        host=r.string("host", "127.0.0.1"),
+        port=r.integer("port", 8081, minimum=0, maximum=65535),
+        domain=r.string("domain", ""),
+        show_scheme=r.boolean("show_scheme", False),
+        csrf_secret=r.string("csrf_secret", ""),
+        optout_valid_days=r.number("optout_valid_days", 60.0, minimum=1.0, maximum=3650.0),
+        trusted_proxies=_parse_networks(r, "trusted_proxies"),
+        rate_per_s=r.number("rate_per_s", 20.0, minimum=0.01),
+        burst=r.integer("burst", 60, minimum=1),
+        misses_per_min=r.number("misses_per_min", 10.0, minimum=0.01),
+        miss_burst=r.integer("miss_burst", 20, minimum=1),
+        secure_cookies=r.boolean("secure_cookies", True),
+        max_connections=r.integer("max_connections", 1024, minimum=1),
+    )
+    if links.enabled:
+        problem = style_problem(links.domain, links.show_scheme)
+        if problem is not None:
+            r.problem("domain", problem)
+        if len(links.csrf_secret) < 16:
+            r.problem(
+                "csrf_secret",
+                "required when links.enabled is true, at least 16 characters"
+                f" ({how_to_set('links.csrf_secret')})",
+            )
+    r.finish()
+    return links
 
 
 def _parse_reassign(reader: _Reader) -> ReassignConfig:

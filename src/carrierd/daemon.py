@@ -57,11 +57,13 @@ from carrierd.engine.write_behind import WriteBehind
 from carrierd.http.app import ApiState, build_app
 from carrierd.http.health import carriers_check
 from carrierd.http.limits import start_http_server
+from carrierd.http.links import LinkServer, start_link_server
 from carrierd.loops import StopRequested, until_database_answers
 from carrierd.ops.callbacks import CallbackSender, GuardedClient
 from carrierd.ops.gauges import GaugeRefresher
 from carrierd.ops.retention import run_retention
 from carrierd.ops.sdnotify import SystemdNotifier
+from carrierd.optout_list import DEFAULT_CAP
 from carrierd.smpp.pool import PoolHealth
 from carrierd.store.db import Database, describe_db_error
 from carrierd.telemetry import Metrics, SubmitMetrics, receipt_stat_label
@@ -96,6 +98,7 @@ class Daemon:
     db: Database | None = None
     http_runner: web.AppRunner | None = None
     http_port: int | None = None
+    link_server: LinkServer | None = None
     _components: list[Component] = field(default_factory=list)
     _side_tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -140,12 +143,21 @@ class Daemon:
             where = f"{config.http.host}:{config.http.port}"
             port_from = config.overridden.get("http.port")
             keys = f"http.host, http.port{f' from {port_from}' if port_from else ''}"
-            # asyncio's strerror repeats the address; the errno's text is
-            # enough (a name that does not resolve has a negative errno).
-            errno = exc.errno or 0
-            reason = os.strerror(errno) if errno > 0 else (exc.strerror or str(exc))
-            raise StartupError(f"cannot listen on {where} ({keys}): {reason}") from exc
+            raise StartupError(f"cannot listen on {where} ({keys}): {_listen_error(exc)}") from exc
         self.http_port = int(self.http_runner.addresses[0][1])
+        if config.links.enabled:
+            # The public link server (DOMAIN §12): its own listener, facing
+            # the internet through a TLS proxy, with nothing of the API.
+            try:
+                self.link_server = await start_link_server(
+                    config.links, self.db, self.clock, optout_cap=self._optout_cap
+                )
+            except OSError as exc:
+                where = f"{config.links.host}:{config.links.port}"
+                raise StartupError(
+                    f"cannot listen on {where} (links.host, links.port): {_listen_error(exc)}"
+                ) from exc
+            log.info("links_ready", links=f"{config.links.host}:{self.link_server.port}")
         log.info("ready", http=f"{config.http.host}:{self.http_port}")
         self.notifier.ready(status=f"serving on {config.http.host}:{self.http_port}")
 
@@ -338,6 +350,11 @@ class Daemon:
 
         self._components.append(Component("operations", start_operations, stop_operations))
 
+    def _optout_cap(self, account_id: str) -> int:
+        """The account's opt-out list cap as configured now (reloads apply)."""
+        account = self.config.accounts.get(account_id)
+        return account.optout_cap if account is not None else DEFAULT_CAP
+
     def _on_submitted(self, planned: Sequence[Planned], now: datetime) -> None:
         for p in planned:
             if p.attempt == 1:
@@ -433,6 +450,8 @@ class Daemon:
         self._stopping.set()
         if self.http_runner is not None:
             await self.http_runner.cleanup()
+        if self.link_server is not None:
+            await self.link_server.stop()
         for component in reversed(self._components):
             try:
                 await asyncio.wait_for(component.stop(), self.drain_timeout_s * 2)
@@ -497,6 +516,13 @@ def run(config_path: Path, **overrides: Any) -> int:
             return 1
 
     return int(runner(main()))
+
+
+def _listen_error(exc: OSError) -> str:
+    # asyncio's strerror repeats the address; the errno's text is enough (a
+    # name that does not resolve has a negative errno).
+    errno = exc.errno or 0
+    return os.strerror(errno) if errno > 0 else (exc.strerror or str(exc))
 
 
 def bind_counts(health: Mapping[str, PoolHealth]) -> dict[str, tuple[int, int]]:

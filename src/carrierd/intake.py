@@ -14,12 +14,23 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import secrets
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from carrierd.config import CARRIERS, RCS_CARRIERS, AccountConfig
+from carrierd.config import CARRIERS, RCS_CARRIERS, AccountConfig, LinksConfig
 from carrierd.domain.gates import optout_list_read_at
+from carrierd.domain.links import (
+    LinkMarkupError,
+    LinkStyle,
+    MintedLink,
+    Template,
+    mint_links,
+    parse_template,
+    render,
+)
 from carrierd.domain.netpolicy import IPNetwork, callback_url_problem
 from carrierd.domain.numbers import NumberError, normalize_msisdn
 from carrierd.domain.rcs_content import RcsContentError, content_to_json, validate_rcs
@@ -100,9 +111,15 @@ CONTENT_COLUMNS: tuple[str, ...] = (
 
 
 def request_sha256(row: dict[str, Any]) -> bytes:
-    """The content hash of a validated intake row (CONTENT_COLUMNS)."""
+    """The content hash of a validated intake row (CONTENT_COLUMNS). A body
+    with link marks is hashed as the account wrote it (TEMPLATES_KEY): its
+    links are minted afresh per request, and a retry is the same content."""
     send_at = row["send_at"]
-    content = {column: row[column] if column != "send_at" else None for column in CONTENT_COLUMNS}
+    templates = row.get(TEMPLATES_KEY, {})
+    content = {
+        column: templates.get(column, row[column]) if column != "send_at" else None
+        for column in CONTENT_COLUMNS
+    }
     # One instant has many ISO spellings (offsets, fractions): use its
     # microseconds since the epoch.
     content["send_at"] = None if send_at is None else round(send_at.timestamp() * 1_000_000)
@@ -116,6 +133,29 @@ def request_sha256(row: dict[str, Any]) -> bytes:
         content["reassign_base_date"] = row["reassign_base_date"].isoformat()
     canonical = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).digest()
+
+
+# Row keys beside the columns: the bodies as written, when they held link
+# marks (for request_sha256), and the links minted for the row (stored with
+# the message, store/db.py insert_messages).
+TEMPLATES_KEY = "templates"
+LINKS_KEY = "links"
+
+
+@dataclass(frozen=True)
+class LinkMinting:
+    """What intake needs to replace link marks (config [links])."""
+
+    style: LinkStyle
+    optout_valid_days: float
+    # The CSPRNG; a test may pass its own.
+    random_bytes: Callable[[int], bytes] = secrets.token_bytes
+
+    @classmethod
+    def from_config(cls, links: LinksConfig) -> LinkMinting | None:
+        if not links.enabled:
+            return None
+        return cls(LinkStyle(links.domain, links.show_scheme), links.optout_valid_days)
 
 
 @dataclass(frozen=True)
@@ -270,6 +310,7 @@ def _validate_item(
     expiry_s: float,
     schedule: ScheduleLimits,
     reassign_enabled: bool,
+    minting: LinkMinting | None = None,
 ) -> tuple[dict[str, Any], int]:
     bad = unstorable(item)
     if bad is not None:
@@ -284,28 +325,61 @@ def _validate_item(
     except NumberError as exc:
         raise _ItemRejected("to", f"{exc.reason}: {exc.message}") from exc
 
+    # Link marks first (DOMAIN §12): the text is measured as it will be
+    # sent, each link LINK_WIDTH characters.
     sms_text = encoding = None
     parts = 1
+    sms_template = rcs_template = None
+    targets: list[str] = []
     if channel in ("sms", "rcs_then_sms"):
         sms = item.get("sms")
-        field = "sms.text"
         if not sms or "text" not in sms:
             why = "required" if channel == "sms" else "required: the SMS fallback text (§8)"
-            raise _ItemRejected(field, why)
+            raise _ItemRejected("sms.text", why)
+        sms_template = _template_of(sms["text"], "sms.text", targets, minting)
+    rcs_item: dict[str, Any] | None = item.get("rcs")
+    if channel in ("rcs", "rcs_then_sms") and rcs_item:
+        _refuse_marks_outside_text(rcs_item)
+        if isinstance(rcs_item.get("text"), str):
+            rcs_template = _template_of(rcs_item["text"], "rcs.text", targets, minting)
+    start_at = _start_of(item, now, schedule)
+    minted: list[MintedLink] = []
+    templates: dict[str, Any] = {}
+    sms_body: str | None = item["sms"]["text"] if sms_template is not None else None
+    if minting is not None and (targets or _any_optout(sms_template, rcs_template)):
+        minted, link_codes, optout_code = mint_links(
+            targets,
+            _any_optout(sms_template, rcs_template),
+            minting.style,
+            start_at,
+            minting.optout_valid_days,
+            minting.random_bytes,
+        )
+        if sms_template is not None and sms_template.has_marks:
+            templates["sms_text"] = sms_body
+            sms_body = render(sms_template, link_codes, optout_code, minting.style)
+        if rcs_template is not None and rcs_template.has_marks:
+            templates["rcs_content"] = json.loads(json.dumps(rcs_item, sort_keys=True))
+            rcs_item = {
+                **(rcs_item or {}),
+                "text": render(rcs_template, link_codes, optout_code, minting.style),
+            }
+    if sms_body is not None:
         try:
             body = prepare_sms(
-                sms["text"], max_chars=account.max_sms_chars, allow_gsm7=account.allow_gsm7
+                sms_body, max_chars=account.max_sms_chars, allow_gsm7=account.allow_gsm7
             )
         except SmsTextError as exc:
-            raise _ItemRejected(field, f"{exc.reason}: {exc.message}") from exc
+            as_sent = " (in the text as sent, each link 25 characters)" if minted else ""
+            raise _ItemRejected("sms.text", f"{exc.reason}: {exc.message}{as_sent}") from exc
         sms_text, encoding, parts = body.text, body.encoding, len(body.parts)
 
     rcs_json = None
     if channel in ("rcs", "rcs_then_sms"):
-        if not item.get("rcs"):
+        if not rcs_item:
             raise _ItemRejected("rcs", "required for channel " + channel)
         try:
-            rcs_json = content_to_json(validate_rcs(item["rcs"]))
+            rcs_json = content_to_json(validate_rcs(rcs_item))
         except RcsContentError as exc:
             first = exc.violations[0]
             more = f" (and {len(exc.violations) - 1} more)" if len(exc.violations) > 1 else ""
@@ -334,15 +408,7 @@ def _validate_item(
     if callback_url is not None:
         _check_callback_url(callback_url, account.callback_allow_networks)
 
-    send_at = None
-    if item.get("send_at"):
-        try:
-            send_at = parse_send_at(item["send_at"])
-        except ValueError as exc:
-            raise _ItemRejected("send_at", f"not an ISO 8601 time with offset: {exc}") from exc
-        problem = schedule_problem(send_at, now, schedule)
-        if problem is not None:
-            raise _ItemRejected("send_at", problem)
+    send_at = _send_at_of(item, now, schedule)
     reassign_base_date = _reassign_base_date(item.get("reassigned_check"), now, reassign_enabled)
     start = max(now, send_at) if send_at is not None else now
     state = State.SCHEDULED if send_at is not None and send_at > now else State.QUEUED
@@ -369,7 +435,69 @@ def _validate_item(
         "optout_check_at": optout_list_read_at(send_at, now) if skip_opted_out else None,
         "reassign_base_date": reassign_base_date,
     }
+    if minted:
+        row[TEMPLATES_KEY] = templates
+        row[LINKS_KEY] = minted
     return row, parts
+
+
+def _send_at_of(item: dict[str, Any], now: datetime, schedule: ScheduleLimits) -> datetime | None:
+    if not item.get("send_at"):
+        return None
+    try:
+        send_at = parse_send_at(item["send_at"])
+    except ValueError as exc:
+        raise _ItemRejected("send_at", f"not an ISO 8601 time with offset: {exc}") from exc
+    problem = schedule_problem(send_at, now, schedule)
+    if problem is not None:
+        raise _ItemRejected("send_at", problem)
+    return send_at
+
+
+def _start_of(item: dict[str, Any], now: datetime, schedule: ScheduleLimits) -> datetime:
+    """When the message is due to go: an opt-out URL's 60 days start there."""
+    send_at = _send_at_of(item, now, schedule)
+    return max(now, send_at) if send_at is not None else now
+
+
+def _template_of(
+    text: str, field: str, targets: list[str], minting: LinkMinting | None
+) -> Template:
+    try:
+        template = parse_template(text, targets)
+    except LinkMarkupError as exc:
+        raise _ItemRejected(field, str(exc)) from exc
+    if template.has_marks and minting is None:
+        raise _ItemRejected(
+            field, "link marks need the link server: [links] enabled in the configuration"
+        )
+    return template
+
+
+def _any_optout(*templates: Template | None) -> bool:
+    return any(t is not None and t.has_optout for t in templates)
+
+
+_MARK_WORDS = ("{{link:", "{{optout_url}}")
+
+
+def _strings_in(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, inner in value.items():
+            yield from _strings_in(inner, f"{path}.{key}")
+    elif isinstance(value, list):
+        for i, inner in enumerate(value):
+            yield from _strings_in(inner, f"{path}[{i}]")
+
+
+def _refuse_marks_outside_text(rcs: dict[str, Any]) -> None:
+    """Links are replaced in rcs.text only: a mark anywhere else would go
+    out as typed."""
+    for path, text in _strings_in(rcs, "rcs"):
+        if path != "rcs.text" and any(word in text for word in _MARK_WORDS):
+            raise _ItemRejected(path, "link marks are replaced in rcs.text and sms.text only")
 
 
 def _check_callback_url(url: str, allowed: tuple[IPNetwork, ...]) -> None:
@@ -389,6 +517,7 @@ def validate_batch(
     expiry_s: float,
     schedule: ScheduleLimits | None = None,
     reassign_enabled: bool = False,
+    minting: LinkMinting | None = None,
 ) -> IntakeBatch:
     items = check_shape(body, max_items=max_items)
     rows: list[dict[str, Any]] = []
@@ -399,7 +528,13 @@ def validate_batch(
     for index, item in enumerate(items):
         try:
             row, n = _validate_item(
-                item, account, now, expiry_s, schedule or ScheduleLimits(), reassign_enabled
+                item,
+                account,
+                now,
+                expiry_s,
+                schedule or ScheduleLimits(),
+                reassign_enabled,
+                minting,
             )
         except _ItemRejected as exc:
             rejected.append(Rejection(index, exc.field, exc.reason))
@@ -458,6 +593,13 @@ def validate_fed(
         return Reason("invalid_field", f"to: {exc.reason}: {exc.message}")
     encoding = None
     parts = None
+    # The feed's row has its id already and no links table entry: marks
+    # would go out as typed (DOMAIN §12 links come through HTTP intake).
+    if sms_text and any(word in sms_text for word in _MARK_WORDS):
+        return Reason("invalid_field", "sms.text: link marks are taken by HTTP intake only")
+    for path, text in _strings_in(rcs_content, "rcs"):
+        if any(word in text for word in _MARK_WORDS):
+            return Reason("invalid_field", f"{path}: link marks are taken by HTTP intake only")
     if channel in ("sms", "rcs_then_sms"):
         if not sms_text:
             return Reason("invalid_field", "sms.text: required")

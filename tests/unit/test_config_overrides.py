@@ -46,6 +46,7 @@ SAMPLES: dict[str, tuple[Any, str, Any, Callable[[Config], Any]]] = {
     "rcs.oauth_client_secret": ("file", "env", "env", lambda c: c.rcs.oauth_client_secret),
     "rcs.webhook_secret": ("file", "env", "env", lambda c: c.rcs.webhook_secret),
     "reassign.token": ("file", "env", "env", lambda c: c.reassign.token),
+    "links.csrf_secret": ("file", "env", "env", lambda c: c.links.csrf_secret),
 }
 
 

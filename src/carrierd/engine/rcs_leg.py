@@ -749,6 +749,10 @@ class RcsLeg:
                 if self._metrics is not None:
                     self._metrics.webhooks_rejected_total.labels("not_on_rcs_leg").inc()
                 continue
+            if status.reported_as == "displayed":
+                # DOMAIN §12: the +Message open time, a record beside the
+                # message (its state is "delivered" either way).
+                await tx.execute("record_message_open", row["id"], status.at, now)
             state = row["state"]
             facts = _row_facts(row)
             if state == State.RCS_SENT and row["id"] not in settled:

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 import structlog
 from aiohttp import web
 
+from carrierd.click_log import ClickLog, click_log
 from carrierd.config import CARRIERS
 from carrierd.domain.cancel import CancelOutcome
 from carrierd.domain.numbers import NumberError, normalize_msisdn
@@ -42,12 +43,13 @@ from carrierd.http.reports import parse_instant
 from carrierd.intake import (
     CHANNELS,
     MAX_CLIENT_REF_LEN,
+    LinkMinting,
     RequestShapeError,
     ScheduleLimits,
     field_label,
     validate_batch,
 )
-from carrierd.store.db import Row
+from carrierd.store.db import LinkCodeTaken, Row
 
 log = structlog.get_logger("carrierd.http.messages")
 
@@ -59,6 +61,7 @@ _ASCII_DIGITS = frozenset("0123456789")
 # reading it as such (rather than letting int() refuse past 4,300 digits)
 # lets the item holding it be rejected on its own.
 _MAX_INT_DIGITS = 20
+LINK_MINT_TRIES = 3
 
 
 class BodyError(ValueError):
@@ -80,10 +83,17 @@ def parse_json_body(body: bytes) -> Any:
         raise BodyError(f"malformed JSON: {exc}") from None
 
 
-def message_view(row: Row, events: list[Row], parts: list[Row]) -> dict[str, Any]:
-    """The API's view: the status document plus history and SMS parts."""
+def message_view(
+    row: Row,
+    events: list[Row],
+    parts: list[Row],
+    clicks: ClickLog | None = None,
+) -> dict[str, Any]:
+    """The API's view: the status document plus history, SMS parts and the
+    click log (DOMAIN §12: first click per short link; +Message: opened)."""
     return {
         **status_document(row),
+        **(clicks or ClickLog({}, {})).view(row["id"]),
         "history": [
             {
                 "at": iso_instant(e["at"]),
@@ -131,23 +141,34 @@ async def post_messages(request: web.Request) -> web.Response:
         return json_error(400, "body", str(exc))
     now = state.clock.now()
     http_config = state.config.http
-    try:
-        batch = validate_batch(
-            body,
-            account,
-            now,
-            max_items=http_config.max_batch_items,
-            expiry_s=state.config.engine.message_expiry_s,
-            schedule=ScheduleLimits(
-                max_ahead=timedelta(days=http_config.send_at_max_ahead_days),
-                past_skew=timedelta(seconds=http_config.send_at_past_skew_s),
-            ),
-            reassign_enabled=state.config.reassign.enabled,
-        )
-    except RequestShapeError as exc:
-        return json_error(400, exc.field, exc.reason)
-    conflicts: dict[int, int] = {}
-    ids = await state.db.insert_messages(account.account_id, batch.rows, now, conflicts)
+    # A link code already in use fails the whole insert: mint again (each
+    # try is as unlikely as the first to meet a taken code).
+    for tries_left in reversed(range(LINK_MINT_TRIES)):
+        try:
+            batch = validate_batch(
+                body,
+                account,
+                now,
+                max_items=http_config.max_batch_items,
+                expiry_s=state.config.engine.message_expiry_s,
+                schedule=ScheduleLimits(
+                    max_ahead=timedelta(days=http_config.send_at_max_ahead_days),
+                    past_skew=timedelta(seconds=http_config.send_at_past_skew_s),
+                ),
+                reassign_enabled=state.config.reassign.enabled,
+                minting=LinkMinting.from_config(state.config.links),
+            )
+        except RequestShapeError as exc:
+            return json_error(400, exc.field, exc.reason)
+        conflicts: dict[int, int] = {}
+        try:
+            ids = await state.db.insert_messages(account.account_id, batch.rows, now, conflicts)
+        except LinkCodeTaken:
+            if not tries_left:
+                raise
+            log.warning("link_code_taken", account=account.account_id)
+            continue
+        break
     accepted = [
         {"index": index, "id": str(ids[row_no]), "parts": batch.parts[row_no]}
         for row_no, index in enumerate(batch.row_indexes)
@@ -203,7 +224,8 @@ async def _load_message(state: ApiState, account_id: str, message_id: int) -> di
         return None
     events = await state.db.fetch("get_message_events", message_id)
     parts = await state.db.fetch("get_message_parts", message_id)
-    return message_view(row, events, parts)
+    clicks = await click_log(state.db, [message_id])
+    return message_view(row, events, parts, clicks)
 
 
 def _parse_id(text: str) -> int | None:

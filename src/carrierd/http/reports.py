@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from carrierd.click_log import ClickLog, click_log
 from carrierd.domain.billing import billing_month
 from carrierd.domain.clock import JST
 from carrierd.http.app import API_STATE, authenticate, json_error
@@ -52,6 +54,10 @@ EXPORT_COLUMNS: tuple[str, ...] = (
     "sms_parts",
     "sms_units",
     "rcs_units",
+    # DOMAIN §12: per short link its first click and count (JSON, as in the
+    # status view), and when a +Message was opened.
+    "links",
+    "opened_at",
 )
 
 # One line per route (DOMAIN §6): SMS units on the line of the route that
@@ -197,7 +203,9 @@ def _iso(value: datetime | None) -> str:
     return value.isoformat() if value is not None else ""
 
 
-def _export_line(row: Row) -> tuple[Any, ...]:
+def _export_line(row: Row, clicks: ClickLog) -> tuple[Any, ...]:
+    view = clicks.view(row["id"])
+    links = view["links"]
     return (
         row["id"],
         row["client_ref"] or "",
@@ -214,6 +222,8 @@ def _export_line(row: Row) -> tuple[Any, ...]:
         "" if row["sms_parts"] is None else row["sms_parts"],
         row["sms_units"],
         row["rcs_units"],
+        json.dumps(links, ensure_ascii=False, separators=(",", ":")) if links else "",
+        view["opened_at"] or "",
     )
 
 
@@ -259,7 +269,9 @@ async def export_messages(request: web.Request) -> web.StreamResponse:
             page_rows,
         )
         if page:
-            await response.write(_csv_text(_export_line(row) for row in page).encode("utf-8"))
+            clicks = await click_log(state.db, [row["id"] for row in page])
+            lines = (_export_line(row, clicks) for row in page)
+            await response.write(_csv_text(lines).encode("utf-8"))
             exported += len(page)
             after_at, after_id = page[-1]["accepted_at"], page[-1]["id"]
         if len(page) < page_rows:

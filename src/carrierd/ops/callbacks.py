@@ -51,6 +51,7 @@ import structlog
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
+from carrierd.click_log import ClickLog, click_log
 from carrierd.domain.clock import Clock
 from carrierd.domain.netpolicy import IPNetwork, address_allowed
 from carrierd.loops import supervise
@@ -83,6 +84,15 @@ def sign_callback(secret: str, timestamp: str, body: bytes) -> str:
 def verify_callback(secret: str, timestamp: str, body: bytes, signature: str) -> bool:
     """What a receiver does (constant-time comparison)."""
     return hmac.compare_digest(sign_callback(secret, timestamp, body), signature)
+
+
+def with_click_log(payload: Any, message_id: int, clicks: ClickLog) -> Any:
+    """A status payload with the message's click log, when it has one (a
+    message without links or an open keeps the payload it always had)."""
+    view = clicks.view(message_id)
+    if not isinstance(payload, dict) or not (view["links"] or view["opened_at"]):
+        return payload
+    return {**payload, **view}
 
 
 def encode_payload(payload: Any) -> bytes:
@@ -260,7 +270,10 @@ class CallbackSender:
         )
         if not rows:
             return 0
-        outcomes = await asyncio.gather(*(self._attempt(row, now) for row in rows))
+        # The click log as of this attempt (DOMAIN §12): clicks come after
+        # the state change that queued the callback, so they are read now.
+        clicks = await click_log(self._db, [int(row["message_id"]) for row in rows])
+        outcomes = await asyncio.gather(*(self._attempt(row, now, clicks) for row in rows))
         await self._db.execute(
             "record_status_callback_results",
             [o.callback_id for o in outcomes],
@@ -282,10 +295,10 @@ class CallbackSender:
         """Send until `stop_event` is set."""
         await supervise("callbacks", self.step, stop_event)
 
-    async def _attempt(self, row: Row, now: datetime) -> _Outcome:
+    async def _attempt(self, row: Row, now: datetime, clicks: ClickLog) -> _Outcome:
         callback_id = int(row["id"])
         attempts = int(row["attempts"])
-        error = await self._post(row, now)
+        error = await self._post(row, now, clicks)
         if error is None:
             self._metrics.callbacks_total.labels("sent").inc()
             return _Outcome(callback_id, attempts, "sent", now, None)
@@ -304,14 +317,14 @@ class CallbackSender:
         self._metrics.callbacks_total.labels("retry").inc()
         return _Outcome(callback_id, attempts, "pending", retry_at, error)
 
-    async def _post(self, row: Row, now: datetime) -> str | None:
+    async def _post(self, row: Row, now: datetime, clicks: ClickLog) -> str | None:
         """POST one callback; None on a 2xx answer, else what went wrong."""
         account_id = str(row["account_id"])
         secret = self._secret_for(account_id)
         if secret is None:
             return "account not configured"
         session = self._client.session(self._networks_for(account_id))
-        body = encode_payload(row["payload"])
+        body = encode_payload(with_click_log(row["payload"], int(row["message_id"]), clicks))
         timestamp = str(int(now.timestamp()))
         headers = {
             "Content-Type": "application/json; charset=utf-8",

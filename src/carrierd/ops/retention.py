@@ -4,7 +4,8 @@ with their parts, events and callbacks; au gate rows (DOMAIN §5) go once
 their spacing ran out long ago (domain/au_gate.au_gate_forgets_before). The
 keys of applied +Message webhooks go after WEBHOOK_KEYS_KEEP_DAYS: a repeat
 of a body older than the platform's 72 h of retries is refused by its
-timestamp anyway.
+timestamp anyway. Short links and their click log go with their message;
+opt-out URLs once their 60 days ran out (DOMAIN §12).
 
 Every daemon on a database runs the purge; they share the rows (SKIP
 LOCKED in the statement) rather than electing one of them.
@@ -69,6 +70,14 @@ async def purge_webhook_keys(
     return await _in_batches(db, "purge_webhook_events", cutoff, batch_rows)
 
 
+async def purge_optout_links(
+    db: Database, now: datetime, *, batch_rows: int = PURGE_BATCH_ROWS
+) -> int:
+    """Delete opt-out URLs whose validity (60 days, DOMAIN §12) ended before
+    `now`; short links go with their message (purge_final_messages)."""
+    return await _in_batches(db, "purge_expired_optout_links", now, batch_rows)
+
+
 async def _in_batches(db: Database, statement: str, before: datetime, batch_rows: int) -> int:
     """Run a purge statement (it deletes at most `batch_rows` rows older than
     `before` and returns how many) until a batch comes back short; each
@@ -103,6 +112,9 @@ async def run_retention(
         keys = await purge_webhook_keys(db, now)
         if keys:
             log.info("retention_purged_webhook_keys", keys=keys)
+        optout_links = await purge_optout_links(db, now)
+        if optout_links:
+            log.info("retention_purged_optout_links", links=optout_links)
         return interval_s
 
     await supervise("retention", purge_once, stop_event)

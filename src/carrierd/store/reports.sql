@@ -61,6 +61,13 @@ parts_deleted AS (
 events_deleted AS (
     DELETE FROM message_events e USING doomed WHERE e.message_id = doomed.id
 ),
+-- The click log goes with the delivery log it belongs to (§12, §15).
+links_deleted AS (
+    DELETE FROM message_links l USING doomed WHERE l.message_id = doomed.id
+),
+opens_deleted AS (
+    DELETE FROM message_opens o USING doomed WHERE o.message_id = doomed.id
+),
 deleted AS (
     DELETE FROM messages m USING doomed WHERE m.id = doomed.id RETURNING 1
 )

@@ -1,0 +1,346 @@
+"""Short links and opt-out URLs in message bodies (DOMAIN §12).
+
+A body marks what carrierd replaces per recipient:
+
+    {{link:https://example.jp/campaign?id=1}}   a short link (at most 5)
+    {{optout_url}}                              the recipient's opt-out URL
+
+Double braces because a URL cannot contain a brace unencoded (RFC 3986
+leaves `{` and `}` out of every URL component), so the end of the marked
+URL is never a guess, and because `{{...}}` reads as "filled in later" to
+anyone who has used a template language. Any other `{{name}}` or
+`{{name:...}}` is refused rather than sent as typed: `{{optout}}` going out
+literally to ten thousand people is a mistake worth naming.
+
+Each mark becomes the link with one space on each side, exactly
+LINK_WIDTH (25) characters (§12): `" " + prefix + code + " "`, the prefix
+being the configured scheme and domain ("https://s.example.jp/") and the
+code filling the rest of the 23 visible characters. Because the width is
+fixed, the length, parts and billing units of the text as sent are known
+before any code is minted.
+
+Codes are drawn with `secrets` from 62 letters and digits: a code of n
+characters is one of 62**n (n = 8: 2.2e14, n = 10: 8.4e17). Someone
+guessing must find one of the live codes among them; see README
+"Short links" for the cost.
+
+Pure apart from `mint_codes` (which takes its random source as an
+argument): time is passed in.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import string
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import cached_property, lru_cache
+from typing import NamedTuple
+from urllib.parse import urlsplit
+
+from carrierd.domain.clock import require_aware
+
+# §12: a link with the space on each side.
+LINK_WIDTH = 25
+VISIBLE_WIDTH = LINK_WIDTH - 2
+MAX_LINKS_PER_MESSAGE = 5
+# Below this many code characters (62**8 = 2.2e14 codes) check-config
+# refuses the domain: see README "Short links" for what guessing costs.
+MIN_CODE_CHARS = 8
+CODE_ALPHABET = string.ascii_letters + string.digits
+MAX_TARGET_URL_CHARS = 2048
+OPTOUT_VALID_DAYS = 60
+
+_MARK = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+_UNKNOWN_NAME = re.compile(r"\s*[A-Za-z_][A-Za-z0-9_]*\s*(:.*)?", re.DOTALL)
+_CODE_CHARS = frozenset(CODE_ALPHABET)
+_DOMAIN = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+")
+
+
+class LinkMarkupError(ValueError):
+    """A body's markup cannot be sent; the text says why."""
+
+
+@dataclass(frozen=True)
+class LinkStyle:
+    """How a link looks in a body: `prefix` + code, VISIBLE_WIDTH in all."""
+
+    domain: str
+    # Handsets link a bare host with a known TLD; "https://" costs 8 of
+    # the 23 characters.
+    show_scheme: bool = False
+
+    @cached_property
+    def prefix(self) -> str:
+        return f"{'https://' if self.show_scheme else ''}{self.domain}/"
+
+    @cached_property
+    def code_chars(self) -> int:
+        return VISIBLE_WIDTH - len(self.prefix)
+
+
+def style_problem(domain: str, show_scheme: bool) -> str | None:
+    """Why a configured link domain cannot be used, or None."""
+    if not _DOMAIN.fullmatch(domain):
+        return f"{domain!r} is not a lower-case host name such as s.example.jp"
+    style = LinkStyle(domain, show_scheme)
+    if style.code_chars < MIN_CODE_CHARS:
+        return (
+            f"{style.prefix!r} leaves {style.code_chars} of the {VISIBLE_WIDTH} visible characters "
+            f"for the code; at least {MIN_CODE_CHARS} are needed (a shorter domain"
+            f"{', or show_scheme = false' if show_scheme else ''})"
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class LinkMark:
+    """A `{{link:URL}}`: `number` is its link (1-based) within the message."""
+
+    number: int
+
+
+@dataclass(frozen=True)
+class OptOutMark:
+    pass
+
+
+Piece = str | LinkMark | OptOutMark
+
+
+@dataclass(frozen=True)
+class Template:
+    pieces: tuple[Piece, ...]
+
+    @cached_property
+    def has_marks(self) -> bool:
+        return any(not isinstance(p, str) for p in self.pieces)
+
+    @cached_property
+    def has_optout(self) -> bool:
+        return any(isinstance(p, OptOutMark) for p in self.pieces)
+
+    def plain_text(self) -> str:
+        """The text around the marks (what the charset check reads)."""
+        return "".join(p for p in self.pieces if isinstance(p, str))
+
+
+def target_url_problem(url: str) -> str | None:
+    """Why `url` cannot be a short link's target, or None."""
+    if not url:
+        return "empty URL"
+    if len(url) > MAX_TARGET_URL_CHARS:
+        return f"URL longer than {MAX_TARGET_URL_CHARS} characters"
+    # It becomes a Location header: ASCII without spaces or controls.
+    if not (url.isascii() and url.isprintable()) or " " in url:
+        return "URL must be printable ASCII without spaces (percent-encode the rest)"
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        return f"not a URL: {exc}"
+    if parts.scheme.lower() not in ("http", "https"):
+        return f"only http and https URLs can be shortened, not {parts.scheme or 'no scheme'!r}"
+    if not parts.hostname:
+        return "URL has no host"
+    return None
+
+
+def parse_template(text: str, links: list[str]) -> Template:
+    """The pieces of one body. Link targets are numbered across the message:
+    `links` holds the targets seen so far (other fields of the same message)
+    and gains the new ones; the same URL twice is one link. Raises
+    LinkMarkupError for an unknown mark, a bad URL, or a sixth link."""
+    if "{{" not in text:
+        return Template((text,))
+    template, own_targets = _parse_cached(text)
+    if not links:
+        # The first body of its message numbers the links itself.
+        links.extend(own_targets)
+        return template
+    pieces = template.pieces
+    numbers: dict[int, int] = {}
+    for own_number, url in enumerate(own_targets, start=1):
+        if url not in links:
+            if len(links) >= MAX_LINKS_PER_MESSAGE:
+                raise LinkMarkupError(
+                    f"more than {MAX_LINKS_PER_MESSAGE} links in one message (§12)"
+                )
+            links.append(url)
+        numbers[own_number] = links.index(url) + 1
+    if not numbers:
+        return Template(pieces)
+    return Template(
+        tuple(LinkMark(numbers[p.number]) if isinstance(p, LinkMark) else p for p in pieces)
+    )
+
+
+@lru_cache(maxsize=256)
+def _parse_cached(text: str) -> tuple[Template, tuple[str, ...]]:
+    """One body's pieces, its links numbered by their first place in it. A
+    campaign sends one body to thousands: it is read once."""
+    pieces: list[Piece] = []
+    targets: list[str] = []
+    at = 0
+    for match in _MARK.finditer(text):
+        if match.start() > at:
+            pieces.append(text[at : match.start()])
+        at = match.end()
+        inside = match.group(1)
+        if inside == "optout_url":
+            pieces.append(OptOutMark())
+            continue
+        if inside.startswith("link:"):
+            url = inside[len("link:") :]
+            problem = target_url_problem(url)
+            if problem is not None:
+                where = match.start() + 1
+                raise LinkMarkupError(f"{{{{link:...}}}} at position {where}: {problem}")
+            if url not in targets:
+                if len(targets) >= MAX_LINKS_PER_MESSAGE:
+                    raise LinkMarkupError(
+                        f"more than {MAX_LINKS_PER_MESSAGE} links in one message (§12)"
+                    )
+                targets.append(url)
+            pieces.append(LinkMark(targets.index(url) + 1))
+            continue
+        if _UNKNOWN_NAME.fullmatch(inside):
+            raise LinkMarkupError(
+                f"unknown mark {match.group(0)[:40]!r} at position {match.start() + 1}; "
+                "known: {{link:URL}} and {{optout_url}}"
+            )
+        pieces.append(match.group(0))
+    rest = text[at:]
+    if "{{link:" in rest or "{{optout_url" in rest:
+        raise LinkMarkupError("a {{link:...}} or {{optout_url}} mark is not closed with }}")
+    if rest:
+        pieces.append(rest)
+    return Template(tuple(pieces)), tuple(targets)
+
+
+def render(
+    template: Template,
+    link_codes: Sequence[str],
+    optout_code: str | None,
+    style: LinkStyle,
+) -> str:
+    """The text as sent: each mark replaced by its link, LINK_WIDTH wide.
+    `link_codes[n - 1]` is the code of link n."""
+    out: list[str] = []
+    for piece in template.pieces:
+        if isinstance(piece, str):
+            out.append(piece)
+            continue
+        code = optout_code if isinstance(piece, OptOutMark) else link_codes[piece.number - 1]
+        if code is None or len(code) != style.code_chars:
+            raise ValueError(f"a code of {style.code_chars} characters is needed, got {code!r}")
+        out.append(f" {style.prefix}{code} ")
+    return "".join(out)
+
+
+RandomBytes = Callable[[int], bytes]
+# Bytes below this map evenly onto the 62 characters (248 = 4 * 62); the
+# rest are dropped, so no character is likelier than another.
+_EVEN_BELOW = 256 - 256 % len(CODE_ALPHABET)
+_BYTE_TO_CHAR = bytes(ord(CODE_ALPHABET[b % len(CODE_ALPHABET)]) for b in range(256))
+_UNEVEN_BYTES = bytes(range(_EVEN_BELOW, 256))
+
+
+def mint_codes(
+    count: int, length: int, random_bytes: RandomBytes = secrets.token_bytes
+) -> list[str]:
+    """`count` fresh codes of `length` characters from CODE_ALPHABET, drawn
+    from `random_bytes` (the CSPRNG; tests may pass their own) in one call
+    for all of them: a message's five links cost one read of the CSPRNG,
+    not seventy."""
+    wanted = count * length
+    drawn = b""
+    while len(drawn) < wanted:
+        # ~3% of bytes are dropped: ask for a little more than needed.
+        drawn += random_bytes(wanted - len(drawn) + 8).translate(_BYTE_TO_CHAR, _UNEVEN_BYTES)
+    text = drawn[:wanted].decode("ascii")
+    return [text[i * length : (i + 1) * length] for i in range(count)]
+
+
+def mint_code(length: int, random_bytes: RandomBytes = secrets.token_bytes) -> str:
+    return mint_codes(1, length, random_bytes)[0]
+
+
+# The shortest domain ("x.jp/") leaves 18 characters for a code.
+MAX_CODE_CHARS = VISIBLE_WIDTH - len("x.jp/")
+
+
+def is_code_shaped(text: str) -> bool:
+    """Could `text` be a code at all (answered without the database)? Any
+    length a configured domain can leave: links minted before a reload that
+    changed the domain keep working beside the new ones."""
+    return MIN_CODE_CHARS <= len(text) <= MAX_CODE_CHARS and set(text) <= _CODE_CHARS
+
+
+def optout_expires_at(start: datetime, valid_days: float = OPTOUT_VALID_DAYS) -> datetime:
+    """An opt-out URL is valid `valid_days` from when its message is due to
+    go (§12: 60 days): a send scheduled far ahead still gets its 60 days."""
+    require_aware(start, "start")
+    return start + timedelta(days=valid_days)
+
+
+def link_live(expires_at: datetime | None, now: datetime) -> bool:
+    """May a link be followed at `now`? Short links have no expiry of their
+    own (they live as long as their message's delivery log)."""
+    require_aware(now, "now")
+    return expires_at is None or now < expires_at
+
+
+class MintedLink(NamedTuple):
+    """One code to store with its message (a tuple: intake makes five per
+    message of a 10,000-message batch)."""
+
+    code: str
+    kind: str  # "link" or "optout"
+    link_no: int  # 1..5 for links, 0 for the opt-out URL
+    target_url: str | None
+    expires_at: datetime | None
+
+
+def mint_links(
+    targets: Sequence[str],
+    with_optout: bool,
+    style: LinkStyle,
+    start: datetime,
+    optout_valid_days: float,
+    random_bytes: RandomBytes = secrets.token_bytes,
+) -> tuple[list[MintedLink], list[str], str | None]:
+    """Codes for one recipient: (rows to store, link codes in link order,
+    opt-out code or None)."""
+    codes = mint_codes(len(targets) + with_optout, style.code_chars, random_bytes)
+    link_codes = codes[: len(targets)]
+    minted = [
+        MintedLink(code, "link", n, url, None)
+        for n, (code, url) in enumerate(zip(link_codes, targets, strict=True), start=1)
+    ]
+    optout_code = None
+    if with_optout:
+        optout_code = codes[-1]
+        expires = optout_expires_at(start, optout_valid_days)
+        minted.append(MintedLink(optout_code, "optout", 0, None, expires))
+    return minted, link_codes, optout_code
+
+
+def click_view(links: Sequence[Mapping[str, object]]) -> list[dict[str, object]]:
+    """The short links of a message as its readers see them: per link its
+    target, first click time and click count (opt-out URLs are not shown)."""
+    view: list[dict[str, object]] = []
+    for link in sorted(links, key=lambda r: int(str(r["link_no"]))):
+        if link["kind"] != "link":
+            continue
+        first = link["first_click_at"]
+        view.append(
+            {
+                "link": link["link_no"],
+                "url": link["target_url"],
+                "first_click_at": first.isoformat() if isinstance(first, datetime) else None,
+                "clicks": link["clicks"],
+            }
+        )
+    return view
