@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import pytest
@@ -392,3 +393,59 @@ async def test_a_claim_being_submitted_is_not_given_back(dsn: str, db: Database)
     await engine.dispatcher.dispatch_once(clock.now())
     clock.advance(10)
     assert await engine.dispatcher.release_orphans(clock.now()) == 0
+
+
+class FirstSubmitWaits(NetworkStandIn):
+    """The first submit is answered when the test says; later ones hang."""
+
+    def __init__(self, clock: FakeClock, carriers: list[str]) -> None:
+        super().__init__(clock, carriers)
+        self.answer_first = asyncio.Event()
+        self.calls = 0
+
+    async def submit(self, carrier: str, request: SmsRequest) -> list[PartOutcome]:
+        self.calls += 1
+        if self.calls == 1:
+            await self.answer_first.wait()
+            return await super().submit(carrier, request)
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_a_message_handed_over_again_stays_held_when_its_first_submit_ends(
+    dsn: str, db: Database
+) -> None:
+    """A message claimed again (a reroute) while the task of its previous
+    hand-over is still finishing: that task's end must not take the new
+    hand-over's hold with it, or the orphan release records the parts in
+    flight unsent and the message is sent twice."""
+    clock = FakeClock(T0)
+    config = engine_config(dsn, {"engine": {"pacing": False}})
+    network = FirstSubmitWaits(clock, list(config.carriers))
+    engine = await make_engine(config, db, clock, network=network)
+    [message_id] = await enqueue(
+        db, "acme", [{"to": "09012340004", "sms": {"text": "x"}}], clock.now(), config
+    )
+    leg = engine.dispatcher.sms_leg
+    handed: list[Any] = []
+    hand_over = leg.hand_over
+
+    def keep(ours: Any, now: datetime) -> None:
+        handed.extend(ours)
+        hand_over(ours, now)
+
+    leg.hand_over = keep  # type: ignore[method-assign]
+    await engine.dispatcher.dispatch_once(clock.now())
+    [planned] = handed
+    leg.hand_over(handed, clock.now())  # the same message handed over again
+    network.answer_first.set()
+    for _ in range(100):
+        if network.calls == 2 and len(leg._in_flight) == 1:
+            break
+        await asyncio.sleep(0.01)
+    assert network.calls == 2 and len(leg._in_flight) == 1
+    await engine.recorder.drain()  # the first submit's outcome is written
+    claim = (message_id, planned.attempt, planned.carrier, [1])
+    assert leg.give_back_unheld([claim]) == []
+    for task in list(leg._in_flight):
+        task.cancel()

@@ -23,7 +23,7 @@ rest of the text never shown to that carrier.
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -89,8 +89,11 @@ class SmsLeg:
         self._lease_owner = lease_owner
         self._on_submitted = on_submitted
         self._in_flight: set[asyncio.Task[None]] = set()
-        # Messages handed over whose outcomes are not all with the write-behind.
-        self._held: set[int] = set()
+        # Messages handed over whose outcomes are not all with the
+        # write-behind. Counted per hand-over: a message claimed again
+        # (a reroute) may be handed over while its previous hand-over's task
+        # is still ending, and that end must not release the new one.
+        self._held: Counter[int] = Counter()
         # Part 1 sent alone, the rest waiting for its outcome to be recorded.
         self._releases: set[asyncio.Future[bool]] = set()
 
@@ -397,7 +400,7 @@ class SmsLeg:
         submitted, no outcome waiting to be written) were never handed to a
         bind: their pending parts are recorded unsent, which queues the
         message again. Returns their ids."""
-        held = self._held | self._write_behind.unwritten_message_ids()
+        held = set(self._held) | self._write_behind.unwritten_message_ids()
         orphans = [c for c in claims if c[0] not in held]
         for message_id, attempt, carrier, pending in orphans:
             for part_no in pending:
@@ -421,13 +424,20 @@ class SmsLeg:
             task.add_done_callback(self._in_flight.discard)
 
     async def _submit_in_order(self, queue: list[Planned]) -> None:
+        left = [p.request.message_id for p in queue]
         try:
             for p in queue:
                 await self._submit_one(p)
-                self._held.discard(p.request.message_id)
+                self._let_go(left.pop(0))
         finally:
             # A task that ended early (cancelled at shutdown) holds nothing.
-            self._held.difference_update(p.request.message_id for p in queue)
+            for message_id in left:
+                self._let_go(message_id)
+
+    def _let_go(self, message_id: int) -> None:
+        self._held[message_id] -= 1
+        if self._held[message_id] <= 0:
+            del self._held[message_id]
 
     async def _submit_one(self, p: Planned) -> None:
         if not p.part_one_first:
