@@ -256,7 +256,7 @@ def build_app(state: ApiState) -> web.Application:
     # The handler modules import API_STATE and authenticate from this one;
     # importing them here, at build time, keeps the table in this module
     # without an import cycle.
-    from carrierd.http import health, messages, observe, openapi, reports, webhooks
+    from carrierd.http import health, inbound, messages, observe, openapi, reports, webhooks
 
     app = web.Application(
         client_max_size=state.config.http.max_body_bytes,
@@ -272,6 +272,7 @@ def build_app(state: ApiState) -> web.Application:
         web.get("/v1/messages/{message_id}", messages.get_message),
         web.post("/v1/messages/{message_id}/cancel", messages.cancel_message),
         web.get("/v1/billing", reports.get_billing),
+        web.get("/v1/inbound", inbound.find_inbound),
         web.get("/healthz", health.healthz),
         web.get("/readyz", health.readyz),
         web.get(openapi.OPENAPI_PATH, openapi.serve_openapi),

@@ -21,6 +21,13 @@ redirect, a timeout, a refused connection) is retried with exponential
 backoff up to a cap, the last attempt exactly `max_age_s` after the row was
 written; if that one fails too the row is marked gave_up.
 
+The same sender delivers the inbound pushes (replies to the account's
+``inbound_callback_url``, engine/inbound.py): an `Outbox` names the
+statements that claim and record its rows (`STATUS_OUTBOX`,
+`INBOUND_OUTBOX`); signing, retries, leases and address checks are these.
+The inbound outbox claims only the oldest pending push per account and
+number, so a number's replies arrive in order.
+
 Callbacks go to public addresses only, unless the account's
 ``callback_allow_networks`` names the network (domain/netpolicy.py).
 `GuardedClient` enforces it where it cannot be dodged: its resolver refuses
@@ -204,6 +211,21 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
+class Outbox:
+    """A table of callbacks: the statements that claim due rows (returning
+    id, account_id, url, payload, attempts, created_at and subject_id, the
+    message or reply the row is about) and record their outcomes."""
+
+    name: str
+    claim: str
+    record: str
+
+
+STATUS_OUTBOX = Outbox("status", "claim_status_callbacks", "record_status_callback_results")
+INBOUND_OUTBOX = Outbox("inbound", "claim_inbound_callbacks", "record_inbound_callback_results")
+
+
+@dataclass(frozen=True)
 class _Outcome:
     callback_id: int
     attempts: int
@@ -230,6 +252,7 @@ class CallbackSender:
         request_timeout_s: float = 10.0,
         lease_s: float | None = None,
         idle_poll_s: float = 1.0,
+        outbox: Outbox = STATUS_OUTBOX,
     ) -> None:
         if batch_size < 1 or max_concurrency < 1:
             raise ValueError("batch_size and max_concurrency must be >= 1")
@@ -252,17 +275,16 @@ class CallbackSender:
         self._request_timeout = aiohttp.ClientTimeout(total=request_timeout_s)
         self._lease = timedelta(seconds=lease_s)
         self._idle_poll_s = idle_poll_s
+        self._outbox = outbox
 
     async def run_once(self, now: datetime) -> int:
         """Attempt every callback due at `now` (one batch); returns how many."""
-        rows = await self._db.fetch(
-            "claim_status_callbacks", now, now + self._lease, self._batch_size
-        )
+        rows = await self._db.fetch(self._outbox.claim, now, now + self._lease, self._batch_size)
         if not rows:
             return 0
         outcomes = await asyncio.gather(*(self._attempt(row, now) for row in rows))
         await self._db.execute(
-            "record_status_callback_results",
+            self._outbox.record,
             [o.callback_id for o in outcomes],
             [o.attempts for o in outcomes],
             [o.state for o in outcomes],
@@ -280,7 +302,8 @@ class CallbackSender:
 
     async def run(self, stop_event: asyncio.Event) -> None:
         """Send until `stop_event` is set."""
-        await supervise("callbacks", self.step, stop_event)
+        name = "callbacks" if self._outbox is STATUS_OUTBOX else f"{self._outbox.name}_callbacks"
+        await supervise(name, self.step, stop_event)
 
     async def _attempt(self, row: Row, now: datetime) -> _Outcome:
         callback_id = int(row["id"])
@@ -294,8 +317,9 @@ class CallbackSender:
             self._metrics.callbacks_total.labels("gave_up").inc()
             log.warning(
                 "callback_gave_up",
+                outbox=self._outbox.name,
                 callback_id=callback_id,
-                message_id=row["message_id"],
+                subject_id=row["subject_id"],
                 account=row["account_id"],
                 attempts=attempts,
                 error=error,
