@@ -61,7 +61,9 @@ FOR UPDATE SKIP LOCKED;
 -- The message a reply answers and so the account it belongs to, among the
 -- accounts the reply could be for ($3): the message it names ($1, a
 -- +Message inReplyTo), else the latest SMS accepted by an SMSC or +Message
--- sent to the number ($2) since $4.
+-- sent to the number ($2) since $4. An SMS the SMSC took moments ago may
+-- still be 'sending' without its submitted_at (the receipt grace of
+-- engine/write_behind.py): the open ones count too (messages_open_by_msisdn).
 SELECT id, account_id FROM (
     (SELECT id, account_id, 0 AS rank, NULL::timestamptz AS sent_at FROM messages
       WHERE id = $1 AND account_id = ANY($3::text[]))
@@ -75,6 +77,11 @@ SELECT id, account_id FROM (
       WHERE msisdn = $2 AND rcs_sent_at IS NOT NULL AND rcs_sent_at >= $4
         AND account_id = ANY($3::text[])
       ORDER BY rcs_sent_at DESC LIMIT 1)
+    UNION ALL
+    (SELECT id, account_id, 1, updated_at FROM messages
+      WHERE msisdn = $2 AND state IN ('sending', 'submitted') AND updated_at >= $4
+        AND account_id = ANY($3::text[])
+      ORDER BY id DESC LIMIT 1)
 ) AS candidates
 ORDER BY rank, sent_at DESC, id DESC
 LIMIT 1;
