@@ -218,7 +218,9 @@ def test_accounts_of_an_address_and_the_owner() -> None:
     assert owning_account("globex", ("acme", "globex")) == "globex"
 
 
-@pytest.mark.parametrize("reply", ["STOP", " stop ", "ＳＴＯＰ", "Ｓｔｏｐ\u3000", "配信停止", "停止\n"])
+@pytest.mark.parametrize(
+    "reply", ["STOP", " stop ", "ＳＴＯＰ", "Ｓｔｏｐ\u3000", "配信停止", "停止\n"]
+)
 def test_keywords_match_case_and_width_insensitively(reply: str) -> None:
     assert matched_keyword([reply], ["停止", "STOP", "配信停止"]) in {"停止", "STOP", "配信停止"}
 
