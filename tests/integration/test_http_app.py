@@ -25,6 +25,7 @@ ACCOUNT_ROUTES = {
     ("POST", "/v1/messages/{message_id}/cancel"),
     ("GET", "/v1/openapi.json"),
     ("GET", "/v1/billing"),
+    ("GET", "/v1/inbound"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
 }

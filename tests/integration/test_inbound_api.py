@@ -44,6 +44,7 @@ def acme(**extra: Any) -> dict[str, Any]:
         "accounts": {
             "acme": {
                 "tokens": ["acme-token"],
+                "api_tokens": [{"token": "finance-token", "scopes": ["reports"]}],
                 "senders": {"docomo": "0120111111"},
                 "callback_secret": SECRET,
                 "callback_allow_networks": ["127.0.0.0/8"],
@@ -149,6 +150,8 @@ async def test_replies_are_listed_filtered_and_paged(dsn: str, db: Database) -> 
         status, body = await get("?send=42")
         assert [(r["text"], r["send_id"]) for r in body["inbound"]] == [("r2", "42")]
 
+        status, body = await get("", token="finance-token")
+        assert (status, body["error"]["code"]) == (403, "scope_required")
         status, body = await get("", token="globex-token")
         assert [r["text"] for r in body["inbound"]] == ["他社宛"]
         for query, field in [
