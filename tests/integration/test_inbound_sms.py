@@ -150,9 +150,11 @@ async def test_parts_across_binds_out_of_order_and_twice_make_one_reply(
     async with rig(dsn, db) as r, r.daemon(r.config()):
         parts = mo_deliver_pdus(HANDSET, ACME, LONG_REPLY, reference=200)
         assert len(parts) == 3
-        # Two binds take turns: consecutive parts come on different binds.
-        r.sim.send_mo_pdus("docomo", [parts[2], parts[0], parts[2], parts[1], parts[0]])
-        await r.delivered()
+        # Each its own flush; two binds take turns, so consecutive parts come
+        # on different binds.
+        for batch in ([parts[2]], [parts[0]], [parts[2]], [parts[1]], [parts[0]]):
+            r.sim.send_mo_pdus("docomo", batch)
+            await r.delivered()
 
         [reply] = await r.replies()
         assert (reply["text"], reply["incomplete"], reply["parts_received"]) == (
@@ -194,9 +196,14 @@ async def test_reassembly_survives_a_daemon_restart(dsn: str, db: Database) -> N
             assert await r.replies() == []
         # Another daemon (nothing kept in memory): the last part, and a
         # redelivery of the first, which is no new part.
-        async with r.daemon(config):
-            r.sim.send_mo_pdus("docomo", [parts[1], parts[0]])
+        async with r.daemon(config) as engine:
+            r.sim.send_mo_pdus("docomo", [parts[1]])
             await r.delivered()
+            r.sim.send_mo_pdus("docomo", [parts[0]])
+            await r.delivered()
+            # The late copy started nothing that would time out as a reply.
+            r.clock.advance(301)
+            await engine.settler.settle_once(r.clock.now())
             [reply] = await r.replies()
             assert (reply["text"], reply["incomplete"]) == (LONG_REPLY, False)
 
@@ -272,8 +279,9 @@ async def test_a_redelivered_deliver_sm_is_one_reply_but_a_later_same_text_is_tw
 ) -> None:
     async with rig(dsn, db) as r, r.daemon(r.config()):
         [pdu] = mo_deliver_pdus(HANDSET, ACME, "はい")
-        r.sim.send_mo_pdus("docomo", [pdu, pdu])
-        await r.delivered()
+        for _ in range(2):  # in one flush, then in another
+            r.sim.send_mo_pdus("docomo", [pdu, pdu])
+            await r.delivered()
         assert len(await r.replies()) == 1
         # The same words after the duplicate window are a new reply.
         r.clock.advance(601)
