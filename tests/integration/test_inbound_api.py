@@ -28,10 +28,10 @@ from carrierd.ops.callbacks import (
     GuardedClient,
     verify_callback,
 )
-from carrierd.store.db import Database
+from carrierd.store.db import QUERIES, Database
 from carrierd.telemetry import Metrics
 from tests.integration.engine_harness import engine_config, enqueue, make_engine
-from tests.integration.test_rcs_leg import CAPABLE, T0, national, rig, serve
+from tests.integration.test_rcs_leg import CAPABLE, T0, national, plan_nodes, rig, serve
 
 A = "+819011110001"
 B = "+819011110002"
@@ -292,3 +292,35 @@ async def test_a_chip_tap_on_the_keyword_opts_out_and_is_confirmed_once(
         assert confirmation["channel"] == "rcs"
         assert confirmation["client_ref"] == f"keyword-reply:{taps[0]['id']}"
         assert "配信を停止しました。" in json.dumps(confirmation["rcs_content"], ensure_ascii=False)
+
+
+async def test_the_answered_message_is_found_by_index(db: Database) -> None:
+    # Every reply looks up the account's last message to its number: on
+    # three months of history that must not read the whole table.
+    await db.call_raw("INSERT INTO accounts (account_id) VALUES ('a')")
+    await db.call_raw(
+        """
+        INSERT INTO messages (account_id, channel, leg, state, recipient_raw, msisdn, validated,
+                              sms_text, not_before, expires_at, submitted_at, rcs_sent_at,
+                              accepted_at, updated_at)
+        SELECT 'a', 'sms', 'sms', CASE WHEN i % 50 = 0 THEN 'sending' ELSE 'delivered' END,
+               'x', '+8190' || lpad((i % 20000)::text, 8, '0'), true, 'x',
+               $1::timestamptz, $1::timestamptz, $1::timestamptz + make_interval(secs => i),
+               CASE WHEN i % 7 = 0 THEN $1::timestamptz END, $1::timestamptz, $1::timestamptz
+        FROM generate_series(1, 50000) AS i
+        """,
+        T0,
+    )
+    await db.call_raw("ANALYZE messages")
+    rows = await db.call_raw(
+        "EXPLAIN (FORMAT JSON) " + QUERIES["inbound_answered"],
+        None,
+        "+819000000123",
+        ["a"],
+        T0 - timedelta(days=7),
+    )
+    raw = rows[0]["QUERY PLAN"]
+    nodes = list(plan_nodes((json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]))
+    scans = [n for n in nodes if n.get("Relation Name") == "messages"]
+    assert scans
+    assert not any(n["Node Type"] == "Seq Scan" for n in scans), scans
