@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from carrierd.domain import rcs_flow
-from carrierd.domain.netpolicy import IPNetwork
+from carrierd.domain.netpolicy import IPNetwork, callback_url_problem
 
 # Where an installed carrierd looks for its configuration (the demo passes
 # conf/carrierd.toml through `make run`).
@@ -692,6 +692,7 @@ def _parse_account(problems: list[str], account_id: str, raw: Mapping[str, Any])
         quiet_window=_parse_quiet_window(resend_reader, "quiet_window"),
     )
     resend_reader.finish()
+    callback_networks = _parse_networks(r, "callback_allow_networks")
     account = AccountConfig(
         account_id=account_id,
         token_sha256=tuple(tokens),
@@ -709,10 +710,10 @@ def _parse_account(problems: list[str], account_id: str, raw: Mapping[str, Any])
         at_least_once=r.boolean("at_least_once", False),
         callback_secret=r.string("callback_secret", ""),
         inbound_addresses=r.strings("inbound_addresses", ()),
-        inbound_callback_url=_inbound_callback_url(r),
+        inbound_callback_url=_inbound_callback_url(r, callback_networks),
         keywords=_keywords(r),
         keyword_reply=r.string("keyword_reply", ""),
-        callback_allow_networks=_parse_networks(r, "callback_allow_networks"),
+        callback_allow_networks=callback_networks,
         rcs=_parse_account_rcs(problems, account_id, r),
     )
     r.finish()
@@ -746,10 +747,11 @@ def _parse_account_rcs(
     return rcs
 
 
-def _inbound_callback_url(r: _Reader) -> str:
+def _inbound_callback_url(r: _Reader, allowed: tuple[IPNetwork, ...]) -> str:
     url = r.string("inbound_callback_url", "")
-    if url and not url.startswith(("http://", "https://")):
-        r.problem("inbound_callback_url", f"expected an http(s) URL, got {url!r}")
+    problem = callback_url_problem(url, allowed) if url else None
+    if problem is not None:
+        r.problem("inbound_callback_url", problem)
     return url
 
 
