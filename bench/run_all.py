@@ -18,6 +18,8 @@ BENCHES = [
     ["bench.throttle"],
     # New numbers, 15% ported: first guesses, refused submits, the rate.
     ["bench.guess"],
+    # Replies: single and 3-part SMS stored by engine/inbound.py, per flush.
+    ["bench.inbound"],
 ]
 
 

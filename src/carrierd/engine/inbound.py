@@ -65,7 +65,7 @@ from carrierd.domain.inbound import (
     read_mo,
     reassembly_deadline,
 )
-from carrierd.intake import RequestShapeError, validate_batch
+from carrierd.intake import ITEM_FIELDS, RequestShapeError, validate_batch
 from carrierd.optout_list import DEFAULT_CAP, OptOutCapExceeded, OptOutSource, add_optouts
 from carrierd.store.db import Database, Row, Transaction
 
@@ -462,6 +462,10 @@ class Inbound:
         if reply.channel == "rcs" and config.rcs_bot_of(account.account_id) is not None:
             item = {**item, "channel": "rcs", "rcs": {"text": text}}
             del item["sms"]
+        if "skip_opted_out" in ITEM_FIELDS:
+            # The one message a number just listed must still get (with the
+            # recipient gates of issue 15, an account may skip by default).
+            item["skip_opted_out"] = False
         try:
             batch = validate_batch(
                 {"messages": [item]},
