@@ -193,7 +193,6 @@ class Inbound:
     ) -> tuple[int, NewInbound] | None:
         first_at = min(segment.received_at for _, segment in parts)
         deadline = reassembly_deadline(first_at, config.inbound.reassembly_timeout_s)
-        await tx.execute("inbound_sms_open_reassembly", *group_key, first_at, deadline)
         for _, segment in parts:
             assert segment.concat is not None
             await tx.execute(
@@ -204,6 +203,7 @@ class Inbound:
                 segment.udh_octets,
                 segment.payload,
                 segment.received_at,
+                deadline,
             )
         # Whoever holds the row sees every part committed before; the last
         # part's flush finds them all.
@@ -367,7 +367,7 @@ class Inbound:
         raw = dict(reply.raw)
         if reply.named_message_id is not None:
             raw["owner_inferred"] = answered is None or answered["id"] != reply.named_message_id
-        inbound_id = await tx.fetchval(
+        inserted = await tx.fetchrow(
             "inbound_insert",
             account_id,
             reply.channel,
@@ -387,22 +387,22 @@ class Inbound:
             reply.text_undecodable,
             reply.raw_hex,
         )
-        if inbound_id is None:
+        if inserted is None:
             return None
+        inbound_id = int(inserted["id"])
         account = config.accounts.get(account_id) if account_id is not None else None
         keyword, newly = None, False
         if account is not None:
-            keyword, newly = await self._keyword(tx, int(inbound_id), account, reply, config, now)
-        row = await tx.fetchrow("inbound_get", inbound_id)
-        assert row is not None
-        stored = StoredInbound(int(inbound_id), account, row, keyword, newly)
+            keyword, newly = await self._keyword(tx, inbound_id, account, reply, config, now)
+        row = {**inserted, "keyword": keyword}
+        stored = StoredInbound(inbound_id, account, row, keyword, newly)
         for hook in self.hooks:
             await hook(tx, stored, now)
         if account is not None and account.inbound_callback_url:
             payload = {"type": "inbound", "account_id": account.account_id, **inbound_document(row)}
             await tx.execute(
                 "inbound_enqueue_push",
-                int(inbound_id),
+                inbound_id,
                 account.account_id,
                 reply.msisdn,
                 account.inbound_callback_url,

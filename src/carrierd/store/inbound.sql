@@ -16,16 +16,17 @@ DELETE FROM inbound_sms_seen
 WHERE mo_key IN (SELECT mo_key FROM inbound_sms_seen WHERE seen_at < $1
                  ORDER BY seen_at LIMIT $2);
 
--- name: inbound_sms_open_reassembly
--- The message a part belongs to; its deadline is set by its first part.
-INSERT INTO inbound_sms_reassembly (carrier, msisdn, to_address, reference, total,
-                                    first_at, deadline_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
-ON CONFLICT DO NOTHING;
-
 -- name: inbound_sms_add_part
--- A part already here (sent twice under two keys: another bind's header
--- spelling) is kept as it first came.
+-- A part, and the message it belongs to (its deadline set by the first
+-- part). A part already here (delivered twice, past the duplicate window)
+-- is kept as it first came. The part's foreign key is checked at the end of
+-- the statement, when the message row exists.
+WITH opened AS (
+    INSERT INTO inbound_sms_reassembly (carrier, msisdn, to_address, reference, total,
+                                        first_at, deadline_at)
+    VALUES ($1, $2, $3, $4, $5, $10, $11)
+    ON CONFLICT DO NOTHING
+)
 INSERT INTO inbound_sms_parts (carrier, msisdn, to_address, reference, total, seq,
                                data_coding, udh_octets, payload, received_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
@@ -94,16 +95,12 @@ INSERT INTO inbound_messages (account_id, channel, carrier, msisdn, to_address, 
                               parts_received, data_coding, text_undecodable, raw_hex)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::jsonb, $11, $12, $13, $14, $15, $16, $17)
 ON CONFLICT ((raw ->> 'msgId')) WHERE channel = 'rcs' DO NOTHING
-RETURNING id;
+RETURNING id, account_id, channel, carrier, msisdn, to_address, text, postback, kind,
+          in_reply_to, send_id, received_at, incomplete, parts_expected, parts_received,
+          data_coding, text_undecodable, raw_hex, keyword;
 
 -- name: inbound_note_keyword
 UPDATE inbound_messages SET keyword = $2 WHERE id = $1;
-
--- name: inbound_get
-SELECT id, account_id, channel, carrier, msisdn, to_address, text, postback, kind, in_reply_to,
-       send_id, received_at, incomplete, parts_expected, parts_received, data_coding,
-       text_undecodable, raw_hex, keyword
-FROM inbound_messages WHERE id = $1;
 
 -- name: inbound_search
 -- GET /v1/inbound: newest first, keyed on (received_at, id); each filter
