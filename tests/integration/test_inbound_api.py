@@ -28,6 +28,7 @@ from carrierd.ops.callbacks import (
     GuardedClient,
     verify_callback,
 )
+from carrierd.ops.retention import purge_replies
 from carrierd.store.db import QUERIES, Database
 from carrierd.telemetry import Metrics
 from tests.integration.engine_harness import engine_config, enqueue, make_engine
@@ -324,3 +325,16 @@ async def test_the_answered_message_is_found_by_index(db: Database) -> None:
     scans = [n for n in nodes if n.get("Relation Name") == "messages"]
     assert scans
     assert not any(n["Node Type"] == "Seq Scan" for n in scans), scans
+
+
+async def test_replies_and_their_pushes_go_with_retention(dsn: str, db: Database) -> None:
+    clock = FakeClock(T0)
+    config = engine_config(dsn, acme(inbound_callback_url="https://hooks.example.jp/r"))
+    engine = await make_engine(config, db, clock)
+    await store(db, engine.inbound, sms_reply(A, "old", clock), clock)
+    clock.advance(86400 * 50)
+    await store(db, engine.inbound, sms_reply(A, "recent", clock), clock)
+
+    assert await purge_replies(db, T0 + timedelta(days=100, hours=1), batch_rows=1) == 1
+    assert await db.call_raw("SELECT text FROM inbound_messages") == [{"text": "recent"}]
+    assert len(await db.call_raw("SELECT id FROM inbound_callbacks")) == 1

@@ -30,6 +30,8 @@ DROP INDEX inbound_by_account_time;
 CREATE INDEX inbound_by_account_msisdn ON inbound_messages (account_id, msisdn, received_at, id);
 CREATE INDEX inbound_by_answered ON inbound_messages (in_reply_to) WHERE in_reply_to IS NOT NULL;
 CREATE INDEX inbound_by_send ON inbound_messages (send_id) WHERE send_id IS NOT NULL;
+-- Retention walks replies oldest first (ops/retention.py).
+CREATE INDEX inbound_by_received ON inbound_messages (received_at);
 
 -- A reply answers the account's last message to the number: the latest SMS
 -- the SMSC accepted (submitted_at) or +Message sent (rcs_sent_at,
