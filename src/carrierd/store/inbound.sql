@@ -156,3 +156,18 @@ UPDATE inbound_callbacks c
   FROM unnest($1::bigint[], $2::int[], $3::text[], $4::timestamptz[], $5::text[])
        AS r(id, attempts, state, next_attempt_at, last_error)
  WHERE c.id = r.id AND c.attempts = r.attempts AND c.state = 'pending';
+
+-- name: purge_inbound_messages
+-- Replies received before $1, at most $2 per statement, with their pushes
+-- (ON DELETE CASCADE); returns how many went.
+WITH old AS (
+    SELECT id FROM inbound_messages
+     WHERE received_at < $1
+     ORDER BY received_at
+     LIMIT $2
+       FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM inbound_messages i USING old WHERE i.id = old.id
+    RETURNING 1
+)
+SELECT count(*) FROM gone;
