@@ -29,6 +29,8 @@ BENCHES = [
     # Short links: redirects/s with durable clicks, intake with 5 links
     # against none, and the opt-out browser test's screenshots.
     ["bench.links"],
+    # Replies: single and 3-part SMS stored by engine/inbound.py, per flush.
+    ["bench.inbound"],
 ]
 
 

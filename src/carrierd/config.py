@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 from carrierd.domain import rcs_flow
 from carrierd.domain.links import style_problem
-from carrierd.domain.netpolicy import IPNetwork
+from carrierd.domain.netpolicy import IPNetwork, callback_url_problem
 
 # Where an installed carrierd looks for its configuration (the demo passes
 # conf/carrierd.toml through `make run`).
@@ -85,6 +85,10 @@ ROLES: Mapping[str, frozenset[str]] = {
 ConcatMode = Literal["udh8", "udh16", "sar", "payload"]
 MessageIdStyle = Literal["as_is", "hex", "decimal"]
 BindMode = Literal["transceiver", "pair"]
+# data_coding 0 in MO: GSM 7-bit one septet per octet (SMPP's usual form) or
+# packed, or an 8-bit character set agreed with the SMSC.
+MoDefaultAlphabet = Literal["gsm7", "gsm7_packed", "shift_jis", "latin1"]
+MO_DEFAULT_ALPHABETS: tuple[str, ...] = ("gsm7", "gsm7_packed", "shift_jis", "latin1")
 
 
 class ConfigError(ValueError):
@@ -159,6 +163,13 @@ class AccountConfig:
     at_least_once: bool = False
     callback_secret: str = ""
     inbound_addresses: tuple[str, ...] = ()
+    # Replies (engine/inbound.py): pushed to this URL (signed like status
+    # callbacks; "" for none); a reply that is one of `keywords` (compared
+    # after NFKC, trimming and case folding) puts its number on the opt-out
+    # list, and the first time it does, `keyword_reply` (if any) answers it.
+    inbound_callback_url: str = ""
+    keywords: tuple[str, ...] = ()
+    keyword_reply: str = ""
     # Non-public networks its status callbacks may reach (domain/netpolicy.py);
     # public addresses need no entry.
     callback_allow_networks: tuple[IPNetwork, ...] = ()
@@ -215,6 +226,9 @@ class CarrierConfig:
     wrong_carrier_statuses: tuple[int, ...] = (0x0000000B,)
     wrong_carrier_receipt_errors: tuple[int, ...] = ()
     receipt_timeout_s: float = 72 * 3600.0
+    # What data_coding 0 (SMSC default alphabet) means in this SMSC's MO:
+    # by SMPP 3.4 a bilateral agreement (domain/inbound.py decode_mo).
+    mo_default_alphabet: MoDefaultAlphabet = "gsm7"
     # Number-range table for carrier determination: national prefixes.
     number_prefixes: tuple[str, ...] = ()
     # The carrier's other routes by name (only on the premium one).
@@ -342,6 +356,22 @@ class LinksConfig:
 
 
 @dataclass(frozen=True)
+class InboundConfig:
+    """Replies (engine/inbound.py)."""
+
+    # A reply answers the account's last message to the number sent within
+    # this window before it.
+    answer_window_s: float = 7 * 24 * 3600.0
+    # A concatenated MO whose parts have not all come this long after its
+    # first part is stored as what arrived, marked incomplete.
+    reassembly_timeout_s: float = 300.0
+    # A deliver_sm carries no id of its own: the same bytes from the same
+    # number to the same address within this window are one MO, delivered
+    # again (its acknowledgement was lost), not a second reply.
+    sms_duplicate_window_s: float = 600.0
+
+
+@dataclass(frozen=True)
 class DatabaseConfig:
     dsn: str
     pool_min: int = 2
@@ -365,6 +395,7 @@ class Config:
     rcs_bots: Mapping[str, RcsBotConfig] = field(default_factory=dict)
     reassign: ReassignConfig = field(default_factory=ReassignConfig)
     links: LinksConfig = field(default_factory=LinksConfig)
+    inbound: InboundConfig = field(default_factory=InboundConfig)
 
     def rcs_bot_of(self, account_id: str) -> RcsBotConfig | None:
         """The official account an account's +Message goes out under."""
@@ -726,6 +757,7 @@ def _parse_account(problems: list[str], account_id: str, raw: Mapping[str, Any])
         quiet_window=_parse_quiet_window(resend_reader, "quiet_window"),
     )
     resend_reader.finish()
+    callback_networks = _parse_networks(r, "callback_allow_networks")
     account = AccountConfig(
         account_id=account_id,
         token_sha256=tuple(tokens),
@@ -743,7 +775,10 @@ def _parse_account(problems: list[str], account_id: str, raw: Mapping[str, Any])
         at_least_once=r.boolean("at_least_once", False),
         callback_secret=r.string("callback_secret", ""),
         inbound_addresses=r.strings("inbound_addresses", ()),
-        callback_allow_networks=_parse_networks(r, "callback_allow_networks"),
+        inbound_callback_url=_inbound_callback_url(r, callback_networks),
+        keywords=_keywords(r),
+        keyword_reply=r.string("keyword_reply", ""),
+        callback_allow_networks=callback_networks,
         rcs=_parse_account_rcs(problems, account_id, r),
         optout_cap=r.integer("optout_cap", 10_000, minimum=0),
         skip_opted_out=r.boolean("skip_opted_out", False),
@@ -777,6 +812,22 @@ def _parse_account_rcs(
     )
     r.finish()
     return rcs
+
+
+def _inbound_callback_url(r: _Reader, allowed: tuple[IPNetwork, ...]) -> str:
+    url = r.string("inbound_callback_url", "")
+    problem = callback_url_problem(url, allowed) if url else None
+    if problem is not None:
+        r.problem("inbound_callback_url", problem)
+    return url
+
+
+def _keywords(r: _Reader) -> tuple[str, ...]:
+    keywords = r.strings("keywords", ())
+    for keyword in keywords:
+        if not keyword.strip():
+            r.problem("keywords", "a keyword must not be empty")
+    return keywords
 
 
 def account_env_name(account_id: str, what: str) -> str:
@@ -994,6 +1045,9 @@ def _parse_carrier(
         wrong_carrier_statuses=r.integers("wrong_carrier_statuses", (0x0000000B,)),
         wrong_carrier_receipt_errors=r.integers("wrong_carrier_receipt_errors", ()),
         receipt_timeout_s=r.number("receipt_timeout_s", default_timeout, minimum=1.0),
+        mo_default_alphabet=r.string(  # type: ignore[arg-type]
+            "mo_default_alphabet", "gsm7", choices=MO_DEFAULT_ALPHABETS
+        ),
         number_prefixes=number_prefixes,
         routes=other_routes,
     )
@@ -1180,6 +1234,13 @@ def parse_config(
     rr.finish()
     reassign = _parse_reassign(section("reassign"))
     links = _parse_links(section("links"))
+    ir = section("inbound")
+    inbound = InboundConfig(
+        answer_window_s=ir.number("answer_window_s", 7 * 24 * 3600.0, minimum=0.0),
+        reassembly_timeout_s=ir.number("reassembly_timeout_s", 300.0, minimum=1.0),
+        sms_duplicate_window_s=ir.number("sms_duplicate_window_s", 600.0, minimum=0.0),
+    )
+    ir.finish()
     top.finish()
 
     if problems:
@@ -1198,6 +1259,7 @@ def parse_config(
         rcs_bots=rcs_bots,
         reassign=reassign,
         links=links,
+        inbound=inbound,
     )
 
 

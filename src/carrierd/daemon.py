@@ -59,7 +59,7 @@ from carrierd.http.health import carriers_check
 from carrierd.http.limits import start_http_server
 from carrierd.http.links import LinkServer, start_link_server
 from carrierd.loops import StopRequested, until_database_answers
-from carrierd.ops.callbacks import CallbackSender, GuardedClient
+from carrierd.ops.callbacks import INBOUND_OUTBOX, CallbackSender, GuardedClient
 from carrierd.ops.gauges import GaugeRefresher
 from carrierd.ops.retention import run_retention
 from carrierd.ops.sdnotify import SystemdNotifier
@@ -165,7 +165,7 @@ class Daemon:
         """Phases 3 and 4: carrier side, then the workers that use it."""
         config = lambda: self.config  # noqa: E731 - read on every use: SIGHUP swaps it
         lifecycle = Lifecycle(self.metrics)
-        inbound = Inbound(accounts=lambda: self.config.accounts)
+        inbound = Inbound(db, config=config)
         write_behind = WriteBehind(
             db,
             self.clock,
@@ -215,6 +215,8 @@ class Daemon:
         timers = Timers(
             db, self.clock, write_behind, lifecycle, leases, config=config, metrics=self.metrics
         )
+        timers.inbound_timers = inbound
+        self.inbound = inbound
         self._rcs_session: aiohttp.ClientSession | None = None
         self._rcs_leg: RcsLeg | None = None
         if self.config.rcs.enabled:
@@ -323,6 +325,18 @@ class Daemon:
                 allowed_networks=networks_for,
             )
             self.add_side_task("callbacks", sender.run(self._ops_stop))
+            # Replies pushed to inbound_callback_url: the same sender on the
+            # inbound outbox (in order per number).
+            inbound_sender = CallbackSender(
+                db,
+                self._http_client,
+                secret_for,
+                self.clock,
+                self.metrics,
+                allowed_networks=networks_for,
+                outbox=INBOUND_OUTBOX,
+            )
+            self.add_side_task("inbound_callbacks", inbound_sender.run(self._ops_stop))
             self.add_side_task(
                 "retention",
                 run_retention(

@@ -184,7 +184,7 @@ async def make_engine(
     network = network or NetworkStandIn(clock, list(config.carriers), subscribers or {})
     metrics = Metrics()
     lifecycle = Lifecycle(metrics)
-    inbound = Inbound(accounts=lambda: config.accounts)
+    inbound = Inbound(db, config=lambda: config)
     recorder = WriteBehind(
         db,
         clock,
@@ -216,6 +216,7 @@ async def make_engine(
         metrics=metrics,
     )
     settler = Timers(db, clock, recorder, lifecycle, leases, config=lambda: config, metrics=metrics)
+    settler.inbound_timers = inbound
     return Engine(
         config, db, clock, network, recorder, dispatcher, settler, lifecycle, inbound, metrics
     )

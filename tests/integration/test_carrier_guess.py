@@ -74,7 +74,7 @@ async def test_first_guesses_by_the_allocation_and_part_one_alone_to_an_unconfir
         db,
         clock,
         lifecycle,
-        Inbound(accounts=lambda: config.accounts),
+        Inbound(db, config=lambda: config),
         accounts=lambda: config.accounts,
         carriers=lambda: config.carriers,
         au_spacing_s=lambda: 22.0,

@@ -215,7 +215,7 @@ def test_mo_received_counts_each_inbound_sms() -> None:
     metrics = Metrics()
     recorder = Recorder()
     events = _CountingEvents(recorder, metrics)  # type: ignore[arg-type]
-    mo = InboundSms("au", "+819012345678", "0120111111", "はい", NOW)
+    mo = InboundSms("au", "819012345678", "0120111111", 0, 8, "はい".encode("utf-16-be"), NOW)
     events.inbound(mo)
     events.inbound(mo)
     assert recorder.inbound_seen == [mo, mo]

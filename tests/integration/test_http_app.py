@@ -31,6 +31,7 @@ ACCOUNT_ROUTES = {
     ("POST", "/v1/optouts/import"),
     ("GET", "/v1/optouts/{number}"),
     ("DELETE", "/v1/optouts/{number}"),
+    ("GET", "/v1/inbound"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
 }

@@ -154,7 +154,9 @@ async def serve(app: web.Application) -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def rig(dsn: str, db: Database, **sim: Any) -> AsyncIterator[Rig]:
+async def rig(
+    dsn: str, db: Database, config_extra: dict[str, Any] | None = None, **sim: Any
+) -> AsyncIterator[Rig]:
     clock = FakeClock(T0)
     # Our webhook socket is bound first: the simulator needs its URL, and
     # our leg needs the simulator's.
@@ -188,6 +190,7 @@ async def rig(dsn: str, db: Database, **sim: Any) -> AsyncIterator[Rig]:
                     "token": "sim-token",
                     "webhook_secret": WEBHOOK_SECRET,
                 },
+                **(config_extra or {}),
             },
         )
         engine = await make_engine(config, db, clock)

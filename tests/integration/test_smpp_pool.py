@@ -333,7 +333,11 @@ async def test_gateway_submits_parts_and_correlates_receipts(stub: StubSmsc) -> 
         )
         await wait_for(lambda: len(events.inbound_messages) >= 1)
         inbound = events.inbound_messages[0]
-        assert (inbound.carrier, inbound.msisdn, inbound.text) == ("au", "+819012345678", "はい")
+        assert (inbound.carrier, inbound.source_addr, inbound.short_message) == (
+            "au",
+            "819012345678",
+            "はい".encode("utf-16-be"),
+        )
     finally:
         await gateway.stop(drain_timeout_s=1.0)
     assert gateway.health()["au"].bound_count == 0

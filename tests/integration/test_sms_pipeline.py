@@ -72,7 +72,7 @@ async def test_ten_thousand_messages_through_a_hostile_smsc(dsn: str, db: Databa
         for a in config.accounts.values()
     )
     lifecycle = Lifecycle()
-    inbound = Inbound(accounts=lambda: config.accounts)
+    inbound = Inbound(db, config=lambda: config)
     recorder = WriteBehind(
         db,
         clock,

@@ -83,7 +83,7 @@ async def test_a_throttling_smsc_gets_the_pace_it_accepts(dsn: str, db: Database
         for a in config.accounts.values()
     )
     lifecycle = Lifecycle()
-    inbound = Inbound(accounts=lambda: config.accounts)
+    inbound = Inbound(db, config=lambda: config)
     recorder = WriteBehind(
         db,
         clock,

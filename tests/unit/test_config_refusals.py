@@ -118,3 +118,20 @@ def test_a_secret_from_the_environment_leaves_the_file_key_known() -> None:
     raw["rcs"] = {"webhook_secret": "from-the-file"}
     config = parse_config(raw, env={"CARRIERD_RCS_WEBHOOK_SECRET": "from-the-env"})
     assert config.rcs.webhook_secret == "from-the-env"
+
+
+def test_reply_settings_are_checked() -> None:
+    raw = raw_config()
+    raw["accounts"]["acme"].update(
+        inbound_callback_url="http://10.0.0.5/replies", keywords=["停止", " "]
+    )
+    raw["carriers"]["docomo"]["mo_default_alphabet"] = "utf8"
+    raw["inbound"] = {"reassembly_timeout_s": 0}
+    assert problems_of(raw) == [
+        "accounts.acme.inbound_callback_url: host '10.0.0.5' is not a public address"
+        " (not allowed for this account)",
+        "accounts.acme.keywords: a keyword must not be empty",
+        "carriers.docomo.mo_default_alphabet: must be one of gsm7, gsm7_packed, shift_jis,"
+        " latin1, not 'utf8'",
+        "inbound.reassembly_timeout_s: must be >= 1",
+    ]

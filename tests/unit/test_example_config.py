@@ -18,6 +18,7 @@ from carrierd.config import (
     DatabaseConfig,
     EngineConfig,
     HttpConfig,
+    InboundConfig,
     RcsConfig,
     ReassignConfig,
     ResendConfig,
@@ -94,6 +95,7 @@ def test_example_documents_every_setting() -> None:
     assert set(raw["database"]) == _fields(DatabaseConfig)
     assert set(raw["http"]) == _fields(HttpConfig)
     assert set(raw["engine"]) == _fields(EngineConfig)
+    assert set(raw["inbound"]) == _fields(InboundConfig)
     assert set(raw["accounts"]["acme"]) == _fields(AccountConfig) - {"account_id"}
     assert set(raw["accounts"]["acme"]["resend"]) == _fields(ResendConfig)
     # A route is named by its table; docomo's other routes are a subtable.

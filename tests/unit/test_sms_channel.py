@@ -13,7 +13,6 @@ from carrierd.channels.sms import (
     SmppGateway,
     build_submit_pdus,
     concat_reference,
-    decode_text,
     parse_deliver,
     part_outcomes,
     smpp_absolute_time,
@@ -357,60 +356,44 @@ def mo_pdu(**fields: object) -> DeliverSm:
     return replace(base, **fields)  # type: ignore[arg-type]
 
 
-def test_mo_in_ucs2() -> None:
-    pdu = mo_pdu(data_coding=8, short_message="はい、参加します".encode("utf-16-be"))
+def test_mo_is_handed_over_unread() -> None:
+    # Replies have one owner (engine/inbound.py): the channel passes the
+    # deliver_sm's fields on as they came, header and coding included.
+    udh = bytes([5, 0, 3, 42, 2, 1])
+    body = udh + "前半".encode("utf-16-be")
+    pdu = mo_pdu(esm_class=ESM_CLASS_UDHI, data_coding=8, short_message=body)
 
     assert parsed(pdu) == InboundSms(
-        "docomo", "+819012345678", "0120123456", "はい、参加します", RECEIVED_AT
+        carrier="docomo",
+        source_addr="819012345678",
+        destination_addr="0120123456",
+        esm_class=ESM_CLASS_UDHI,
+        data_coding=8,
+        short_message=body,
+        received_at=RECEIVED_AT,
     )
 
 
-def test_mo_in_gsm7_and_national_sender() -> None:
-    pdu = mo_pdu(source_addr="09012345678", short_message=encode_gsm7("YES @ 10:00"))
-
-    inbound = parsed(pdu)
-
-    assert isinstance(inbound, InboundSms)
-    assert (inbound.msisdn, inbound.text) == ("+819012345678", "YES @ 10:00")
-
-
-def test_mo_part_with_udh_is_stripped_not_reassembled() -> None:
-    udh = bytes([5, 0, 3, 42, 2, 1])
-    pdu = mo_pdu(
-        esm_class=ESM_CLASS_UDHI, data_coding=8, short_message=udh + "前半".encode("utf-16-be")
-    )
-
-    inbound = parsed(pdu)
-
-    assert isinstance(inbound, InboundSms)
-    assert inbound.text == "前半"
-
-
-def test_mo_by_data_sm_payload_and_odd_sender() -> None:
+def test_mo_by_data_sm_payload_with_sar() -> None:
     pdu = DataSm(
         sequence_number=1,
         source_addr="SHORTCODE",
         destination_addr="249200",
         data_coding=3,
         message_payload="café".encode("latin-1"),
+        sar_msg_ref_num=7,
+        sar_total_segments=2,
+        sar_segment_seqnum=1,
     )
 
-    assert parsed(pdu) == InboundSms("docomo", "SHORTCODE", "249200", "café", RECEIVED_AT)
+    inbound = parsed(pdu)
 
-
-@pytest.mark.parametrize(
-    ("data", "data_coding", "text"),
-    [
-        (b"\x80abc", 0x00, "\x80abc"),  # not GSM 7-bit: kept byte for byte
-        (b"hello", 0x01, "hello"),
-        ("テスト".encode("utf-16-be"), 0x08, "テスト"),
-        (b"\xd8\x00", 0x08, "\ufffd"),  # a lone surrogate does not raise
-        (encode_gsm7("ok"), 0xF0, "ok"),
-        (b"\xff", 0xF4, "\xff"),
-    ],
-)
-def test_decode_text_never_raises(data: bytes, data_coding: int, text: str) -> None:
-    assert decode_text(data, data_coding) == text
+    assert isinstance(inbound, InboundSms)
+    assert (inbound.short_message, inbound.sar_msg_ref_num, inbound.sar_segment_seqnum) == (
+        "café".encode("latin-1"),
+        7,
+        1,
+    )
 
 
 def test_expiry_is_written_in_utc_even_for_a_jst_deadline() -> None:

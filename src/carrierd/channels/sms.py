@@ -43,9 +43,9 @@ Inbound, ``parse_deliver`` (pure) turns a deliver_sm / data_sm into:
   (logged). The receipt also carries, unparsed, what else says which part it is
   for (source_addr, the text's ``submit date`` and ``text``): read only when its
   id matches no part (domain/receipt_match.py).
-- otherwise an ``InboundSms`` (mobile-originated): a UDH is stripped, the text decoded
-  per data_coding (UCS-2, GSM 7-bit, else latin-1); parts are not reassembled, each
-  is its own InboundSms.
+- otherwise an ``InboundSms`` (mobile-originated): its fields as they came (body with
+  any UDH, data_coding, SAR TLVs). Replies have one owner, engine/inbound.py: it
+  reassembles the parts and decodes the text (domain/inbound.py).
 
 Message ids are normalised (``normalize_message_id``) so that the id of
 submit_sm_resp and the id in its receipt compare equal: the carrier's
@@ -72,8 +72,8 @@ import structlog
 from carrierd.channels.types import InboundSms, PartOutcome, Receipt, SmsEvents, SmsRequest
 from carrierd.config import PREMIUM, CarrierConfig
 from carrierd.domain.clock import Clock, require_aware
-from carrierd.domain.numbers import NumberError, normalize_msisdn, smpp_international
-from carrierd.domain.sms_text import decode_gsm7, encode_gsm7, encode_ucs2
+from carrierd.domain.numbers import smpp_international
+from carrierd.domain.sms_text import encode_gsm7, encode_ucs2
 from carrierd.smpp.pdu import (
     ESM_CLASS_RECEIPT,
     ESM_CLASS_UDHI,
@@ -85,7 +85,6 @@ from carrierd.smpp.pdu import (
     Npi,
     SubmitSm,
     Ton,
-    split_udh,
     udh_concat,
 )
 from carrierd.smpp.pool import PoolHealth, SmppPool
@@ -307,37 +306,18 @@ def parse_deliver(
             submit_date=text.get("submit date") or None,
             text_start=text.get("text") or None,
         )
-    if pdu.esm_class & ESM_CLASS_UDHI:
-        _, body = split_udh(body)
-    try:
-        sender = normalize_msisdn(pdu.source_addr)
-    except NumberError:
-        sender = pdu.source_addr
     return InboundSms(
         carrier=carrier,
-        msisdn=sender,
-        to_address=pdu.destination_addr,
-        text=decode_text(body, pdu.data_coding),
+        source_addr=pdu.source_addr,
+        destination_addr=pdu.destination_addr,
+        esm_class=pdu.esm_class,
+        data_coding=pdu.data_coding,
+        short_message=body,
         received_at=received_at,
+        sar_msg_ref_num=pdu.sar_msg_ref_num,
+        sar_total_segments=pdu.sar_total_segments,
+        sar_segment_seqnum=pdu.sar_segment_seqnum,
     )
-
-
-def decode_text(data: bytes, data_coding: int) -> str:
-    """Best-effort text of an MO message; never raises."""
-    if data_coding == DataCoding.UCS2:
-        return data.decode("utf-16-be", errors="replace")
-    if data_coding == DataCoding.IA5:
-        return data.decode("ascii", errors="replace")
-    # 0xF0-0xFF: GSM message class coding; bit 2 set means 8-bit data.
-    is_gsm7 = data_coding == DataCoding.SMSC_DEFAULT or (
-        data_coding & 0xF0 == 0xF0 and not data_coding & 0x04
-    )
-    if is_gsm7:
-        try:
-            return decode_gsm7(data)
-        except ValueError:
-            pass  # many SMSCs mean ASCII by "default": latin-1 keeps every byte
-    return data.decode("latin-1")
 
 
 def _body(pdu: DeliverSm | DataSm) -> bytes:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol
 
+from carrierd.domain.inbound import MoPdu
+
 # accepted: submit_sm_resp OK; refused: submit_sm_resp with an error status;
 # unknown: handed over but no response (timeout, disconnect): ambiguous;
 # unsent: never left this process (no bind up, shutting down), or the SMSC
@@ -80,13 +82,9 @@ class Receipt:
     text_start: str | None = field(default=None, compare=False)
 
 
-@dataclass(frozen=True)
-class InboundSms:
-    carrier: str
-    msisdn: str  # the sender, canonical when it parses
-    to_address: str
-    text: str
-    received_at: datetime
+# A mobile-originated deliver_sm as it came: the channel reads no MO text
+# (engine/inbound.py owns replies; domain/inbound.py reads them).
+InboundSms = MoPdu
 
 
 FINAL_RECEIPT_STATS = frozenset({"DELIVRD", "UNDELIV", "EXPIRED", "REJECTD", "DELETED", "UNKNOWN"})

@@ -18,6 +18,7 @@ Each `settle_once(now)` pass:
     to the one part their recipient, submit date and text fit
   - au gate holds whose re-check is long past, released by no receipt, go
   - +Message fallback and expiry timers, through the RCS leg when configured
+  - concatenated MO whose parts did not all come in time (engine/inbound.py)
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ class Timers:
         self._batch = batch
         self._interval_s = interval_s
         self.rcs_timers = rcs_timers
+        self.inbound_timers: RcsTimers | None = None
         self._metrics = metrics
         self._stopping = asyncio.Event()
         # A pass failed for the database being away; the next one that
@@ -119,6 +121,8 @@ class Timers:
         done += await self._in_tx(lambda tx: self._early_receipts(tx, now))
         if self.rcs_timers is not None:
             done += await self.rcs_timers.settle_due(now, self._batch)
+        if self.inbound_timers is not None:
+            done += await self.inbound_timers.settle_due(now, self._batch)
         return done
 
     async def _in_tx(self, work: Callable[[Transaction], Awaitable[int]]) -> int:

@@ -531,7 +531,7 @@ class WriteBehind:
         if changed_parts:
             tx.after_commit(lambda: self._observe_receipts(changed_parts))
         if inbound:
-            await self._inbound_store.store_sms(tx, inbound)
+            await self._inbound_store.store_sms(tx, inbound, now)
         if touched:
             moved = await self.settle(tx, sorted(touched), now)
             await self._bill_late_parts(tx, changed_parts, _billed_with_move(moved), now)

@@ -257,7 +257,16 @@ def build_app(state: ApiState) -> web.Application:
     # The handler modules import API_STATE and authenticate from this one;
     # importing them here, at build time, keeps the table in this module
     # without an import cycle.
-    from carrierd.http import health, messages, observe, openapi, optouts, reports, webhooks
+    from carrierd.http import (
+        health,
+        inbound,
+        messages,
+        observe,
+        openapi,
+        optouts,
+        reports,
+        webhooks,
+    )
 
     app = web.Application(
         client_max_size=state.config.http.max_body_bytes,
@@ -280,6 +289,7 @@ def build_app(state: ApiState) -> web.Application:
         web.post("/v1/optouts/import", optouts.import_numbers),
         web.get("/v1/optouts/{number}", optouts.get_number),
         web.delete("/v1/optouts/{number}", optouts.delete_number),
+        web.get("/v1/inbound", inbound.find_inbound),
         web.get("/healthz", health.healthz),
         web.get("/readyz", health.readyz),
         web.get(openapi.OPENAPI_PATH, openapi.serve_openapi),

@@ -21,6 +21,13 @@ redirect, a timeout, a refused connection) is retried with exponential
 backoff up to a cap, the last attempt exactly `max_age_s` after the row was
 written; if that one fails too the row is marked gave_up.
 
+The same sender delivers the inbound pushes (replies to the account's
+``inbound_callback_url``, engine/inbound.py): an `Outbox` names the
+statements that claim and record its rows (`STATUS_OUTBOX`,
+`INBOUND_OUTBOX`); signing, retries, leases and address checks are these.
+The inbound outbox claims only the oldest pending push per account and
+number, so a number's replies arrive in order.
+
 Callbacks go to public addresses only, unless the account's
 ``callback_allow_networks`` names the network (domain/netpolicy.py).
 `GuardedClient` enforces it where it cannot be dodged: its resolver refuses
@@ -214,6 +221,21 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
+class Outbox:
+    """A table of callbacks: the statements that claim due rows (returning
+    id, account_id, url, payload, attempts, created_at and subject_id, the
+    message or reply the row is about) and record their outcomes."""
+
+    name: str
+    claim: str
+    record: str
+
+
+STATUS_OUTBOX = Outbox("status", "claim_status_callbacks", "record_status_callback_results")
+INBOUND_OUTBOX = Outbox("inbound", "claim_inbound_callbacks", "record_inbound_callback_results")
+
+
+@dataclass(frozen=True)
 class _Outcome:
     callback_id: int
     attempts: int
@@ -240,6 +262,7 @@ class CallbackSender:
         request_timeout_s: float = 10.0,
         lease_s: float | None = None,
         idle_poll_s: float = 1.0,
+        outbox: Outbox = STATUS_OUTBOX,
     ) -> None:
         if batch_size < 1 or max_concurrency < 1:
             raise ValueError("batch_size and max_concurrency must be >= 1")
@@ -262,20 +285,24 @@ class CallbackSender:
         self._request_timeout = aiohttp.ClientTimeout(total=request_timeout_s)
         self._lease = timedelta(seconds=lease_s)
         self._idle_poll_s = idle_poll_s
+        self._outbox = outbox
 
     async def run_once(self, now: datetime) -> int:
         """Attempt every callback due at `now` (one batch); returns how many."""
-        rows = await self._db.fetch(
-            "claim_status_callbacks", now, now + self._lease, self._batch_size
-        )
+        rows = await self._db.fetch(self._outbox.claim, now, now + self._lease, self._batch_size)
         if not rows:
             return 0
         # The click log as of this attempt (DOMAIN §12): clicks come after
         # the state change that queued the callback, so they are read now.
-        clicks = await click_log(self._db, [int(row["message_id"]) for row in rows])
+        # Status callbacks only: a reply's push has no links of its own.
+        clicks = (
+            await click_log(self._db, [int(row["message_id"]) for row in rows])
+            if self._outbox is STATUS_OUTBOX
+            else None
+        )
         outcomes = await asyncio.gather(*(self._attempt(row, now, clicks) for row in rows))
         await self._db.execute(
-            "record_status_callback_results",
+            self._outbox.record,
             [o.callback_id for o in outcomes],
             [o.attempts for o in outcomes],
             [o.state for o in outcomes],
@@ -293,9 +320,10 @@ class CallbackSender:
 
     async def run(self, stop_event: asyncio.Event) -> None:
         """Send until `stop_event` is set."""
-        await supervise("callbacks", self.step, stop_event)
+        name = "callbacks" if self._outbox is STATUS_OUTBOX else f"{self._outbox.name}_callbacks"
+        await supervise(name, self.step, stop_event)
 
-    async def _attempt(self, row: Row, now: datetime, clicks: ClickLog) -> _Outcome:
+    async def _attempt(self, row: Row, now: datetime, clicks: ClickLog | None) -> _Outcome:
         callback_id = int(row["id"])
         attempts = int(row["attempts"])
         error = await self._post(row, now, clicks)
@@ -307,8 +335,9 @@ class CallbackSender:
             self._metrics.callbacks_total.labels("gave_up").inc()
             log.warning(
                 "callback_gave_up",
+                outbox=self._outbox.name,
                 callback_id=callback_id,
-                message_id=row["message_id"],
+                subject_id=row["subject_id"],
                 account=row["account_id"],
                 attempts=attempts,
                 error=error,
@@ -317,14 +346,17 @@ class CallbackSender:
         self._metrics.callbacks_total.labels("retry").inc()
         return _Outcome(callback_id, attempts, "pending", retry_at, error)
 
-    async def _post(self, row: Row, now: datetime, clicks: ClickLog) -> str | None:
+    async def _post(self, row: Row, now: datetime, clicks: ClickLog | None) -> str | None:
         """POST one callback; None on a 2xx answer, else what went wrong."""
         account_id = str(row["account_id"])
         secret = self._secret_for(account_id)
         if secret is None:
             return "account not configured"
         session = self._client.session(self._networks_for(account_id))
-        body = encode_payload(with_click_log(row["payload"], int(row["message_id"]), clicks))
+        payload = row["payload"]
+        if clicks is not None:
+            payload = with_click_log(payload, int(row["message_id"]), clicks)
+        body = encode_payload(payload)
         timestamp = str(int(now.timestamp()))
         headers = {
             "Content-Type": "application/json; charset=utf-8",

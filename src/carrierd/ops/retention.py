@@ -5,7 +5,9 @@ their spacing ran out long ago (domain/au_gate.au_gate_forgets_before). The
 keys of applied +Message webhooks go after WEBHOOK_KEYS_KEEP_DAYS: a repeat
 of a body older than the platform's 72 h of retries is refused by its
 timestamp anyway. Short links and their click log go with their message;
-opt-out URLs once their 60 days ran out (DOMAIN §12).
+opt-out URLs once their 60 days ran out (DOMAIN §12). Replies
+(inbound_messages, with their pushes) go `keep_days` after they came, like
+the messages they answer.
 
 Every daemon on a database runs the purge; they share the rows (SKIP
 LOCKED in the statement) rather than electing one of them.
@@ -78,6 +80,19 @@ async def purge_optout_links(
     return await _in_batches(db, "purge_expired_optout_links", now, batch_rows)
 
 
+async def purge_replies(
+    db: Database,
+    now: datetime,
+    keep_days: int = RETENTION_KEEP_DAYS,
+    *,
+    batch_rows: int = PURGE_BATCH_ROWS,
+) -> int:
+    """Delete replies received more than `keep_days` before `now`, with
+    their pushes; returns how many went."""
+    cutoff = now - timedelta(days=keep_days)
+    return await _in_batches(db, "purge_inbound_messages", cutoff, batch_rows)
+
+
 async def _in_batches(db: Database, statement: str, before: datetime, batch_rows: int) -> int:
     """Run a purge statement (it deletes at most `batch_rows` rows older than
     `before` and returns how many) until a batch comes back short; each
@@ -109,6 +124,9 @@ async def run_retention(
         forgotten = await purge_au_gate(db, now, au_spacing_s())
         if forgotten:
             log.info("retention_purged_au_gate", numbers=forgotten)
+        replies = await purge_replies(db, now, keep_days)
+        if replies:
+            log.info("retention_purged_replies", replies=replies, keep_days=keep_days)
         keys = await purge_webhook_keys(db, now)
         if keys:
             log.info("retention_purged_webhook_keys", keys=keys)

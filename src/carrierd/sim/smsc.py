@@ -817,6 +817,12 @@ class _Carrier:
             self._push(now_s, _Delivery(system_id, mo_pdu=mo))
         return len(parts)
 
+    def queue_mo(self, pdus: list[DeliverSm], system_id: str) -> None:
+        """Deliver these MO PDUs as given (order, duplicates and all)."""
+        now_s = self._now_s()
+        for mo in pdus:
+            self._push(now_s, _Delivery(system_id, mo_pdu=mo))
+
     # -- deliveries -------------------------------------------------------------
 
     def _push(self, due_s: float, delivery: _Delivery) -> None:
@@ -1253,6 +1259,16 @@ class SmscSimulator:
         target = system_id if system_id is not None else next(iter(runtime.config.accounts))
         return runtime.send_mo(source, destination, text, target)
 
+    def send_mo_pdus(
+        self, carrier: str, pdus: list[DeliverSm], *, system_id: str | None = None
+    ) -> None:
+        """Queue MO deliver_sms exactly as given (built by `mo_deliver_pdus`,
+        then reordered, repeated or thinned out by a test): what a handset's
+        concatenated reply looks like after a real network's retries."""
+        runtime = self._carriers[carrier]
+        target = system_id if system_id is not None else next(iter(runtime.config.accounts))
+        runtime.queue_mo(pdus, target)
+
     def pending_deliveries(self, carrier: str | None = None) -> int:
         """Receipts and MO messages not yet answered by a client."""
         carriers = self._carriers.values() if carrier is None else [self._carriers[carrier]]
@@ -1622,6 +1638,94 @@ def _strings(value: object, where: str, problems: list[str]) -> tuple[str, ...]:
 
 # ---------------------------------------------------------------------------
 # Helpers
+
+
+# How a simulated handset's MO text is coded: data_coding 0x08 UTF-16BE;
+# 0x00 GSM 7-bit one septet per octet (gsm7) or packed (gsm7_packed); 0x05
+# ISO-2022-JP (jis); Shift_JIS under data_coding 0x00 (shift_jis, for an SMSC
+# whose default alphabet is agreed to be Shift_JIS); 0x03 Latin-1.
+MoCoding = Literal["ucs2", "gsm7", "gsm7_packed", "jis", "shift_jis", "latin1"]
+MoConcat = Literal["udh8", "udh16", "sar"]
+_MO_CODINGS: Final[Mapping[str, tuple[int, str]]] = {
+    "ucs2": (DataCoding.UCS2, "utf-16-be"),
+    "jis": (DataCoding.JIS, "iso2022_jp"),
+    "shift_jis": (DataCoding.SMSC_DEFAULT, "cp932"),
+    "latin1": (DataCoding.LATIN_1, "latin-1"),
+}
+
+
+def mo_deliver_pdus(
+    source: str,
+    destination: str,
+    text: str,
+    *,
+    coding: MoCoding = "ucs2",
+    concat: MoConcat = "udh8",
+    reference: int = 0,
+    part_octets: int | None = None,
+) -> list[DeliverSm]:
+    """The deliver_sms of one MO message, in part order. Text longer than one
+    SMS is cut into parts of `part_octets` octets (septets for GSM 7-bit;
+    default: what fits beside a concatenation header) wherever that falls:
+    inside a UTF-16 surrogate pair, a Shift_JIS double byte or an ISO-2022-JP
+    kanji run, as a handset's octets would be; the receiver joins before
+    decoding. Written apart from the daemon's reading of MO on purpose."""
+    handset = smpp_international(normalize_msisdn(source, allow_m2m=True))
+    if coding in ("gsm7", "gsm7_packed"):
+        data_coding = int(DataCoding.SMSC_DEFAULT)
+        octets = encode_gsm7(text)  # septets, one per octet
+        single, size = 160, part_octets or 153
+    else:
+        data_coding, codec = _MO_CODINGS[coding]
+        octets = text.encode(codec)
+        single, size = 140, part_octets or 134
+    chunks = (
+        [octets]
+        if len(octets) <= single
+        else [octets[i : i + size] for i in range(0, len(octets), size)]
+    )
+    pdus: list[DeliverSm] = []
+    for number, chunk in enumerate(chunks, start=1):
+        esm_class = 0
+        header = b""
+        sar: dict[str, int] = {}
+        if len(chunks) > 1:
+            if concat == "sar":
+                sar = {
+                    "sar_msg_ref_num": reference,
+                    "sar_total_segments": len(chunks),
+                    "sar_segment_seqnum": number,
+                }
+            else:
+                header = udh_concat(reference, len(chunks), number, ref16=concat == "udh16")
+                esm_class = ESM_CLASS_UDHI
+        body = _pack_septets(chunk, len(header)) if coding == "gsm7_packed" else chunk
+        pdus.append(
+            DeliverSm(
+                sequence_number=0,
+                source_addr_ton=Ton.INTERNATIONAL,
+                source_addr_npi=Npi.ISDN,
+                source_addr=handset,
+                dest_addr_ton=Ton.UNKNOWN,
+                dest_addr_npi=Npi.ISDN,
+                destination_addr=destination,
+                esm_class=esm_class,
+                data_coding=data_coding,
+                short_message=header + body,
+                **sar,  # type: ignore[arg-type]
+            )
+        )
+    return pdus
+
+
+def _pack_septets(septets: bytes, header_octets: int) -> bytes:
+    """GSM 03.38 packing, as a bit string: after a user data header, fill
+    bits bring the first septet to a septet boundary of the user data."""
+    fill = (7 - header_octets * 8 % 7) % 7 if header_octets else 0
+    # Septets least significant bit first, as they go on the air.
+    bits = "0" * fill + "".join(format(s, "07b")[::-1] for s in septets)
+    bits += "0" * (-len(bits) % 8)
+    return bytes(int(bits[i : i + 8][::-1], 2) for i in range(0, len(bits), 8))
 
 
 def _refusal(sequence_number: int, status: int) -> SubmitSmResp:

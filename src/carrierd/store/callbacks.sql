@@ -22,7 +22,8 @@ UPDATE status_callbacks c
    SET attempts = c.attempts + 1, next_attempt_at = $2
   FROM due
  WHERE c.id = due.id
-RETURNING c.id, c.message_id, c.account_id, c.url, c.payload, c.attempts, c.created_at;
+RETURNING c.id, c.message_id, c.message_id AS subject_id, c.account_id, c.url, c.payload,
+          c.attempts, c.created_at;
 
 -- name: record_status_callback_results
 -- Outcomes of one batch of attempts. The attempts match fences off a sender

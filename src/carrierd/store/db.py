@@ -285,6 +285,18 @@ class Database:
                 conn.terminate()
                 raise ConnectionBroken(describe_db_error(exc)) from exc
 
+    @asynccontextmanager
+    async def _connection_of(
+        self, tx: Transaction | None
+    ) -> AsyncIterator[asyncpg.Connection | asyncpg.pool.PoolConnectionProxy]:
+        """`tx`'s connection (its transaction() is then a savepoint), else a
+        pooled one."""
+        if tx is None:
+            async with self._connection() as conn:
+                yield conn
+        else:
+            yield tx.connection
+
     async def fetch(self, name: str, *args: Any) -> list[Row]:
         async with self._connection() as conn:
             rows = await conn.fetch(QUERIES[name], *args)
@@ -373,8 +385,11 @@ class Database:
         rows: Sequence[Mapping[str, Any]],
         now: datetime,
         conflicts: dict[int, int] | None = None,
+        tx: Transaction | None = None,
     ) -> dict[int, int]:
         """Insert validated messages; returns {row index: message id}.
+        Inside `tx` when given (a message that exists only if what caused it
+        commits: a keyword's confirmation), else in a transaction of its own.
 
         Rows whose client_ref the account already used map to the existing
         message (idempotent retries); nothing else is written for them. A
@@ -384,7 +399,7 @@ class Database:
         """
         if not rows:
             return {}
-        async with self._connection() as conn, conn.transaction():
+        async with self._connection_of(tx) as conn, conn.transaction():
             ids = [r["id"] for r in await conn.fetch(QUERIES["reserve_message_ids"], len(rows))]
             columns: dict[str, list[Any]] = {
                 key: [row.get(key) for row in rows]
@@ -529,6 +544,10 @@ class Transaction:
 
     async def executemany(self, name: str, args: Iterable[Sequence[Any]]) -> None:
         await self._conn.executemany(QUERIES[name], args)
+
+    @property
+    def connection(self) -> asyncpg.Connection | asyncpg.pool.PoolConnectionProxy:
+        return self._conn
 
     def after_commit(self, effect: Callable[[], None]) -> None:
         """Run `effect` once this transaction has committed (metrics and
