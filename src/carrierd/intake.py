@@ -317,6 +317,24 @@ def _validate_item(
     return row, parts
 
 
+# For sends (sends.py), which validate each recipient's message as an item.
+ItemRejected = _ItemRejected
+
+
+def validate_message(
+    item: dict[str, Any],
+    account: AccountConfig,
+    now: datetime,
+    *,
+    expiry_s: float,
+    schedule: ScheduleLimits | None = None,
+) -> tuple[dict[str, Any], int]:
+    """One item's content checks (its shape already checked, as by
+    check_shape): the row to store and its billable parts; raises
+    ItemRejected naming the field."""
+    return _validate_item(item, account, now, expiry_s, schedule or ScheduleLimits())
+
+
 def _check_callback_url(url: str, allowed: tuple[IPNetwork, ...]) -> None:
     if len(url) > MAX_CALLBACK_URL_LEN:
         raise _ItemRejected("callback_url", f"longer than {MAX_CALLBACK_URL_LEN} characters")

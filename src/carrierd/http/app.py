@@ -90,6 +90,7 @@ ERROR_CODES: frozenset[str] = frozenset(
         "body_too_large",  # 413
         "unsupported_media_type",  # 415
         "nothing_accepted",  # 422: every item of a batch was rejected
+        "group_too_large",  # 422: a subscriber group larger than a send takes
         "internal_error",  # 500
         "revoke_failed",  # 502: the +Message platform did not answer a revoke
         "database_unavailable",  # 503 with Retry-After
@@ -256,7 +257,7 @@ def build_app(state: ApiState) -> web.Application:
     # The handler modules import API_STATE and authenticate from this one;
     # importing them here, at build time, keeps the table in this module
     # without an import cycle.
-    from carrierd.http import health, messages, observe, openapi, reports, webhooks
+    from carrierd.http import health, messages, observe, openapi, reports, sends, webhooks
 
     app = web.Application(
         client_max_size=state.config.http.max_body_bytes,
@@ -272,6 +273,11 @@ def build_app(state: ApiState) -> web.Application:
         web.get("/v1/messages/{message_id}", messages.get_message),
         web.post("/v1/messages/{message_id}/cancel", messages.cancel_message),
         web.get("/v1/billing", reports.get_billing),
+        web.post("/v1/sends", sends.post_send),
+        web.get("/v1/sends", sends.list_sends),
+        web.get("/v1/sends/{send_id}", sends.get_send),
+        web.get("/v1/sends/{send_id}/export", sends.export_send),
+        web.post("/v1/sends/{send_id}/cancel", sends.cancel_send),
         web.get("/healthz", health.healthz),
         web.get("/readyz", health.readyz),
         web.get(openapi.OPENAPI_PATH, openapi.serve_openapi),
