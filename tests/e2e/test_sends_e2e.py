@@ -145,11 +145,13 @@ async def test_follow_ups_after_delivery_only_exactly_once_across_a_sigkill(
             "sms": {"text": "{{name}}様 ご予約を承りました"},
             "follow_up": {"sms": {"text": "{{name}}様 前日のお知らせ"}, "delay_s": 2},
         }
-        async with aiohttp.ClientSession() as http:
-            async with http.post(
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
                 f"{daemon.base}/v1/sends", data=csv_upload(send, recipients), headers=TOKEN
-            ) as r:
-                assert r.status == 202, await r.text()
+            ) as r,
+        ):
+            assert r.status == 202, await r.text()
         # Kill it once first messages are being delivered and released
         # follow-ups wait for their delay (delivered, not yet gone).
         released_waiting = 0

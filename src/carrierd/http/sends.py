@@ -41,6 +41,7 @@ from typing import Any
 
 import structlog
 from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from carrierd.config import AccountConfig
 from carrierd.domain.states import State
@@ -209,6 +210,8 @@ async def _read_chunk(part: BodyPartReader, timeout_s: float) -> bytes:
     try:
         async with asyncio.timeout(timeout_s):
             return await part.read_chunk(CSV_CHUNK_BYTES)
+    except (ValueError, HttpProcessingError) as exc:
+        raise RequestShapeError("body", f"malformed multipart body: {exc}") from None
     except TimeoutError:
         raise ApiError(
             408, "request_timeout", f"no part of the upload came within {timeout_s:g} s", "body"
@@ -475,7 +478,10 @@ async def _post_send(request: web.Request) -> web.Response:
     csv_part: BodyPartReader | None = None
     try:
         if mime == "multipart/form-data":
-            reader = await request.multipart()
+            try:
+                reader = await request.multipart()
+            except ValueError as exc:
+                raise BodyError(f"malformed multipart body: {exc}") from None
             body, csv_part = await _read_upload(reader, state.config.http.body_timeout_s)
         elif mime == "application/json" or mime.endswith("+json"):
             body = parse_json_body(await request.read())
@@ -592,7 +598,7 @@ async def _read_upload(
     """The `send` part (JSON) and the `recipients` part (CSV), in that order."""
     try:
         first = await reader.next()
-    except ValueError as exc:
+    except (ValueError, HttpProcessingError) as exc:
         raise BodyError(f"malformed multipart body: {exc}") from None
     if not isinstance(first, BodyPartReader) or first.name != "send":
         raise RequestShapeError("send", "the first part must be `send`: the send as JSON")
@@ -602,6 +608,8 @@ async def _read_upload(
     try:
         async with asyncio.timeout(timeout_s):
             second = await reader.next()
+    except (ValueError, HttpProcessingError) as exc:
+        raise BodyError(f"malformed multipart body: {exc}") from None
     except TimeoutError:
         raise ApiError(
             408, "request_timeout", f"no part of the upload came within {timeout_s:g} s", "body"
