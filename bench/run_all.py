@@ -18,6 +18,8 @@ BENCHES = [
     ["bench.throttle"],
     # New numbers, 15% ported: first guesses, refused submits, the rate.
     ["bench.guess"],
+    # A 100,000-recipient send with variables against the same as a batch.
+    ["bench.sends"],
 ]
 
 
