@@ -27,8 +27,8 @@ async def register(dsn: str, db: Database, delay_s: int, recipients: int = 3) ->
         ],
     }
     async with running_api(make_config(dsn), db, FakeClock(NOW)) as (base, http):
-        async with http.post(f"{base}/v1/sends", json=send, headers=auth("acme-token")) as r:
-            assert r.status == 202, await r.text()
+        answer = await http.post(f"{base}/v1/sends", json=send, headers=auth("acme-token"))
+        assert answer.status == 202, await answer.text()
     rows = await db.call_raw(
         "SELECT p.id AS first, f.id AS follow_up, f.state, f.not_before, f.sms_text "
         "FROM messages f JOIN messages p ON p.id = f.after_message_id ORDER BY p.send_row"
