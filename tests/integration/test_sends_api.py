@@ -221,3 +221,27 @@ async def test_csv_in_shift_jis(dsn: str, db: Database, charset: str) -> None:
             assert r.status == 202, await r.text()
     rows = await db.call_raw("SELECT sms_text FROM messages")
     assert rows[0]["sms_text"] == "山田様"
+
+
+async def test_a_registration_that_died_is_resumed_by_its_retry(dsn: str, db: Database) -> None:
+    config = make_config(dsn)
+    send = {"client_ref": "resume-1", "sms": {"text": "{{n}}番のお客様"}}
+    text = "number,n\n" + "".join(f"090{40_000_000 + i:08d},{i}\n" for i in range(12_000))
+    async with running_api(config, db, clock()) as (base, http):
+        async with http.post(f"{base}/v1/sends", data=upload(send, text), headers=ACME) as r:
+            send_id = (await r.json())["id"]
+        # As if the daemon died after its first committed batch of 5,000.
+        await db.call_raw("DELETE FROM messages WHERE send_row >= 5000")
+        await db.call_raw(
+            "UPDATE sends SET state = 'registering', rows_done = 5000, accepted = 5000 "
+            "WHERE id = $1",
+            int(send_id),
+        )
+        async with http.post(f"{base}/v1/sends", data=upload(send, text), headers=ACME) as r:
+            assert r.status == 202
+            resumed = await r.json()
+    assert (resumed["id"], resumed["state"], resumed["accepted"]) == (send_id, "registered", 12_000)
+    rows = await db.call_raw(
+        "SELECT count(*)::int AS n, count(DISTINCT send_row)::int AS distinct_rows FROM messages"
+    )
+    assert rows[0]["n"] == rows[0]["distinct_rows"] == 12_000
