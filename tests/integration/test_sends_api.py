@@ -151,7 +151,7 @@ async def test_csv_upload_with_per_row_rejections_and_idempotent_retry(
     assert view["messages_by_state"] == {"queued": 12_000 - 3}
     assert view["recipients"] == {"read": 12_000, "accepted": 11_997, "rejected": 3}
     assert len(view["messages"]) == 2 and view["next_cursor"]
-    assert view["messages"][0]["row"] == 0
+    assert view["messages"][0]["recipient_index"] == 0
 
 
 async def test_csv_naming_no_such_variable_is_refused(dsn: str, db: Database) -> None:

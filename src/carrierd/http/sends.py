@@ -773,7 +773,7 @@ async def get_send(request: web.Request) -> web.Response:
             "messages": [
                 {
                     **status_document(m),
-                    "row": m["send_row"],
+                    "recipient_index": m["send_row"],
                     "after_message_id": None
                     if m["after_message_id"] is None
                     else str(m["after_message_id"]),
