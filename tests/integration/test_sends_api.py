@@ -163,6 +163,8 @@ async def test_csv_naming_no_such_variable_is_refused(dsn: str, db: Database) ->
             error = (await r.json())["error"]
     assert error["field"] == "recipients"
     assert "'name'" in error["message"]
+    # Refused before the send was made.
+    assert (await db.call_raw("SELECT count(*)::int AS n FROM sends"))[0]["n"] == 0
 
 
 async def test_unclosed_placeholder_is_refused(dsn: str, db: Database) -> None:

@@ -34,6 +34,7 @@ import csv
 import io
 import json
 import re
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -59,7 +60,7 @@ from carrierd.http.app import (
 from carrierd.http.limits import streams_multipart
 from carrierd.http.messages import BodyError, parse_json_body
 from carrierd.http.reports import export_csv
-from carrierd.intake import RequestShapeError, ScheduleLimits
+from carrierd.intake import RequestShapeError, ScheduleLimits, field_label
 from carrierd.sends import (
     MAX_GROUP_RECIPIENTS,
     MAX_RECIPIENTS,
@@ -368,6 +369,16 @@ class Registrar:
             return False
         reg.accepted += stored[0]
         reg.rejected += stored[1]
+        metrics = self._state.metrics
+        if metrics is not None:
+            # One update per label set, as intake does.
+            account_id = self._account.account_id
+            if stored[0]:
+                metrics.messages_accepted_total.labels(account_id, self._spec.channel).inc(
+                    stored[0]
+                )
+            for name, count in Counter(field_label(r.field) for _, r in rejections).items():
+                metrics.messages_rejected_total.labels(name).inc(count)
         # Let other requests in between two batches of a large send.
         await asyncio.sleep(0)
         return True
@@ -527,11 +538,22 @@ async def _post_send(request: web.Request) -> web.Response:
     else:
         if "recipients" not in body:
             return json_error(400, "recipients", "required (or a CSV upload, or a group_id)")
-        try:
-            source = _aiter(json_recipients(body["recipients"]))
-        except RequestShapeError as exc:
-            return json_error(400, exc.field, exc.reason)
+        raw = body["recipients"]
+        if not isinstance(raw, list):
+            return json_error(400, "recipients", "expected an array of recipients")
+        if len(raw) > MAX_RECIPIENTS:
+            return json_error(
+                400, "recipients", f"at most {MAX_RECIPIENTS} recipients per send, got {len(raw)}"
+            )
+        source = _aiter(json_recipients(raw))
 
+    # The first recipient is read before the send is made: a CSV whose
+    # header does not name the content's variables is refused with nothing
+    # stored.
+    try:
+        source = await _primed(source)
+    except RequestShapeError as exc:
+        return json_error(400, exc.field, exc.reason)
     try:
         registration = await _open(state, account.account_id, spec, now)
     except _SendConflict as exc:
@@ -585,6 +607,21 @@ async def _post_send(request: web.Request) -> web.Response:
     return web.json_response(
         {**error_body("nothing_accepted", message, "recipients"), **answer}, status=422
     )
+
+
+async def _primed(source: AsyncIterator[Recipient]) -> AsyncIterator[Recipient]:
+    """`source` with its first recipient already read."""
+    try:
+        first = await anext(source)
+    except StopAsyncIteration:
+        return _aiter(())
+
+    async def rest() -> AsyncIterator[Recipient]:
+        yield first
+        async for recipient in source:
+            yield recipient
+
+    return rest()
 
 
 async def _aiter(items: Iterable[Recipient]) -> AsyncIterator[Recipient]:
