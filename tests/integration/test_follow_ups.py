@@ -86,7 +86,7 @@ async def test_no_delay_queues_the_follow_up_at_once(dsn: str, db: Database) -> 
     assert (await follow_up_of(db, pairs[0]["first"]))["state"] == "queued"
 
 
-@pytest.mark.parametrize("final", [State.FAILED, State.EXPIRED, State.UNKNOWN])
+@pytest.mark.parametrize("final", [State.FAILED, State.EXPIRED])
 async def test_a_first_message_not_delivered_skips_its_follow_up(
     dsn: str, db: Database, final: State
 ) -> None:
@@ -95,6 +95,21 @@ async def test_a_first_message_not_delivered_skips_its_follow_up(
         await apply(db, step, NOW)
     skipped = await follow_up_of(db, pairs[0]["first"])
     assert (skipped["state"], skipped["reason_code"]) == ("skipped", "parent_not_delivered")
+
+
+async def test_an_unknown_outcome_waits_for_the_late_answer(dsn: str, db: Database) -> None:
+    pairs = await register(dsn, db, delay_s=0, recipients=2)
+    for pair, late in zip(pairs, (State.DELIVERED, State.FAILED), strict=True):
+        first = pair["first"]
+        for step in to_final(first, State.UNKNOWN):
+            await apply(db, step, NOW)
+        waiting = await follow_up_of(db, first)
+        assert waiting["state"] == "scheduled"
+        # Should the answer never come, the follow-up ends with its validity.
+        assert waiting["expires_at"] < NOW + timedelta(days=30)
+        await apply(db, [Move(first, State.UNKNOWN, late, Event(late.value))], NOW)
+    assert (await follow_up_of(db, pairs[0]["first"]))["state"] == "queued"
+    assert (await follow_up_of(db, pairs[1]["first"]))["state"] == "skipped"
 
 
 async def test_a_cancelled_first_message_skips_its_follow_up(dsn: str, db: Database) -> None:

@@ -81,14 +81,14 @@ def test_delivered_releases_the_follow_up_after_its_delay() -> None:
     assert now_move is not None and now_move.dst is State.QUEUED
 
 
-@pytest.mark.parametrize("state", sorted(FINAL_STATES - {State.DELIVERED}))
+@pytest.mark.parametrize("state", sorted(FINAL_STATES - {State.DELIVERED, State.UNKNOWN}))
 def test_any_other_end_skips_the_follow_up(state: State) -> None:
     move = decide_follow_up(2, 1, state, 0, 3600, NOW)
     assert move is not None and move.dst is State.SKIPPED
     assert move.reason is not None and move.reason.code == "parent_not_delivered"
 
 
-@pytest.mark.parametrize("state", [State.QUEUED, State.SENDING, State.RCS_SENT])
+@pytest.mark.parametrize("state", [State.QUEUED, State.SENDING, State.RCS_SENT, State.UNKNOWN])
 def test_nothing_while_the_first_is_not_final(state: State) -> None:
     assert decide_follow_up(2, 1, state, 0, 3600, NOW) is None
 

@@ -12,12 +12,15 @@ the follow-up's own row, applied once):
     first delivered      -> the follow-up is released: queued now, or
                             scheduled at delivery + delay
     first ends otherwise -> the follow-up is skipped (parent_not_delivered):
-                            failed, expired, cancelled, skipped, rejected,
-                            and unknown (no receipt: it may not have
-                            arrived; a late receipt saying delivered comes
-                            after the follow-up was skipped and changes
-                            nothing)
+                            failed, expired, cancelled, skipped, rejected
+    first unknown        -> nothing yet: the carrier has not said, and a
+                            late receipt (delivered or failed) decides it
+                            then (§10: unknown may still change)
     first not final      -> nothing yet (a reroute, an SMS fallback)
+
+A follow-up whose first message never settles is not kept for ever: it
+waits with an expiry (the first's validity, then its own), and the timers
+end it `expired` like any scheduled message that outlived its validity.
 
 Pure: the time is passed in.
 """
@@ -52,7 +55,7 @@ def decide_follow_up(
             not_before=due,
             expires_at=due + timedelta(seconds=validity_s),
         )
-    if parent_state in FINAL_STATES:
+    if parent_state in FINAL_STATES and parent_state is not State.UNKNOWN:
         return Move(
             follow_up_id,
             State.SCHEDULED,

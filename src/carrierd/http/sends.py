@@ -427,11 +427,15 @@ async def _insert_rows(
     for row, message_id in zip(rows, message_ids, strict=True):
         if row.follow_up is None:
             continue
+        # Waiting for its first message (domain/follow_up.py): no time yet,
+        # and an end should the first never settle: the first's validity,
+        # then its own.
+        validity = row.follow_up["expires_at"] - row.follow_up["not_before"]
         waiting = {
             **row.follow_up,
             "state": State.SCHEDULED.value,
             "not_before": None,
-            "expires_at": None,
+            "expires_at": row.message["expires_at"] + validity,
             "send_at": None,
         }
         all_rows.append(waiting)

@@ -56,8 +56,8 @@ SELECT state, rows_done FROM sends WHERE id = $1 FOR UPDATE;
 
 -- name: insert_send_messages
 -- One statement per batch of a send: its messages, follow-ups included
--- (a follow-up's NULL not_before/expires_at: 'infinity', waiting for its
--- first message), and their 'accepted' events.
+-- (a follow-up's NULL not_before: 'infinity', waiting for its first
+-- message), and their 'accepted' events.
 WITH input AS (
     SELECT *
     FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],

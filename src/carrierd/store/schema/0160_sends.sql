@@ -50,9 +50,10 @@ CREATE TABLE send_rejections (
 
 -- send_id/send_row: the send and its recipient ordinal (messages from
 -- /v1/messages have none). after_message_id: a follow-up's first message.
--- A follow-up waits in 'scheduled' with not_before and expires_at at
--- 'infinity' (no timer takes it) until the lifecycle writer, in the
--- transaction that ends its first message, releases or skips it.
+-- A follow-up waits in 'scheduled' with not_before at 'infinity' (the
+-- scheduled-send timer never takes it) until the lifecycle writer, in the
+-- transaction that ends its first message, releases or skips it; its
+-- expires_at ends it should the first never settle.
 ALTER TABLE messages
     ADD COLUMN send_id bigint,
     ADD COLUMN send_row integer,
