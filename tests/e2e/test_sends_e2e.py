@@ -1,6 +1,6 @@
 """Sends through the whole daemon and the SMSC simulator.
 
-- A CSV send with variables is accepted and delivered (5,000 recipients
+- A CSV send with variables is accepted and delivered (3,000 recipients
   here, to keep `make test` short; `bench/sends.py` sends 100,000 the same
   way).
 - Follow-ups leave only after their first message was delivered, exactly
@@ -108,7 +108,7 @@ async def wait_all_final(
 
 @pytest.mark.slow
 async def test_csv_send_with_variables_is_delivered(dsn: str, db: Database, tmp_path: Path) -> None:
-    recipients = 5000
+    recipients = 3000
     sim = SmscSimulator(sim_config_from_mapping(sim_config(0.0)))
     ports = await sim.start()
     config_path = tmp_path / "carrierd.toml"
@@ -144,7 +144,7 @@ async def test_csv_send_with_variables_is_delivered(dsn: str, db: Database, tmp_
 async def test_follow_ups_after_delivery_only_exactly_once_across_a_sigkill(
     dsn: str, db: Database, tmp_path: Path
 ) -> None:
-    recipients = 600
+    recipients = 300
     sim = SmscSimulator(sim_config_from_mapping(sim_config(0.15)))
     ports = await sim.start()
     config_path = tmp_path / "carrierd.toml"
