@@ -840,7 +840,9 @@ class Outcome:
     # response recorded on a part it does not belong to.
     shared_ids: list[str] = field(default_factory=list)
     open_samples: list[str] = field(default_factory=list)  # lost messages, as the database has them
+    incomplete_samples: list[str] = field(default_factory=list)
     states: Counter[str] = field(default_factory=Counter)
+    failed_reasons: Counter[str] = field(default_factory=Counter)
     # History events that show what the faults did (recoveries, timeouts, waits).
     events: Counter[str] = field(default_factory=Counter)
     exits: int = 0
@@ -877,6 +879,7 @@ class DatabaseSnapshot:
     shared_ids: list[asyncpg.Record]
     # A few messages never final, with what tells why: lease, parts, history.
     open_samples: list[asyncpg.Record] = field(default_factory=list)
+    incomplete_samples: list[asyncpg.Record] = field(default_factory=list)
 
 
 async def snapshot(dsn: str) -> DatabaseSnapshot:
@@ -927,6 +930,29 @@ async def snapshot(dsn: str) -> DatabaseSnapshot:
                ORDER BY m.id LIMIT 3""",
             ACCOUNT,
         )
+        # Messages the engine gave up on while the SMSC answered: how each
+        # part ended (with any SMPP status and the response's delay).
+        incomplete_samples = await conn.fetch(
+            """SELECT m.id, m.attempt,
+                      (SELECT string_agg(p.part_no || ':' || p.state
+                                         || coalesce(' 0x' || to_hex(p.command_status), '')
+                                         || coalesce(' ' || p.unknown_cause, '')
+                                         || coalesce(' +' || round(extract(epoch
+                                              FROM p.resp_at - p.sent_at)::numeric, 1) || 's',
+                                                     ''),
+                                         ',' ORDER BY p.part_no)
+                         FROM parts p WHERE p.message_id = m.id AND p.attempt = m.attempt)
+                        AS parts,
+                      (SELECT string_agg(e.kind || ' +' || round(extract(epoch
+                                           FROM e.at - m.accepted_at)::numeric, 1) || 's'
+                                         || coalesce(' ' || e.detail::text, ''),
+                                         ', ' ORDER BY e.id)
+                         FROM message_events e WHERE e.message_id = m.id) AS history
+               FROM messages m WHERE m.account_id = $1 AND m.state = 'failed'
+                 AND m.reason_code = 'incomplete_submission'
+               ORDER BY m.id LIMIT 3""",
+            ACCOUNT,
+        )
         billed = await conn.fetchval(
             "SELECT coalesce(sum(units), 0) FROM billing_counts"
             " WHERE account_id = $1 AND channel = 'sms'",
@@ -942,6 +968,7 @@ async def snapshot(dsn: str) -> DatabaseSnapshot:
         {r["kind"]: int(r["n"]) for r in events},
         shared_ids,
         open_samples,
+        incomplete_samples,
     )
 
 
@@ -970,6 +997,8 @@ def judge(
     unknown_ids: set[int] = set()
     for row in db.messages:
         outcome.states[row["state"]] += 1
+        if row["state"] == "failed":
+            outcome.failed_reasons[str(row["reason_code"])] += 1
         if row["final_s"] is None:
             outcome.lost += 1
         else:
@@ -990,6 +1019,10 @@ def judge(
         f"{r['id']} {r['state']} attempt {r['attempt']} lease {r['lease_owner']}"
         f" ({r['lease_left_s']} s left) parts {r['parts']} history {r['history']}"
         for r in db.open_samples
+    ]
+    outcome.incomplete_samples = [
+        f"{r['id']} attempt {r['attempt']} parts {r['parts']} history {r['history']}"
+        for r in db.incomplete_samples
     ]
     outcome.shared_ids = [
         f"{r['carrier']} {r['smsc_message_id']}: {', '.join(r['parts'])}" for r in db.shared_ids
@@ -1154,6 +1187,14 @@ def report_lines(outcome: Outcome) -> list[str]:
     if outcome.events:
         lines.append(
             detail + "history: " + ", ".join(f"{k} {n}" for k, n in outcome.events.most_common())
+        )
+    for sample in outcome.incomplete_samples:
+        lines.append(detail + f"incomplete: {sample}")
+    if outcome.failed_reasons:
+        lines.append(
+            detail
+            + "failed: "
+            + ", ".join(f"{k} {n}" for k, n in outcome.failed_reasons.most_common())
         )
     lines.append(
         detail

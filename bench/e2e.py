@@ -9,6 +9,16 @@ first request to the last final state, intake-to-submit latency percentiles
 (from the rows: first part's sent_at minus accepted_at) and the daemon's
 peak RSS (VmHWM), then RSS at the end, to show it does not grow with the
 backlog.
+
+`--optout-list N` is the same run with every message asking to skip
+opted-out numbers (DOMAIN §12) against a list of N numbers (loaded before
+the clock starts), none of them a recipient: what reading the list at
+registration and the gate at claim cost, every message still sent.
+
+With --reassign-latency-ms N every message asks for the reassigned-number
+check (DOMAIN §13) against `carrierd sim reassign` answering each lookup
+after N ms (its generated data: 2% of numbers have a history and end
+skipped): the check's cost is this run's messages/s against the plain one's.
 """
 
 from __future__ import annotations
@@ -45,7 +55,13 @@ def sim_toml(ports: dict[str, int]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def daemon_toml(ports: dict[str, int], binds: int, window: int) -> str:
+def daemon_toml(
+    ports: dict[str, int],
+    binds: int,
+    window: int,
+    reassign_port: int | None = None,
+    reassign_batch: int = 100,
+) -> str:
     lines = [
         "[engine]",
         "pacing = false",
@@ -66,6 +82,13 @@ def daemon_toml(ports: dict[str, int], binds: int, window: int) -> str:
             'password = "bench"',
             f"binds = {binds}",
             f"window = {window}",
+        ]
+    if reassign_port is not None:
+        lines += [
+            "[reassign]",
+            f'url = "http://127.0.0.1:{reassign_port}"',
+            'token = "bench-reassign-token"',
+            f"batch_size = {reassign_batch}",
         ]
     return "\n".join(lines) + "\n"
 
@@ -119,11 +142,34 @@ async def final_by_metrics(http: aiohttp.ClientSession, port: int) -> float:
     )
 
 
+async def load_optout_list(port: int, numbers: list[str]) -> None:
+    headers = {"Authorization": "Bearer bench-token"}
+    async with aiohttp.ClientSession() as http:
+        for start in range(0, len(numbers), 10_000):
+            async with http.post(
+                f"http://127.0.0.1:{port}/v1/optouts",
+                json={"numbers": numbers[start : start + 10_000]},
+                headers=headers,
+            ) as resp:
+                assert resp.status == 200, await resp.text()
+
+
 async def run(
-    dsn: str, ports: list[int], pids: list[int], sim_pid: int, total: int, batch: int
+    dsn: str,
+    ports: list[int],
+    pids: list[int],
+    sim_pid: int,
+    total: int,
+    batch: int,
+    optout_list: int = 0,
+    reassign_check: bool = False,
 ) -> None:
     headers = {"Authorization": "Bearer bench-token"}
     numbers = new_numbers(total, 0)
+    # Numbers after the recipients': on the list, never sent to.
+    if optout_list:
+        await load_optout_list(ports[0], new_numbers(optout_list, total))
+    ask = {"skip_opted_out": True} if optout_list else {}
     conn = await asyncpg.connect(dsn)
     cpu_before = cpu_snapshot(pids, sim_pid)
     started = time.perf_counter()
@@ -135,6 +181,8 @@ async def run(
                 {
                     "to": numbers[b * batch + i],
                     "sms": {"text": f"ご利用ありがとうございます {b}-{i}"},
+                    **ask,
+                    **({"reassigned_check": {"base_date": "2025-04-01"}} if reassign_check else {}),
                 }
                 for i in range(batch)
             ]
@@ -198,9 +246,12 @@ async def run(
         "SELECT kind, count(*) AS n FROM message_events GROUP BY kind ORDER BY min(id)"
     )
     await conn.close()
+    variant = f" skipping opted-out numbers ({optout_list:,}-number list)" if optout_list else ""
+    if reassign_check:
+        variant += " with the reassigned-number check"
     print(
-        f"e2e: {total} messages accepted in {intake_s:.1f} s, all final after {elapsed:.1f} s "
-        f"= {total / elapsed:,.0f} messages/s end to end"
+        f"e2e: {total} messages{variant} accepted in {intake_s:.1f} s, all final after "
+        f"{elapsed:.1f} s = {total / elapsed:,.0f} messages/s end to end"
     )
     print(
         f"e2e: intake-to-submit latency p50 {latency['p50'] * 1000:.0f} ms, "
@@ -241,6 +292,21 @@ def main() -> None:
         default=1,
         help="daemons sharing the database, each with its own binds (intake spread over them)",
     )
+    parser.add_argument(
+        "--optout-list",
+        type=int,
+        default=0,
+        help="every message skips opted-out numbers, against a list of this many (none sent to)",
+    )
+    parser.add_argument(
+        "--reassign-latency-ms",
+        type=float,
+        default=None,
+        help="every message asks for the reassigned-number check, answered after this long",
+    )
+    parser.add_argument(
+        "--reassign-batch", type=int, default=100, help="[reassign] batch_size (default 100)"
+    )
     args = parser.parse_args()
     ports = {carrier: free_port() for carrier in CARRIERS}
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
@@ -260,6 +326,30 @@ def main() -> None:
         ],
         stdout=subprocess.DEVNULL,
     )
+    reassign_port = free_port() if args.reassign_latency_ms is not None else None
+    reassign_sim = None
+    if reassign_port is not None:
+        print(
+            f"e2e: reassignment database simulator answering after {args.reassign_latency_ms:g} ms"
+        )
+        reassign_sim = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "carrierd",
+                "sim",
+                "reassign",
+                "--reassign-port",
+                str(reassign_port),
+                "--reassign-token",
+                "bench-reassign-token",
+                "--reassign-latency-ms",
+                str(args.reassign_latency_ms),
+                "--log-level",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+        )
     try:
         time.sleep(1.0)
         http_ports = [free_port() for _ in range(args.daemons)]
@@ -267,15 +357,34 @@ def main() -> None:
             pids = [
                 daemons.enter_context(
                     daemon_process(
-                        daemon_toml(ports, args.binds, args.window), dsn, port, f"bench-{n}"
+                        daemon_toml(
+                            ports, args.binds, args.window, reassign_port, args.reassign_batch
+                        ),
+                        dsn,
+                        port,
+                        f"bench-{n}",
                     )
                 ).pid
                 for n, port in enumerate(http_ports, start=1)
             ]
-            asyncio.run(run(dsn, http_ports, pids, sim.pid, args.messages, args.batch))
+            asyncio.run(
+                run(
+                    dsn,
+                    http_ports,
+                    pids,
+                    sim.pid,
+                    args.messages,
+                    args.batch,
+                    args.optout_list,
+                    reassign_check=reassign_port is not None,
+                )
+            )
     finally:
         sim.terminate()
         sim.wait(10)
+        if reassign_sim is not None:
+            reassign_sim.terminate()
+            reassign_sim.wait(10)
         os.unlink(sim_config)
 
 

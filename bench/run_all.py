@@ -9,11 +9,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BENCHES = [
     ["bench.intake"],
+    # Each insert also reads a full 10,000-number opt-out list (DOMAIN §12).
+    ["bench.intake", "--optout-list", "10000"],
     ["bench.smpp"],
     ["bench.e2e"],
+    # The same with the reassigned-number check on every message (§13),
+    # lookups answered after 20 ms: its cost against the line above.
+    ["bench.e2e", "--reassign-latency-ms", "20"],
     # The daemon is one process on one core: the same eight binds (two per
     # carrier) split over two daemons, as on a host with a core for each.
     ["bench.e2e", "--daemons", "2", "--binds", "1"],
+    # The same as the first, every message skipping opted-out numbers
+    # (DOMAIN §12) against a full 10,000-number list.
+    ["bench.e2e", "--optout-list", "10000"],
     # An SMSC that accepts 5 submits a second per bind: found and kept to?
     ["bench.throttle"],
     # New numbers, 15% ported: first guesses, refused submits, the rate.

@@ -64,6 +64,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 def _cmd_sim(args: argparse.Namespace) -> int:
     """Carrier simulators for `make run`, tests and benchmarks."""
     from carrierd.sim.rcs import RcsSimConfig, SimBot, run_rcs_sim
+    from carrierd.sim.reassign import ReassignSimDataError, config_from, run_reassign_sim
     from carrierd.sim.smsc import SimConfigError, load_sim_config, run_smsc_sim
     from carrierd.telemetry import configure_logging
 
@@ -72,6 +73,27 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     try:
         smsc_config = load_sim_config(args.config) if args.which in ("smsc", "all") else None
     except SimConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    try:
+        reassign_config = (
+            config_from(
+                {
+                    "token": args.reassign_token,
+                    "seed": args.reassign_seed,
+                    "data_month": args.reassign_data_month,
+                    "data": args.reassign_data,
+                    "reassigned_share": args.reassign_reassigned_share,
+                    "error_share": args.reassign_error_share,
+                    "malformed_share": args.reassign_malformed_share,
+                    "latency_ms": args.reassign_latency_ms,
+                    "jitter_ms": args.reassign_jitter_ms,
+                }
+            )
+            if args.which in ("reassign", "all")
+            else None
+        )
+    except ReassignSimDataError as exc:
         print(str(exc), file=sys.stderr)
         return 2
     # Every bot logs in with the same token and signs with the same secret
@@ -117,6 +139,17 @@ def _cmd_sim(args: argparse.Namespace) -> int:
                     run_rcs_sim(rcs_config, args.host, args.rcs_port, on_listening=listening("rcs"))
                 )
             )
+        if reassign_config is not None:
+            tasks.append(
+                asyncio.ensure_future(
+                    run_reassign_sim(
+                        reassign_config,
+                        args.host,
+                        args.reassign_port,
+                        on_listening=listening("reassign"),
+                    )
+                )
+            )
         await asyncio.gather(*tasks)
 
     try:
@@ -153,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     mig.set_defaults(func=_cmd_migrate)
 
     sim = sub.add_parser("sim", help="run the carrier simulators")
-    sim.add_argument("which", choices=("smsc", "rcs", "all"))
+    sim.add_argument("which", choices=("smsc", "rcs", "reassign", "all"))
     sim.add_argument("--config", default="conf/sim.toml", help="SMSC simulator config")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--rcs-port", type=int, default=8090)
@@ -175,6 +208,35 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="append every accepted part and acknowledged receipt to this file (JSON lines);"
         " SIGUSR1 appends the counters",
+    )
+    reassign = sim.add_argument_group("reassignment database simulator (sim reassign)")
+    reassign.add_argument("--reassign-port", type=int, default=8091)
+    reassign.add_argument("--reassign-token", default="sim-reassign-token")
+    reassign.add_argument(
+        "--reassign-data",
+        default="",
+        help='invalidity histories, JSON {"data_month": "YYYY-MM", "numbers": '
+        '{"+8190...": ["YYYY-MM", ...]}}; other numbers get generated ones',
+    )
+    reassign.add_argument(
+        "--reassign-data-month",
+        default="",
+        help="newest month of the data, YYYY-MM (default: the file's, else this JST month)",
+    )
+    reassign.add_argument("--reassign-seed", type=int, default=1)
+    reassign.add_argument(
+        "--reassign-reassigned-share",
+        type=float,
+        default=0.02,
+        help="share of generated numbers with a history (default 0.02)",
+    )
+    reassign.add_argument("--reassign-error-share", type=float, default=0.0, help="HTTP 503s")
+    reassign.add_argument(
+        "--reassign-malformed-share", type=float, default=0.0, help="answers that are not valid"
+    )
+    reassign.add_argument("--reassign-latency-ms", type=float, default=0.0)
+    reassign.add_argument(
+        "--reassign-jitter-ms", type=float, default=0.0, help="random extra latency, up to this"
     )
     sim.set_defaults(func=_cmd_sim)
 

@@ -251,3 +251,62 @@ class CarrierdClient:
         params = [("month", month)] if month else []
         _, body = await self._request("GET", "/v1/billing", params=params)
         return dict(body)
+
+    # -- the opt-out list (DOMAIN §12) ---------------------------------------------
+
+    async def optouts_add(self, numbers: Sequence[str]) -> dict[str, Any]:
+        """{"added": n, "already_listed": n}; a wrong number refuses them all."""
+        _, body = await self._request("POST", "/v1/optouts", body={"numbers": list(numbers)})
+        return dict(body)
+
+    async def optout(self, number: str) -> dict[str, Any]:
+        _, body = await self._request("GET", f"/v1/optouts/{quote(number, safe='')}")
+        return dict(body)
+
+    async def optouts_remove(self, number: str) -> dict[str, Any]:
+        _, body = await self._request("DELETE", f"/v1/optouts/{quote(number, safe='')}")
+        return dict(body)
+
+    async def optouts_page(
+        self, *, cursor: str | None = None, limit: int | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        params = [("limit", str(limit))] if limit is not None else []
+        if cursor is not None:
+            params.append(("cursor", cursor))
+        _, body = await self._request("GET", "/v1/optouts", params=params)
+        return list(body.get("optouts", [])), body.get("next_cursor") or None
+
+    async def optouts_export(self) -> str:
+        """The list as CSV (msisdn,added_at,source)."""
+        return await self._text_request("GET", "/v1/optouts/export")
+
+    async def optouts_import(self, csv_text: str) -> dict[str, Any]:
+        """Add a CSV's numbers (source csv); a wrong row refuses them all."""
+        text = await self._text_request("POST", "/v1/optouts/import", csv_text=csv_text)
+        try:
+            return dict(json.loads(text))
+        except ValueError:
+            raise ClientError(f"/v1/optouts/import: answer is not JSON: {text[:200]!r}") from None
+
+    async def _text_request(self, method: str, path: str, *, csv_text: str | None = None) -> str:
+        """The text of a 2xx answer to a request whose body (if any) is CSV."""
+        if self._session is None:
+            raise RuntimeError("use CarrierdClient in `async with`")
+        url = self._url(path)
+        headers = {"Content-Type": "text/csv; charset=utf-8"} if csv_text is not None else None
+        try:
+            async with self._session.request(
+                method,
+                url,
+                data=None if csv_text is None else csv_text.encode("utf-8"),
+                headers=headers,
+            ) as resp:
+                text = await resp.text()
+                status = resp.status
+        except TimeoutError:
+            raise ClientError(f"{url}: no answer within {self.timeout_s:g} s") from None
+        except aiohttp.ClientError as exc:
+            raise ClientError(f"cannot reach {self.base_url}: {exc}") from None
+        if not 200 <= status < 300:
+            raise error_from_response(status, text)
+        return text

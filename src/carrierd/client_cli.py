@@ -340,6 +340,77 @@ async def _billing(api: CarrierdClient, args: argparse.Namespace, out: TextIO) -
     return 0
 
 
+def render_optouts(optouts: Sequence[Mapping[str, Any]]) -> list[str]:
+    return table(
+        ("NUMBER", "ADDED (JST)", "SOURCE"),
+        [(o.get("msisdn"), jst(o.get("added_at")), o.get("source")) for o in optouts],
+    )
+
+
+def _added_lines(answer: Mapping[str, Any]) -> list[str]:
+    return [f"added {answer.get('added')}, already listed {answer.get('already_listed')}"]
+
+
+def _read_file(path: str) -> str:
+    return Path(path).read_text(encoding="utf-8")
+
+
+def _write_file(path: str, text: str) -> None:
+    Path(path).write_text(text, encoding="utf-8")
+
+
+async def _optouts_add(api: CarrierdClient, args: argparse.Namespace, out: TextIO) -> int:
+    answer = await api.optouts_add(args.numbers)
+    _emit(out, args, answer, _added_lines(answer))
+    return 0
+
+
+async def _optouts_show(api: CarrierdClient, args: argparse.Namespace, out: TextIO) -> int:
+    entry = await api.optout(args.number)
+    _emit(out, args, entry, render_optouts([entry]))
+    return 0
+
+
+async def _optouts_remove(api: CarrierdClient, args: argparse.Namespace, out: TextIO) -> int:
+    answer = await api.optouts_remove(args.number)
+    _emit(out, args, answer, [f"{answer.get('msisdn')} removed"])
+    return 0
+
+
+async def _optouts_list(api: CarrierdClient, args: argparse.Namespace, out: TextIO) -> int:
+    found, next_cursor = await api.optouts_page(cursor=args.cursor, limit=args.limit)
+    while args.all and next_cursor is not None:
+        more, next_cursor = await api.optouts_page(cursor=next_cursor, limit=args.limit)
+        found += more
+    lines = render_optouts(found) if found else ["the list is empty"]
+    if next_cursor is not None:
+        lines.append(f"more: --cursor {next_cursor} (or --all)")
+    _emit(out, args, {"optouts": found, "next_cursor": next_cursor}, lines)
+    return 0
+
+
+async def _optouts_export(api: CarrierdClient, args: argparse.Namespace, out: TextIO) -> int:
+    text = await api.optouts_export()
+    if args.output and args.output != "-":
+        _write_file(args.output, text)
+    else:
+        out.write(text)
+    return 0
+
+
+async def _optouts_import(api: CarrierdClient, args: argparse.Namespace, out: TextIO) -> int:
+    text = sys.stdin.read() if args.file == "-" else _read_file(args.file)
+    try:
+        answer = await api.optouts_import(text)
+    except ApiError as exc:
+        # Every wrong row, not only the first the message names.
+        for row in exc.body.get("rejected") or []:
+            sys.stderr.write(f"  row {row.get('row')}: {row.get('reason')}\n")
+        raise
+    _emit(out, args, answer, _added_lines(answer))
+    return 0
+
+
 ApiCommand = Callable[[CarrierdClient, argparse.Namespace, TextIO], Coroutine[Any, Any, int]]
 
 
@@ -498,6 +569,32 @@ def add_client_commands(sub: Any) -> None:
 
     billing = command("billing", _billing, "billing units of a month")
     billing.add_argument("--month", help="YYYY-MM, a JST calendar month (default: this month)")
+
+    optouts = sub.add_parser("optouts", help="the account's opt-out list")
+    optouts_sub = optouts.add_subparsers(dest="optouts_command", required=True)
+
+    def optouts_command(name: str, handler: ApiCommand, help_text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = optouts_sub.add_parser(
+            name, parents=[api], help=help_text
+        )
+        parser.set_defaults(func=lambda args: run_api_command(handler, args))
+        return parser
+
+    optouts_command("add", _optouts_add, "add numbers (all or none)").add_argument(
+        "numbers", nargs="+", metavar="NUMBER"
+    )
+    optouts_command("show", _optouts_show, "when and how a number was added").add_argument("number")
+    optouts_command("remove", _optouts_remove, "take a number off the list").add_argument("number")
+    optouts_list = optouts_command("list", _optouts_list, "the list, in the order added")
+    optouts_list.add_argument("--limit", type=int, help="numbers per page (the API's: 100)")
+    optouts_list.add_argument("--cursor", help="the page after this cursor")
+    optouts_list.add_argument("--all", action="store_true", help="follow every page")
+    optouts_command("export", _optouts_export, "the list as CSV").add_argument(
+        "--output", "-o", help="write to this file (default: standard output)"
+    )
+    optouts_command("import", _optouts_import, "add a CSV's numbers (all or none)").add_argument(
+        "file", help="CSV, a number per row in the first column (- for stdin)"
+    )
 
     token = sub.add_parser("token", help="API tokens")
     token_sub = token.add_subparsers(dest="token_command", required=True)

@@ -26,6 +26,7 @@ from datetime import time
 from ipaddress import ip_network
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from carrierd.domain import rcs_flow
 from carrierd.domain.netpolicy import IPNetwork
@@ -166,6 +167,10 @@ class AccountConfig:
     # Its +Message official account; None: the [rcs] bot_id (documented
     # for deployments where one company owns every account).
     rcs: AccountRcsConfig | None = None
+    # DOMAIN §12: its opt-out list's cap, and whether a send that does not
+    # say skips the numbers on it.
+    optout_cap: int = 10_000
+    skip_opted_out: bool = False
 
     def route_for(self, carrier: str) -> str:
         """The route this account's SMS to `carrier` take (DOMAIN §6)."""
@@ -253,6 +258,26 @@ class RcsConfig:
 
 
 @dataclass(frozen=True)
+class ReassignConfig:
+    """DOMAIN §13: the reassignment database, an HTTP JSON service
+    (channels/reassign.py). `url` set means the check is on."""
+
+    url: str = ""
+    token: str = ""
+    timeout_s: float = 5.0
+    # Further tries after a failed request (5xx, timeout, a malformed
+    # answer), before the messages of the batch are skipped as failed.
+    retries: int = 2
+    batch_size: int = 100
+    # Lookup requests in flight at once.
+    concurrency: int = 4
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url)
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     claim_batch: int = 500
     lease_s: float = 60.0
@@ -311,6 +336,7 @@ class Config:
     overridden: Mapping[str, str] = field(default_factory=dict)
     # +Message official accounts by bot id.
     rcs_bots: Mapping[str, RcsBotConfig] = field(default_factory=dict)
+    reassign: ReassignConfig = field(default_factory=ReassignConfig)
 
     def rcs_bot_of(self, account_id: str) -> RcsBotConfig | None:
         """The official account an account's +Message goes out under."""
@@ -376,6 +402,9 @@ OVERRIDES: tuple[Override, ...] = (
         ("rcs", "webhook_secret"),
         "CARRIERD_RCS_WEBHOOK_SECRET",
         credential="carrierd_rcs_webhook_secret",
+    ),
+    Override(
+        ("reassign", "token"), "CARRIERD_REASSIGN_TOKEN", credential="carrierd_reassign_token"
     ),
 )
 _OVERRIDE_BY_KEY: Mapping[str, Override] = {o.key: o for o in OVERRIDES}
@@ -683,6 +712,8 @@ def _parse_account(problems: list[str], account_id: str, raw: Mapping[str, Any])
         inbound_addresses=r.strings("inbound_addresses", ()),
         callback_allow_networks=_parse_networks(r, "callback_allow_networks"),
         rcs=_parse_account_rcs(problems, account_id, r),
+        optout_cap=r.integer("optout_cap", 10_000, minimum=0),
+        skip_opted_out=r.boolean("skip_opted_out", False),
     )
     r.finish()
     return account
@@ -1115,6 +1146,7 @@ def parse_config(
                 f"rcs.bot_id: {rcs.bot_id!r}: letters, digits and . _ ~ @ - only, at most 128"
             )
     rr.finish()
+    reassign = _parse_reassign(section("reassign"))
     top.finish()
 
     if problems:
@@ -1131,7 +1163,30 @@ def parse_config(
         source_path=source_path,
         overridden=origins,
         rcs_bots=rcs_bots,
+        reassign=reassign,
     )
+
+
+def _parse_reassign(reader: _Reader) -> ReassignConfig:
+    """[reassign]: the reassigned-number check's service (§13)."""
+    config = ReassignConfig(
+        url=reader.string("url", ""),
+        token=reader.string("token", ""),
+        timeout_s=reader.number("timeout_s", 5.0, minimum=0.05, maximum=120.0),
+        retries=reader.integer("retries", 2, minimum=0, maximum=10),
+        batch_size=reader.integer("batch_size", 100, minimum=1, maximum=1000),
+        concurrency=reader.integer("concurrency", 4, minimum=1, maximum=64),
+    )
+    if config.url:
+        parts = urlsplit(config.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            reader.problem("url", f"expected an http(s) URL, got {config.url!r}")
+        if not config.token:
+            reader.problem(
+                "token", f"required when reassign.url is set: {how_to_set('reassign.token')}"
+            )
+    reader.finish()
+    return config
 
 
 def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Config:

@@ -38,6 +38,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from carrierd.channels.reassign import ReassignClient
 from carrierd.channels.sms import SmppGateway
 from carrierd.channels.types import InboundSms, Receipt
 from carrierd.config import Config, ConfigError, load_config
@@ -49,6 +50,7 @@ from carrierd.engine.inbound import Inbound
 from carrierd.engine.leases import Leases, lease_owner_for
 from carrierd.engine.lifecycle import Lifecycle
 from carrierd.engine.rcs_leg import RcsClients, RcsLeg
+from carrierd.engine.reassign_gate import ReassignGate
 from carrierd.engine.sms_leg import Planned, SmsLeg, counts_by_carrier
 from carrierd.engine.timers import Timers
 from carrierd.engine.write_behind import WriteBehind
@@ -222,6 +224,25 @@ class Daemon:
             dispatcher.rcs_leg = leg
             timers.rcs_timers = leg
             self._rcs_leg = leg
+        self._reassign_session: aiohttp.ClientSession | None = None
+        if self.config.reassign.enabled:
+            # §13: the dispatcher hands the gate the messages to look up first.
+            self._reassign_session = aiohttp.ClientSession()
+            dispatcher.reassign_gate = ReassignGate(
+                db,
+                self.clock,
+                ReassignClient(
+                    self._reassign_session,
+                    lambda: self.config.reassign,
+                    observe_s=lambda s, outcome: self.metrics.reassign_lookup_seconds.labels(
+                        outcome
+                    ).observe(s),
+                ),
+                lifecycle,
+                config=config,
+                lease_owner=lease_owner,
+                metrics=self.metrics,
+            )
         self.lifecycle = lifecycle
         self.recorder, self.gateway, self.dispatcher, self.settler = (
             write_behind,
@@ -239,6 +260,8 @@ class Daemon:
             await recorder.drain()
             if self._rcs_session is not None:
                 await self._rcs_session.close()
+            if self._reassign_session is not None:
+                await self._reassign_session.close()
 
         async def start_workers() -> None:
             self.add_side_task("recorder", recorder.run())
@@ -253,6 +276,10 @@ class Daemon:
                 # Its sends run in the background: let them finish before the
                 # dispatcher gives unfinished claims back to the queue.
                 await dispatcher.rcs_leg.stop(self.drain_timeout_s)
+            if dispatcher.reassign_gate is not None:
+                # Lookups under way record their verdicts; the messages still
+                # waiting for one go back to the queue with the other claims.
+                await dispatcher.reassign_gate.stop(self.drain_timeout_s)
             await dispatcher.stop(self.drain_timeout_s)
             await recorder.drain()
 

@@ -15,14 +15,16 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from carrierd.config import CARRIERS, RCS_CARRIERS, AccountConfig
+from carrierd.domain.gates import optout_list_read_at
 from carrierd.domain.netpolicy import IPNetwork, callback_url_problem
 from carrierd.domain.numbers import NumberError, normalize_msisdn
 from carrierd.domain.rcs_content import RcsContentError, content_to_json, validate_rcs
 from carrierd.domain.reasons import Reason
+from carrierd.domain.reassign import base_date_problem
 from carrierd.domain.sms_text import SmsTextError, prepare_sms
 from carrierd.domain.states import State
 from carrierd.domain.storable import unstorable
@@ -40,8 +42,11 @@ ITEM_FIELDS = frozenset(
         "carriers",
         "callback_url",
         "callback_every_change",
+        "skip_opted_out",
+        "reassigned_check",
     }
 )
+REASSIGNED_CHECK_FIELDS = frozenset({"base_date"})
 MAX_CLIENT_REF_LEN = 128
 MAX_CALLBACK_URL_LEN = 2048
 # Long enough for any ISO 8601 time with fractions and an offset.
@@ -101,6 +106,14 @@ def request_sha256(row: dict[str, Any]) -> bytes:
     # One instant has many ISO spellings (offsets, fractions): use its
     # microseconds since the epoch.
     content["send_at"] = None if send_at is None else round(send_at.timestamp() * 1_000_000)
+    # Skipping opted-out numbers makes another message; hashed only when
+    # asked for, so the hashes stored before the field existed still match.
+    if row.get("skip_opted_out"):
+        content["skip_opted_out"] = True
+    # Only when asked for: the hashes of messages without the check (all
+    # those stored before it existed) stay what they were.
+    if row.get("reassign_base_date") is not None:
+        content["reassign_base_date"] = row["reassign_base_date"].isoformat()
     canonical = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).digest()
 
@@ -159,10 +172,9 @@ def check_shape(body: object, *, max_items: int) -> list[dict[str, Any]]:
         for key in ("to", "channel", "client_ref", "send_at", "carrier", "callback_url"):
             if key in item and item[key] is not None:
                 _expect(item[key], str, f"{path}.{key}", "a string")
-        if "callback_every_change" in item:
-            _expect(
-                item["callback_every_change"], bool, f"{path}.callback_every_change", "a boolean"
-            )
+        for key in ("callback_every_change", "skip_opted_out"):
+            if key in item:
+                _expect(item[key], bool, f"{path}.{key}", "a boolean")
         if "carriers" in item and item["carriers"] is not None:
             _expect(item["carriers"], list, f"{path}.carriers", "an array of carrier names")
             for j, name in enumerate(item["carriers"]):
@@ -177,6 +189,14 @@ def check_shape(body: object, *, max_items: int) -> list[dict[str, Any]]:
                 _expect(sms["text"], str, f"{path}.sms.text", "a string")
         if "rcs" in item and item["rcs"] is not None:
             _expect(item["rcs"], dict, f"{path}.rcs", "an object")
+        if item.get("reassigned_check") is not None:
+            check = item["reassigned_check"]
+            _expect(check, dict, f"{path}.reassigned_check", "an object")
+            for key in check:
+                if key not in REASSIGNED_CHECK_FIELDS:
+                    raise RequestShapeError(f"{path}.reassigned_check.{key}", "unknown field")
+            if "base_date" in check:
+                _expect(check["base_date"], str, f"{path}.reassigned_check.base_date", "a string")
     return list(items)
 
 
@@ -215,12 +235,41 @@ class _ItemRejected(Exception):
         self.reason = reason
 
 
+def _reassign_base_date(check: dict[str, Any] | None, now: datetime, enabled: bool) -> date | None:
+    """DOMAIN §13: the base date of an item's reassigned-number check, or
+    None for no check."""
+    if check is None:
+        return None
+    if not enabled:
+        raise _ItemRejected(
+            "reassigned_check", "the reassigned-number check is not configured ([reassign])"
+        )
+    field = "reassigned_check.base_date"
+    text = check.get("base_date")
+    if text is None:
+        raise _ItemRejected(
+            field, "required (YYYY-MM-DD): the date the number's consent dates from"
+        )
+    # fromisoformat would also take 20261201 and 2026-W49-2.
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        raise _ItemRejected(field, f"not a date YYYY-MM-DD: {text[:40]!r}")
+    try:
+        base_date = date.fromisoformat(text)
+    except ValueError as exc:
+        raise _ItemRejected(field, f"not a date YYYY-MM-DD: {exc}") from exc
+    problem = base_date_problem(base_date, now)
+    if problem is not None:
+        raise _ItemRejected(field, problem)
+    return base_date
+
+
 def _validate_item(
     item: dict[str, Any],
     account: AccountConfig,
     now: datetime,
     expiry_s: float,
     schedule: ScheduleLimits,
+    reassign_enabled: bool,
 ) -> tuple[dict[str, Any], int]:
     bad = unstorable(item)
     if bad is not None:
@@ -294,8 +343,10 @@ def _validate_item(
         problem = schedule_problem(send_at, now, schedule)
         if problem is not None:
             raise _ItemRejected("send_at", problem)
+    reassign_base_date = _reassign_base_date(item.get("reassigned_check"), now, reassign_enabled)
     start = max(now, send_at) if send_at is not None else now
     state = State.SCHEDULED if send_at is not None and send_at > now else State.QUEUED
+    skip_opted_out = bool(item.get("skip_opted_out", account.skip_opted_out))
     row = {
         "client_ref": client_ref,
         "channel": channel,
@@ -313,6 +364,10 @@ def _validate_item(
         "send_at": send_at,
         "not_before": start,
         "expires_at": start + timedelta(seconds=expiry_s),
+        # DOMAIN §12: when its opt-out list is read; None: as it is stored.
+        "skip_opted_out": skip_opted_out,
+        "optout_check_at": optout_list_read_at(send_at, now) if skip_opted_out else None,
+        "reassign_base_date": reassign_base_date,
     }
     return row, parts
 
@@ -328,11 +383,14 @@ def validate_message(
     *,
     expiry_s: float,
     schedule: ScheduleLimits | None = None,
+    reassign_enabled: bool = False,
 ) -> tuple[dict[str, Any], int]:
     """One item's content checks (its shape already checked, as by
     check_shape): the row to store and its billable parts; raises
     ItemRejected naming the field."""
-    return _validate_item(item, account, now, expiry_s, schedule or ScheduleLimits())
+    return _validate_item(
+        item, account, now, expiry_s, schedule or ScheduleLimits(), reassign_enabled
+    )
 
 
 def _check_callback_url(url: str, allowed: tuple[IPNetwork, ...]) -> None:
@@ -351,6 +409,7 @@ def validate_batch(
     max_items: int,
     expiry_s: float,
     schedule: ScheduleLimits | None = None,
+    reassign_enabled: bool = False,
 ) -> IntakeBatch:
     items = check_shape(body, max_items=max_items)
     rows: list[dict[str, Any]] = []
@@ -360,7 +419,9 @@ def validate_batch(
     seen_refs: dict[str, int] = {}
     for index, item in enumerate(items):
         try:
-            row, n = _validate_item(item, account, now, expiry_s, schedule or ScheduleLimits())
+            row, n = _validate_item(
+                item, account, now, expiry_s, schedule or ScheduleLimits(), reassign_enabled
+            )
         except _ItemRejected as exc:
             rejected.append(Rejection(index, exc.field, exc.reason))
             continue
@@ -462,6 +523,7 @@ FIELD_LABELS: frozenset[str] = frozenset(
     {
         *ITEM_FIELDS,
         "sms.text",
+        "reassigned_check.base_date",
         "rcs.text",
         "rcs.chips",
         *(f"rcs.chips.{f}" for f in _SUGGESTION_FIELDS),

@@ -222,6 +222,7 @@ def recipient_rows(
     *,
     expiry_s: float,
     schedule: ScheduleLimits,
+    reassign_enabled: bool = False,
 ) -> RecipientRows | RowRejection:
     """The rows of one recipient, or why it is rejected (naming the field:
     `to`, `variables.<name>` for a variable it lacks, or the content field
@@ -235,7 +236,14 @@ def recipient_rows(
             **spec.content.render(recipient.variables),
             **message_options(spec.options),
         }
-        message, _ = validate_message(item, account, now, expiry_s=expiry_s, schedule=schedule)
+        message, _ = validate_message(
+            item,
+            account,
+            now,
+            expiry_s=expiry_s,
+            schedule=schedule,
+            reassign_enabled=reassign_enabled,
+        )
         follow_row = None
         if spec.follow_up is not None:
             follow_item = {
@@ -248,7 +256,12 @@ def recipient_rows(
             }
             try:
                 follow_row, _ = validate_message(
-                    follow_item, account, now, expiry_s=expiry_s, schedule=schedule
+                    follow_item,
+                    account,
+                    now,
+                    expiry_s=expiry_s,
+                    schedule=schedule,
+                    reassign_enabled=reassign_enabled,
                 )
             except ItemRejected as exc:
                 return RowRejection(recipient.row, f"follow_up.{exc.field}", exc.reason)

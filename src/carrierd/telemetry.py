@@ -211,6 +211,9 @@ _RECEIPT_BUCKETS_S = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 3 * 3600, 
 _RCS_DELIVERY_BUCKETS_S = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 6 * 3600, 24 * 3600)
 # Intake of 10,000 items takes a second or two; a CSV export streams longer.
 _HTTP_REQUEST_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# One request to the reassignment database (§13): tens of ms when well,
+# up to its timeout (5 s by default) when not.
+_REASSIGN_LOOKUP_BUCKETS_S = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30)
 
 # Label values come only from bounded sets: configured accounts, carriers and
 # binds, the daemon's own enums and reason words, route templates. What a
@@ -456,7 +459,20 @@ class Metrics:
             }
         )
 
+        # §13: verdicts per message (no_history, history, lookup_failed).
+        self.reassign_verdicts_total = counter(
+            "reassign_verdicts_total",
+            "Reassigned-number checks by outcome.",
+            ("verdict",),
+        )
+
         # Histograms.
+        self.reassign_lookup_seconds = histogram(
+            "reassign_lookup_seconds",
+            "One request to the reassignment database, by outcome (ok, timeout, ...).",
+            _REASSIGN_LOOKUP_BUCKETS_S,
+            ("outcome",),
+        )
         self.intake_to_submit_seconds = histogram(
             "intake_to_submit_seconds",
             "From acceptance to the first part handed to an SMSC.",

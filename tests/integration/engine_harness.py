@@ -232,6 +232,7 @@ async def enqueue(
         now,
         max_items=100_000,
         expiry_s=config.engine.message_expiry_s,
+        reassign_enabled=config.reassign.enabled,
     )
     assert not batch.rejected, batch.rejected
     ids = await db.insert_messages(account, batch.rows, now)

@@ -334,3 +334,44 @@ async def test_renewal_rewrites_only_leases_close_to_their_end(dsn: str, db: Dat
 async def row_version(db: Database, message_id: int) -> str:
     rows = await db.call_raw("SELECT xmin::text AS v FROM messages WHERE id = $1", message_id)
     return str(rows[0]["v"])
+
+
+async def test_leases_are_renewed_while_the_claim_loop_waits(dsn: str, db: Database) -> None:
+    """The claim loop waits whenever its legs are full (a throttling SMSC,
+    a slow +Message platform). Its messages in flight are still this
+    process's: their leases must not run out meanwhile, or the timers
+    declare their parts lost while they are being sent."""
+    clock = FakeClock(JST_10_00)
+    config = engine_config(dsn, {"engine": {"pacing": False, "lease_s": 1}})
+    engine = await make_engine(
+        config, db, clock, daemon_id="d1", network=StallingNetwork(clock, list(config.carriers))
+    )
+    [message_id] = await enqueue(
+        db, "acme", [{"to": "09011110001", "sms": {"text": "x"}}], clock.now(), config
+    )
+    await engine.dispatcher.dispatch_once(clock.now())
+    assert (await row(db, message_id))["state"] == "sending"
+    held = asyncio.Event()
+
+    async def waiting_for_room(now: datetime) -> int:
+        held.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    engine.dispatcher.dispatch_once = waiting_for_room  # type: ignore[method-assign]
+    running = asyncio.ensure_future(engine.dispatcher.run())
+    try:
+        await asyncio.wait_for(held.wait(), 5)
+        clock.advance(0.9)  # the lease (1 s) is nearly over
+        lease_until = clock.now() + timedelta(seconds=1)
+        for _ in range(100):
+            if (await row(db, message_id))["lease_expires_at"] == lease_until:
+                break
+            await asyncio.sleep(0.05)
+        assert (await row(db, message_id))["lease_expires_at"] == lease_until
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        for task in list(engine.dispatcher.sms_leg._in_flight):
+            task.cancel()

@@ -173,6 +173,21 @@ async def test_real_answers_match_the_document(dsn: str, db: Database) -> None:
             params={"from": NOW.isoformat(), "to": later},
             headers=token,
         )
+        optouts, one_optout = "/v1/optouts", "/v1/optouts/{number}"
+        numbers = {"numbers": ["090-1111-2222", "+819011112223"]}
+        await check("POST", optouts, optouts, 200, json=numbers, headers=token)
+        await check("POST", optouts, optouts, 400, json={"numbers": ["050-1"]}, headers=token)
+        await check("GET", optouts, "/v1/optouts?limit=1", 200, headers=token)
+        await check("GET", optouts, "/v1/optouts?cursor=x", 400, headers=token)
+        await check("GET", one_optout, "/v1/optouts/09011112222", 200, headers=token)
+        await check("DELETE", one_optout, "/v1/optouts/09011112222", 200, headers=token)
+        await check("DELETE", one_optout, "/v1/optouts/09011112222", 404, headers=token)
+        await check("GET", one_optout, "/v1/optouts/x", 400, headers=token)
+        await check("GET", "/v1/optouts/export", "/v1/optouts/export", 200, headers=token)
+        csv_type = {**token, "Content-Type": "text/csv"}
+        imports = "/v1/optouts/import"
+        await check("POST", imports, imports, 200, data="09011113333\n", headers=csv_type)
+        await check("POST", imports, imports, 400, data="msisdn\nabc\n", headers=csv_type)
         await check("GET", "/healthz", "/healthz", 200)
         await check("GET", "/readyz", "/readyz", 200)
         await check("GET", "/metrics", "/metrics", 200)

@@ -247,3 +247,30 @@ async def test_a_registration_that_died_is_resumed_by_its_retry(dsn: str, db: Da
         "SELECT count(*)::int AS n, count(DISTINCT send_row)::int AS distinct_rows FROM messages"
     )
     assert rows[0]["n"] == rows[0]["distinct_rows"] == 7_000
+
+
+async def test_skip_opted_out_reaches_each_message(dsn: str, db: Database) -> None:
+    from carrierd.optout_list import OptOutSource, add_optouts_now
+
+    config = make_config(dsn)
+    async with running_api(config, db, clock()) as (base, http):
+        await add_optouts_now(
+            db, "acme", ["+819012345678"], OptOutSource.API, clock().now(), 10_000
+        )
+        send = {
+            "sms": {"text": "{{n}}番"},
+            "skip_opted_out": True,
+            "recipients": [
+                {"to": "09012345678", "variables": {"n": "1"}},
+                {"to": "09012345679", "variables": {"n": "2"}},
+            ],
+        }
+        async with http.post(f"{base}/v1/sends", json=send, headers=ACME) as r:
+            assert r.status == 202, await r.text()
+    rows = await db.call_raw(
+        "SELECT msisdn, skip_opted_out, opted_out FROM messages ORDER BY msisdn"
+    )
+    assert [(r["msisdn"], r["skip_opted_out"], r["opted_out"]) for r in rows] == [
+        ("+819012345678", True, True),
+        ("+819012345679", True, False),
+    ]

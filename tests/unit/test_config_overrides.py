@@ -45,6 +45,7 @@ SAMPLES: dict[str, tuple[Any, str, Any, Callable[[Config], Any]]] = {
     "rcs.token": ("file-token", "env-token", "env-token", lambda c: c.rcs.token),
     "rcs.oauth_client_secret": ("file", "env", "env", lambda c: c.rcs.oauth_client_secret),
     "rcs.webhook_secret": ("file", "env", "env", lambda c: c.rcs.webhook_secret),
+    "reassign.token": ("file", "env", "env", lambda c: c.reassign.token),
 }
 
 

@@ -19,6 +19,7 @@ from carrierd.config import (
     EngineConfig,
     HttpConfig,
     RcsConfig,
+    ReassignConfig,
     ResendConfig,
     load_config,
 )
@@ -111,6 +112,10 @@ def test_example_documents_every_setting() -> None:
     assert set(raw["accounts"]["acme"]["rcs"]) == _fields(AccountRcsConfig) - set(env_secrets)
     for variable in env_secrets.values():
         assert variable + "_ACME" in text
+    # The reassigned-number check is optional: shown, commented out.
+    for name in _fields(ReassignConfig) - {"token"}:
+        assert f"\n# {name} = " in text, name
+    assert "\n# [reassign]\n" in text and "CARRIERD_REASSIGN_TOKEN" in text
 
 
 def test_example_stores_token_digests_only() -> None:

@@ -59,6 +59,8 @@ EXPECTED: dict[str, tuple[type, tuple[str, ...]]] = {
     "receipt_seconds": (Histogram, ("carrier",)),
     "rcs_delivery_seconds": (Histogram, ()),
     "http_request_duration_seconds": (Histogram, ("route", "method")),
+    "reassign_verdicts_total": (Counter, ("verdict",)),
+    "reassign_lookup_seconds": (Histogram, ("outcome",)),
 }
 
 

@@ -57,6 +57,8 @@ class Event(StrEnum):
     RCS_SEND_UNKNOWN = "rcs_send_unknown"  # send answer lost past the fallback delay
     # A follow-up (§14) released by its first message's delivery.
     FOLLOW_UP_RELEASED = "follow_up_released"
+    # §13: judged "no history" since the base date; queued again to be sent.
+    REASSIGNMENT_CHECKED = "reassignment_checked"
     # Notes: history without a state change.
     RCS_REVOKE_REFUSED = "rcs_revoke_refused"
     RCS_LATE_DELIVERY = "rcs_late_delivery"
@@ -108,6 +110,13 @@ class Move:
     # `billed_at`.
     sms_units: int = 0
     rcs_units: int = 0
+    # §13: reassigned-number checks judged (billing_counts only: a check
+    # is no delivery, so the message's own unit columns do not hold it).
+    reassign_units: int = 0
+    # §13: the verdict judged and the month of the data it was judged on,
+    # kept on the row (a message judged no_history is not looked up again).
+    reassign_verdict: str | None = None
+    reassign_data_month: str | None = None
     billed_at: datetime | None = None
     # A wait (back to queued: no bind up, parts budget, au gate, a
     # +Message platform error): its cause. The writer logs the move's event
@@ -123,7 +132,7 @@ class Move:
 
     def __post_init__(self) -> None:
         check_transition(self.src, self.dst)
-        if (self.sms_units or self.rcs_units) and self.billed_at is None:
+        if (self.sms_units or self.rcs_units or self.reassign_units) and self.billed_at is None:
             raise ValueError(f"message {self.message_id}: units without billed_at")
         if self.lease_owner is not None and self.dst not in (State.DISPATCHING, State.SENDING):
             raise ValueError(f"message {self.message_id}: a lease on a move to {self.dst}")

@@ -1,4 +1,4 @@
-"""Message state machine (DOMAIN §4, §8, §9, §10).
+"""Message state machine (DOMAIN §4, §8, §9, §10, §13).
 
 The table below is the whole machine. domain/lifecycle.py builds every
 state change as a `Move` checked against it, and the one writer
@@ -13,7 +13,8 @@ when several daemons race for it.
                  -> scheduled   a follow-up released with a delay: its time
                                 and validity set
                  -> skipped     a follow-up whose first message was not
-                                delivered
+                                delivered; opted out: on the list its check
+                                read 15 minutes before send_at (§12)
                  -> cancelled   sender cancelled
                  -> expired     validity ended before send_at
 
@@ -24,22 +25,31 @@ when several daemons race for it.
                                 leaves, so a crash after this point is never
                                 resent blindly
                  -> queued      postponed (au gate, no bind up, parts
-                                budget); not_before is set
-                 -> dispatching +Message: handed to its leg under a lease
-                 -> skipped     carrier restriction excludes the recipient
+                                budget, reassigned-number check backlog);
+                                not_before is set
+                 -> dispatching +Message: handed to its leg under a lease;
+                                or the reassigned-number check (§13): handed
+                                to the gate under a lease
+                 -> skipped     carrier restriction excludes the recipient;
+                                opted out (§12: the gate, before the legs
+                                split); reassigned-number check asked for on
+                                a daemon without one (lookup failed)
                  -> rejected    SQL-feed row that fails validation
                  -> failed, expired, cancelled
 
     dispatching  +Message rows under a lease while the leg talks to the
-                 platform (and rows claimed by an older version).
+                 platform (and rows claimed by an older version); rows the
+                 reassigned-number gate looks up (§13).
                  -> queued      postponed (account bucket, au gate, lease
-                                given back on shutdown); not_before is set
+                                given back on shutdown); not_before is set;
+                                judged no_history (§13): the next claim
+                                sends it
                  -> sending     SMS: marked before the first submit_sm
                                 leaves, so a crash after this point is never
                                 resent blindly
                  -> rcs_sent    +Message accepted by the platform
-                 -> skipped     carrier restriction excludes the recipient
-                 -> rejected    opted out, or reassigned number (§12, §13)
+                 -> skipped     carrier restriction excludes the recipient;
+                                reassigned number, or its lookup failed (§13)
                  -> failed, expired, cancelled
 
     sending      SMS parts are being handed to the SMSC.

@@ -5,10 +5,12 @@ One cycle (`dispatch_once`):
      (rows in PostgreSQL, so daemons together hold each account's rate);
   2. in one transaction: lock up to that many messages per account
      (FOR UPDATE SKIP LOCKED), oldest first; per message validate SQL-feed
-     rows, expire what ran out, pick the leg (domain: `claim_route`); the
-     SMS leg plans carriers, the au gate and the parts budget and marks its
-     messages 'sending'; +Message messages move to 'dispatching' under this
-     daemon's lease. Every change goes through the lifecycle writer.
+     rows, skip opted-out recipients (§12), hand those awaiting their
+     reassigned-number check (§13) to its gate under this daemon's lease,
+     expire what ran out, pick the leg (domain: `claim_route`); the SMS leg plans carriers, the au
+     gate and the parts budget and marks its messages 'sending'; +Message
+     messages move to 'dispatching' under this daemon's lease. Every
+     change goes through the lifecycle writer.
   3. after the commit, *then* hand over: submits for SMS, the +Message leg
      for the rest.
 A claim writes nothing until its decisions do, and a crash before the
@@ -34,6 +36,7 @@ from carrierd.config import AccountConfig, Config
 from carrierd.domain import reasons
 from carrierd.domain.clock import Clock
 from carrierd.domain.dispatch import claim_route
+from carrierd.domain.gates import GateVerdict, optout_gate
 from carrierd.domain.lifecycle import Event, Move
 from carrierd.domain.pacing import Bucket, take_tokens
 from carrierd.domain.rcs_flow import RCS_NOT_CONFIGURED
@@ -41,6 +44,7 @@ from carrierd.domain.reasons import Reason
 from carrierd.domain.states import State
 from carrierd.engine.leases import RENEWALS_PER_LEASE, Leases
 from carrierd.engine.lifecycle import Lifecycle
+from carrierd.engine.reassign_gate import ReassignGate, claim_for_check, needs_check
 from carrierd.engine.sms_leg import Planned, SmsLeg
 from carrierd.intake import validate_fed
 from carrierd.loops import supervise, until_database_answers
@@ -75,6 +79,11 @@ class _Claim:
     claimed_again: int = 0  # messages sent once already: no token
     sending: list[Planned] = field(default_factory=list)
     rcs: list[ClaimedMessage] = field(default_factory=list)
+    # §13: messages for the reassigned-number gate (dispatching), and how
+    # many messages the gate step decided (their tokens are not spent: a
+    # message is claimed again to be sent once judged).
+    reassign: list[ClaimedMessage] = field(default_factory=list)
+    reassign_decided: int = 0
 
 
 class Dispatcher:
@@ -91,6 +100,7 @@ class Dispatcher:
         lease_owner: str,
         rcs_leg: RcsLeg | None = None,
         metrics: Metrics | None = None,
+        reassign_gate: ReassignGate | None = None,
     ) -> None:
         self._db = db
         self._clock = clock
@@ -101,9 +111,10 @@ class Dispatcher:
         self._config = config
         self.lease_owner = lease_owner
         self.rcs_leg = rcs_leg
+        self.reassign_gate = reassign_gate
         self._metrics = metrics
         self._stopping = asyncio.Event()
-        self._last_renewal: datetime | None = None
+        self._claiming = asyncio.Lock()
         self._held_since_s: float | None = None
         self.pacing_wait_s = 0.0
 
@@ -117,20 +128,30 @@ class Dispatcher:
         """Claim until stopped, under the daemon's one loop policy: a
         database outage is waited out (a claim that failed committed
         nothing, and one that committed was handed over first), anything
-        else is logged and retried, and gives up only when it keeps failing."""
-        await supervise("dispatcher", self._step, self._stopping)
+        else is logged and retried, and gives up only when it keeps failing.
+
+        Leases are renewed by a loop of their own: the claim loop waits
+        whenever its legs are full (a window of submits the SMSC throttles,
+        a +Message platform that answers slowly) and a renewal that waited
+        with it let the leases of messages still in flight run out, so the
+        timers declared their parts lost while this process still sent them."""
+        async with asyncio.TaskGroup() as loops:
+            loops.create_task(supervise("dispatcher", self._step, self._stopping))
+            loops.create_task(supervise("lease_renewal", self._renew_step, self._stopping))
+
+    async def _renew_step(self) -> float:
+        """Renew this process's leases and give back claims it holds
+        nowhere; returns the wait until the next renewal."""
+        now = self._clock.now()
+        renew_every_s = self._config().engine.lease_s / RENEWALS_PER_LEASE
+        await self.leases.renew(now)
+        await self.release_orphans(now - timedelta(seconds=renew_every_s))
+        return renew_every_s
 
     async def _step(self) -> float:
         """One turn of the loop; returns how long to wait before the next."""
         now = self._clock.now()
         config = self._config()
-        renew_every_s = config.engine.lease_s / RENEWALS_PER_LEASE
-        if self._last_renewal is None:
-            self._last_renewal = now
-        elif (now - self._last_renewal).total_seconds() >= renew_every_s:
-            await self.leases.renew(now)
-            await self.release_orphans(now - timedelta(seconds=renew_every_s))
-            self._last_renewal = now
         max_in_flight = max(1000, config.engine.claim_batch * 2)
         if self.sms_leg.in_flight >= max_in_flight:
             await self.sms_leg.wait_for_slot(max_in_flight)
@@ -156,13 +177,14 @@ class Dispatcher:
         the daemon lives and nothing would ever send them; they were never
         handed to a bind, so their parts are recorded unsent and the message
         is queued again like any other not handed over. Returns how many."""
-        rows = await self._db.fetch("own_claims_unanswered", self.lease_owner, claimed_before)
-        if not rows:
-            return 0
-        # Checked after the rows were read: a claim handed over since is held.
-        orphans = self.sms_leg.give_back_unheld(
-            [(r["id"], r["attempt"], r["carrier"], r["pending"]) for r in rows]
-        )
+        async with self._claiming:
+            rows = await self._db.fetch("own_claims_unanswered", self.lease_owner, claimed_before)
+            if not rows:
+                return 0
+            # Checked after the rows were read: a claim handed over since is held.
+            orphans = self.sms_leg.give_back_unheld(
+                [(r["id"], r["attempt"], r["carrier"], r["pending"]) for r in rows]
+            )
         if orphans:
             log.error("orphaned_claims_released", messages=len(orphans), first=orphans[:5])
         return len(orphans)
@@ -170,7 +192,9 @@ class Dispatcher:
     async def _committed_part(self, decided: _Claim) -> _Claim:
         """What of a claim whose commit went unanswered the database holds:
         all of it if it committed, nothing if it rolled back."""
-        ids = [p.message.id for p in decided.sending] + [m.id for m in decided.rcs]
+        ids = [p.message.id for p in decided.sending] + [
+            m.id for m in decided.rcs + decided.reassign
+        ]
         held = {
             r["id"]: (r["state"], r["attempt"])
             for r in await self._db.fetch("claim_outcome", ids, self.lease_owner)
@@ -180,13 +204,17 @@ class Dispatcher:
                 p for p in decided.sending if held.get(p.message.id) == (State.SENDING, p.attempt)
             ],
             rcs=[m for m in decided.rcs if m.id in held and held[m.id][0] == State.DISPATCHING],
+            reassign=[
+                m for m in decided.reassign if m.id in held and held[m.id][0] == State.DISPATCHING
+            ],
         )
-        if committed.sending or committed.rcs or not ids:
+        if committed.sending or committed.rcs or committed.reassign or not ids:
             committed.claimed_per_account = decided.claimed_per_account
             committed.claimed_again = decided.claimed_again
+            committed.reassign_decided = decided.reassign_decided
         log.warning(
             "claim_outcome",
-            committed=bool(committed.sending or committed.rcs),
+            committed=bool(committed.sending or committed.rcs or committed.reassign),
             messages=len(ids),
         )
         return committed
@@ -243,32 +271,41 @@ class Dispatcher:
             worked_out.append(decided)
             return decided
 
-        try:
-            decided = await self._db.in_transaction(claim)
-        except Exception as exc:
-            if not (worked_out and is_transient_db_error(exc)):
-                raise
-            # The connection broke after the claim's work, at its COMMIT:
-            # it may have committed with the answer lost (a server restart).
-            # Its messages would then be 'sending' under our lease, renewed
-            # for as long as we live and never sent: ask the database.
-            log.warning("claim_commit_unanswered", error=repr(exc))
-            decided = await until_database_answers(
-                "claim_outcome",
-                lambda: self._committed_part(worked_out[0]),
-                stop=self._stopping,
-            )
-        # Handed over first: what the claim marked 'sending' must leave even
-        # if the next statement fails, or it would end 'unknown' unsent.
-        if decided.sending:
-            self.sms_leg.hand_over(decided.sending, now)
+        # From the claim to its hand-over the claimed messages are held
+        # nowhere yet: the orphan release (another task) waits meanwhile.
+        async with self._claiming:
+            try:
+                decided = await self._db.in_transaction(claim)
+            except Exception as exc:
+                if not (worked_out and is_transient_db_error(exc)):
+                    raise
+                # The connection broke after the claim's work, at its COMMIT:
+                # it may have committed with the answer lost (a server restart).
+                # Its messages would then be 'sending' under our lease, renewed
+                # for as long as we live and never sent: ask the database.
+                log.warning("claim_commit_unanswered", error=repr(exc))
+                decided = await until_database_answers(
+                    "claim_outcome",
+                    lambda: self._committed_part(worked_out[0]),
+                    stop=self._stopping,
+                )
+            # Handed over first: what the claim marked 'sending' must leave even
+            # if the next statement fails, or it would end 'unknown' unsent.
+            if decided.sending:
+                self.sms_leg.hand_over(decided.sending, now)
+        if decided.reassign and self.reassign_gate is not None:
+            self.reassign_gate.take(decided.reassign)
         if decided.rcs and self.rcs_leg is not None:
             await self.rcs_leg.dispatch(decided.rcs, now)
         if config.engine.pacing:
             await self._return_tokens(
                 {a: quotas[a] - decided.claimed_per_account.get(a, 0) for a in quotas}
             )
-        return sum(decided.claimed_per_account.values()) + decided.claimed_again
+        return (
+            sum(decided.claimed_per_account.values())
+            + decided.claimed_again
+            + decided.reassign_decided
+        )
 
     async def _take_tokens(
         self, wants: Mapping[str, int], now: datetime, accounts: Mapping[str, AccountConfig]
@@ -328,6 +365,7 @@ class Dispatcher:
         fallbacks: list[Move] = []
         sms: list[ClaimedMessage] = []
         rcs: list[ClaimedMessage] = []
+        to_check: list[ClaimedMessage] = []
         for message in messages:
             if not message.validated:
                 checked = await self._validate_fed(tx, message, config.accounts[message.account_id])
@@ -337,6 +375,16 @@ class Dispatcher:
                     )
                     continue
                 message = checked
+            opted_out = await self._optout_gate(
+                tx, message, config.accounts[message.account_id], now
+            )
+            if opted_out is not None:
+                moves.append(opted_out)
+                continue
+            if needs_check(message, now):
+                # §13: judged first, sent by a later claim.
+                to_check.append(message)
+                continue
             route = claim_route(
                 channel=message.channel,
                 leg=message.leg,
@@ -398,11 +446,42 @@ class Dispatcher:
                 )
                 for m in rcs
             ]
+        if to_check:
+            moves += claim_for_check(
+                self.reassign_gate,
+                to_check,
+                now,
+                lease_owner=self.lease_owner,
+                lease_until=lease_until,
+            )
+            for m in to_check:
+                # Its token is spent when it is claimed to be sent.
+                if m.attempt == 0:
+                    decided.claimed_per_account[m.account_id] -= 1
+                else:
+                    decided.claimed_again -= 1
+            decided.reassign_decided += len(to_check)
         applied = await self._lifecycle.apply(tx, moves, now)
         leased = {a.move.message_id for a in applied if a.move.dst is State.DISPATCHING}
         decided.rcs = [m for m in rcs if m.id in leased]
+        decided.reassign = [m for m in to_check if m.id in leased]
         if planned:
             decided.sending = await self.sms_leg.mark_sending(tx, planned, now, lease_until)
+
+    async def _optout_gate(
+        self, tx: Transaction, message: ClaimedMessage, account: AccountConfig, now: datetime
+    ) -> Move | None:
+        """DOMAIN §12, before the legs split (SMS and +Message alike): the
+        skip of a message whose recipient is on the list it obeys, else
+        None. The verdict was recorded at intake or by its check's timer;
+        SQL-feed rows, validated only now, read the list now."""
+        verdict = optout_gate(message.skip_opted_out, account.skip_opted_out, message.opted_out)
+        if verdict is GateVerdict.CHECK:
+            row = await tx.fetchrow("record_optout_verdicts", [message.id], now)
+            verdict = GateVerdict.SKIP if row is not None and row["opted_out"] else GateVerdict.PASS
+        if verdict is GateVerdict.SKIP:
+            return Move(message.id, State.QUEUED, State.SKIPPED, Event.SKIPPED, reasons.OPTED_OUT)
+        return None
 
     async def _validate_fed(
         self, tx: Transaction, message: ClaimedMessage, account: AccountConfig

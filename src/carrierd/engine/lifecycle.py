@@ -65,8 +65,10 @@ class Lifecycle:
         if not moves:
             return []
         by_id = _one_each(moves)
-        *columns, waits, retries_wait, route = _move_arrays(moves)
-        rows = await tx.fetch("apply_moves", *columns, now, waits, retries_wait, route)
+        *columns, waits, retries_wait, route, verdicts, data_months = _move_arrays(moves)
+        rows = await tx.fetch(
+            "apply_moves", *columns, now, waits, retries_wait, route, verdicts, data_months
+        )
         if not rows:
             return []
         applied = [
@@ -101,7 +103,14 @@ class Lifecycle:
         for a in applied:
             move = a.move
             if move.billed_at is not None:
-                bills.add(a.account_id, a.route, move.billed_at, move.sms_units, move.rcs_units)
+                bills.add(
+                    a.account_id,
+                    a.route,
+                    move.billed_at,
+                    move.sms_units,
+                    move.rcs_units,
+                    move.reassign_units,
+                )
         ended = {r["id"]: r["state"] for r in rows if r["state"] in _FINAL_VALUES}
         if ended:
             await self._follow_ups(tx, ended, now)
@@ -225,7 +234,8 @@ class Lifecycle:
 
 class _Bills:
     """Billing units (§11) per (account, JST month, channel, route): SMS
-    units by the route that carried them (DOMAIN §6), '' for +Message."""
+    units by the route that carried them (DOMAIN §6), '' for +Message and
+    reassigned-number checks."""
 
     __slots__ = ("_month_of", "units")
 
@@ -242,8 +252,9 @@ class _Bills:
         billed_at: datetime,
         sms_units: int,
         rcs_units: int,
+        reassign_units: int = 0,
     ) -> None:
-        if not (sms_units or rcs_units):
+        if not (sms_units or rcs_units or reassign_units):
             return
         second = int(billed_at.timestamp())
         month = self._month_of.get(second)
@@ -257,6 +268,9 @@ class _Bills:
         if rcs_units:
             key = (account_id, month, "rcs", "")
             units[key] = units.get(key, 0) + rcs_units
+        if reassign_units:
+            key = (account_id, month, "reassigned_check", "")
+            units[key] = units.get(key, 0) + reassign_units
 
 
 # One encoder, built once: json.dumps() would build one per call.
@@ -299,9 +313,9 @@ def _json(detail: Any) -> str | None:
 
 
 def _move_arrays(moves: Sequence[Move]) -> list[list[Any] | None]:
-    """The 23 column arrays of apply_moves, in one pass over the moves. A
+    """The 26 column arrays of apply_moves, in one pass over the moves. A
     column no move sets is sent as NULL (unnest pads it with NULLs): most
-    moves set a few of the 23, and every element is encoded one by one."""
+    moves set a few of the 26, and every element is encoded one by one."""
     rows = [
         (
             m.message_id,
@@ -329,6 +343,8 @@ def _move_arrays(moves: Sequence[Move]) -> list[list[Any] | None]:
             m.wait,
             m.retries_wait or None,
             m.route,
+            m.reassign_verdict,
+            m.reassign_data_month,
         )
         for m in moves
     ]

@@ -1,6 +1,8 @@
 """Timers: every timer is a row (DESIGN principle 4); this claims the due ones.
 
 Each `settle_once(now)` pass:
+  - scheduled sends' opt-out checks due 15 minutes before send_at (§12):
+    the verdict recorded, and a send to a listed number → skipped
   - scheduled sends whose time came → queued
   - messages whose validity ended before they left → expired
   - submitted messages with no final receipt by the deadline → unknown (§9, §10)
@@ -106,6 +108,8 @@ class Timers:
 
     async def settle_once(self, now: datetime) -> int:
         done = 0
+        # Before the sends they gate fall due, should both be due at once.
+        done += await self._in_tx(lambda tx: self._optout_checks(tx, now))
         done += await self._in_tx(lambda tx: self._scheduled(tx, now))
         done += await self._in_tx(lambda tx: self._expired(tx, now))
         done += await self._in_tx(lambda tx: self._receipt_timeouts(tx, now))
@@ -128,6 +132,21 @@ class Timers:
         return await self._apply(
             tx, [Move(r["id"], State.SCHEDULED, State.QUEUED, Event.DUE) for r in rows], now
         )
+
+    async def _optout_checks(self, tx: Transaction, now: datetime) -> int:
+        due = [r["id"] for r in await tx.fetch("due_optout_checks", now, self._batch)]
+        if not due:
+            return 0
+        verdicts = await tx.fetch("record_optout_verdicts", due, now)
+        # A send already queued (a check run late) is skipped by the
+        # dispatcher's gate on the verdict; a final one needs nothing.
+        skips = [
+            Move(r["id"], State.SCHEDULED, State.SKIPPED, Event.SKIPPED, reasons.OPTED_OUT)
+            for r in verdicts
+            if r["opted_out"] and r["state"] == State.SCHEDULED
+        ]
+        await self._apply(tx, skips, now)
+        return len(due)
 
     async def _expired(self, tx: Transaction, now: datetime) -> int:
         rows = await tx.fetch("due_expired", now, self._batch)

@@ -91,6 +91,7 @@ ERROR_CODES: frozenset[str] = frozenset(
         "request_timeout",  # 408: the body did not arrive in time
         "idempotency_conflict",  # 409: client_ref already names other content
         "not_cancellable",  # 409: the message is past the point a cancel can stop it
+        "optout_list_full",  # 409: the opt-out list would pass the account's cap
         "body_too_large",  # 413
         "unsupported_media_type",  # 415
         "nothing_accepted",  # 422: every item of a batch was rejected
@@ -269,6 +270,7 @@ def build_app(state: ApiState) -> web.Application:
         messages,
         observe,
         openapi,
+        optouts,
         reports,
         sends,
         webhooks,
@@ -288,6 +290,13 @@ def build_app(state: ApiState) -> web.Application:
         web.get("/v1/messages/{message_id}", messages.get_message),
         web.post("/v1/messages/{message_id}/cancel", messages.cancel_message),
         web.get("/v1/billing", reports.get_billing),
+        web.post("/v1/optouts", optouts.add_numbers),
+        web.get("/v1/optouts", optouts.list_numbers),
+        # Plain paths resolve before /v1/optouts/{number} (as for messages).
+        web.get("/v1/optouts/export", optouts.export_numbers),
+        web.post("/v1/optouts/import", optouts.import_numbers),
+        web.get("/v1/optouts/{number}", optouts.get_number),
+        web.delete("/v1/optouts/{number}", optouts.delete_number),
         web.post("/v1/sends", sends.post_send),
         web.get("/v1/sends", sends.list_sends),
         web.get("/v1/sends/{send_id}", sends.get_send),

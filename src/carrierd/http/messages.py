@@ -148,6 +148,7 @@ async def post_messages(request: web.Request) -> web.Response:
                 max_ahead=timedelta(days=http_config.send_at_max_ahead_days),
                 past_skew=timedelta(seconds=http_config.send_at_past_skew_s),
             ),
+            reassign_enabled=state.config.reassign.enabled,
         )
     except RequestShapeError as exc:
         return json_error(400, exc.field, exc.reason)

@@ -324,6 +324,7 @@ class Registrar:
                 self._now,
                 expiry_s=self._expiry_s,
                 schedule=self._schedule,
+                reassign_enabled=self._state.config.reassign.enabled,
             )
             if isinstance(result, RowRejection):
                 rejections.append((entry.ordinal, result))
@@ -401,6 +402,10 @@ _MESSAGE_COLUMNS = (
     "not_before",
     "expires_at",
     "send_row",
+    # The recipient gates (intake: DOMAIN §12, §13).
+    "skip_opted_out",
+    "optout_check_at",
+    "reassign_base_date",
 )
 
 

@@ -422,6 +422,10 @@ class Database:
                     *columns.values(),
                     now,
                     [row.get("request_sha256") for row in rows],
+                    [row.get("skip_opted_out") for row in rows],
+                    [row.get("optout_check_at") for row in rows],
+                    # §13: the reassigned-number check's base date, or None.
+                    [row.get("reassign_base_date") for row in rows],
                 )
             }
             result: dict[int, int] = {}

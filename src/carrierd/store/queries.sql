@@ -32,17 +32,20 @@ WITH input AS (
     FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
                 $8::text[], $9::text[], $10::int[], $11::text[], $12::text[], $13::text[],
                 $14::text[], $15::boolean[], $16::timestamptz[], $17::timestamptz[],
-                $18::timestamptz[], $20::bytea[])
+                $18::timestamptz[], $20::bytea[], $21::boolean[], $22::timestamptz[],
+                $23::date[])
          AS t(id, client_ref, channel, state, recipient_raw, msisdn, sms_text, sms_encoding,
               sms_parts, rcs_content, carrier_named, carriers_allowed, callback_url,
-              callback_every_change, send_at, not_before, expires_at, request_sha256)
+              callback_every_change, send_at, not_before, expires_at, request_sha256,
+              skip_opted_out, optout_check_at, reassign_base_date)
 ),
 inserted AS (
     INSERT INTO messages (
         id, account_id, client_ref, channel, leg, state, recipient_raw, msisdn, validated,
         sms_text, sms_encoding, sms_parts, rcs_content, carrier_named, carriers_allowed,
         callback_url, callback_every_change, send_at, not_before, expires_at,
-        accepted_at, updated_at, request_sha256)
+        accepted_at, updated_at, request_sha256, skip_opted_out, optout_check_at, opted_out,
+        reassign_base_date)
     OVERRIDING SYSTEM VALUE
     SELECT id, $1, client_ref, channel, CASE WHEN channel = 'sms' THEN 'sms' ELSE 'rcs' END,
            state, recipient_raw, msisdn, true, sms_text, sms_encoding, sms_parts,
@@ -50,7 +53,14 @@ inserted AS (
            CASE WHEN carriers_allowed IS NULL THEN NULL
                 ELSE string_to_array(carriers_allowed, ',') END,
            callback_url, callback_every_change, send_at, not_before, expires_at, $19, $19,
-           request_sha256
+           request_sha256, skip_opted_out, optout_check_at,
+           -- DOMAIN §12: a send that reads its opt-out list at registration
+           -- (domain/gates.py: no check due later) reads it here, in the
+           -- statement that stores it.
+           CASE WHEN skip_opted_out AND optout_check_at IS NULL
+                THEN EXISTS (SELECT 1 FROM optouts o
+                              WHERE o.account_id = $1 AND o.msisdn = input.msisdn) END,
+           reassign_base_date
     FROM input
     ON CONFLICT (account_id, client_ref) WHERE client_ref IS NOT NULL DO NOTHING
     RETURNING id, state
@@ -156,7 +166,7 @@ never_sent AS (
         SELECT id, account_id, channel, leg, validated, recipient_raw, msisdn, sms_text,
                sms_encoding, sms_parts, rcs_content, carrier_named, carriers_allowed, carrier,
                carriers_wrong, attempt, resends_done, expires_at, accepted_at, send_at,
-               not_before
+               not_before, skip_opted_out, opted_out, reassign_base_date, reassign_verdict
         FROM messages
         WHERE account_id = q.account_id AND state = 'queued' AND not_before <= $1
           AND attempt = 0
@@ -172,7 +182,7 @@ sent_before AS (
         SELECT id, account_id, channel, leg, validated, recipient_raw, msisdn, sms_text,
                sms_encoding, sms_parts, rcs_content, carrier_named, carriers_allowed, carrier,
                carriers_wrong, attempt, resends_done, expires_at, accepted_at, send_at,
-               not_before
+               not_before, skip_opted_out, opted_out, reassign_base_date, reassign_verdict
         FROM messages
         WHERE account_id = q.account_id AND state = 'queued' AND not_before <= $1
           AND attempt > 0
@@ -576,12 +586,12 @@ WITH input AS (
         $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[],
         $11::text[], $12::text[], $13::int[], $14::int[], $15::boolean[], $16::text[],
         $17::timestamptz[], $18::int[], $19::int[], $20::text[], $21::text[],
-        $23::text[], $24::boolean[], $25::text[])
+        $23::text[], $24::boolean[], $25::text[], $26::text[], $27::text[])
         AS i(id, from_state, to_state, reason_code, reason_text, not_before,
              receipt_deadline, fallback_at, expires_at, submitted_at,
              leg, carrier, attempt, resends_done, wrong_carrier, lease_owner,
              lease_until, sms_units, rcs_units, event_kind, event_detail, wait,
-             retries_wait, route)
+             retries_wait, route, reassign_verdict, reassign_data_month)
 ),
 -- The moves from 'queued' and 'dispatching' (only there is a message in a
 -- wait, or claimed to retry one: Move.retries_wait), with the wait as it
@@ -630,6 +640,9 @@ updated AS (
            leg = coalesce(i.leg, m.leg),
            carrier = coalesce(i.carrier, m.carrier),
            route = coalesce(i.route, m.route),
+           -- §13: a verdict, once judged, stays (no second lookup).
+           reassign_verdict = coalesce(i.reassign_verdict, m.reassign_verdict),
+           reassign_data_month = coalesce(i.reassign_data_month, m.reassign_data_month),
            attempt = coalesce(i.attempt, m.attempt),
            resends_done = coalesce(i.resends_done, m.resends_done),
            -- "Not our subscriber" (§4): the carrier of this attempt is

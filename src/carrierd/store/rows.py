@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, NamedTuple
 
 
@@ -37,6 +37,14 @@ class ClaimedMessage(NamedTuple):
     expires_at: datetime
     accepted_at: datetime
     send_at: datetime | None
+    # DOMAIN §12: whether the send skips opted-out numbers (None: the
+    # account's default) and the list's verdict (None: not read yet).
+    skip_opted_out: bool | None = None
+    opted_out: bool | None = None
+    # §13: the base date of the reassigned-number check (None: no check),
+    # and its verdict once judged.
+    reassign_base_date: date | None = None
+    reassign_verdict: str | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> ClaimedMessage:
@@ -62,6 +70,10 @@ class ClaimedMessage(NamedTuple):
             row["expires_at"],
             row["accepted_at"],
             row["send_at"],
+            row["skip_opted_out"],
+            row["opted_out"],
+            row["reassign_base_date"],
+            row["reassign_verdict"],
         )
 
 

@@ -57,24 +57,27 @@ SELECT state, rows_done FROM sends WHERE id = $1 FOR UPDATE;
 -- name: insert_send_messages
 -- One statement per batch of a send: its messages, follow-ups included
 -- (a follow-up's NULL not_before: 'infinity', waiting for its first
--- message), and their 'accepted' events.
+-- message), and their 'accepted' events. The recipient gates as intake's
+-- insert_messages stores them: a send that reads its opt-out list at
+-- registration (domain/gates.py) reads it here.
 WITH input AS (
     SELECT *
     FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
                 $8::text[], $9::int[], $10::text[], $11::text[], $12::text[], $13::text[],
                 $14::boolean[], $15::timestamptz[], $16::timestamptz[], $17::timestamptz[],
-                $18::int[], $19::bigint[])
+                $18::int[], $19::boolean[], $20::timestamptz[], $21::date[], $22::bigint[])
          AS t(id, channel, state, recipient_raw, msisdn, sms_text, sms_encoding, sms_parts,
               rcs_content, carrier_named, carriers_allowed, callback_url,
               callback_every_change, send_at, not_before, expires_at, send_row,
-              after_message_id)
+              skip_opted_out, optout_check_at, reassign_base_date, after_message_id)
 ),
 inserted AS (
     INSERT INTO messages (
         id, account_id, channel, leg, state, recipient_raw, msisdn, validated,
         sms_text, sms_encoding, sms_parts, rcs_content, carrier_named, carriers_allowed,
         callback_url, callback_every_change, send_at, not_before, expires_at,
-        accepted_at, updated_at, send_id, send_row, after_message_id)
+        accepted_at, updated_at, send_id, send_row, after_message_id,
+        skip_opted_out, optout_check_at, opted_out, reassign_base_date)
     OVERRIDING SYSTEM VALUE
     SELECT id, $1, channel, CASE WHEN channel = 'sms' THEN 'sms' ELSE 'rcs' END,
            state, recipient_raw, msisdn, true, sms_text, sms_encoding, sms_parts,
@@ -83,13 +86,18 @@ inserted AS (
                 ELSE string_to_array(carriers_allowed, ',') END,
            callback_url, callback_every_change, send_at,
            coalesce(not_before, 'infinity'), coalesce(expires_at, 'infinity'),
-           $20, $20, $21, send_row, after_message_id
+           $23, $23, $24, send_row, after_message_id,
+           coalesce(skip_opted_out, false), optout_check_at,
+           CASE WHEN skip_opted_out AND optout_check_at IS NULL
+                THEN EXISTS (SELECT 1 FROM optouts o
+                              WHERE o.account_id = $1 AND o.msisdn = input.msisdn) END,
+           reassign_base_date
     FROM input
     RETURNING id, state, after_message_id
 )
 INSERT INTO message_events (message_id, at, kind, state, detail)
-SELECT id, $20, 'accepted', state,
-       jsonb_build_object('source', 'send', 'send_id', $21::text)
+SELECT id, $23, 'accepted', state,
+       jsonb_build_object('source', 'send', 'send_id', $24::text)
        || CASE WHEN after_message_id IS NULL THEN '{}'::jsonb
                ELSE jsonb_build_object('after_message_id', after_message_id::text) END
 FROM inserted;

@@ -1,0 +1,329 @@
+"""The reassigned-number gate (DOMAIN §13): a lookup before either leg.
+
+At claim (dispatcher `_decide`), a message with a base date and no verdict
+yet goes nowhere near a carrier:
+
+    claim_for_check   room in the gate  → dispatching under the claiming
+                                          daemon's lease, handed to the gate
+                      gate full         → stays queued, a second later
+                                          (a wait, REASSIGN_BACKLOG)
+                      no gate here      → skipped (reassignment_lookup_failed)
+
+The gate batches what it holds into lookups of `[reassign] batch_size`,
+`concurrency` of them in flight, and never holds the dispatcher: other
+messages are claimed and sent while a lookup waits. Each batch's outcome is
+one transaction (domain/reassign.py `after_lookup` decides the moves, the
+lifecycle writer applies them, keeps the verdict on the row and bills
+§11's units):
+
+    no_history           → queued, the verdict kept on the row: the next
+                           claim sends it on by its leg, no second lookup
+    history              → skipped (reassigned_number)
+    error after retries  → skipped (reassignment_lookup_failed)
+
+The history event of each names the base date (and the date checked from
+when clamped to two years) and the data month.
+
+A daemon that dies mid-lookup leaves its rows dispatching under its lease:
+the timers' lost-lease recovery queues them again and the next claim looks
+them up again (a verdict is kept only with its move). A verdict is applied
+only to rows still held under this daemon's lease, so a lookup that outlived
+its lease (a stalled daemon) never decides a message another daemon holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+
+import structlog
+
+from carrierd.channels.reassign import Lookup, ReassignLookups
+from carrierd.config import Config
+from carrierd.domain import reasons
+from carrierd.domain.clock import Clock
+from carrierd.domain.lifecycle import Event, Move
+from carrierd.domain.reassign import (
+    LookupFailed,
+    LookupOutcome,
+    after_lookup,
+    checked_base_date,
+)
+from carrierd.domain.states import State
+from carrierd.engine.lifecycle import Lifecycle
+from carrierd.loops import until_database_answers
+from carrierd.store.db import Database, Transaction
+from carrierd.store.rows import ClaimedMessage
+from carrierd.telemetry import Metrics
+
+log = structlog.get_logger("carrierd.engine.reassign_gate")
+
+# A message the gate had no room for is claimed again this much later,
+# waiting for this cause.
+BACKLOG_RETRY_S = 1.0
+REASSIGN_BACKLOG = "reassigned-number check backlog"
+# After the gate itself failed (not the service: a bug, the database gone
+# mid-batch), its messages are claimed again this much later.
+GATE_ERROR_RETRY_S = 5.0
+# The gate holds at most this many rounds of full batches (queued and in
+# flight): the rest waits in the database, not in memory.
+HELD_ROUNDS = 8
+
+
+def needs_check(message: ClaimedMessage, now: datetime) -> bool:
+    """A message whose claim goes to the gate: a base date, no verdict yet,
+    and still valid (an expired one expires at claim as any other)."""
+    return (
+        message.reassign_base_date is not None
+        and message.reassign_verdict is None
+        and message.expires_at > now
+    )
+
+
+class ReassignGate:
+    def __init__(
+        self,
+        db: Database,
+        clock: Clock,
+        lookups: ReassignLookups,
+        lifecycle: Lifecycle,
+        *,
+        config: Callable[[], Config],
+        lease_owner: str,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._db = db
+        self._clock = clock
+        self._lookups = lookups
+        self._lifecycle = lifecycle
+        self._config = config
+        self._lease_owner = lease_owner
+        self._metrics = metrics
+        self._waiting: asyncio.Queue[ClaimedMessage] = asyncio.Queue()
+        self._in_flight = 0
+        self._workers: list[asyncio.Task[None]] = []
+        # Set while the gate holds nothing.
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- the dispatcher's side ------------------------------------------------------
+
+    def room(self) -> int:
+        """How many more messages the gate takes now."""
+        reassign = self._config().reassign
+        held_max = reassign.batch_size * reassign.concurrency * HELD_ROUNDS
+        return max(0, held_max - self._waiting.qsize() - self._in_flight)
+
+    def take(self, messages: Sequence[ClaimedMessage]) -> None:
+        """Messages the claim moved to dispatching for the gate (committed)."""
+        if not self._workers:
+            self.start()
+        for message in messages:
+            self._waiting.put_nowait(message)
+        if messages:
+            self._idle.clear()
+
+    @property
+    def held(self) -> int:
+        return self._waiting.qsize() + self._in_flight
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        """`[reassign] concurrency` workers, each one lookup in flight at a
+        time (a reload's new concurrency applies at the next start)."""
+        if self._workers:
+            return
+        self._workers = [
+            asyncio.ensure_future(self._work()) for _ in range(self._config().reassign.concurrency)
+        ]
+
+    async def stop(self, drain_timeout_s: float) -> None:
+        """Call before `Dispatcher.stop`: lookups under way finish and record
+        their verdicts; what waits for a worker stays dispatching, which the
+        dispatcher's stop gives back to the queue."""
+        waiting: list[ClaimedMessage] = []
+        while not self._waiting.empty():
+            waiting.append(self._waiting.get_nowait())
+        if waiting:
+            log.info("reassign_gate_stopping", left_waiting=len(waiting))
+        if not self._in_flight:
+            self._idle.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), drain_timeout_s)
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
+
+    async def wait_idle(self) -> None:
+        """Tests: until everything taken has its verdict recorded."""
+        await self._idle.wait()
+
+    # -- the work ------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        while True:
+            first = await self._waiting.get()
+            batch = [first]
+            batch_size = self._config().reassign.batch_size
+            while len(batch) < batch_size and not self._waiting.empty():
+                batch.append(self._waiting.get_nowait())
+            self._in_flight += len(batch)
+            try:
+                await self._judge(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reassign_gate_failed", messages=len(batch))
+                await self._give_back(batch)
+            finally:
+                self._in_flight -= len(batch)
+                if not self.held:
+                    self._idle.set()
+
+    async def _judge(self, batch: list[ClaimedMessage]) -> None:
+        now = self._clock.now()
+        lookups: list[Lookup] = []
+        for message in batch:
+            assert message.reassign_base_date is not None and message.msisdn is not None
+            checked_from = checked_base_date(message.reassign_base_date, now)
+            assert checked_from is not None
+            lookups.append(Lookup(message.msisdn, checked_from))
+        outcomes = await self._lookups.lookup(lookups)
+        if len(outcomes) != len(batch):
+            raise RuntimeError(f"{len(outcomes)} outcomes for {len(batch)} lookups")
+        judged_at = self._clock.now()
+        moves = [
+            after_lookup(
+                message.id, outcome, message.reassign_base_date, lookup.base_date, judged_at
+            )
+            for message, lookup, outcome in zip(batch, lookups, outcomes, strict=True)
+            if message.reassign_base_date is not None
+        ]
+        by_id = {message.id: outcome for message, outcome in zip(batch, outcomes, strict=True)}
+        # The service has answered (and may bill us): its verdicts are held
+        # while the database is away rather than dropped.
+        await until_database_answers(
+            "reassign_record", lambda: self._record(moves, by_id, judged_at)
+        )
+
+    async def _record(
+        self, moves: list[Move], outcomes: dict[int, LookupOutcome], now: datetime
+    ) -> None:
+        async def work(tx: Transaction) -> None:
+            held = {
+                r["id"]
+                for r in await tx.fetch(
+                    "reassign_lock_held", [m.message_id for m in moves], self._lease_owner
+                )
+            }
+            lost = len(moves) - len(held)
+            if lost:
+                log.warning("reassign_verdicts_without_lease", messages=lost)
+            applied = await self._lifecycle.apply(
+                tx, [m for m in moves if m.message_id in held], now
+            )
+            tally = Counter(a.move.reassign_verdict or "lookup_failed" for a in applied)
+            tx.after_commit(lambda: self._count(tally))
+            failed = [o for o in outcomes.values() if isinstance(o, LookupFailed)]
+            if failed:
+                log.warning("reassign_lookups_failed", messages=len(failed), error=failed[0].error)
+
+        await self._db.in_transaction(work)
+
+    def _count(self, tally: Counter[str]) -> None:
+        if self._metrics is None:
+            return
+        for verdict, n in tally.items():
+            self._metrics.reassign_verdicts_total.labels(verdict).inc(n)
+
+    async def _give_back(self, batch: list[ClaimedMessage]) -> None:
+        """The gate failed on a batch (not the service): its messages are
+        claimed again later and looked up then."""
+        now = self._clock.now()
+        moves = [
+            Move(
+                m.id,
+                State.DISPATCHING,
+                State.QUEUED,
+                Event.RELEASED,
+                not_before=now + timedelta(seconds=GATE_ERROR_RETRY_S),
+                detail={"why": "reassign_gate_error"},
+            )
+            for m in batch
+        ]
+
+        async def work(tx: Transaction) -> None:
+            held = {
+                r["id"]
+                for r in await tx.fetch(
+                    "reassign_lock_held", [m.message_id for m in moves], self._lease_owner
+                )
+            }
+            await self._lifecycle.apply(tx, [m for m in moves if m.message_id in held], now)
+
+        try:
+            await self._db.in_transaction(work)
+        except Exception:
+            # Their lease runs out and lost-lease recovery queues them.
+            log.exception("reassign_give_back_failed", messages=len(batch))
+
+
+def claim_for_check(
+    gate: ReassignGate | None,
+    messages: Sequence[ClaimedMessage],
+    now: datetime,
+    *,
+    lease_owner: str,
+    lease_until: datetime,
+) -> list[Move]:
+    """The claim's moves for messages that need the check (`needs_check`):
+    those moved to dispatching are handed to the gate once committed."""
+    if gate is None:
+        return [
+            Move(
+                m.id,
+                State.QUEUED,
+                State.SKIPPED,
+                Event.SKIPPED,
+                reasons.REASSIGNMENT_LOOKUP_FAILED,
+                detail={
+                    "base_date": m.reassign_base_date.isoformat() if m.reassign_base_date else None,
+                    "error": "the reassigned-number check is not configured on this daemon",
+                },
+            )
+            for m in messages
+        ]
+    room = gate.room()
+    moves: list[Move] = []
+    taken: set[int] = set()
+    for message in messages:
+        if len(taken) < room:
+            taken.add(message.id)
+            moves.append(
+                Move(
+                    message.id,
+                    State.QUEUED,
+                    State.DISPATCHING,
+                    Event.CLAIMED,
+                    lease_owner=lease_owner,
+                    lease_until=lease_until,
+                    detail={"for": "reassigned_check"},
+                )
+            )
+        else:
+            moves.append(
+                Move(
+                    message.id,
+                    State.QUEUED,
+                    State.QUEUED,
+                    Event.POSTPONED,
+                    not_before=now + timedelta(seconds=BACKLOG_RETRY_S),
+                    wait=REASSIGN_BACKLOG,
+                )
+            )
+    return moves
