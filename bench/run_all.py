@@ -31,6 +31,8 @@ BENCHES = [
     ["bench.links"],
     # Replies: single and 3-part SMS stored by engine/inbound.py, per flush.
     ["bench.inbound"],
+    # A 100,000-recipient send with variables against the same as a batch.
+    ["bench.sends"],
 ]
 
 

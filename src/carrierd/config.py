@@ -123,6 +123,9 @@ class AccountRcsConfig:
     oauth_client_id: str = ""
     oauth_client_secret: str = field(default="", repr=False)
     webhook_secret: str = field(default="", repr=False)
+    # The official account allows subscriptions (KMC §3.4.7): its
+    # subscribers can be fetched into a subscriber group.
+    subscriptions: bool = False
 
 
 @dataclass(frozen=True)
@@ -809,6 +812,7 @@ def _parse_account_rcs(
         oauth_client_id=r.string("oauth_client_id", ""),
         oauth_client_secret=r.string("oauth_client_secret", ""),
         webhook_secret=r.string("webhook_secret", ""),
+        subscriptions=r.boolean("subscriptions", False),
     )
     r.finish()
     return rcs

@@ -129,6 +129,7 @@ class Daemon:
                 self.clock,
                 revoke=self._rcs_leg.revoke if self._rcs_leg is not None else None,
             ),
+            subscribers=self._rcs_leg,
         )
         self._api_state = api_state
         for component in self._components:

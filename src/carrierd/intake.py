@@ -500,6 +500,27 @@ def _refuse_marks_outside_text(rcs: dict[str, Any]) -> None:
             raise _ItemRejected(path, "link marks are replaced in rcs.text and sms.text only")
 
 
+# For sends (sends.py), which validate each recipient's message as an item.
+ItemRejected = _ItemRejected
+
+
+def validate_message(
+    item: dict[str, Any],
+    account: AccountConfig,
+    now: datetime,
+    *,
+    expiry_s: float,
+    schedule: ScheduleLimits | None = None,
+    reassign_enabled: bool = False,
+) -> tuple[dict[str, Any], int]:
+    """One item's content checks (its shape already checked, as by
+    check_shape): the row to store and its billable parts; raises
+    ItemRejected naming the field."""
+    return _validate_item(
+        item, account, now, expiry_s, schedule or ScheduleLimits(), reassign_enabled
+    )
+
+
 def _check_callback_url(url: str, allowed: tuple[IPNetwork, ...]) -> None:
     if len(url) > MAX_CALLBACK_URL_LEN:
         raise _ItemRejected("callback_url", f"longer than {MAX_CALLBACK_URL_LEN} characters")

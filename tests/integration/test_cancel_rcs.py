@@ -11,7 +11,7 @@ from carrierd.domain.rcs_flow import SEND_RETRY_S
 from carrierd.engine.rcs_leg import RcsClients
 from carrierd.store.db import Database
 from tests.integration.test_api_surface import api, assert_error, call
-from tests.integration.test_rcs_leg import CAPABLE, NEVER, T0, WAIT_S, rig
+from tests.integration.test_rcs_leg import CAPABLE, NEVER, NEVER_2, T0, WAIT_S, rig
 
 
 async def test_cancel_of_rcs_sent_revokes_then_cancels(dsn: str, db: Database) -> None:
@@ -99,3 +99,35 @@ async def test_cancel_of_a_send_retried_after_a_lost_answer_revokes_it(
         await once.wait_idle()
         assert r.sim.counters.accepted_by_msg_id == {str(message_id): 1}
         assert (await r.row(message_id))["not_before"] >= T0 + timedelta(seconds=SEND_RETRY_S)
+
+
+async def test_cancel_of_a_send_revokes_its_rcs_sent_messages_first(dsn: str, db: Database) -> None:
+    async with rig(dsn, db) as r:
+        async with api(db, r.engine.config, r.clock, r.engine.lifecycle, r.leg.revoke) as (
+            base,
+            http,
+            _,
+        ):
+            send = {
+                "channel": "rcs_then_sms",
+                "rcs": {"text": "{{name}}様 ご予約を承りました"},
+                "sms": {"text": "{{name}}様 ご予約を承りました（SMS）"},
+                "recipients": [
+                    {"to": "0" + NEVER.removeprefix("+81"), "variables": {"name": "山田"}},
+                    {"to": "0" + NEVER_2.removeprefix("+81"), "variables": {"name": "佐藤"}},
+                ],
+            }
+            status, answer, _ = await call(http, "POST", f"{base}/v1/sends", json=send)
+            assert status == 202, answer
+            await r.cycle()
+            rows = await db.call_raw("SELECT id, state FROM messages ORDER BY id")
+            assert [row["state"] for row in rows] == ["rcs_sent", "rcs_sent"]
+            status, cancelled, _ = await call(
+                http, "POST", f"{base}/v1/sends/{answer['id']}/cancel"
+            )
+        assert status == 200, cancelled
+        assert cancelled["cancelled"] == 2
+        assert r.sim.counters.revoked_msg_ids == {str(row["id"]): 1 for row in rows}
+        for row in rows:
+            event = (await r.events(row["id"]))[-1]
+            assert (event["kind"], event["detail"]["revoke"]["answer"]) == ("cancelled", "revoked")

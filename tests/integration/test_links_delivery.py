@@ -90,7 +90,7 @@ async def test_the_smsc_receives_each_recipients_own_links(dsn: str, db: Databas
         db,
         clock,
         lifecycle,
-        Inbound(accounts=lambda: config.accounts),
+        Inbound(db, config=lambda: config),
         accounts=lambda: config.accounts,
         carriers=lambda: config.carriers,
         au_spacing_s=lambda: 22.0,

@@ -19,8 +19,9 @@ WRITER = SRC / "engine" / "lifecycle.py"
 STATE_STATEMENTS = frozenset({"apply_moves"})
 HISTORY_STATEMENTS = frozenset({"apply_moves", "apply_notes"})
 # Intake creates messages in their initial state, with their 'accepted'
-# event (states.INITIAL_STATES): a creation, not a change.
-CREATION_STATEMENTS = frozenset({"insert_messages"})
+# event (states.INITIAL_STATES): a creation, not a change. A send's
+# messages (and its waiting follow-ups, in scheduled) are intake too.
+CREATION_STATEMENTS = frozenset({"insert_messages", "insert_send_messages"})
 
 _UPDATE_MESSAGES = re.compile(
     r"\bUPDATE\s+messages\b(?:\s+\w+)?\s+SET\b(?P<set>.*?)(?:\bFROM\b|\bWHERE\b|\bRETURNING\b|;|$)",

@@ -9,6 +9,8 @@ The operator platform speaks the GSMA MaaP chatbot API:
           "messageContact": {"userContact": "+81..."}}
     PUT  {base}/bot/v1/{botId}/messages/{msgId}/status
          {"RCSMessage": {"status": "cancelled"}}
+    GET  {base}/bot/v1/{botId}/subscribers?pageSize=N&pageToken=T
+         200 {"subscribers": ["+81..."], "nextPageToken": "..."}
 
 Errors come as `{"error": {"code": "...", "message": "..."}}` where the
 platform gives a body at all; we keep the platform's text in `detail`.
@@ -31,6 +33,9 @@ Outcome mapping (stable reason codes, stored with the message):
              5xx/timeout/connection   retried; when attempts run out: error
                                       (server_error, timeout, connection_error),
                                       safe to send again later
+    subscribers  200 a page (and the next page's token), 403
+             SUBSCRIPTIONS_NOT_ALLOWED not_allowed, anything else
+             RcsPlatformError
     revoke   200/204 revoked, 409 already_delivered, 404 not_found,
              anything else error (with the reason code)
     capability  200 capable, 404 not capable, anything else RcsPlatformError
@@ -184,6 +189,13 @@ class RevokeOutcome:
     attempts: int = 1
 
 
+@dataclass(frozen=True)
+class SubscriberPage:
+    numbers: tuple[str, ...]
+    # None on the last page.
+    next_token: str | None
+
+
 class RcsPlatformError(Exception):
     """A capability check that got no usable answer."""
 
@@ -307,6 +319,32 @@ class RcsClient:
             return SendOutcome("not_capable", "not_capable", detail, status, attempts=attempts)
         return SendOutcome(
             "rejected", _reason_for_status(status), detail, status, attempts=attempts
+        )
+
+    async def subscribers(self, page_token: str | None, page_size: int) -> SubscriberPage:
+        """One page of the numbers subscribed to the bot (KMC §3.4.7), as
+        the platform gives them; raises RcsPlatformError (not_allowed: the
+        official account takes no subscriptions)."""
+        params = {"pageSize": str(page_size)}
+        if page_token:
+            params["pageToken"] = page_token
+        try:
+            response = await self._call("GET", f"{self._bot_url}/subscribers", params=params)
+        except _CallFailed as failure:
+            raise RcsPlatformError(failure.reason, failure.detail, failure.http_status) from None
+        if response.status == 403 and response.error_code == "SUBSCRIPTIONS_NOT_ALLOWED":
+            raise RcsPlatformError("not_allowed", response.error_detail, response.status)
+        if not 200 <= response.status < 300:
+            raise RcsPlatformError(
+                _reason_for_status(response.status), response.error_detail, response.status
+            )
+        data = response.json_object() or {}
+        numbers = data.get("subscribers")
+        token = data.get("nextPageToken")
+        if not isinstance(numbers, list) or not all(isinstance(n, str) for n in numbers):
+            raise RcsPlatformError("bad_answer", "subscribers is not a list of numbers", 200)
+        return SubscriberPage(
+            tuple(str(n) for n in numbers), token if isinstance(token, str) and token else None
         )
 
     async def revoke(self, message_id: str) -> RevokeOutcome:

@@ -55,6 +55,8 @@ class Event(StrEnum):
     RCS_SENT = "rcs_sent"
     RCS_RETRY = "rcs_retry"  # platform error; asked again later
     RCS_SEND_UNKNOWN = "rcs_send_unknown"  # send answer lost past the fallback delay
+    # A follow-up (§14) released by its first message's delivery.
+    FOLLOW_UP_RELEASED = "follow_up_released"
     # §13: judged "no history" since the base date; queued again to be sent.
     REASSIGNMENT_CHECKED = "reassignment_checked"
     # Notes: history without a state change.

@@ -44,6 +44,9 @@ REASSIGNED_NUMBER = Reason(
 REASSIGNMENT_LOOKUP_FAILED = Reason(
     "reassignment_lookup_failed", "the reassigned-number check failed, so the message was not sent"
 )
+PARENT_NOT_DELIVERED = Reason(
+    "parent_not_delivered", "a follow-up of a message that was not delivered is not sent"
+)
 RCS_NOT_CAPABLE = Reason("rcs_not_capable", "the handset cannot receive +Message")
 RCS_NOT_DELIVERED_IN_TIME = Reason(
     "rcs_not_delivered_in_time", "+Message was not delivered within the fallback delay"

@@ -6,12 +6,17 @@ state change as a `Move` checked against it, and the one writer
 state it was decided from, so a row moves along an edge listed here even
 when several daemons race for it.
 
-    scheduled    send_at is in the future.
-                 -> queued      send_at reached
+    scheduled    send_at is in the future, or a follow-up (§14) waits for
+                 its first message (not_before 'infinity', domain/follow_up.py).
+                 -> queued      send_at reached; a follow-up released with
+                                no delay
+                 -> scheduled   a follow-up released with a delay: its time
+                                and validity set
+                 -> skipped     a follow-up whose first message was not
+                                delivered; opted out: on the list its check
+                                read 15 minutes before send_at (§12)
                  -> cancelled   sender cancelled
                  -> expired     validity ended before send_at
-                 -> skipped     opted out: on the list its check read 15
-                                minutes before send_at (§12)
 
     queued       due (or waiting for not_before); claimable by a dispatcher.
                  A claim locks the row for one transaction that decides it,
@@ -129,7 +134,9 @@ INITIAL_STATES: frozenset[State] = frozenset({State.SCHEDULED, State.QUEUED, Sta
 
 TRANSITIONS: Mapping[State, frozenset[State]] = MappingProxyType(
     {
-        State.SCHEDULED: frozenset({State.QUEUED, State.CANCELLED, State.EXPIRED, State.SKIPPED}),
+        State.SCHEDULED: frozenset(
+            {State.QUEUED, State.SCHEDULED, State.SKIPPED, State.CANCELLED, State.EXPIRED}
+        ),
         State.QUEUED: frozenset(
             {
                 State.QUEUED,

@@ -93,7 +93,11 @@ TIMESTAMP_COLUMNS: tuple[str, ...] = (
 
 
 def iso_instant(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
+    # asyncpg reads 'infinity' (a follow-up waiting for its first message
+    # has no time yet) as datetime.max: no instant to show.
+    if value is None or value == datetime.max:
+        return None
+    return value.isoformat()
 
 
 def status_document(message: Mapping[str, Any]) -> dict[str, Any]:

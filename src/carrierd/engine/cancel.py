@@ -12,7 +12,9 @@ apply, the state is read again and decided again (a few times at most).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 
 import structlog
@@ -40,6 +42,8 @@ Revoke = Callable[[str, int], Awaitable[RevokeOutcome]]
 # Each round reads the state, decides and tries to move; a round is lost
 # only to another writer that moved the message meanwhile.
 MAX_ROUNDS = 3
+# Revokes a send's cancel has in flight at once at the +Message platform.
+REVOKE_CONCURRENCY = 8
 
 
 class Canceller:
@@ -77,6 +81,47 @@ class Canceller:
         return CancelOutcome(
             "refused", state, "the message changed state while being cancelled", retry=True
         )
+
+    async def cancel_many(
+        self, account_id: str, message_ids: Sequence[int]
+    ) -> Counter[tuple[str, str | None]]:
+        """Cancel many messages of the account (a send's): those
+        decide_cancel moves at once are moved in one transaction; those to
+        revoke first, or that moved meanwhile, go through `cancel` one by
+        one (the same rule). Returns how many came to each (result, state)."""
+        outcomes: Counter[tuple[str, str | None]] = Counter()
+        rows = await self._db.fetch("messages_for_cancel", list(message_ids), account_id)
+        moves: list[Move] = []
+        one_by_one: list[int] = []
+        for row in rows:
+            decision = decide_cancel(
+                row["id"], State(row["state"]), row["leg"], can_revoke=self._revoke is not None
+            )
+            if isinstance(decision, Move):
+                moves.append(decision)
+            elif isinstance(decision, RevokeFirst):
+                one_by_one.append(row["id"])
+            else:
+                outcomes[("refused", decision.state.value)] += 1
+        if moves:
+            at = self._clock.now()
+
+            async def work(tx: Transaction) -> set[int]:
+                return {a.move.message_id for a in await self._lifecycle.apply(tx, moves, at)}
+
+            applied = await self._db.in_transaction(work)
+            outcomes[("cancelled", State.CANCELLED.value)] += len(applied)
+            one_by_one += [m.message_id for m in moves if m.message_id not in applied]
+        gate = asyncio.Semaphore(REVOKE_CONCURRENCY)
+
+        async def one(message_id: int) -> CancelOutcome:
+            async with gate:
+                return await self.cancel(account_id, message_id)
+
+        for outcome in await asyncio.gather(*(one(m) for m in one_by_one)):
+            state = outcome.state.value if outcome.state is not None else None
+            outcomes[(outcome.result, state)] += 1
+        return outcomes
 
     async def _revoke_then_decide(
         self, account_id: str, message_id: int, state: State

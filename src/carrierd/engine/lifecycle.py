@@ -10,9 +10,12 @@ commit or roll back with it:
   - the durable status callback (the outbox the ops/callbacks sender drains);
   - metrics, counted only once the transaction has committed.
 
-Follow-ups and auto-replies (§14) will hang here too: they are effects of a
-state change. History without a state change (`Note`) goes through here as
-well, so message_events has one writer.
+Follow-ups (§14) hang here: the move that ends a message releases or skips
+its waiting follow-up (domain/follow_up.py decides) in the same
+transaction, so a crash cannot separate the delivery from the release.
+Auto-replies will hang here too: they are effects of a state change.
+History without a state change (`Note`) goes through here as well, so
+message_events has one writer.
 
 A Move whose row is no longer in the state it was decided from (another
 daemon, a concurrent flush or a webhook moved it first) is left alone, and
@@ -31,6 +34,7 @@ from typing import Any, TypeVar
 from carrierd.config import PREMIUM
 from carrierd.domain.attempt import ATTEMPT_ENDED
 from carrierd.domain.billing import billing_month
+from carrierd.domain.follow_up import decide_follow_up
 from carrierd.domain.lifecycle import Event, Move, Note
 from carrierd.domain.states import FINAL_STATES, State
 from carrierd.domain.status import callback_payload
@@ -107,11 +111,37 @@ class Lifecycle:
                     move.rcs_units,
                     move.reassign_units,
                 )
+        ended = {r["id"]: r["state"] for r in rows if r["state"] in _FINAL_VALUES}
+        if ended:
+            await self._follow_ups(tx, ended, now)
         # Last: every writer adds to the same (account, month) rows, whose
         # locks are then held until commit for the shortest time.
         await self._add_billing(tx, bills)
         tx.after_commit(lambda: self._count(applied, bills))
         return applied
+
+    async def _follow_ups(self, tx: Transaction, ended: dict[int, str], now: datetime) -> None:
+        """Release or skip the follow-ups waiting for messages that just
+        ended: in this transaction, as moves of their own (a follow-up's own
+        follow-up is then decided the same way)."""
+        waiting = await tx.fetch("waiting_follow_ups", list(ended))
+        moves = [
+            move
+            for w in waiting
+            if (
+                move := decide_follow_up(
+                    w["id"],
+                    w["after_message_id"],
+                    State(ended[w["after_message_id"]]),
+                    w["delay_s"],
+                    w["validity_s"],
+                    now,
+                )
+            )
+            is not None
+        ]
+        if moves:
+            await self.apply(tx, moves, now)
 
     async def note(self, tx: Transaction, notes: Sequence[Note], now: datetime) -> list[int]:
         """Log history without a state change; returns the messages noted."""

@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -645,6 +645,26 @@ class RcsLeg:
         message is the caller's (engine/cancel.py)."""
         [outcome] = await self._revoke_all([{"id": message_id, "account_id": account_id}])
         return outcome
+
+    async def subscriber_pages(
+        self, account_id: str, page_size: int
+    ) -> AsyncIterator[tuple[str, ...]]:
+        """The numbers subscribed to the account's official account (KMC
+        §3.4.7), a page at a time as the platform gives them; raises
+        RcsPlatformError."""
+        config = self._config()
+        bot = config.rcs_bot_of(account_id)
+        if bot is None:
+            raise RcsPlatformError("no_official_account", account_id)
+        client = self._clients.for_bot(config.rcs, bot)
+        token: str | None = None
+        while True:
+            async with self._requests:
+                page = await client.subscribers(token, page_size)
+            yield page.numbers
+            if page.next_token is None:
+                return
+            token = page.next_token
 
     async def _revoke_all(self, rows: Sequence[Row]) -> list[RevokeOutcome]:
         config = self._config()

@@ -35,6 +35,7 @@ from carrierd.store.db import Database, describe_db_error, is_transient_db_error
 from carrierd.telemetry import Metrics
 
 if TYPE_CHECKING:
+    from carrierd.http.groups import SubscriberSource
     from carrierd.http.messages import MessageCanceller
     from carrierd.http.webhooks import WebhookSink
 
@@ -67,6 +68,9 @@ class ApiState:
     webhook_sink: WebhookSink | None = None
     # The engine's cancel (engine/cancel.py); without it a cancel is a 503.
     canceller: MessageCanceller | None = None
+    # The +Message platform's subscriber lists (engine/rcs_leg.py); without
+    # it a subscriber group cannot be fetched (503).
+    subscribers: SubscriberSource | None = None
     export_page_rows: int = EXPORT_PAGE_ROWS
 
 
@@ -91,6 +95,9 @@ ERROR_CODES: frozenset[str] = frozenset(
         "body_too_large",  # 413
         "unsupported_media_type",  # 415
         "nothing_accepted",  # 422: every item of a batch was rejected
+        "group_too_large",  # 422: a subscriber group larger than a send takes
+        "subscriptions_not_allowed",  # 403: the official account takes no subscriptions
+        "platform_error",  # 502: the +Message platform did not give what was asked
         "internal_error",  # 500
         "revoke_failed",  # 502: the +Message platform did not answer a revoke
         "database_unavailable",  # 503 with Retry-After
@@ -258,6 +265,7 @@ def build_app(state: ApiState) -> web.Application:
     # importing them here, at build time, keeps the table in this module
     # without an import cycle.
     from carrierd.http import (
+        groups,
         health,
         inbound,
         messages,
@@ -265,6 +273,7 @@ def build_app(state: ApiState) -> web.Application:
         openapi,
         optouts,
         reports,
+        sends,
         webhooks,
     )
 
@@ -290,6 +299,14 @@ def build_app(state: ApiState) -> web.Application:
         web.get("/v1/optouts/{number}", optouts.get_number),
         web.delete("/v1/optouts/{number}", optouts.delete_number),
         web.get("/v1/inbound", inbound.find_inbound),
+        web.post("/v1/sends", sends.post_send),
+        web.get("/v1/sends", sends.list_sends),
+        web.get("/v1/sends/{send_id}", sends.get_send),
+        web.get("/v1/sends/{send_id}/export", sends.export_send),
+        web.post("/v1/sends/{send_id}/cancel", sends.cancel_send),
+        web.post("/v1/groups", groups.fetch_group),
+        web.get("/v1/groups", groups.list_groups),
+        web.get("/v1/groups/{group_id}/export", groups.export_group),
         web.get("/healthz", health.healthz),
         web.get("/readyz", health.readyz),
         web.get(openapi.OPENAPI_PATH, openapi.serve_openapi),

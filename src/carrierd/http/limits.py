@@ -176,7 +176,7 @@ class ConnectionGuard:
         if connection is not None:
             connection.request_started()
         try:
-            if request.body_exists:
+            if request.body_exists and not _reads_as_it_arrives(request):
                 # read() keeps the body: the handler's read() or json() gets it.
                 try:
                     async with asyncio.timeout(self.config.body_timeout_s):
@@ -207,6 +207,25 @@ class ConnectionGuard:
         if request.transport is not None:
             request.transport.close()
         return response
+
+
+# Handlers that read a multipart body as it arrives (a send's CSV upload
+# of 100,000 rows): it is not read ahead for them, and they put the body
+# deadline on each chunk they wait for (BODY_CHUNK_TIMEOUT_S).
+_STREAMING_HANDLERS: set[Callable[..., Any]] = set()
+
+
+def streams_multipart(handler: Handler) -> Handler:
+    """Mark a route handler that reads its multipart body as it arrives."""
+    _STREAMING_HANDLERS.add(handler)
+    return handler
+
+
+def _reads_as_it_arrives(request: web.Request) -> bool:
+    return (
+        request.content_type == "multipart/form-data"
+        and request.match_info.handler in _STREAMING_HANDLERS
+    )
 
 
 class _GuardedSite(web.BaseSite):

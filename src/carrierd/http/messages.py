@@ -17,6 +17,7 @@ import base64
 import binascii
 import json
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -127,6 +128,11 @@ def message_view(
 class MessageCanceller(Protocol):
     async def cancel(self, account_id: str, message_id: int) -> CancelOutcome:
         """Cancel the account's message if it can still be stopped."""
+
+    async def cancel_many(
+        self, account_id: str, message_ids: Sequence[int]
+    ) -> Counter[tuple[str, str | None]]:
+        """Cancel many (a send's); how many came to each (result, state)."""
 
 
 async def post_messages(request: web.Request) -> web.Response:

@@ -20,7 +20,7 @@ import dataclasses
 import io
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -245,21 +245,12 @@ async def export_messages(request: web.Request) -> web.StreamResponse:
     if end - start > EXPORT_MAX_SPAN:
         return json_error(400, "to", f"at most {EXPORT_MAX_SPAN.days} days after from")
 
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/csv; charset=utf-8",
-            "Content-Disposition": (f'attachment; filename="messages-{account.account_id}.csv"'),
-        }
-    )
-    response.enable_chunked_encoding()
-    await response.prepare(request)
-    await response.write(_csv_text([EXPORT_COLUMNS]).encode("utf-8"))
     page_rows = state.export_page_rows
-    # The keyset starts just before `from`: (from, 0) precedes every id.
-    after_at, after_id = start, 0
-    exported = 0
-    while True:
-        page = await state.db.fetch(
+
+    async def next_page(last: Row | None) -> list[Row]:
+        # The keyset starts just before `from`: (from, 0) precedes every id.
+        after_at, after_id = (start, 0) if last is None else (last["accepted_at"], last["id"])
+        return await state.db.fetch(
             "export_messages_page",
             account.account_id,
             start,
@@ -268,14 +259,43 @@ async def export_messages(request: web.Request) -> web.StreamResponse:
             after_id,
             page_rows,
         )
+
+    response, exported = await export_csv(
+        request, f"messages-{account.account_id}.csv", next_page, page_rows
+    )
+    log.info("messages_exported", account=account.account_id, rows=exported)
+    return response
+
+
+async def export_csv(
+    request: web.Request,
+    filename: str,
+    next_page: Callable[[Row | None], Awaitable[list[Row]]],
+    page_rows: int,
+) -> tuple[web.StreamResponse, int]:
+    """Stream the delivery-log CSV (EXPORT_COLUMNS) page by page:
+    `next_page(last row of the page before, or None)` gives up to
+    `page_rows` rows. Returns the response and the rows written."""
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/csv; charset=utf-8",
+            "Content-Disposition": f'attachment; filename="{filename}"',
+        }
+    )
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    await response.write(_csv_text([EXPORT_COLUMNS]).encode("utf-8"))
+    exported = 0
+    last: Row | None = None
+    while True:
+        page = await next_page(last)
         if page:
-            clicks = await click_log(state.db, [row["id"] for row in page])
+            clicks = await click_log(request.app[API_STATE].db, [row["id"] for row in page])
             lines = (_export_line(row, clicks) for row in page)
             await response.write(_csv_text(lines).encode("utf-8"))
             exported += len(page)
-            after_at, after_id = page[-1]["accepted_at"], page[-1]["id"]
+            last = page[-1]
         if len(page) < page_rows:
             break
     await response.write_eof()
-    log.info("messages_exported", account=account.account_id, rows=exported)
-    return response
+    return response, exported

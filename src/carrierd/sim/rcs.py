@@ -24,6 +24,15 @@ names a message of one bot; a revoke through another bot finds nothing).
 Recipients may block one bot (`SimBot.blocked_numbers`): that bot finds them
 not capable, the others do not.
 
+Subscriptions (サブスクライブ, KMC §3.4.7): an official account that
+allows them (`SimBot.allows_subscriptions`) keeps the numbers subscribed
+to it (`subscribe` / `unsubscribe`, as handsets do), and lists them a page
+at a time, in a stable order, with an opaque page token:
+
+    GET {base}/bot/v1/{botId}/subscribers?pageSize=N[&pageToken=T]
+        200 {"subscribers": ["+81...", ...], "nextPageToken": "..." | absent}
+        403 SUBSCRIPTIONS_NOT_ALLOWED for a bot that does not allow them
+
 Counters (`RcsPlatformSim.counters`) let tests prove exactly-once: sends
 accepted per msgId, per recipient and per bot, deliveries, revokes.
 """
@@ -37,7 +46,7 @@ import hmac
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias, cast
 from urllib.parse import unquote_plus
@@ -68,6 +77,13 @@ class SimBot:
     webhook_secret: str = field(default="sim-webhook-secret", repr=False)
     # Recipients who blocked this official account: not capable for it.
     blocked_numbers: frozenset[str] = frozenset()
+    allows_subscriptions: bool = True
+    subscribers: frozenset[str] = frozenset()
+
+
+# The largest page of subscribers the platform gives (pageSize above it is
+# cut to it).
+MAX_SUBSCRIBER_PAGE = 10_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,6 +138,9 @@ class RcsSimConfig:
     webhook_timeout_s: float = 5.0
     # Recipients who blocked the first bot (SimBot.blocked_numbers for others).
     blocked_numbers: frozenset[str] = frozenset()
+    # The first bot's subscriptions (SimBot's for others).
+    allows_subscriptions: bool = True
+    subscribers: frozenset[str] = frozenset()
     more_bots: tuple[SimBot, ...] = ()
 
     # Simulated answers from recipients after delivery: a tap on the first
@@ -161,6 +180,8 @@ class RcsSimConfig:
             webhook_url=self.webhook_url,
             webhook_secret=self.webhook_secret,
             blocked_numbers=self.blocked_numbers,
+            allows_subscriptions=self.allows_subscriptions,
+            subscribers=self.subscribers,
         )
         return (first, *self.more_bots)
 
@@ -236,6 +257,11 @@ class RcsPlatformSim:
         self._inbound_serial = 0
         self._webhook_session: aiohttp.ClientSession | None = None
         self._state_waiters: list[tuple[str, str, str, asyncio.Future[None]]] = []
+        self._subscribers: dict[str, set[str]] = {
+            bot.bot_id: {_canonical(n) for n in bot.subscribers} for bot in config.bots()
+        }
+        # Each bot's subscribers in page order, made again after a change.
+        self._subscriber_order: dict[str, list[str]] = {}
 
     # -- public helpers for tests and the CLI -----------------------------------
 
@@ -246,9 +272,19 @@ class RcsPlatformSim:
         app.router.add_get(f"{bot}/contactCapabilities", self._handle_capability)
         app.router.add_post(f"{bot}/messages", self._handle_send)
         app.router.add_put(f"{bot}/messages/{{msg_id}}/status", self._handle_status)
+        app.router.add_get(f"{bot}/subscribers", self._handle_subscribers)
         app.router.add_post("/oauth2/token", self._handle_token)
         app.cleanup_ctx.append(self._lifecycle)
         return app
+
+    def subscribe(self, bot_id: str, numbers: Iterable[str]) -> None:
+        """Handsets subscribe to the official account `bot_id`."""
+        self._subscribers[bot_id].update(_canonical(n) for n in numbers)
+        self._subscriber_order.pop(bot_id, None)
+
+    def unsubscribe(self, bot_id: str, numbers: Iterable[str]) -> None:
+        self._subscribers[bot_id].difference_update(_canonical(n) for n in numbers)
+        self._subscriber_order.pop(bot_id, None)
 
     def is_capable(self, msisdn: str, bot_id: str | None = None) -> bool:
         number = _canonical(msisdn)
@@ -432,6 +468,30 @@ class RcsPlatformSim:
         if not self.is_capable(user, bot.bot_id):
             return _error(404, "NOT_CAPABLE", "contact cannot receive chatbot messages")
         return web.json_response({"capabilities": list(self.config.features)})
+
+    async def _handle_subscribers(self, request: web.Request) -> web.Response:
+        bot = self._check_request(request)
+        if isinstance(bot, web.Response):
+            return bot
+        if not bot.allows_subscriptions:
+            return _error(
+                403, "SUBSCRIPTIONS_NOT_ALLOWED", f"bot {bot.bot_id!r} takes no subscriptions"
+            )
+        try:
+            size = int(request.query.get("pageSize", "1000"))
+            start = int(base64.urlsafe_b64decode(request.query.get("pageToken") or "MA=="))
+        except ValueError:
+            return _error(400, "BAD_REQUEST", "pageSize and pageToken must be ones we gave")
+        if size < 1 or start < 0:
+            return _error(400, "BAD_REQUEST", "pageSize must be at least 1")
+        order = self._subscriber_order.get(bot.bot_id)
+        if order is None:
+            order = self._subscriber_order[bot.bot_id] = sorted(self._subscribers[bot.bot_id])
+        end = start + min(size, MAX_SUBSCRIBER_PAGE)
+        body: dict[str, object] = {"subscribers": order[start:end]}
+        if end < len(order):
+            body["nextPageToken"] = base64.urlsafe_b64encode(str(end).encode()).decode()
+        return web.json_response(body)
 
     async def _handle_send(self, request: web.Request) -> web.Response:
         bot = self._check_request(request)
