@@ -449,3 +449,32 @@ async def test_a_message_handed_over_again_stays_held_when_its_first_submit_ends
     assert leg.give_back_unheld([claim]) == []
     for task in list(leg._in_flight):
         task.cancel()
+
+
+async def test_a_claim_written_while_the_orphans_are_read_is_no_orphan(
+    dsn: str, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The orphan release reads this process's unanswered claims, then asks
+    what it holds. A submit whose outcome was written in between shows
+    pending in what was read and is held by nobody any more: it was held
+    before the read, so it must not be given back."""
+    clock = FakeClock(T0)
+    config = engine_config(dsn, {"engine": {"pacing": False}})
+    network = FirstSubmitWaits(clock, list(config.carriers))
+    engine = await make_engine(config, db, clock, network=network)
+    await enqueue(db, "acme", [{"to": "09012340004", "sms": {"text": "x"}}], clock.now(), config)
+    await engine.dispatcher.dispatch_once(clock.now())
+    clock.advance(10)
+    fetch = db.fetch
+
+    async def fetch_then_answer(name: str, *args: Any) -> list[Any]:
+        rows = await fetch(name, *args)
+        if name == "own_claims_unanswered":
+            assert rows, "the claim is unanswered when read"
+            network.answer_first.set()
+            await engine.dispatcher.wait_idle()
+            await engine.recorder.drain()
+        return rows
+
+    monkeypatch.setattr(db, "fetch", fetch_then_answer)
+    assert await engine.dispatcher.release_orphans(clock.now()) == 0

@@ -178,12 +178,14 @@ class Dispatcher:
         handed to a bind, so their parts are recorded unsent and the message
         is queued again like any other not handed over. Returns how many."""
         async with self._claiming:
+            held_before = self.sms_leg.holding()
             rows = await self._db.fetch("own_claims_unanswered", self.lease_owner, claimed_before)
             if not rows:
                 return 0
-            # Checked after the rows were read: a claim handed over since is held.
+            # Checked again after the rows were read: a claim handed over
+            # since is held; one written since was held before.
             orphans = self.sms_leg.give_back_unheld(
-                [(r["id"], r["attempt"], r["carrier"], r["pending"]) for r in rows]
+                [(r["id"], r["attempt"], r["carrier"], r["pending"]) for r in rows], held_before
             )
         if orphans:
             log.error("orphaned_claims_released", messages=len(orphans), first=orphans[:5])

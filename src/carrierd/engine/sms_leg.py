@@ -394,13 +394,26 @@ class SmsLeg:
         the write-behind yet."""
         return set(self._held)
 
-    def give_back_unheld(self, claims: Sequence[tuple[int, int, str, Sequence[int]]]) -> list[int]:
+    def holding(self) -> set[int]:
+        """Messages being submitted or with an outcome waiting to be written."""
+        return set(self._held) | self._write_behind.unwritten_message_ids()
+
+    def give_back_unheld(
+        self,
+        claims: Sequence[tuple[int, int, str, Sequence[int]]],
+        held_before: set[int] | None = None,
+    ) -> list[int]:
         """Of (message id, attempt, carrier, pending part numbers) claimed
         under this process's lease, those it holds nowhere (not being
         submitted, no outcome waiting to be written) were never handed to a
         bind: their pending parts are recorded unsent, which queues the
-        message again. Returns their ids."""
-        held = set(self._held) | self._write_behind.unwritten_message_ids()
+        message again. Returns their ids.
+
+        `held_before`: what was held before the claims were read. A message
+        whose outcome was written while they were read shows pending in
+        them yet is held by neither the leg nor the write-behind any more:
+        it was held before, so it is no orphan."""
+        held = self.holding() | (held_before or set())
         orphans = [c for c in claims if c[0] not in held]
         for message_id, attempt, carrier, pending in orphans:
             for part_no in pending:
