@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 
@@ -375,3 +376,34 @@ async def test_leases_are_renewed_while_the_claim_loop_waits(dsn: str, db: Datab
             await running
         for task in list(engine.dispatcher.sms_leg._in_flight):
             task.cancel()
+
+
+async def test_stop_waits_for_a_claim_under_way_before_draining(dsn: str, db: Database) -> None:
+    """A claim that commits after the SMS leg was drained hands its
+    messages to a leg about to be torn down: they stay 'sending' with
+    their parts pending. `stop` waits for the claim and its hand-over."""
+    clock = FakeClock(JST_10_00)
+    config = engine_config(dsn, {"engine": {"pacing": False}})
+    engine = await make_engine(config, db, clock)
+    [message_id] = await enqueue(
+        db, "acme", [{"to": "09011110001", "sms": {"text": "x"}}], clock.now(), config
+    )
+    inside, go_on = asyncio.Event(), asyncio.Event()
+    decide = engine.dispatcher._decide
+
+    async def slow_decide(*args: Any, **kwargs: Any) -> None:
+        inside.set()
+        await go_on.wait()
+        await decide(*args, **kwargs)
+
+    engine.dispatcher._decide = slow_decide  # type: ignore[method-assign]
+    claiming = asyncio.ensure_future(engine.dispatcher.dispatch_once(clock.now()))
+    await asyncio.wait_for(inside.wait(), 5)
+    stopping = asyncio.ensure_future(engine.dispatcher.stop(drain_timeout_s=5))
+    await asyncio.sleep(0.2)
+    stopped_before_the_claim_ended = stopping.done()
+    go_on.set()
+    await asyncio.wait_for(asyncio.gather(claiming, stopping), 10)
+    assert not stopped_before_the_claim_ended
+    assert [s.request.message_id for s in engine.network.submitted] == [message_id]
+    assert not engine.dispatcher.sms_leg._in_flight

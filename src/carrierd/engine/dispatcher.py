@@ -224,6 +224,10 @@ class Dispatcher:
     async def stop(self, drain_timeout_s: float) -> None:
         """Stop claiming; wait for in-flight submits; give back what is unsent."""
         self._stopping.set()
+        # A claim under way hands its messages over before the leg drains:
+        # drained first, they would be left 'sending' with parts pending.
+        async with self._claiming:
+            pass
         await self.sms_leg.stop(drain_timeout_s)
         await self.leases.release(self._clock.now())
 
@@ -276,21 +280,26 @@ class Dispatcher:
         # From the claim to its hand-over the claimed messages are held
         # nowhere yet: the orphan release (another task) waits meanwhile.
         async with self._claiming:
-            try:
-                decided = await self._db.in_transaction(claim)
-            except Exception as exc:
-                if not (worked_out and is_transient_db_error(exc)):
-                    raise
-                # The connection broke after the claim's work, at its COMMIT:
-                # it may have committed with the answer lost (a server restart).
-                # Its messages would then be 'sending' under our lease, renewed
-                # for as long as we live and never sent: ask the database.
-                log.warning("claim_commit_unanswered", error=repr(exc))
-                decided = await until_database_answers(
-                    "claim_outcome",
-                    lambda: self._committed_part(worked_out[0]),
-                    stop=self._stopping,
-                )
+            if self._stopping.is_set():
+                # `stop` drains the leg once no claim is under way: claim
+                # nothing after that (tokens taken go back below).
+                decided = _Claim()
+            else:
+                try:
+                    decided = await self._db.in_transaction(claim)
+                except Exception as exc:
+                    if not (worked_out and is_transient_db_error(exc)):
+                        raise
+                    # The connection broke after the claim's work, at its COMMIT:
+                    # it may have committed with the answer lost (a server restart).
+                    # Its messages would then be 'sending' under our lease, renewed
+                    # for as long as we live and never sent: ask the database.
+                    log.warning("claim_commit_unanswered", error=repr(exc))
+                    decided = await until_database_answers(
+                        "claim_outcome",
+                        lambda: self._committed_part(worked_out[0]),
+                        stop=self._stopping,
+                    )
             # Handed over first: what the claim marked 'sending' must leave even
             # if the next statement fails, or it would end 'unknown' unsent.
             if decided.sending:
