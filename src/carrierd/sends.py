@@ -22,11 +22,12 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from carrierd.config import AccountConfig
+from carrierd.domain.replies import ReplyRules
 from carrierd.domain.variables import ContentTemplate, MissingVariable, compile_content
 from carrierd.intake import (
     ITEM_FIELDS,
@@ -36,6 +37,7 @@ from carrierd.intake import (
     check_shape,
     validate_message,
 )
+from carrierd.send_replies import REPLY_FIELDS, parse_reply_options
 
 # DOMAIN §14 / KMC: at most this many recipients in one send's request.
 MAX_RECIPIENTS = 100_000
@@ -63,6 +65,8 @@ SEND_FIELDS = frozenset(
         "follow_up",
         "recipients",
         "group_id",
+        # Survey choices and the auto-reply (send_replies.py).
+        *REPLY_FIELDS,
     }
 )
 FOLLOW_UP_FIELDS = frozenset({"channel", "sms", "rcs", "delay_s"})
@@ -111,6 +115,7 @@ class SendSpec:
     # The spec as posted (recipients aside), stored with the send.
     document: Mapping[str, Any]
     request_sha256: bytes
+    replies: ReplyRules = field(default_factory=ReplyRules)
 
     @property
     def variables(self) -> frozenset[str]:
@@ -192,6 +197,7 @@ def parse_send_spec(body: object) -> SendSpec:
         group_id = int(text)
         if "recipients" in body:
             raise _fail("group_id", "a send takes recipients or a group_id, not both")
+    replies = parse_reply_options(body)
     document = {k: v for k, v in body.items() if k != "recipients"}
     canonical = json.dumps(document, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return SendSpec(
@@ -203,6 +209,7 @@ def parse_send_spec(body: object) -> SendSpec:
         group_id=group_id,
         document=document,
         request_sha256=hashlib.sha256(canonical.encode("utf-8")).digest(),
+        replies=replies,
     )
 
 
