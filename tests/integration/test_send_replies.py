@@ -12,12 +12,15 @@ import contextlib
 from datetime import timedelta
 from typing import Any
 
-from carrierd.domain.replies import match_choice
 from carrierd.engine.inbound import NewInbound
+from carrierd.http.webhooks import WEBHOOK_PATH
 from carrierd.sim.smsc import mo_deliver_pdus
 from carrierd.store.db import Database
 from tests.integration.apiclient import auth, running_api
 from tests.integration.test_inbound_sms import ACME, rig, until
+from tests.integration.test_rcs_leg import CAPABLE, national
+from tests.integration.test_rcs_leg import T0 as T0_RCS
+from tests.integration.test_rcs_leg import rig as rcs_rig
 
 ACME_AUTH = auth("acme-token")
 H1, H2, H3, H4, H5 = (f"+8190111100{n:02d}" for n in range(1, 6))
@@ -197,6 +200,43 @@ async def test_concurrent_answers_get_one_auto_reply(dsn: str, db: Database) -> 
         assert len(await db.call_raw("SELECT id FROM inbound_messages")) == 2
 
 
-def test_a_postback_equal_to_a_code_matches() -> None:
-    assert match_choice(("A", "B"), "配信の感想", "b") == "B"
-    assert match_choice(("A", "B"), None, "other") is None
+async def test_a_chip_tap_answers_the_survey_by_its_postback(dsn: str, db: Database) -> None:
+    async with rcs_rig(dsn, db, inbound_reply_share=1.0, inbound_reply_delay_s=0.0) as r:
+        base = r.webhook_url.removesuffix(WEBHOOK_PATH)
+        send = {
+            "channel": "rcs",
+            "rcs": {
+                "text": "ご来店日をお選びください",
+                "chips": [
+                    # The send's validity has passed when the tap comes;
+                    # the chip's own validity has not.
+                    {"type": "reply", "text": "土曜", "postback": "ａ", "reply_validity_s": 60},
+                    {"type": "reply", "text": "日曜", "postback": "B"},
+                ],
+            },
+            "choices": [{"code": "A", "label": "土曜"}, {"code": "B", "label": "日曜"}],
+            "auto_reply": {
+                "per_choice": {"A": {"rcs": {"text": "土曜にお待ちしています"}}},
+            },
+            "reply_valid_until": (T0_RCS - timedelta(seconds=1)).isoformat(),
+            "recipients": [national(CAPABLE)],
+        }
+        async with r.session.post(f"{base}/v1/sends", json=send, headers=ACME_AUTH) as resp:
+            assert resp.status == 202, await resp.text()
+            send_id = (await resp.json())["id"]
+        await r.cycle()
+        await r.platform_idle()
+        [tap] = await db.call_raw(
+            "SELECT kind, postback, choice, send_id FROM inbound_messages"
+            " WHERE kind = 'suggestion_reply'"
+        )
+        assert (tap["postback"], tap["choice"], str(tap["send_id"])) == ("ａ", "A", send_id)
+        [auto] = await db.call_raw(
+            "SELECT channel, rcs_content, client_ref FROM messages"
+            " WHERE client_ref LIKE 'auto-reply:%'"
+        )
+        assert auto["client_ref"] == f"auto-reply:{send_id}:{CAPABLE}:A"
+        assert (auto["channel"], auto["rcs_content"]["text"]) == ("rcs", "土曜にお待ちしています")
+        async with r.session.get(f"{base}/v1/sends/{send_id}", headers=ACME_AUTH) as resp:
+            survey = (await resp.json())["survey"]
+        assert [c["count"] for c in survey["choices"]] == [1, 0]

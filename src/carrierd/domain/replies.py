@@ -13,7 +13,7 @@ An auto-reply (自動返信) is a content sent back when the recipient answers
 within the send's reply validity: `reply_valid_s` from the answered
 message's sending and/or `reply_valid_until`, both inclusive; for a tap on
 a suggestion that has its own `reply_validity_s`, that one instead of
-`reply_valid_s`; neither = unlimited. It goes once per recipient or, with
+both; none = unlimited. It goes once per recipient or, with
 `per_choice` contents, once per recipient and choice (a reply that matches
 no choice gets the default content, once). "Once" is kept by the database:
 the auto-reply is a message whose client_ref (`auto_reply_ref`) is unique
@@ -84,7 +84,10 @@ def reply_deadline(
 ) -> datetime | None:
     """Until when an answer to a message sent at `sent_at` is within the
     send's reply validity; None: unlimited."""
-    valid_s = suggestion_validity_s if suggestion_validity_s is not None else rules.reply_valid_s
+    if suggestion_validity_s is not None:
+        # The suggestion's own validity is the one the recipient was given.
+        return sent_at + timedelta(seconds=suggestion_validity_s)
+    valid_s = rules.reply_valid_s
     ends = [sent_at + timedelta(seconds=valid_s)] if valid_s is not None else []
     if rules.reply_valid_until is not None:
         ends.append(rules.reply_valid_until)
