@@ -10,8 +10,9 @@ A code is one or two Latin letters, written in any case or width (stored
 as written, compared as domain/replies.py `normalized_answer`). An
 auto-reply content is checked as a message item of POST /v1/messages
 (`check_auto_reply`, with the account: 660 characters, +Message limits);
-it takes no `{{variables}}`: a reply comes after the send, when the
-recipient's variables are no longer kept.
+it may use the recipient's `{{variables}}`: then each recipient's own
+auto-replies are substituted and checked at registration, and kept with
+their message (send_auto_replies), since the variables are not kept.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from carrierd.domain.replies import (
     normalized_answer,
     reply_rules_of,
 )
-from carrierd.domain.variables import compile_content
+from carrierd.domain.variables import ContentTemplate, compile_content
 from carrierd.intake import ItemRejected, RequestShapeError, check_shape, validate_message
 
 REPLY_FIELDS = ("choices", "auto_reply", "reply_valid_s", "reply_valid_until")
@@ -124,33 +125,72 @@ def _check_content(content: object, prefix: str) -> None:
         raise RequestShapeError(
             prefix + exc.field.removeprefix("messages[0]").lstrip("."), exc.reason
         ) from None
-    template = compile_content(item.get("sms"), item.get("rcs"), prefix=prefix)
-    if template.variables:
-        raise RequestShapeError(
-            prefix.rstrip("."),
-            f"uses variable {sorted(template.variables)[0]!r}: an auto-reply takes no variables",
-        )
+    compile_content(item.get("sms"), item.get("rcs"), prefix=prefix)
+
+
+def auto_reply_templates(rules: ReplyRules) -> dict[str, ContentTemplate]:
+    """The auto-reply contents with their placeholders parsed, by key (""
+    for the default content, else the choice code)."""
+    auto = rules.auto_reply
+    if auto is None:
+        return {}
+    contents = {"": auto.default, **auto.per_choice}
+    return {
+        key: compile_content(content.get("sms"), content.get("rcs"), prefix=_prefix(key))
+        for key, content in contents.items()
+        if content is not None
+    }
+
+
+def _prefix(key: str) -> str:
+    return "auto_reply." if key == "" else f"auto_reply.per_choice.{key}."
+
+
+def recipient_auto_replies(
+    templates: Mapping[str, ContentTemplate],
+    values: Mapping[str, str],
+    account: AccountConfig,
+    now: datetime,
+    expiry_s: float,
+) -> dict[str, dict[str, Any]] | None:
+    """A recipient's own auto-reply contents (variables substituted, each
+    checked as a message), by key; None when no content has variables (the
+    send's contents are used as they are). Raises MissingVariable, or
+    ItemRejected with the field renamed under `auto_reply`."""
+    if not any(t.variables for t in templates.values()):
+        return None
+    rendered: dict[str, dict[str, Any]] = {}
+    for key, template in templates.items():
+        content = template.render(values)
+        _validate(content, _prefix(key), account, now, expiry_s)
+        rendered[key] = content
+    return rendered
+
+
+def _validate(
+    content: Mapping[str, Any], prefix: str, account: AccountConfig, now: datetime, expiry_s: float
+) -> None:
+    for channel in ("sms", "rcs"):
+        if channel not in content:
+            continue
+        item = {"to": _PROBE_NUMBER, "channel": channel, channel: content[channel]}
+        try:
+            validate_message(item, account, now, expiry_s=expiry_s)
+        except ItemRejected as exc:
+            raise ItemRejected(prefix + exc.field, exc.reason) from None
 
 
 def check_auto_reply(
     rules: ReplyRules, account: AccountConfig, now: datetime, expiry_s: float
 ) -> None:
-    """Each auto-reply content validated as a message of the account
-    would be (SMS text limits, +Message content rules); raises
-    RequestShapeError naming the field."""
-    auto = rules.auto_reply
-    if auto is None:
-        return
-    contents = [("auto_reply.", auto.default)] + [
-        (f"auto_reply.per_choice.{code}.", content) for code, content in auto.per_choice.items()
-    ]
-    for prefix, content in contents:
-        if content is None:
+    """Each auto-reply content without variables validated as a message of
+    the account would be (SMS text limits, +Message content rules); raises
+    RequestShapeError naming the field. One with variables is checked per
+    recipient, substituted (`recipient_auto_replies`)."""
+    for key, template in auto_reply_templates(rules).items():
+        if template.variables:
             continue
-        channels = (["sms"] if "sms" in content else []) + (["rcs"] if "rcs" in content else [])
-        for channel in channels:
-            item = {"to": _PROBE_NUMBER, "channel": channel, channel: content[channel]}
-            try:
-                validate_message(item, account, now, expiry_s=expiry_s)
-            except ItemRejected as exc:
-                raise RequestShapeError(prefix + exc.field, exc.reason) from None
+        try:
+            _validate(template.render({}), _prefix(key), account, now, expiry_s)
+        except ItemRejected as exc:
+            raise RequestShapeError(exc.field, exc.reason) from None

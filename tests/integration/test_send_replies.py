@@ -156,11 +156,24 @@ async def test_concurrent_answers_get_one_auto_reply(dsn: str, db: Database) -> 
     async with rig(dsn, db) as r, r.daemon(r.config()) as engine:
         config = engine.config
         async with running_api(config, db, r.clock) as (base, http):
-            body = {"sms": {"text": "ご意見を"}, "auto_reply": {"sms": {"text": "受付"}}}
-            async with http.post(
-                f"{base}/v1/sends", json={**body, "recipients": [H1]}, headers=ACME_AUTH
-            ) as resp:
+            # The auto-reply takes the recipient's variables, substituted
+            # and checked at registration.
+            body = {
+                "sms": {"text": "ご意見を"},
+                "auto_reply": {"sms": {"text": "{{name}}様 受付"}},
+                "recipients": [
+                    {"to": H1, "variables": {"name": "山田"}},
+                    {"to": H2},
+                    {"to": H3, "variables": {"name": "長" * 700}},
+                ],
+            }
+            async with http.post(f"{base}/v1/sends", json=body, headers=ACME_AUTH) as resp:
                 assert resp.status == 202, await resp.text()
+                answer = await resp.json()
+            assert [(j["row"], j["field"]) for j in answer["rejections"]] == [
+                (1, "variables.name"),
+                (2, "auto_reply.sms.text"),
+            ]
             await engine.cycle()
             await until(lambda: r.sim.counters.carriers["docomo"].accepted >= 1)
 
@@ -194,9 +207,9 @@ async def test_concurrent_answers_get_one_auto_reply(dsn: str, db: Database) -> 
 
         await asyncio.gather(store("一つ目"), store("二つ目"))
         rows = await db.call_raw(
-            "SELECT client_ref FROM messages WHERE client_ref LIKE 'auto-reply:%'"
+            "SELECT sms_text FROM messages WHERE client_ref LIKE 'auto-reply:%'"
         )
-        assert len(rows) == 1
+        assert rows == [{"sms_text": "山田様 受付"}]
         assert len(await db.call_raw("SELECT id FROM inbound_messages")) == 2
 
 

@@ -14,6 +14,7 @@ from carrierd.domain.replies import (
     reply_rules_of,
     suggestion_validity_s,
 )
+from carrierd.domain.variables import TemplateError
 from carrierd.intake import RequestShapeError
 from carrierd.send_replies import parse_reply_options
 
@@ -112,13 +113,13 @@ def test_a_suggestions_validity_is_found_by_postback() -> None:
             },
             "auto_reply.per_choice.C",
         ),
-        ({"auto_reply": {"sms": {"text": "{{name}}様"}}}, "auto_reply"),
+        ({"auto_reply": {"sms": {"text": "{{name"}}}, "auto_reply.sms.text"),
         ({"auto_reply": {"mail": {}}}, "auto_reply.mail"),
     ],
 )
 def test_bad_reply_options_are_refused_naming_the_field(
     spec: dict[str, object], field: str
 ) -> None:
-    with pytest.raises(RequestShapeError) as caught:
+    with pytest.raises((RequestShapeError, TemplateError)) as caught:
         parse_reply_options(spec)
     assert caught.value.field == field

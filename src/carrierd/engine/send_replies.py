@@ -14,6 +14,7 @@ it in another transaction inserts nothing.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +22,7 @@ import structlog
 
 from carrierd.config import Config
 from carrierd.domain.replies import (
+    AutoReply,
     auto_reply_for,
     match_choice,
     reply_rules_of,
@@ -49,6 +51,15 @@ class SendReplies:
         if context is None:
             return
         rules = reply_rules_of(context["spec"] or {})
+        own = context["own"]
+        if own is not None and rules.auto_reply is not None:
+            # The recipient's own contents, their variables substituted.
+            rules = replace(
+                rules,
+                auto_reply=AutoReply(
+                    own.get(""), {code: c for code, c in own.items() if code != ""}
+                ),
+            )
         choice = match_choice(rules.codes, row["text"], row["postback"]) if rules.codes else None
         if choice is not None:
             await tx.execute("inbound_set_choice", stored.id, choice)

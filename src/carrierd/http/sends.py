@@ -463,6 +463,11 @@ async def _insert_rows(
         now,
         send_id,
     )
+    own = [(i, r.auto_replies) for i, r in zip(message_ids, rows, strict=True) if r.auto_replies]
+    if own:
+        await tx.execute(
+            "insert_send_auto_replies", [i for i, _ in own], [_json_text(c) for _, c in own]
+        )
     return ids[0], ids[-1]
 
 

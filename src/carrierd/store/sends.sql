@@ -206,13 +206,15 @@ LIMIT $4;
 -- the answer names that message, its follow-up or an auto-reply) and the
 -- answered message's +Message content (a tapped suggestion's own validity).
 -- The recipient's message is found by number within the send's id range.
+-- own: the recipient's own auto-reply contents (send_auto_replies), if any.
 SELECT s.id AS send_id, s.spec, s.state AS send_state, m.rcs_content,
        coalesce(greatest(o.submitted_at, o.rcs_sent_at), o.accepted_at, m.accepted_at)
-           AS sent_at
+           AS sent_at,
+       (SELECT a.contents FROM send_auto_replies a WHERE a.message_id = o.id) AS own
 FROM messages m
 JOIN sends s ON s.id = m.send_id
 LEFT JOIN LATERAL (
-    SELECT submitted_at, rcs_sent_at, accepted_at FROM messages o
+    SELECT id, submitted_at, rcs_sent_at, accepted_at FROM messages o
     WHERE o.msisdn = m.msisdn AND o.send_id = s.id AND o.after_message_id IS NULL
       AND o.id BETWEEN s.first_message_id AND s.last_message_id
     ORDER BY o.id
@@ -256,3 +258,8 @@ FROM inbound_messages
 WHERE send_id = $1 AND id > $2
 ORDER BY id
 LIMIT $3;
+
+-- name: insert_send_auto_replies
+INSERT INTO send_auto_replies (message_id, contents)
+SELECT id, contents::jsonb FROM unnest($1::bigint[], $2::text[]) AS t(id, contents)
+ON CONFLICT (message_id) DO NOTHING;
