@@ -205,7 +205,6 @@ LIMIT $4;
 -- acceptance if neither is known: the reply validity runs from it, whether
 -- the answer names that message, its follow-up or an auto-reply) and the
 -- answered message's +Message content (a tapped suggestion's own validity).
--- The recipient's message is found by number within the send's id range.
 -- own: the recipient's own auto-reply contents (send_auto_replies), if any.
 SELECT s.id AS send_id, s.spec, s.state AS send_state, m.rcs_content,
        coalesce(greatest(o.submitted_at, o.rcs_sent_at), o.accepted_at, m.accepted_at)
@@ -214,10 +213,22 @@ SELECT s.id AS send_id, s.spec, s.state AS send_state, m.rcs_content,
 FROM messages m
 JOIN sends s ON s.id = m.send_id
 LEFT JOIN LATERAL (
-    SELECT id, submitted_at, rcs_sent_at, accepted_at FROM messages o
-    WHERE o.msisdn = m.msisdn AND o.send_id = s.id AND o.after_message_id IS NULL
-      AND o.id BETWEEN s.first_message_id AND s.last_message_id
-    ORDER BY o.id
+    -- The answered message itself, or the first message of a follow-up:
+    -- by primary key.
+    (SELECT id, submitted_at, rcs_sent_at, accepted_at FROM messages o
+      WHERE o.id = CASE WHEN m.after_message_id IS NOT NULL THEN m.after_message_id
+                        WHEN m.id BETWEEN s.first_message_id AND s.last_message_id THEN m.id
+                   END)
+    UNION ALL
+    -- An auto-reply (past the send's range): the recipient's message, by
+    -- number within the range.
+    (SELECT id, submitted_at, rcs_sent_at, accepted_at FROM messages o
+      WHERE m.after_message_id IS NULL
+        AND m.id NOT BETWEEN s.first_message_id AND s.last_message_id
+        AND o.msisdn = m.msisdn AND o.send_id = s.id AND o.after_message_id IS NULL
+        AND o.id BETWEEN s.first_message_id AND s.last_message_id
+      ORDER BY o.id
+      LIMIT 1)
     LIMIT 1
 ) o ON true
 WHERE m.id = $1;
