@@ -51,6 +51,7 @@ from carrierd.engine.leases import Leases, lease_owner_for
 from carrierd.engine.lifecycle import Lifecycle
 from carrierd.engine.rcs_leg import RcsClients, RcsLeg
 from carrierd.engine.reassign_gate import ReassignGate
+from carrierd.engine.send_replies import SendReplies
 from carrierd.engine.sms_leg import Planned, SmsLeg, counts_by_carrier
 from carrierd.engine.timers import Timers
 from carrierd.engine.write_behind import WriteBehind
@@ -166,7 +167,7 @@ class Daemon:
         """Phases 3 and 4: carrier side, then the workers that use it."""
         config = lambda: self.config  # noqa: E731 - read on every use: SIGHUP swaps it
         lifecycle = Lifecycle(self.metrics)
-        inbound = Inbound(db, config=config)
+        inbound = Inbound(db, config=config, hooks=[SendReplies(db, config=config)])
         write_behind = WriteBehind(
             db,
             self.clock,

@@ -22,11 +22,12 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from carrierd.config import AccountConfig
+from carrierd.domain.replies import ReplyRules
 from carrierd.domain.variables import ContentTemplate, MissingVariable, compile_content
 from carrierd.intake import (
     ITEM_FIELDS,
@@ -35,6 +36,12 @@ from carrierd.intake import (
     ScheduleLimits,
     check_shape,
     validate_message,
+)
+from carrierd.send_replies import (
+    REPLY_FIELDS,
+    auto_reply_templates,
+    parse_reply_options,
+    recipient_auto_replies,
 )
 
 # DOMAIN §14 / KMC: at most this many recipients in one send's request.
@@ -63,6 +70,8 @@ SEND_FIELDS = frozenset(
         "follow_up",
         "recipients",
         "group_id",
+        # Survey choices and the auto-reply (send_replies.py).
+        *REPLY_FIELDS,
     }
 )
 FOLLOW_UP_FIELDS = frozenset({"channel", "sms", "rcs", "delay_s"})
@@ -111,12 +120,17 @@ class SendSpec:
     # The spec as posted (recipients aside), stored with the send.
     document: Mapping[str, Any]
     request_sha256: bytes
+    replies: ReplyRules = field(default_factory=ReplyRules)
+    # The auto-reply contents, parsed (send_replies.auto_reply_templates).
+    auto_replies: Mapping[str, ContentTemplate] = field(default_factory=dict)
 
     @property
     def variables(self) -> frozenset[str]:
         names = set(self.content.variables)
         if self.follow_up is not None:
             names |= self.follow_up.content.variables
+        for template in self.auto_replies.values():
+            names |= template.variables
         return frozenset(names)
 
 
@@ -192,6 +206,7 @@ def parse_send_spec(body: object) -> SendSpec:
         group_id = int(text)
         if "recipients" in body:
             raise _fail("group_id", "a send takes recipients or a group_id, not both")
+    replies = parse_reply_options(body)
     document = {k: v for k, v in body.items() if k != "recipients"}
     canonical = json.dumps(document, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return SendSpec(
@@ -203,15 +218,19 @@ def parse_send_spec(body: object) -> SendSpec:
         group_id=group_id,
         document=document,
         request_sha256=hashlib.sha256(canonical.encode("utf-8")).digest(),
+        replies=replies,
+        auto_replies=auto_reply_templates(replies),
     )
 
 
 @dataclass(frozen=True)
 class RecipientRows:
-    """What one recipient registers: its message row, and its follow-up's."""
+    """What one recipient registers: its message row, and its follow-up's;
+    its own auto-reply contents when they use variables."""
 
     message: dict[str, Any]
     follow_up: dict[str, Any] | None
+    auto_replies: dict[str, dict[str, Any]] | None = None
 
 
 def recipient_rows(
@@ -265,6 +284,9 @@ def recipient_rows(
                 )
             except ItemRejected as exc:
                 return RowRejection(recipient.row, f"follow_up.{exc.field}", exc.reason)
+        auto_replies = recipient_auto_replies(
+            spec.auto_replies, recipient.variables, account, now, expiry_s
+        )
     except MissingVariable as exc:
         return RowRejection(
             recipient.row, f"variables.{exc.name}", f"missing, and used by {exc.field}"
@@ -274,7 +296,7 @@ def recipient_rows(
     message["send_row"] = recipient.ordinal
     if follow_row is not None:
         follow_row["send_row"] = recipient.ordinal
-    return RecipientRows(message, follow_row)
+    return RecipientRows(message, follow_row, auto_replies)
 
 
 def message_options(options: Mapping[str, Any]) -> dict[str, Any]:

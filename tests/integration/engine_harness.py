@@ -18,6 +18,7 @@ from carrierd.engine.dispatcher import Dispatcher
 from carrierd.engine.inbound import Inbound
 from carrierd.engine.leases import Leases, lease_owner_for
 from carrierd.engine.lifecycle import Lifecycle
+from carrierd.engine.send_replies import SendReplies
 from carrierd.engine.sms_leg import SmsLeg
 from carrierd.engine.timers import Timers
 from carrierd.engine.write_behind import WriteBehind
@@ -184,7 +185,7 @@ async def make_engine(
     network = network or NetworkStandIn(clock, list(config.carriers), subscribers or {})
     metrics = Metrics()
     lifecycle = Lifecycle(metrics)
-    inbound = Inbound(db, config=lambda: config)
+    inbound = Inbound(db, config=lambda: config, hooks=[SendReplies(db, config=lambda: config)])
     recorder = WriteBehind(
         db,
         clock,

@@ -36,6 +36,7 @@ ACCOUNT_ROUTES = {
     ("GET", "/v1/sends"),
     ("GET", "/v1/sends/{send_id}"),
     ("GET", "/v1/sends/{send_id}/export"),
+    ("GET", "/v1/sends/{send_id}/replies"),
     ("POST", "/v1/sends/{send_id}/cancel"),
     ("POST", "/v1/groups"),
     ("GET", "/v1/groups"),

@@ -303,6 +303,7 @@ def build_app(state: ApiState) -> web.Application:
         web.get("/v1/sends", sends.list_sends),
         web.get("/v1/sends/{send_id}", sends.get_send),
         web.get("/v1/sends/{send_id}/export", sends.export_send),
+        web.get("/v1/sends/{send_id}/replies", sends.send_replies),
         web.post("/v1/sends/{send_id}/cancel", sends.cancel_send),
         web.post("/v1/groups", groups.fetch_group),
         web.get("/v1/groups", groups.list_groups),

@@ -45,6 +45,8 @@ from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from carrierd.config import AccountConfig
+from carrierd.domain.inbound import inbound_document
+from carrierd.domain.replies import reply_rules_of
 from carrierd.domain.states import State
 from carrierd.domain.status import iso_instant, status_document
 from carrierd.domain.variables import TemplateError
@@ -61,6 +63,7 @@ from carrierd.http.limits import streams_multipart
 from carrierd.http.messages import BodyError, parse_json_body
 from carrierd.http.reports import export_csv
 from carrierd.intake import RequestShapeError, ScheduleLimits, field_label
+from carrierd.send_replies import check_auto_reply
 from carrierd.sends import (
     MAX_GROUP_RECIPIENTS,
     MAX_RECIPIENTS,
@@ -460,6 +463,11 @@ async def _insert_rows(
         now,
         send_id,
     )
+    own = [(i, r.auto_replies) for i, r in zip(message_ids, rows, strict=True) if r.auto_replies]
+    if own:
+        await tx.execute(
+            "insert_send_auto_replies", [i for i, _ in own], [_json_text(c) for _, c in own]
+        )
     return ids[0], ids[-1]
 
 
@@ -513,6 +521,7 @@ async def _post_send(request: web.Request) -> web.Response:
                 "Content-Type",
             )
         spec = parse_send_spec(body)
+        check_auto_reply(spec.replies, account, now, state.config.engine.message_expiry_s)
     except BodyError as exc:
         return json_error(400, "body", str(exc))
     except (RequestShapeError, TemplateError) as exc:
@@ -805,9 +814,10 @@ async def get_send(request: web.Request) -> web.Response:
             sms_units += row["sms_units"]
             rcs_units += row["rcs_units"]
         messages = await state.db.fetch("send_messages_page", send_id, lo, hi, after, limit + 1)
-        counted = await state.db.fetchrow("send_replies", send_id, lo, hi)
+        counted = await state.db.fetchrow("send_replies", send_id)
         if counted is not None:
             replies = {"replies": counted["replies"], "repliers": counted["repliers"]}
+    survey = await survey_of(state, send)
     page = messages[:limit]
     view.update(
         {
@@ -816,6 +826,7 @@ async def get_send(request: web.Request) -> web.Response:
             "billing": {"sms_units": sms_units, "rcs_units": rcs_units},
             "clicks": await clicks_of(state, send),
             "replies": replies,
+            "survey": survey,
             "messages": [
                 {
                     **status_document(m),
@@ -830,6 +841,52 @@ async def get_send(request: web.Request) -> web.Response:
         }
     )
     return web.json_response(view)
+
+
+async def survey_of(state: ApiState, send: Row) -> dict[str, Any] | None:
+    """A survey send's tally (domain/replies.py: each recipient counted
+    once, for their latest matched answer) and its unmatched replies; None
+    for a send without choices."""
+    rules = reply_rules_of(send["spec"] or {})
+    if not rules.choices:
+        return None
+    counts = {r["choice"]: r["n"] for r in await state.db.fetch("send_choice_tally", send["id"])}
+    unmatched = await state.db.fetchrow("send_unmatched_replies", send["id"])
+    assert unmatched is not None
+    return {
+        "choices": [
+            {"code": c.code, "label": c.label, "count": counts.get(c.code, 0)}
+            for c in rules.choices
+        ],
+        "answered": sum(counts.values()),
+        "unmatched": {"replies": unmatched["replies"], "repliers": unmatched["repliers"]},
+    }
+
+
+async def send_replies(request: web.Request) -> web.Response:
+    """GET /v1/sends/{id}/replies: every reply to the send, oldest first,
+    with the survey choice it matched (null: none), a page at a time."""
+    state = request.app[API_STATE]
+    account = authenticate(request, "read")
+    try:
+        _check_params(request, frozenset({"limit", "cursor"}))
+        send_id = _parse_id(request.match_info["send_id"], "send_id")
+        limit = _limit(request.query.get("limit"))
+        after = _after_cursor(request.query.get("cursor"))
+    except _BadRequest as exc:
+        return json_error(400, exc.field, exc.reason)
+    send = await state.db.fetchrow("get_send", send_id, account.account_id)
+    if send is None:
+        return json_error(404, None, "no such send")
+    rows = await state.db.fetch("send_replies_page", send_id, after, limit + 1)
+    page = rows[:limit]
+    return web.json_response(
+        {
+            "send_id": str(send_id),
+            "replies": [{**inbound_document(r), "choice": r["choice"]} for r in page],
+            "next_cursor": _cursor(page[-1]["id"]) if len(rows) > limit else None,
+        }
+    )
 
 
 async def list_sends(request: web.Request) -> web.Response:

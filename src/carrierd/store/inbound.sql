@@ -89,11 +89,13 @@ LIMIT 1;
 
 -- name: inbound_insert
 -- raw ->> 'msgId' is a +Message reply's platform id: a repeated webhook
--- inserts nothing (inbound_rcs_platform_msg_id of 0020).
+-- inserts nothing (inbound_rcs_platform_msg_id of 0020). send_id: the send
+-- (案件) of the answered message ($8), when it belongs to one.
 INSERT INTO inbound_messages (account_id, channel, carrier, msisdn, to_address, text, postback,
                               in_reply_to, received_at, raw, kind, incomplete, parts_expected,
-                              parts_received, data_coding, text_undecodable, raw_hex)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::jsonb, $11, $12, $13, $14, $15, $16, $17)
+                              parts_received, data_coding, text_undecodable, raw_hex, send_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::jsonb, $11, $12, $13, $14, $15, $16, $17,
+        (SELECT m.send_id FROM messages m WHERE m.id = $8::bigint))
 ON CONFLICT ((raw ->> 'msgId')) WHERE channel = 'rcs' DO NOTHING
 RETURNING id, account_id, channel, carrier, msisdn, to_address, text, postback, kind,
           in_reply_to, send_id, received_at, incomplete, parts_expected, parts_received,

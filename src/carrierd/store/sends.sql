@@ -138,12 +138,11 @@ WHERE id BETWEEN $2 AND $3 AND send_id = $1
 GROUP BY 1, 2;
 
 -- name: send_replies
--- Replies to the send's messages (inbound_messages.in_reply_to: the message
--- a reply answers).
-SELECT count(*)::int AS replies, count(DISTINCT i.msisdn)::int AS repliers
-FROM inbound_messages i
-JOIN messages m ON m.id = i.in_reply_to
-WHERE i.in_reply_to BETWEEN $2 AND $3 AND m.send_id = $1;
+-- Replies to the send (inbound_messages.send_id: the send of the message a
+-- reply answers, its auto-replies included).
+SELECT count(*)::int AS replies, count(DISTINCT msisdn)::int AS repliers
+FROM inbound_messages
+WHERE send_id = $1;
 
 -- name: send_messages_page
 -- One page of a send's messages in id order, after the cursor's id $4.
@@ -198,3 +197,80 @@ JOIN subscriber_groups s ON s.id = g.group_id
 WHERE g.group_id = $1 AND s.account_id = $2 AND g.msisdn > $3
 ORDER BY g.msisdn
 LIMIT $4;
+
+-- name: send_reply_context
+-- What an answer to message $1 of a send needs (engine/send_replies.py):
+-- the send's spec (choices, auto-reply, validity), when the send's message
+-- to this recipient left (the later of its SMS and +Message sending; its
+-- acceptance if neither is known: the reply validity runs from it, whether
+-- the answer names that message, its follow-up or an auto-reply) and the
+-- answered message's +Message content (a tapped suggestion's own validity).
+-- own: the recipient's own auto-reply contents (send_auto_replies), if any.
+SELECT s.id AS send_id, s.spec, s.state AS send_state, m.rcs_content,
+       coalesce(greatest(o.submitted_at, o.rcs_sent_at), o.accepted_at, m.accepted_at)
+           AS sent_at,
+       (SELECT a.contents FROM send_auto_replies a WHERE a.message_id = o.id) AS own
+FROM messages m
+JOIN sends s ON s.id = m.send_id
+LEFT JOIN LATERAL (
+    -- The answered message itself, or the first message of a follow-up:
+    -- by primary key.
+    (SELECT id, submitted_at, rcs_sent_at, accepted_at FROM messages o
+      WHERE o.id = CASE WHEN m.after_message_id IS NOT NULL THEN m.after_message_id
+                        WHEN m.id BETWEEN s.first_message_id AND s.last_message_id THEN m.id
+                   END)
+    UNION ALL
+    -- An auto-reply (past the send's range): the recipient's message, by
+    -- number within the range.
+    (SELECT id, submitted_at, rcs_sent_at, accepted_at FROM messages o
+      WHERE m.after_message_id IS NULL
+        AND m.id NOT BETWEEN s.first_message_id AND s.last_message_id
+        AND o.msisdn = m.msisdn AND o.send_id = s.id AND o.after_message_id IS NULL
+        AND o.id BETWEEN s.first_message_id AND s.last_message_id
+      ORDER BY o.id
+      LIMIT 1)
+    LIMIT 1
+) o ON true
+WHERE m.id = $1;
+
+-- name: mark_auto_reply
+-- An auto-reply belongs to its send: an answer to it is an answer to the
+-- send (inbound_insert takes the answered message's send_id). Its id is
+-- past the send's range, so the send's counts and pages leave it out.
+UPDATE messages SET send_id = $2 WHERE id = $1 AND send_id IS NULL;
+
+-- name: inbound_set_choice
+UPDATE inbound_messages SET choice = $2 WHERE id = $1;
+
+-- name: send_choice_tally
+-- The survey tally of send $1: per recipient, their latest reply that
+-- matched a choice (a recipient who answers again is counted once, for
+-- their last answer), counted per choice.
+SELECT choice, count(*)::int AS n
+FROM (SELECT DISTINCT ON (msisdn) msisdn, choice
+      FROM inbound_messages
+      WHERE send_id = $1 AND choice IS NOT NULL
+      ORDER BY msisdn, received_at DESC, id DESC) AS latest
+GROUP BY choice;
+
+-- name: send_unmatched_replies
+-- Replies to send $1 that matched no choice (kept and listed all the same).
+SELECT count(*)::int AS replies, count(DISTINCT msisdn)::int AS repliers
+FROM inbound_messages
+WHERE send_id = $1 AND choice IS NULL;
+
+-- name: send_replies_page
+-- GET /v1/sends/{id}/replies: the send's replies oldest first, after the
+-- cursor's id $2.
+SELECT id, account_id, channel, carrier, msisdn, to_address, text, postback, kind, in_reply_to,
+       send_id, received_at, incomplete, parts_expected, parts_received, data_coding,
+       text_undecodable, raw_hex, keyword, choice
+FROM inbound_messages
+WHERE send_id = $1 AND id > $2
+ORDER BY id
+LIMIT $3;
+
+-- name: insert_send_auto_replies
+INSERT INTO send_auto_replies (message_id, contents)
+SELECT id, contents::jsonb FROM unnest($1::bigint[], $2::text[]) AS t(id, contents)
+ON CONFLICT (message_id) DO NOTHING;
