@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -52,6 +54,10 @@ PLAIN = "ご予約ありがとうございます。明日10時にお待ちして
 FIVE_LINKS = "ご予約ありがとうございます。" + "".join(
     f"{{{{link:https://shop.example.jp/item/{n}?ref=sms}}}}" for n in range(5)
 )
+# FIVE_LINKS as sent, its links typed out: the same three SMS parts without
+# a link to mint or store (--texts as-sent), to tell what the links cost
+# from what the longer text costs.
+AS_SENT = re.sub(r"\{\{link:[^}]*\}\}", lambda m: f" s.kmc.jp/{'x' * 14} ", FIVE_LINKS)
 
 
 async def post_messages(
@@ -95,16 +101,19 @@ async def post_messages(
 def bench_intake(args: argparse.Namespace) -> None:
     rates: dict[str, list[float]] = {"none": [], "5 links": []}
     cpu_us: dict[str, list[float]] = {"none": [], "5 links": []}
+    pg_cpu_us: dict[str, list[float]] = {"none": [], "5 links": []}
     # Alternate, each on a fresh database, so neither gets a warmer one.
     for _round in range(args.rounds):
-        for label, text in (("none", PLAIN), ("5 links", FIVE_LINKS)):
-            if args.texts != "both" and (args.texts == "none") != (label == "none"):
-                rates[label].append(float("nan"))
+        plain = AS_SENT if args.texts == "as-sent" else PLAIN
+        for label, text in (("none", plain), ("5 links", FIVE_LINKS)):
+            if args.texts in ("none", "links") and (args.texts == "none") != (label == "none"):
+                for figures in (rates, cpu_us, pg_cpu_us):
+                    figures[label].append(float("nan"))
                 continue
             port, links_port = free_port(), free_port()
             config = CONFIG.format(links_port=links_port)
             with fresh_database("links_intake") as dsn, daemon_process(config, dsn, port) as proc:
-                cpu_before = process_cpu_s(proc.pid)
+                cpu_before, pg_before = process_cpu_s(proc.pid), postgres_cpu_s()
                 rates[label].append(
                     asyncio.run(
                         post_messages(port, text, args.messages, args.batch, args.concurrency)
@@ -113,7 +122,16 @@ def bench_intake(args: argparse.Namespace) -> None:
                 cpu_us[label].append(
                     (process_cpu_s(proc.pid) - cpu_before) / args.messages * 1_000_000
                 )
+                pg_cpu_us[label].append((postgres_cpu_s() - pg_before) / args.messages * 1_000_000)
+                print(
+                    f"links intake: round {_round + 1}, {label}: {rates[label][-1]:,.0f} "
+                    f"messages/s, daemon {cpu_us[label][-1]:.0f} us and PostgreSQL "
+                    f"{pg_cpu_us[label][-1]:.0f} us CPU per message",
+                    flush=True,
+                )
     none, linked = max(rates["none"]), max(rates["5 links"])
+    if args.texts == "as-sent":
+        print("links intake: without links = the same text as sent, its links typed out")
     print(
         f"links intake: {none:,.0f} messages/s without links, {linked:,.0f} messages/s "
         f"with 5 links each = {100 * (1 - linked / none):.1f}% cost "
@@ -122,8 +140,9 @@ def bench_intake(args: argparse.Namespace) -> None:
     )
     print(
         f"links intake: daemon CPU per message {min(cpu_us['none']):.0f} us without links, "
-        f"{min(cpu_us['5 links']):.0f} us with 5 links (the rest of the time is PostgreSQL's "
-        f"and the client's; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
+        f"{min(cpu_us['5 links']):.0f} us with 5 links; PostgreSQL CPU per message "
+        f"{min(pg_cpu_us['none']):.0f} us without, {min(pg_cpu_us['5 links']):.0f} us with "
+        f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
     )
 
 
@@ -176,10 +195,34 @@ def _load(port: int, codes: list[str], connections: int, duration_s: float, out:
     out.put(result)  # type: ignore[attr-defined]
 
 
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds a process has used (Linux /proc)."""
+def process_cpu_s(pid: int, with_reaped_children: bool = False) -> float:
+    """User + system CPU seconds a process has used (Linux /proc), and with
+    `with_reaped_children` those of its children that ended."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[11]) + int(fields[12])
+    if with_reaped_children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu_s() -> float:
+    """CPU seconds the project-local PostgreSQL has used: the postmaster and
+    every backend and helper process, live or ended (NaN when the bench
+    runs against a server of its own, CARRIERD_DSN)."""
+    if os.environ.get("CARRIERD_DSN"):
+        return float("nan")
+    data_dir = Path(os.environ.get("CARRIERD_PGDATA") or ROOT / "var" / "pg") / "data"
+    try:
+        postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
+        total = process_cpu_s(postmaster, with_reaped_children=True)
+        children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+    for child in children:
+        # One that ended between the listing and the read counts as reaped.
+        with contextlib.suppress(OSError, ValueError):
+            total += process_cpu_s(int(child))
+    return total
 
 
 async def fetch_codes(dsn: str) -> tuple[list[str], int]:
@@ -266,7 +309,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=128)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--only", choices=("intake", "redirects", "browser"))
-    parser.add_argument("--texts", choices=("both", "none", "links"), default="both")
+    parser.add_argument("--texts", choices=("both", "none", "links", "as-sent"), default="both")
     args = parser.parse_args()
     if args.only in (None, "redirects"):
         bench_redirects(args)

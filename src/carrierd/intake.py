@@ -25,7 +25,7 @@ from carrierd.domain.gates import optout_list_read_at
 from carrierd.domain.links import (
     LinkMarkupError,
     LinkStyle,
-    MintedLink,
+    MintedLinks,
     Template,
     mint_links,
     parse_template,
@@ -343,7 +343,7 @@ def _validate_item(
         if isinstance(rcs_item.get("text"), str):
             rcs_template = _template_of(rcs_item["text"], "rcs.text", targets, minting)
     start_at = _start_of(item, now, schedule)
-    minted: list[MintedLink] = []
+    minted: MintedLinks | None = None
     templates: dict[str, Any] = {}
     sms_body: str | None = item["sms"]["text"] if sms_template is not None else None
     if minting is not None and (targets or _any_optout(sms_template, rcs_template)):

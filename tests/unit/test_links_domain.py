@@ -259,3 +259,13 @@ def test_the_sql_feed_refuses_marks_rather_than_send_them_as_typed() -> None:
     rcs = validate_fed("09012345678", "rcs", None, {"text": "{{link:https://a.jp/}}"}, ACCOUNT)
     assert isinstance(rcs, Reason) and rcs.text.startswith("rcs.text:")
     assert not isinstance(validate_fed("09012345678", "sms", "{{ }}", None, ACCOUNT), Reason)
+
+
+def test_braces_around_the_marks_go_out_as_written() -> None:
+    # render fills a format string: the body's own braces must not be read
+    # as fields of it.
+    body = "価格{100}円 {{link:https://ex.jp/}} {0} }{ {{optout_url}} {optout}"
+    template = parse_template(body, [])
+    text = render(template, ["A" * STYLE.code_chars], "B" * STYLE.code_chars, STYLE)
+    link, optout = f" s.kmc.jp/{'A' * 14} ", f" s.kmc.jp/{'B' * 14} "
+    assert text == f"価格{{100}}円 {link} {{0}} }}{{ {optout} {{optout}}"

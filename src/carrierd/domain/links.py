@@ -33,7 +33,7 @@ from __future__ import annotations
 import re
 import secrets
 import string
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cached_property, lru_cache
@@ -121,6 +121,11 @@ class Template:
     @cached_property
     def has_optout(self) -> bool:
         return any(isinstance(p, OptOutMark) for p in self.pieces)
+
+    @cached_property
+    def render_forms(self) -> dict[str, _RenderForm]:
+        """render's format strings by link prefix (filled in as used)."""
+        return {}
 
     def plain_text(self) -> str:
         """The text around the marks (what the charset check reads)."""
@@ -227,16 +232,44 @@ def render(
 ) -> str:
     """The text as sent: each mark replaced by its link, LINK_WIDTH wide.
     `link_codes[n - 1]` is the code of link n."""
-    out: list[str] = []
-    for piece in template.pieces:
-        if isinstance(piece, str):
-            out.append(piece)
-            continue
-        code = optout_code if isinstance(piece, OptOutMark) else link_codes[piece.number - 1]
-        if code is None or len(code) != style.code_chars:
+    form = template.render_forms.get(style.prefix)
+    if form is None:
+        form = template.render_forms[style.prefix] = _RenderForm.of(template, style.prefix)
+    for number in form.link_numbers:
+        code = link_codes[number - 1]
+        if len(code) != style.code_chars:
             raise ValueError(f"a code of {style.code_chars} characters is needed, got {code!r}")
-        out.append(f" {style.prefix}{code} ")
-    return "".join(out)
+    if form.has_optout and (optout_code is None or len(optout_code) != style.code_chars):
+        raise ValueError(f"a code of {style.code_chars} characters is needed, got {optout_code!r}")
+    # A campaign renders one template for thousands of recipients: the
+    # pieces are joined once into a format string, filled in C per recipient.
+    return form.text.format(*link_codes, optout=optout_code)
+
+
+@dataclass(frozen=True)
+class _RenderForm:
+    """A template as a str.format string for one link prefix: link n is
+    field n - 1, the opt-out URL the field `optout`."""
+
+    text: str
+    link_numbers: tuple[int, ...]
+    has_optout: bool
+
+    @classmethod
+    def of(cls, template: Template, prefix: str) -> _RenderForm:
+        out: list[str] = []
+        numbers: list[int] = []
+        # The prefix is a host name (no braces), the text around the marks
+        # may hold any: doubled, a brace stands for itself.
+        for piece in template.pieces:
+            if isinstance(piece, str):
+                out.append(piece.replace("{", "{{").replace("}", "}}"))
+            elif isinstance(piece, OptOutMark):
+                out.append(f" {prefix}{{optout}} ")
+            else:
+                numbers.append(piece.number)
+                out.append(f" {prefix}{{{piece.number - 1}}} ")
+        return cls("".join(out), tuple(sorted(set(numbers))), template.has_optout)
 
 
 RandomBytes = Callable[[int], bytes]
@@ -293,14 +326,36 @@ def link_live(expires_at: datetime | None, now: datetime) -> bool:
 
 
 class MintedLink(NamedTuple):
-    """One code to store with its message (a tuple: intake makes five per
-    message of a 10,000-message batch)."""
+    """One code to store with its message."""
 
     code: str
     kind: str  # "link" or "optout"
     link_no: int  # 1..5 for links, 0 for the opt-out URL
     target_url: str | None
     expires_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class MintedLinks:
+    """The codes minted for one recipient, stored with its message. One
+    object per recipient, not one per code: intake makes them for every
+    message of a 10,000-message batch, and the store sends them to
+    PostgreSQL as a few strings per message (store/links.sql)."""
+
+    link_codes: tuple[str, ...]  # link n's code at n - 1
+    targets: tuple[str, ...]  # link n's target URL at n - 1
+    optout_code: str | None
+    optout_expires_at: datetime | None
+
+    def __iter__(self) -> Iterator[MintedLink]:
+        """The codes one by one: the links in order, then the opt-out URL."""
+        for number, (code, url) in enumerate(zip(self.link_codes, self.targets, strict=True), 1):
+            yield MintedLink(code, "link", number, url, None)
+        if self.optout_code is not None:
+            yield MintedLink(self.optout_code, "optout", 0, None, self.optout_expires_at)
+
+    def __len__(self) -> int:
+        return len(self.link_codes) + (self.optout_code is not None)
 
 
 def mint_links(
@@ -310,20 +365,14 @@ def mint_links(
     start: datetime,
     optout_valid_days: float,
     random_bytes: RandomBytes = secrets.token_bytes,
-) -> tuple[list[MintedLink], list[str], str | None]:
-    """Codes for one recipient: (rows to store, link codes in link order,
+) -> tuple[MintedLinks, tuple[str, ...], str | None]:
+    """Codes for one recipient: (codes to store, link codes in link order,
     opt-out code or None)."""
     codes = mint_codes(len(targets) + with_optout, style.code_chars, random_bytes)
-    link_codes = codes[: len(targets)]
-    minted = [
-        MintedLink(code, "link", n, url, None)
-        for n, (code, url) in enumerate(zip(link_codes, targets, strict=True), start=1)
-    ]
-    optout_code = None
-    if with_optout:
-        optout_code = codes[-1]
-        expires = optout_expires_at(start, optout_valid_days)
-        minted.append(MintedLink(optout_code, "optout", 0, None, expires))
+    link_codes = tuple(codes[: len(targets)])
+    optout_code = codes[-1] if with_optout else None
+    expires = optout_expires_at(start, optout_valid_days) if with_optout else None
+    minted = MintedLinks(link_codes, tuple(targets), optout_code, expires)
     return minted, link_codes, optout_code
 
 

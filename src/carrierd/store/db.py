@@ -483,9 +483,9 @@ async def _insert_links(
     inserted: set[int],
     now: datetime,
 ) -> None:
-    """The links intake minted (row key "links", domain/links.MintedLink),
+    """The links intake minted (row key "links", domain/links.MintedLinks),
     for the rows inserted now: a retry's links are not its message's."""
-    # A 10,000-message batch has 50,000 links: few columns, built in bulk.
+    # A 10,000-message batch has 50,000 links: a few strings per message.
     owned = [
         (message_id, row["msisdn"], row["links"])
         for row, message_id in zip(rows, ids, strict=True)
@@ -493,24 +493,15 @@ async def _insert_links(
     ]
     if not owned:
         return
-    # Link 1 first and the opt-out URL last, as insert_message_links
-    # numbers them (domain/links.mint_links mints them in that order).
-    codes = [link.code for _, _, links in owned for link in links]
-    link_messages = [message_id for message_id, _, links in owned for _ in links]
-    targets = [link.target_url for _, _, links in owned for link in links]
-    optout_expiry = [
-        next((link.expires_at for link in links if link.kind == "optout"), None)
-        for _, _, links in owned
-    ]
     try:
         await conn.execute(
             QUERIES["insert_message_links"],
-            codes,
-            link_messages,
-            targets,
             [message_id for message_id, _, _ in owned],
+            [" ".join(links.link_codes) or None for _, _, links in owned],
+            [" ".join(links.targets) or None for _, _, links in owned],
+            [links.optout_code for _, _, links in owned],
+            [links.optout_expires_at for _, _, links in owned],
             [msisdn for _, msisdn, _ in owned],
-            optout_expiry,
             account_id,
             now,
         )

@@ -2,31 +2,30 @@
 -- per statement, the time always passed in.
 
 -- name: insert_message_links
--- The links minted at intake, in the intake transaction. Per link ($1-$3):
--- its code, its message and its target (NULL: the opt-out URL); per
--- message ($4-$6): its number and its opt-out URL's expiry. Few arrays on
--- purpose: each element costs the driver more than the statement.
--- Links are numbered in the order intake minted them (link 1 first; the
--- opt-out URL, 0, last). A code already taken fails the statement
--- (store/db.py turns it into LinkCodeTaken and intake mints again).
-WITH link AS (
-    SELECT code, message_id, target_url,
-           row_number() OVER (PARTITION BY message_id ORDER BY n) AS nth
-    FROM unnest($1::text[], $2::bigint[], $3::text[]) WITH ORDINALITY
-         AS t(code, message_id, target_url, n)
-),
-message AS (
-    SELECT * FROM unnest($4::bigint[], $5::text[], $6::timestamptz[])
-           AS m(message_id, msisdn, optout_expires_at)
+-- The links minted at intake, in the intake transaction. One element per
+-- message in each array, not one per link: each element costs the driver
+-- more than the statement does. Per message: its number, its link codes
+-- and their target URLs each joined by single spaces in link order (link 1
+-- first; neither a code nor a target URL holds a space, domain/links.py),
+-- its opt-out URL's code and expiry (NULL without one) and its msisdn.
+-- A code already taken fails the statement (store/db.py turns it into
+-- LinkCodeTaken and intake mints again).
+WITH message AS (
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::timestamptz[],
+                         $6::text[])
+           AS m(message_id, link_codes, target_urls, optout_code, optout_expires_at, msisdn)
 )
 INSERT INTO message_links (code, message_id, kind, link_no, target_url, account_id, msisdn,
                            created_at, expires_at)
-SELECT link.code, link.message_id,
-       CASE WHEN link.target_url IS NULL THEN 'optout' ELSE 'link' END,
-       CASE WHEN link.target_url IS NULL THEN 0 ELSE link.nth END,
-       link.target_url, $7, message.msisdn, $8,
-       CASE WHEN link.target_url IS NULL THEN message.optout_expires_at END
-FROM link JOIN message USING (message_id);
+SELECT link.code, message.message_id, 'link', link.link_no::smallint, link.target_url,
+       $7::text, message.msisdn, $8::timestamptz, NULL::timestamptz
+FROM message,
+     unnest(string_to_array(message.link_codes, ' '), string_to_array(message.target_urls, ' '))
+         WITH ORDINALITY AS link(code, target_url, link_no)
+UNION ALL
+SELECT optout_code, message_id, 'optout', 0::smallint, NULL, $7::text, msisdn, $8::timestamptz,
+       optout_expires_at
+FROM message WHERE optout_code IS NOT NULL;
 
 -- name: links_follow
 -- One batch of requests for codes ($1, each once, sorted so two daemons
