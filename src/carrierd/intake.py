@@ -512,12 +512,14 @@ def validate_message(
     expiry_s: float,
     schedule: ScheduleLimits | None = None,
     reassign_enabled: bool = False,
+    minting: LinkMinting | None = None,
 ) -> tuple[dict[str, Any], int]:
     """One item's content checks (its shape already checked, as by
     check_shape): the row to store and its billable parts; raises
-    ItemRejected naming the field."""
+    ItemRejected naming the field. With `minting`, its link marks are
+    replaced by links minted for it (stored with `Transaction.insert_links`)."""
     return _validate_item(
-        item, account, now, expiry_s, schedule or ScheduleLimits(), reassign_enabled
+        item, account, now, expiry_s, schedule or ScheduleLimits(), reassign_enabled, minting
     )
 
 

@@ -32,6 +32,7 @@ from carrierd.domain.variables import ContentTemplate, MissingVariable, compile_
 from carrierd.intake import (
     ITEM_FIELDS,
     ItemRejected,
+    LinkMinting,
     RequestShapeError,
     ScheduleLimits,
     check_shape,
@@ -242,6 +243,7 @@ def recipient_rows(
     expiry_s: float,
     schedule: ScheduleLimits,
     reassign_enabled: bool = False,
+    minting: LinkMinting | None = None,
 ) -> RecipientRows | RowRejection:
     """The rows of one recipient, or why it is rejected (naming the field:
     `to`, `variables.<name>` for a variable it lacks, or the content field
@@ -262,6 +264,7 @@ def recipient_rows(
             expiry_s=expiry_s,
             schedule=schedule,
             reassign_enabled=reassign_enabled,
+            minting=minting,
         )
         follow_row = None
         if spec.follow_up is not None:
@@ -281,6 +284,7 @@ def recipient_rows(
                     expiry_s=expiry_s,
                     schedule=schedule,
                     reassign_enabled=reassign_enabled,
+                    minting=minting,
                 )
             except ItemRejected as exc:
                 return RowRejection(recipient.row, f"follow_up.{exc.field}", exc.reason)

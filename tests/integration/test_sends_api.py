@@ -274,3 +274,42 @@ async def test_skip_opted_out_reaches_each_message(dsn: str, db: Database) -> No
         ("+819012345678", True, True),
         ("+819012345679", True, False),
     ]
+
+
+async def test_a_send_mints_each_recipients_own_links(dsn: str, db: Database) -> None:
+    """Link marks are not variables: each recipient's message gets its own
+    short link and opt-out URL, stored with it (DOMAIN §12)."""
+    config = make_config(
+        dsn,
+        {
+            "links": {
+                "enabled": True,
+                "domain": "s.kmc.jp",
+                "csrf_secret": "links-test-csrf-secret",
+            }
+        },
+    )
+    async with running_api(config, db, clock()) as (base, http):
+        send = {
+            "channel": "sms",
+            "sms": {
+                "text": "{{name}}様 詳細{{link:https://shop.example.jp/r?id=7}} 停止{{optout_url}}"
+            },
+            "recipients": [
+                {"to": "09012345678", "variables": {"name": "山田"}},
+                {"to": "09012345679", "variables": {"name": "佐藤"}},
+            ],
+        }
+        async with http.post(f"{base}/v1/sends", json=send, headers=ACME) as r:
+            assert r.status == 202, await r.text()
+            assert (await r.json())["accepted"] == 2
+    messages = await db.call_raw("SELECT id, sms_text FROM messages ORDER BY send_row")
+    links = await db.call_raw("SELECT code, message_id, kind FROM message_links")
+    assert len(links) == 4
+    for message in messages:
+        own = [link for link in links if link["message_id"] == message["id"]]
+        assert sorted(link["kind"] for link in own) == ["link", "optout"]
+        for link in own:
+            assert f" s.kmc.jp/{link['code']} " in message["sms_text"]
+        assert "{{" not in message["sms_text"]
+    assert messages[0]["sms_text"].startswith("山田様")

@@ -18,6 +18,10 @@ keys of a JSON recipient's `variables`.
   cell), rejects that recipient, naming the variable: a message that reads
   "様、ご予約..." is worse than none. The other recipients are sent.
 
+Link marks (`{{link:URL}}`, `{{optout_url}}`, domain/links.py) are not
+variables: they are kept as written, and intake replaces them with each
+recipient's own links after the variables are filled in.
+
 Where placeholders count: the SMS text, the +Message text, and the titles
 and descriptions of rich cards (single or in a carousel), as the KMC
 specification allows. Limits (660 characters, card title 200...) are
@@ -76,6 +80,10 @@ class Template:
         return "".join(out)
 
 
+def _is_link_mark(name: str) -> bool:
+    return name == "optout_url" or name.startswith("link:")
+
+
 def parse_template(text: str, field: str) -> Template:
     """`text` split into literal pieces and placeholder names."""
     pieces: list[str] = []
@@ -94,6 +102,9 @@ def parse_template(text: str, field: str) -> Template:
                 field, f"'{{{{' at position {match.start()} does not close with '}}}}'"
             )
         name = match.group(1).strip()
+        if _is_link_mark(name):
+            current.append(token)
+            continue
         if not name:
             raise TemplateError(field, f"empty variable name at position {match.start()}")
         pieces.append("".join(current))

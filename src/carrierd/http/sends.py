@@ -62,7 +62,7 @@ from carrierd.http.app import (
 from carrierd.http.limits import streams_multipart
 from carrierd.http.messages import BodyError, parse_json_body
 from carrierd.http.reports import export_csv
-from carrierd.intake import RequestShapeError, ScheduleLimits, field_label
+from carrierd.intake import LinkMinting, RequestShapeError, ScheduleLimits, field_label
 from carrierd.send_replies import check_auto_reply
 from carrierd.sends import (
     MAX_GROUP_RECIPIENTS,
@@ -328,6 +328,7 @@ class Registrar:
                 expiry_s=self._expiry_s,
                 schedule=self._schedule,
                 reassign_enabled=self._state.config.reassign.enabled,
+                minting=LinkMinting.from_config(self._state.config.links),
             )
             if isinstance(result, RowRejection):
                 rejections.append((entry.ordinal, result))
@@ -463,6 +464,8 @@ async def _insert_rows(
         now,
         send_id,
     )
+    # DOMAIN §12: the links minted for each recipient, with its message.
+    await tx.insert_links(account_id, all_rows, row_ids, now)
     own = [(i, r.auto_replies) for i, r in zip(message_ids, rows, strict=True) if r.auto_replies]
     if own:
         await tx.execute(

@@ -540,6 +540,17 @@ class Transaction:
     def connection(self) -> asyncpg.Connection | asyncpg.pool.PoolConnectionProxy:
         return self._conn
 
+    async def insert_links(
+        self,
+        account_id: str,
+        rows: Sequence[Mapping[str, Any]],
+        ids: Sequence[int],
+        now: datetime,
+    ) -> None:
+        """The links intake minted for `rows`, stored as messages `ids` in
+        this transaction (sends insert their messages themselves)."""
+        await _insert_links(self._conn, account_id, rows, ids, set(ids), now)
+
     def after_commit(self, effect: Callable[[], None]) -> None:
         """Run `effect` once this transaction has committed (metrics and
         other in-memory effects must not count work that rolled back)."""
