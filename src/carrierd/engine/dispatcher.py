@@ -43,8 +43,13 @@ from carrierd.domain.rcs_flow import RCS_NOT_CONFIGURED
 from carrierd.domain.reasons import Reason
 from carrierd.domain.states import State
 from carrierd.engine.leases import RENEWALS_PER_LEASE, Leases
-from carrierd.engine.lifecycle import Lifecycle
-from carrierd.engine.reassign_gate import ReassignGate, claim_for_check, needs_check
+from carrierd.engine.lifecycle import Applied, Lifecycle
+from carrierd.engine.reassign_gate import (
+    ReassignGate,
+    RecordVerdicts,
+    claim_for_check,
+    needs_check,
+)
 from carrierd.engine.sms_leg import Planned, SmsLeg
 from carrierd.intake import validate_fed
 from carrierd.loops import supervise, until_database_answers
@@ -84,6 +89,8 @@ class _Claim:
     # message is claimed again to be sent once judged).
     reassign: list[ClaimedMessage] = field(default_factory=list)
     reassign_decided: int = 0
+    # `send_judged`: the judged messages that passed the gate (no_history).
+    passed: set[int] = field(default_factory=set)
 
 
 class Dispatcher:
@@ -212,6 +219,7 @@ class Dispatcher:
             committed.claimed_per_account = decided.claimed_per_account
             committed.claimed_again = decided.claimed_again
             committed.reassign_decided = decided.reassign_decided
+            committed.passed = decided.passed
         log.warning(
             "claim_outcome",
             committed=bool(committed.sending or committed.rcs or committed.reassign),
@@ -294,7 +302,7 @@ class Dispatcher:
             if decided.sending:
                 self.sms_leg.hand_over(decided.sending, now)
         if decided.reassign and self.reassign_gate is not None:
-            self.reassign_gate.take(decided.reassign)
+            self.reassign_gate.take(decided.reassign, self.send_judged)
         if decided.rcs and self.rcs_leg is not None:
             await self.rcs_leg.dispatch(decided.rcs, now)
         if config.engine.pacing:
@@ -306,6 +314,62 @@ class Dispatcher:
             + decided.claimed_again
             + decided.reassign_decided
         )
+
+    async def send_judged(
+        self, record: RecordVerdicts, judged: Sequence[ClaimedMessage], now: datetime
+    ) -> None:
+        """The gate's verdicts on `judged` (messages it holds under this
+        daemon's lease) and, in the same transaction, the legs' moves of
+        those that passed: no second claim. Their token was spent when the
+        gate claimed them; those that did not pass give it back. A commit
+        that went unanswered and did not happen raises, for the gate to
+        record again."""
+        config = self._config()
+        lease_until = now + timedelta(seconds=config.engine.lease_s)
+        worked_out: list[_Claim] = []
+
+        async def work(tx: Transaction) -> _Claim:
+            worked_out.clear()
+            passed = await record(tx)
+            decided = _Claim(passed={m.id for m in passed})
+            if passed:
+                moves, fallbacks, sms, rcs = self._routes(passed, now)
+                await self._to_legs(
+                    tx, moves, fallbacks, sms, rcs, now, lease_until, config, decided
+                )
+            worked_out.append(decided)
+            return decided
+
+        async with self._claiming:
+            try:
+                decided = await self._db.in_transaction(work)
+            except Exception as exc:
+                if not (worked_out and is_transient_db_error(exc)):
+                    raise
+                log.warning("verdicts_commit_unanswered", error=repr(exc))
+                ids = [m.id for m in judged]
+                still = await until_database_answers(
+                    "claim_outcome",
+                    lambda: self._db.fetch("reassign_lock_held", ids, self.lease_owner),
+                    stop=self._stopping,
+                )
+                if still:
+                    raise  # rolled back: the gate records its verdicts again
+                decided = await until_database_answers(
+                    "claim_outcome",
+                    lambda: self._committed_part(worked_out[0]),
+                    stop=self._stopping,
+                )
+            if decided.sending:
+                self.sms_leg.hand_over(decided.sending, now)
+        if decided.rcs and self.rcs_leg is not None:
+            await self.rcs_leg.dispatch(decided.rcs, now)
+        if config.engine.pacing:
+            unused: dict[str, int] = defaultdict(int)
+            for m in judged:
+                if m.id not in decided.passed and m.attempt == 0:
+                    unused[m.account_id] += 1
+            await self._return_tokens(unused)
 
     async def _take_tokens(
         self, wants: Mapping[str, int], now: datetime, accounts: Mapping[str, AccountConfig]
@@ -362,9 +426,7 @@ class Dispatcher:
         decided: _Claim,
     ) -> None:
         moves: list[Move] = []
-        fallbacks: list[Move] = []
-        sms: list[ClaimedMessage] = []
-        rcs: list[ClaimedMessage] = []
+        routed: list[ClaimedMessage] = []
         to_check: list[ClaimedMessage] = []
         for message in messages:
             if not message.validated:
@@ -382,9 +444,47 @@ class Dispatcher:
                 moves.append(opted_out)
                 continue
             if needs_check(message, now):
-                # §13: judged first, sent by a later claim.
+                # §13: judged first, then handed on by the gate.
                 to_check.append(message)
                 continue
+            routed.append(message)
+        route_moves, fallbacks, sms, rcs = self._routes(routed, now)
+        moves += route_moves
+        if to_check:
+            moves += claim_for_check(
+                self.reassign_gate,
+                to_check,
+                now,
+                lease_owner=self.lease_owner,
+                lease_until=lease_until,
+            )
+        applied = await self._to_legs(
+            tx, moves, fallbacks, sms, rcs, now, lease_until, config, decided
+        )
+        if to_check:
+            leased = {a.move.message_id for a in applied if a.move.dst is State.DISPATCHING}
+            decided.reassign = [m for m in to_check if m.id in leased]
+            for m in to_check:
+                if m.id in leased:
+                    # Its token is spent now: once judged, the gate hands it
+                    # to its leg without a second claim (`send_judged`).
+                    continue
+                if m.attempt == 0:
+                    decided.claimed_per_account[m.account_id] -= 1
+                else:
+                    decided.claimed_again -= 1
+                decided.reassign_decided += 1
+
+    def _routes(
+        self, messages: Sequence[ClaimedMessage], now: datetime
+    ) -> tuple[list[Move], list[Move], list[ClaimedMessage], list[ClaimedMessage]]:
+        """Which leg each message past the gates takes: (moves of those
+        that end or fail here, fallback moves, the SMS ones, the +Message ones)."""
+        moves: list[Move] = []
+        fallbacks: list[Move] = []
+        sms: list[ClaimedMessage] = []
+        rcs: list[ClaimedMessage] = []
+        for message in messages:
             route = claim_route(
                 channel=message.channel,
                 leg=message.leg,
@@ -424,6 +524,23 @@ class Dispatcher:
                 moves.append(
                     Move(message.id, State.QUEUED, State.FAILED, Event.FAILED, RCS_NOT_CONFIGURED)
                 )
+        return moves, fallbacks, sms, rcs
+
+    async def _to_legs(
+        self,
+        tx: Transaction,
+        moves: list[Move],
+        fallbacks: list[Move],
+        sms: list[ClaimedMessage],
+        rcs: list[ClaimedMessage],
+        now: datetime,
+        lease_until: datetime,
+        config: Config,
+        decided: _Claim,
+    ) -> list[Applied]:
+        """Apply `moves` with the legs' own (from queued): the SMS leg plans
+        and marks its messages 'sending', +Message ones are leased. Returns
+        what `moves` and the leases applied; `decided` gets what to hand over."""
         if fallbacks:
             # Before the SMS leg's moves of the same messages (one move per
             # message per statement).
@@ -446,27 +563,12 @@ class Dispatcher:
                 )
                 for m in rcs
             ]
-        if to_check:
-            moves += claim_for_check(
-                self.reassign_gate,
-                to_check,
-                now,
-                lease_owner=self.lease_owner,
-                lease_until=lease_until,
-            )
-            for m in to_check:
-                # Its token is spent when it is claimed to be sent.
-                if m.attempt == 0:
-                    decided.claimed_per_account[m.account_id] -= 1
-                else:
-                    decided.claimed_again -= 1
-            decided.reassign_decided += len(to_check)
         applied = await self._lifecycle.apply(tx, moves, now)
         leased = {a.move.message_id for a in applied if a.move.dst is State.DISPATCHING}
         decided.rcs = [m for m in rcs if m.id in leased]
-        decided.reassign = [m for m in to_check if m.id in leased]
         if planned:
             decided.sending = await self.sms_leg.mark_sending(tx, planned, now, lease_until)
+        return applied
 
     async def _optout_gate(
         self, tx: Transaction, message: ClaimedMessage, account: AccountConfig, now: datetime
