@@ -122,6 +122,9 @@ class Dispatcher:
         self._metrics = metrics
         self._stopping = asyncio.Event()
         self._claiming = asyncio.Lock()
+        # Messages the gate's verdicts are handing to the SMS leg (see
+        # `send_judged`): held, though the leg has them only after the commit.
+        self._judged_in_hand: set[int] = set()
         self._held_since_s: float | None = None
         self.pacing_wait_s = 0.0
 
@@ -190,7 +193,11 @@ class Dispatcher:
                 return 0
             # Checked after the rows were read: a claim handed over since is held.
             orphans = self.sms_leg.give_back_unheld(
-                [(r["id"], r["attempt"], r["carrier"], r["pending"]) for r in rows]
+                [
+                    (r["id"], r["attempt"], r["carrier"], r["pending"])
+                    for r in rows
+                    if r["id"] not in self._judged_in_hand
+                ]
             )
         if orphans:
             log.error("orphaned_claims_released", messages=len(orphans), first=orphans[:5])
@@ -340,14 +347,17 @@ class Dispatcher:
             worked_out.append(decided)
             return decided
 
-        async with self._claiming:
+        # Not under `_claiming`: claims would wait for lookups' verdicts and
+        # verdicts for claims. The orphan release leaves these alone instead.
+        ids = [m.id for m in judged]
+        self._judged_in_hand.update(ids)
+        try:
             try:
                 decided = await self._db.in_transaction(work)
             except Exception as exc:
                 if not (worked_out and is_transient_db_error(exc)):
                     raise
                 log.warning("verdicts_commit_unanswered", error=repr(exc))
-                ids = [m.id for m in judged]
                 still = await until_database_answers(
                     "claim_outcome",
                     lambda: self._db.fetch("reassign_lock_held", ids, self.lease_owner),
@@ -362,6 +372,8 @@ class Dispatcher:
                 )
             if decided.sending:
                 self.sms_leg.hand_over(decided.sending, now)
+        finally:
+            self._judged_in_hand.difference_update(ids)
         if decided.rcs and self.rcs_leg is not None:
             await self.rcs_leg.dispatch(decided.rcs, now)
         if config.engine.pacing:
