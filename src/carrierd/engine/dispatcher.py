@@ -13,6 +13,8 @@ One cycle (`dispatch_once`):
      change goes through the lifecycle writer.
   3. after the commit, *then* hand over: submits for SMS, the +Message leg
      for the rest.
+The gate's verdicts (`send_judged`) take steps 2 (from the pick of the leg)
+and 3 for the messages that pass, in the transaction that records them.
 A claim writes nothing until its decisions do, and a crash before the
 commit leaves the rows queued. Waiting (pacing, au gate) is a not_before
 timestamp, never a task.
@@ -84,9 +86,9 @@ class _Claim:
     claimed_again: int = 0  # messages sent once already: no token
     sending: list[Planned] = field(default_factory=list)
     rcs: list[ClaimedMessage] = field(default_factory=list)
-    # §13: messages for the reassigned-number gate (dispatching), and how
-    # many messages the gate step decided (their tokens are not spent: a
-    # message is claimed again to be sent once judged).
+    # §13: messages for the reassigned-number gate (dispatching; each spent
+    # its token, handed to its leg by `send_judged` once judged), and how
+    # many more the gate step decided without taking them (no token).
     reassign: list[ClaimedMessage] = field(default_factory=list)
     reassign_decided: int = 0
     # `send_judged`: the judged messages that passed the gate (no_history).

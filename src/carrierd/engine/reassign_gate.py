@@ -16,8 +16,13 @@ one transaction (domain/reassign.py `after_lookup` decides the moves, the
 lifecycle writer applies them, keeps the verdict on the row and bills
 §11's units):
 
-    no_history           → queued, the verdict kept on the row: the next
-                           claim sends it on by its leg, no second lookup
+    no_history           → queued, the verdict kept on the row, and in the
+                           same transaction on to its leg (the dispatcher's
+                           `send_judged`: SMS plan and 'sending', +Message
+                           lease; handed over after the commit): no second
+                           claim, no second lookup. The account token was
+                           spent at the gate's claim; a message that does
+                           not pass gives it back.
     history              → skipped (reassigned_number)
     error after retries  → skipped (reassignment_lookup_failed)
 
