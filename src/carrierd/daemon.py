@@ -287,14 +287,16 @@ class Daemon:
             # Stop claiming and let in-flight submits get their responses;
             # what was claimed but not handed over goes back to the queue.
             settler.stop()
+            await dispatcher.stop_claiming(self.drain_timeout_s)
+            if dispatcher.reassign_gate is not None:
+                # Lookups under way record their verdicts and hand what passed
+                # to its leg (so before the legs stop); the messages still
+                # waiting for one go back to the queue with the other claims.
+                await dispatcher.reassign_gate.stop(self.drain_timeout_s)
             if dispatcher.rcs_leg is not None:
                 # Its sends run in the background: let them finish before the
                 # dispatcher gives unfinished claims back to the queue.
                 await dispatcher.rcs_leg.stop(self.drain_timeout_s)
-            if dispatcher.reassign_gate is not None:
-                # Lookups under way record their verdicts; the messages still
-                # waiting for one go back to the queue with the other claims.
-                await dispatcher.reassign_gate.stop(self.drain_timeout_s)
             await dispatcher.stop(self.drain_timeout_s)
             await recorder.drain()
 

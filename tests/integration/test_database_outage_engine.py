@@ -17,14 +17,18 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import asyncpg
 import pytest
 
+from carrierd.channels.reassign import ReassignClient
 from carrierd.channels.types import PartOutcome, Receipt, SmsRequest
 from carrierd.domain.clock import FakeClock
 from carrierd.domain.outage import lost_lease_grace_s
+from carrierd.engine.reassign_gate import ReassignGate
 from carrierd.engine.write_behind import NotDurable
 from carrierd.loops import MAX_BACKOFF_S
+from carrierd.sim.reassign import ReassignSim, ReassignSimConfig
 from carrierd.store.db import (
     ConnectionBroken,
     Database,
@@ -40,6 +44,7 @@ from tests.integration.engine_harness import (
     enqueue,
     make_engine,
 )
+from tests.integration.test_rcs_leg import serve
 from tests.throwaway_pg import ThrowawayCluster, server_bindir
 
 NOW = datetime(2026, 11, 24, 1, 0, tzinfo=UTC)
@@ -173,6 +178,72 @@ async def test_a_claim_whose_commit_answer_was_lost_is_sent_once(
         # Nothing of it is claimed again.
         assert await engine.dispatcher.dispatch_once(clock.now()) == 0
         assert len(engine.network.submitted) == 1
+    finally:
+        await db.close()
+        await proxy.stop()
+
+
+async def test_a_verdict_whose_commit_answer_was_lost_is_sent_once(
+    cluster: ThrowawayCluster, outage_dsn: str
+) -> None:
+    """The gate's verdict hands the message to the SMS leg in its own
+    transaction: when that COMMIT's answer is lost, the message it marked
+    'sending' is still submitted, once, and looked up once."""
+    database = urlsplit(outage_dsn).path.lstrip("/")
+    proxy = CommitAnswerLost(f"{cluster.socket_dir}/.s.PGSQL.5432")
+    port = await proxy.start()
+    db = await Database.open(
+        f"postgresql://postgres@127.0.0.1:{port}/{database}", min_size=1, max_size=2
+    )
+    sim = ReassignSim(ReassignSimConfig(data_month="2026-10"), now=lambda: NOW)
+    sim.hold_answers = True
+    try:
+        async with serve(sim.build_app()) as url, aiohttp.ClientSession() as session:
+            clock = FakeClock(NOW)
+            config = engine_config(
+                outage_dsn,
+                {
+                    "engine": {"lease_s": LEASE_S, "pacing": False},
+                    "reassign": {"url": url, "token": "sim-reassign-token"},
+                },
+            )
+            engine = await make_engine(config, db, clock, daemon_id="mine")
+            gate = ReassignGate(
+                db,
+                clock,
+                ReassignClient(session, lambda: config.reassign),
+                engine.lifecycle,
+                config=lambda: config,
+                lease_owner=engine.dispatcher.lease_owner,
+            )
+            engine.dispatcher.reassign_gate = gate
+            [mid] = await enqueue(
+                db,
+                "acme",
+                [
+                    {
+                        "to": "09011112222",
+                        "sms": {"text": "x"},
+                        "reassigned_check": {"base_date": "2025-01-10"},
+                    }
+                ],
+                clock.now(),
+                config,
+            )
+            assert await engine.dispatcher.dispatch_once(clock.now()) == 1
+            await asyncio.wait_for(sim.wait_held(1), 5)
+            proxy.armed = True  # the next COMMIT is the verdict's
+            sim.release(0)
+            await asyncio.wait_for(gate.wait_idle(), 10)
+            assert proxy.cut == 1
+            await engine.dispatcher.wait_idle()
+            await engine.recorder.drain()
+            assert [s.request.message_id for s in engine.network.submitted] == [mid]
+            assert await state_of(db, mid) == "submitted"
+            assert await engine.dispatcher.dispatch_once(clock.now()) == 0
+            assert len(engine.network.submitted) == 1
+            assert sim.counters.requests == 1
+            await gate.stop(0)
     finally:
         await db.close()
         await proxy.stop()

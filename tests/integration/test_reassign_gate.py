@@ -87,7 +87,12 @@ class Rig:
 
 @contextlib.asynccontextmanager
 async def rig(
-    dsn: str, db: Database, *, reassign: dict[str, Any] | None = None, **sim: Any
+    dsn: str,
+    db: Database,
+    *,
+    reassign: dict[str, Any] | None = None,
+    pacing: bool = False,
+    **sim: Any,
 ) -> AsyncIterator[Rig]:
     clock = FakeClock(T0)
     simulator = ReassignSim(
@@ -97,7 +102,7 @@ async def rig(
         config = engine_config(
             dsn,
             {
-                "engine": {"pacing": False},
+                "engine": {"pacing": pacing},
                 "reassign": {
                     "url": url,
                     "token": "sim-reassign-token",
@@ -274,6 +279,39 @@ async def test_a_lookup_that_keeps_failing_skips_the_message_unbilled(
         assert submitted_to(engine) == []
         assert await check_units(db) == 0
         assert verdicts(engine) == {"lookup_failed": 1.0}
+
+
+async def test_a_message_that_passes_is_sent_without_a_second_claim(dsn: str, db: Database) -> None:
+    async with rig(dsn, db) as r:
+        engine = r.engine
+        message_id = await checked(engine, CLEAN)
+        assert await engine.dispatcher.dispatch_once(engine.clock.now()) == 1
+        # The verdict's transaction hands the message to the SMS leg.
+        await asyncio.wait_for(r.gate.wait_idle(), WAIT_S)
+        await engine.dispatcher.wait_idle()
+        assert submitted_to(engine) == [CLEAN]
+        assert (await message(db, message_id))["state"] in ("sending", "submitted")
+        assert await engine.dispatcher.dispatch_once(engine.clock.now()) == 0
+
+
+async def test_a_checked_message_spends_one_token_and_a_skipped_one_none(
+    dsn: str, db: Database
+) -> None:
+    async with rig(dsn, db, pacing=True) as r:
+        engine = r.engine
+        # A full bucket; the fake clock stands still, so nothing refills it.
+        await db.call_raw(
+            "INSERT INTO rate_buckets (account_id, tokens, updated_at) VALUES ('acme', 10, $1)",
+            T0,
+        )
+        sent = await checked(engine, CLEAN)
+        skipped = await checked(engine, REASSIGNED)
+        await r.run()
+        assert (await message(db, sent))["state"] in ("sending", "submitted")
+        assert (await message(db, skipped))["state"] == "skipped"
+        assert submitted_to(engine) == [CLEAN]
+        rows = await db.call_raw("SELECT tokens FROM rate_buckets WHERE account_id = 'acme'")
+        assert rows[0]["tokens"] == 9.0
 
 
 async def test_a_failed_request_is_asked_again(dsn: str, db: Database) -> None:

@@ -18,8 +18,10 @@ years before now (the database keeps no more), in JST calendar dates.
 Outcome → move of the message (dispatching, under the claiming daemon's
 lease, see engine/reassign_gate.py):
 
-  no_history            → queued again, the verdict recorded on the row, so
-                          the next claim sends it on without a second lookup
+  no_history            → queued again, the verdict recorded on the row, and
+                          in the same transaction handed to its leg
+                          (engine/dispatcher.py `send_judged`): no second
+                          claim, no second lookup
   history               → skipped (reassigned_number)
   lookup error/timeout  → skipped (reassignment_lookup_failed)
 

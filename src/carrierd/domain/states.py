@@ -42,8 +42,10 @@ when several daemons race for it.
                  reassigned-number gate looks up (§13).
                  -> queued      postponed (account bucket, au gate, lease
                                 given back on shutdown); not_before is set;
-                                judged no_history (§13): the next claim
-                                sends it
+                                judged no_history (§13): in the same
+                                transaction its leg takes it on (or, with
+                                no dispatcher to hand it to, the next
+                                claim does)
                  -> sending     SMS: marked before the first submit_sm
                                 leaves, so a crash after this point is never
                                 resent blindly

@@ -13,6 +13,8 @@ One cycle (`dispatch_once`):
      change goes through the lifecycle writer.
   3. after the commit, *then* hand over: submits for SMS, the +Message leg
      for the rest.
+The gate's verdicts (`send_judged`) take steps 2 (from the pick of the leg)
+and 3 for the messages that pass, in the transaction that records them.
 A claim writes nothing until its decisions do, and a crash before the
 commit leaves the rows queued. Waiting (pacing, au gate) is a not_before
 timestamp, never a task.
@@ -43,8 +45,13 @@ from carrierd.domain.rcs_flow import RCS_NOT_CONFIGURED
 from carrierd.domain.reasons import Reason
 from carrierd.domain.states import State
 from carrierd.engine.leases import RENEWALS_PER_LEASE, Leases
-from carrierd.engine.lifecycle import Lifecycle
-from carrierd.engine.reassign_gate import ReassignGate, claim_for_check, needs_check
+from carrierd.engine.lifecycle import Applied, Lifecycle
+from carrierd.engine.reassign_gate import (
+    ReassignGate,
+    RecordVerdicts,
+    claim_for_check,
+    needs_check,
+)
 from carrierd.engine.sms_leg import Planned, SmsLeg
 from carrierd.intake import validate_fed
 from carrierd.loops import supervise, until_database_answers
@@ -79,11 +86,13 @@ class _Claim:
     claimed_again: int = 0  # messages sent once already: no token
     sending: list[Planned] = field(default_factory=list)
     rcs: list[ClaimedMessage] = field(default_factory=list)
-    # §13: messages for the reassigned-number gate (dispatching), and how
-    # many messages the gate step decided (their tokens are not spent: a
-    # message is claimed again to be sent once judged).
+    # §13: messages for the reassigned-number gate (dispatching; each spent
+    # its token, handed to its leg by `send_judged` once judged), and how
+    # many more the gate step decided without taking them (no token).
     reassign: list[ClaimedMessage] = field(default_factory=list)
     reassign_decided: int = 0
+    # `send_judged`: the judged messages that passed the gate (no_history).
+    passed: set[int] = field(default_factory=set)
 
 
 class Dispatcher:
@@ -115,6 +124,10 @@ class Dispatcher:
         self._metrics = metrics
         self._stopping = asyncio.Event()
         self._claiming = asyncio.Lock()
+        self._claim_loop: asyncio.Task[None] | None = None
+        # Messages the gate's verdicts are handing to the SMS leg (see
+        # `send_judged`): held, though the leg has them only after the commit.
+        self._judged_in_hand: set[int] = set()
         self._held_since_s: float | None = None
         self.pacing_wait_s = 0.0
 
@@ -136,7 +149,9 @@ class Dispatcher:
         with it let the leases of messages still in flight run out, so the
         timers declared their parts lost while this process still sent them."""
         async with asyncio.TaskGroup() as loops:
-            loops.create_task(supervise("dispatcher", self._step, self._stopping))
+            self._claim_loop = loops.create_task(
+                supervise("dispatcher", self._step, self._stopping)
+            )
             loops.create_task(supervise("lease_renewal", self._renew_step, self._stopping))
 
     async def _renew_step(self) -> float:
@@ -185,7 +200,12 @@ class Dispatcher:
             # Checked again after the rows were read: a claim handed over
             # since is held; one written since was held before.
             orphans = self.sms_leg.give_back_unheld(
-                [(r["id"], r["attempt"], r["carrier"], r["pending"]) for r in rows], held_before
+                [
+                    (r["id"], r["attempt"], r["carrier"], r["pending"])
+                    for r in rows
+                    if r["id"] not in self._judged_in_hand
+                ],
+                held_before,
             )
         if orphans:
             log.error("orphaned_claims_released", messages=len(orphans), first=orphans[:5])
@@ -214,6 +234,7 @@ class Dispatcher:
             committed.claimed_per_account = decided.claimed_per_account
             committed.claimed_again = decided.claimed_again
             committed.reassign_decided = decided.reassign_decided
+            committed.passed = decided.passed
         log.warning(
             "claim_outcome",
             committed=bool(committed.sending or committed.rcs or committed.reassign),
@@ -221,13 +242,21 @@ class Dispatcher:
         )
         return committed
 
-    async def stop(self, drain_timeout_s: float) -> None:
-        """Stop claiming; wait for in-flight submits; give back what is unsent."""
+    async def stop_claiming(self, drain_timeout_s: float) -> None:
+        """No claim starts after this, and the one under way has handed its
+        messages over: the legs and the gate are stopped only then, or a
+        late claim hands messages to a leg being torn down (left 'sending'
+        with parts pending, or taken by a stopped gate)."""
         self._stopping.set()
-        # A claim under way hands its messages over before the leg drains:
-        # drained first, they would be left 'sending' with parts pending.
+        if self._claim_loop is not None:
+            # The loop ends after its current turn (hand-overs included).
+            await asyncio.wait({self._claim_loop}, timeout=drain_timeout_s)
         async with self._claiming:
             pass
+
+    async def stop(self, drain_timeout_s: float) -> None:
+        """Stop claiming; wait for in-flight submits; give back what is unsent."""
+        await self.stop_claiming(drain_timeout_s)
         await self.sms_leg.stop(drain_timeout_s)
         await self.leases.release(self._clock.now())
 
@@ -305,7 +334,7 @@ class Dispatcher:
             if decided.sending:
                 self.sms_leg.hand_over(decided.sending, now)
         if decided.reassign and self.reassign_gate is not None:
-            self.reassign_gate.take(decided.reassign)
+            self.reassign_gate.take(decided.reassign, self.send_judged)
         if decided.rcs and self.rcs_leg is not None:
             await self.rcs_leg.dispatch(decided.rcs, now)
         if config.engine.pacing:
@@ -317,6 +346,67 @@ class Dispatcher:
             + decided.claimed_again
             + decided.reassign_decided
         )
+
+    async def send_judged(
+        self, record: RecordVerdicts, judged: Sequence[ClaimedMessage], now: datetime
+    ) -> None:
+        """The gate's verdicts on `judged` (messages it holds under this
+        daemon's lease) and, in the same transaction, the legs' moves of
+        those that passed: no second claim. Their token was spent when the
+        gate claimed them; those that did not pass give it back. A commit
+        that went unanswered and did not happen raises, for the gate to
+        record again."""
+        config = self._config()
+        lease_until = now + timedelta(seconds=config.engine.lease_s)
+        worked_out: list[_Claim] = []
+
+        async def work(tx: Transaction) -> _Claim:
+            worked_out.clear()
+            passed = await record(tx)
+            decided = _Claim(passed={m.id for m in passed})
+            if passed:
+                moves, fallbacks, sms, rcs = self._routes(passed, now)
+                await self._to_legs(
+                    tx, moves, fallbacks, sms, rcs, now, lease_until, config, decided
+                )
+            worked_out.append(decided)
+            return decided
+
+        # Not under `_claiming`: claims would wait for lookups' verdicts and
+        # verdicts for claims. The orphan release leaves these alone instead.
+        ids = [m.id for m in judged]
+        self._judged_in_hand.update(ids)
+        try:
+            try:
+                decided = await self._db.in_transaction(work)
+            except Exception as exc:
+                if not (worked_out and is_transient_db_error(exc)):
+                    raise
+                log.warning("verdicts_commit_unanswered", error=repr(exc))
+                still = await until_database_answers(
+                    "claim_outcome",
+                    lambda: self._db.fetch("reassign_lock_held", ids, self.lease_owner),
+                    stop=self._stopping,
+                )
+                if still:
+                    raise  # rolled back: the gate records its verdicts again
+                decided = await until_database_answers(
+                    "claim_outcome",
+                    lambda: self._committed_part(worked_out[0]),
+                    stop=self._stopping,
+                )
+            if decided.sending:
+                self.sms_leg.hand_over(decided.sending, now)
+        finally:
+            self._judged_in_hand.difference_update(ids)
+        if decided.rcs and self.rcs_leg is not None:
+            await self.rcs_leg.dispatch(decided.rcs, now)
+        if config.engine.pacing:
+            unused: dict[str, int] = defaultdict(int)
+            for m in judged:
+                if m.id not in decided.passed and m.attempt == 0:
+                    unused[m.account_id] += 1
+            await self._return_tokens(unused)
 
     async def _take_tokens(
         self, wants: Mapping[str, int], now: datetime, accounts: Mapping[str, AccountConfig]
@@ -373,9 +463,7 @@ class Dispatcher:
         decided: _Claim,
     ) -> None:
         moves: list[Move] = []
-        fallbacks: list[Move] = []
-        sms: list[ClaimedMessage] = []
-        rcs: list[ClaimedMessage] = []
+        routed: list[ClaimedMessage] = []
         to_check: list[ClaimedMessage] = []
         for message in messages:
             if not message.validated:
@@ -393,9 +481,47 @@ class Dispatcher:
                 moves.append(opted_out)
                 continue
             if needs_check(message, now):
-                # §13: judged first, sent by a later claim.
+                # §13: judged first, then handed on by the gate.
                 to_check.append(message)
                 continue
+            routed.append(message)
+        route_moves, fallbacks, sms, rcs = self._routes(routed, now)
+        moves += route_moves
+        if to_check:
+            moves += claim_for_check(
+                self.reassign_gate,
+                to_check,
+                now,
+                lease_owner=self.lease_owner,
+                lease_until=lease_until,
+            )
+        applied = await self._to_legs(
+            tx, moves, fallbacks, sms, rcs, now, lease_until, config, decided
+        )
+        if to_check:
+            leased = {a.move.message_id for a in applied if a.move.dst is State.DISPATCHING}
+            decided.reassign = [m for m in to_check if m.id in leased]
+            for m in to_check:
+                if m.id in leased:
+                    # Its token is spent now: once judged, the gate hands it
+                    # to its leg without a second claim (`send_judged`).
+                    continue
+                if m.attempt == 0:
+                    decided.claimed_per_account[m.account_id] -= 1
+                else:
+                    decided.claimed_again -= 1
+                decided.reassign_decided += 1
+
+    def _routes(
+        self, messages: Sequence[ClaimedMessage], now: datetime
+    ) -> tuple[list[Move], list[Move], list[ClaimedMessage], list[ClaimedMessage]]:
+        """Which leg each message past the gates takes: (moves of those
+        that end or fail here, fallback moves, the SMS ones, the +Message ones)."""
+        moves: list[Move] = []
+        fallbacks: list[Move] = []
+        sms: list[ClaimedMessage] = []
+        rcs: list[ClaimedMessage] = []
+        for message in messages:
             route = claim_route(
                 channel=message.channel,
                 leg=message.leg,
@@ -435,6 +561,23 @@ class Dispatcher:
                 moves.append(
                     Move(message.id, State.QUEUED, State.FAILED, Event.FAILED, RCS_NOT_CONFIGURED)
                 )
+        return moves, fallbacks, sms, rcs
+
+    async def _to_legs(
+        self,
+        tx: Transaction,
+        moves: list[Move],
+        fallbacks: list[Move],
+        sms: list[ClaimedMessage],
+        rcs: list[ClaimedMessage],
+        now: datetime,
+        lease_until: datetime,
+        config: Config,
+        decided: _Claim,
+    ) -> list[Applied]:
+        """Apply `moves` with the legs' own (from queued): the SMS leg plans
+        and marks its messages 'sending', +Message ones are leased. Returns
+        what `moves` and the leases applied; `decided` gets what to hand over."""
         if fallbacks:
             # Before the SMS leg's moves of the same messages (one move per
             # message per statement).
@@ -457,27 +600,12 @@ class Dispatcher:
                 )
                 for m in rcs
             ]
-        if to_check:
-            moves += claim_for_check(
-                self.reassign_gate,
-                to_check,
-                now,
-                lease_owner=self.lease_owner,
-                lease_until=lease_until,
-            )
-            for m in to_check:
-                # Its token is spent when it is claimed to be sent.
-                if m.attempt == 0:
-                    decided.claimed_per_account[m.account_id] -= 1
-                else:
-                    decided.claimed_again -= 1
-            decided.reassign_decided += len(to_check)
         applied = await self._lifecycle.apply(tx, moves, now)
         leased = {a.move.message_id for a in applied if a.move.dst is State.DISPATCHING}
         decided.rcs = [m for m in rcs if m.id in leased]
-        decided.reassign = [m for m in to_check if m.id in leased]
         if planned:
             decided.sending = await self.sms_leg.mark_sending(tx, planned, now, lease_until)
+        return applied
 
     async def _optout_gate(
         self, tx: Transaction, message: ClaimedMessage, account: AccountConfig, now: datetime

@@ -16,8 +16,13 @@ one transaction (domain/reassign.py `after_lookup` decides the moves, the
 lifecycle writer applies them, keeps the verdict on the row and bills
 §11's units):
 
-    no_history           → queued, the verdict kept on the row: the next
-                           claim sends it on by its leg, no second lookup
+    no_history           → queued, the verdict kept on the row, and in the
+                           same transaction on to its leg (the dispatcher's
+                           `send_judged`: SMS plan and 'sending', +Message
+                           lease; handed over after the commit): no second
+                           claim, no second lookup. The account token was
+                           spent at the gate's claim; a message that does
+                           not pass gives it back.
     history              → skipped (reassigned_number)
     error after retries  → skipped (reassignment_lookup_failed)
 
@@ -36,8 +41,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
+from typing import Protocol
 
 import structlog
 
@@ -69,8 +75,24 @@ REASSIGN_BACKLOG = "reassigned-number check backlog"
 # mid-batch), its messages are claimed again this much later.
 GATE_ERROR_RETRY_S = 5.0
 # The gate holds at most this many rounds of full batches (queued and in
-# flight): the rest waits in the database, not in memory.
-HELD_ROUNDS = 8
+# flight): the rest waits in the database, not in memory. A round includes
+# handing what passed to its leg; at 8 a burst filled the gate and the
+# claims postponed a fifth of the checked messages (a move and an event each).
+HELD_ROUNDS = 16
+
+
+# The gate's transaction work: records its verdicts, returns the messages
+# that passed (no_history, queued again, the verdict on them).
+RecordVerdicts = Callable[[Transaction], Awaitable[list[ClaimedMessage]]]
+
+
+class Onward(Protocol):
+    """The dispatcher's side of a verdict (`Dispatcher.send_judged`): runs
+    `record` and hands what passed to its leg in the same transaction."""
+
+    async def __call__(
+        self, record: RecordVerdicts, judged: Sequence[ClaimedMessage], now: datetime
+    ) -> None: ...
 
 
 def needs_check(message: ClaimedMessage, now: datetime) -> bool:
@@ -103,6 +125,7 @@ class ReassignGate:
         self._lease_owner = lease_owner
         self._metrics = metrics
         self._waiting: asyncio.Queue[ClaimedMessage] = asyncio.Queue()
+        self._onward: Onward | None = None
         self._in_flight = 0
         self._workers: list[asyncio.Task[None]] = []
         # Set while the gate holds nothing.
@@ -117,8 +140,11 @@ class ReassignGate:
         held_max = reassign.batch_size * reassign.concurrency * HELD_ROUNDS
         return max(0, held_max - self._waiting.qsize() - self._in_flight)
 
-    def take(self, messages: Sequence[ClaimedMessage]) -> None:
-        """Messages the claim moved to dispatching for the gate (committed)."""
+    def take(self, messages: Sequence[ClaimedMessage], onward: Onward | None = None) -> None:
+        """Messages the claim moved to dispatching for the gate (committed);
+        `onward` hands those that pass to their leg (else the next claim does)."""
+        if onward is not None:
+            self._onward = onward
         if not self._workers:
             self.start()
         for message in messages:
@@ -208,13 +234,17 @@ class ReassignGate:
         # The service has answered (and may bill us): its verdicts are held
         # while the database is away rather than dropped.
         await until_database_answers(
-            "reassign_record", lambda: self._record(moves, by_id, judged_at)
+            "reassign_record", lambda: self._record(batch, moves, by_id, judged_at)
         )
 
     async def _record(
-        self, moves: list[Move], outcomes: dict[int, LookupOutcome], now: datetime
+        self,
+        batch: list[ClaimedMessage],
+        moves: list[Move],
+        outcomes: dict[int, LookupOutcome],
+        now: datetime,
     ) -> None:
-        async def work(tx: Transaction) -> None:
+        async def work(tx: Transaction) -> list[ClaimedMessage]:
             held = {
                 r["id"]
                 for r in await tx.fetch(
@@ -232,8 +262,17 @@ class ReassignGate:
             failed = [o for o in outcomes.values() if isinstance(o, LookupFailed)]
             if failed:
                 log.warning("reassign_lookups_failed", messages=len(failed), error=failed[0].error)
+            passed = {
+                a.move.message_id: a.move.reassign_verdict
+                for a in applied
+                if a.move.dst is State.QUEUED
+            }
+            return [m._replace(reassign_verdict=passed[m.id]) for m in batch if m.id in passed]
 
-        await self._db.in_transaction(work)
+        if self._onward is None:
+            await self._db.in_transaction(work)
+        else:
+            await self._onward(work, batch, now)
 
     def _count(self, tally: Counter[str]) -> None:
         if self._metrics is None:
