@@ -369,3 +369,16 @@ async def test_a_keyword_opts_out_and_is_confirmed_once(dsn: str, db: Database) 
             [sent] = await db.call_raw("SELECT state FROM messages")
             assert sent["state"] in ("sending", "submitted", "delivered")
         assert await db.call_raw("SELECT count(*) AS n FROM messages") == [{"n": 1}]
+
+
+async def test_a_keyword_obeys_the_accounts_own_opt_out_cap(dsn: str, db: Database) -> None:
+    """A full list refuses the keyword's number like any other add: the
+    reply is stored, nothing is listed, no confirmation goes out."""
+    async with rig(dsn, db) as r:
+        config = r.config(keywords=["STOP"], keyword_reply="配信を停止しました。", optout_cap=0)
+        async with r.daemon(config):
+            r.sim.send_mo_pdus("docomo", mo_deliver_pdus(HANDSET, ACME, "STOP"))
+            await r.delivered()
+            assert [row["text"] for row in await r.replies()] == ["STOP"]
+            assert await db.call_raw("SELECT msisdn FROM optouts") == []
+            assert await db.call_raw("SELECT id FROM messages") == []

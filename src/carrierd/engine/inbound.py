@@ -65,8 +65,8 @@ from carrierd.domain.inbound import (
     read_mo,
     reassembly_deadline,
 )
-from carrierd.intake import ITEM_FIELDS, RequestShapeError, validate_batch
-from carrierd.optout_list import DEFAULT_CAP, OptOutCapExceeded, OptOutSource, add_optouts
+from carrierd.intake import RequestShapeError, validate_batch
+from carrierd.optout_list import OptOutCapExceeded, OptOutSource, add_optouts
 from carrierd.store.db import Database, Row, Transaction
 
 log = structlog.get_logger("carrierd.engine.inbound")
@@ -429,7 +429,12 @@ class Inbound:
             return keyword, False
         try:
             added = await add_optouts(
-                tx, account.account_id, [reply.msisdn], OptOutSource.KEYWORD, now, DEFAULT_CAP
+                tx,
+                account.account_id,
+                [reply.msisdn],
+                OptOutSource.KEYWORD,
+                now,
+                account.optout_cap,
             )
         except OptOutCapExceeded as exc:
             log.error("keyword_optout_refused", account=account.account_id, reason=str(exc))
@@ -462,36 +467,15 @@ class Inbound:
         if reply.channel == "rcs" and config.rcs_bot_of(account.account_id) is not None:
             item = {**item, "channel": "rcs", "rcs": {"text": text}}
             del item["sms"]
-        if "skip_opted_out" in ITEM_FIELDS:
-            # The one message a number just listed must still get (with the
-            # recipient gates of issue 15, an account may skip by default).
-            item["skip_opted_out"] = False
-        try:
-            batch = validate_batch(
-                {"messages": [item]},
-                account,
-                now,
-                max_items=1,
-                expiry_s=config.engine.message_expiry_s,
-            )
-        except RequestShapeError as exc:
-            log.error("keyword_reply_invalid", account=account.account_id, reason=str(exc))
-            return
-        if batch.rejected:
-            rejection = batch.rejected[0]
-            log.error(
-                "keyword_reply_invalid",
-                account=account.account_id,
-                field=rejection.field,
-                reason=rejection.reason,
-            )
-            return
-        ids = await self._db.insert_messages(account.account_id, batch.rows, now, tx=tx)
+        # The one message a number just listed must still get (an account
+        # may skip opted-out numbers by default).
+        item["skip_opted_out"] = False
+        message_id, _ = await register_reply(self._db, tx, account, item, config, now, "keyword")
         log.info(
             "keyword_reply_queued",
             account=account.account_id,
             inbound_id=inbound_id,
-            message_id=ids.get(0),
+            message_id=message_id,
         )
 
 
@@ -500,3 +484,43 @@ def our_message_id(msg_id: str | None) -> int | None:
     if msg_id is None or not msg_id.isdigit() or len(msg_id) > 18:
         return None
     return int(msg_id)
+
+
+async def register_reply(
+    db: Database,
+    tx: Transaction,
+    account: AccountConfig,
+    item: dict[str, Any],
+    config: Config,
+    now: datetime,
+    what: str,
+) -> tuple[int | None, int | None]:
+    """Register one message answering a reply (a keyword's confirmation, an
+    auto-reply) in the transaction that stores the reply, validated as intake
+    takes an item from the account. Returns (the new message's id, the id of
+    one its client_ref registered before); both None when the item is
+    invalid, which is logged as `<what>_reply_invalid` (a configuration
+    error: the reply itself is stored all the same)."""
+    try:
+        batch = validate_batch(
+            {"messages": [item]},
+            account,
+            now,
+            max_items=1,
+            expiry_s=config.engine.message_expiry_s,
+        )
+    except RequestShapeError as exc:
+        log.error(f"{what}_reply_invalid", account=account.account_id, reason=str(exc))
+        return None, None
+    if batch.rejected:
+        rejection = batch.rejected[0]
+        log.error(
+            f"{what}_reply_invalid",
+            account=account.account_id,
+            field=rejection.field,
+            reason=rejection.reason,
+        )
+        return None, None
+    conflicts: dict[int, int] = {}
+    ids = await db.insert_messages(account.account_id, batch.rows, now, conflicts=conflicts, tx=tx)
+    return ids.get(0), conflicts.get(0)

@@ -28,8 +28,7 @@ from carrierd.domain.replies import (
     reply_rules_of,
     suggestion_validity_s,
 )
-from carrierd.engine.inbound import StoredInbound
-from carrierd.intake import ITEM_FIELDS, RequestShapeError, validate_batch
+from carrierd.engine.inbound import StoredInbound, register_reply
 from carrierd.store.db import Database, Transaction
 
 log = structlog.get_logger("carrierd.engine.send_replies")
@@ -94,34 +93,11 @@ class SendReplies:
         else:
             log.info("auto_reply_no_content_for_channel", inbound_id=stored.id)
             return
-        if "skip_opted_out" in ITEM_FIELDS:
-            # An opted-out number is not answered.
-            item["skip_opted_out"] = True
-        try:
-            batch = validate_batch(
-                {"messages": [item]},
-                account,
-                now,
-                max_items=1,
-                expiry_s=config.engine.message_expiry_s,
-            )
-        except RequestShapeError as exc:
-            log.error("auto_reply_invalid", account=account.account_id, reason=str(exc))
-            return
-        if batch.rejected:
-            rejection = batch.rejected[0]
-            log.error(
-                "auto_reply_invalid",
-                account=account.account_id,
-                field=rejection.field,
-                reason=rejection.reason,
-            )
-            return
-        conflicts: dict[int, int] = {}
-        ids = await self._db.insert_messages(
-            account.account_id, batch.rows, now, conflicts=conflicts, tx=tx
+        # An opted-out number is not answered.
+        item["skip_opted_out"] = True
+        message_id, registered_before = await register_reply(
+            self._db, tx, account, item, config, now, "auto"
         )
-        message_id = ids.get(0)
         if message_id is not None:
             await tx.execute("mark_auto_reply", message_id, int(context["send_id"]))
         log.info(
@@ -129,5 +105,5 @@ class SendReplies:
             account=account.account_id,
             inbound_id=stored.id,
             client_ref=decision.client_ref,
-            message_id=message_id or conflicts.get(0),
+            message_id=message_id or registered_before,
         )
