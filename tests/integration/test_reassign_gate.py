@@ -294,6 +294,36 @@ async def test_a_message_that_passes_is_sent_without_a_second_claim(dsn: str, db
         assert await engine.dispatcher.dispatch_once(engine.clock.now()) == 0
 
 
+async def test_a_passing_verdict_rides_on_the_legs_move(dsn: str, db: Database) -> None:
+    """No row update of its own: the gate's claim, then straight to
+    'sending' with the verdict kept and its event logged before the leg's."""
+    for statement in (
+        "CREATE TABLE row_moves (id bigserial, message_id bigint, src text, dst text)",
+        "CREATE FUNCTION log_row_move() RETURNS trigger LANGUAGE plpgsql AS $$"
+        " BEGIN INSERT INTO row_moves (message_id, src, dst)"
+        " VALUES (NEW.id, OLD.state, NEW.state); RETURN NEW; END $$",
+        "CREATE TRIGGER log_row_move AFTER UPDATE ON messages"
+        " FOR EACH ROW EXECUTE FUNCTION log_row_move()",
+    ):
+        await db.call_raw(statement)
+    async with rig(dsn, db) as r:
+        engine = r.engine
+        message_id = await checked(engine, GAP)
+        await r.run()
+        moves = await db.call_raw(
+            "SELECT src, dst FROM row_moves WHERE message_id = $1 ORDER BY id", message_id
+        )
+        assert [(m["src"], m["dst"]) for m in moves][:2] == [
+            ("queued", "dispatching"),
+            ("dispatching", "sending"),
+        ], moves
+        row = await message(db, message_id)
+        assert (row["reassign_verdict"], row["reassign_data_month"]) == ("no_history", "2026-10")
+        kinds = [k for k, _ in await events(db, message_id)]
+        assert kinds[:4] == ["accepted", "claimed", "reassignment_checked", "sending"], kinds
+        assert await check_units(db) == 1
+
+
 async def test_a_checked_message_spends_one_token_and_a_skipped_one_none(
     dsn: str, db: Database
 ) -> None:

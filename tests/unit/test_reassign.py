@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from carrierd.config import ConfigError, parse_config
 from carrierd.domain import reasons
-from carrierd.domain.lifecycle import Event
+from carrierd.domain.lifecycle import Event, Move
 from carrierd.domain.reassign import (
     INVALID_RUN_MONTHS,
     Judged,
@@ -22,6 +22,7 @@ from carrierd.domain.reassign import (
     Verdict,
     after_lookup,
     base_date_problem,
+    carried,
     check_units,
     checked_base_date,
     earliest_base_date,
@@ -195,6 +196,44 @@ def test_no_history_queues_the_message_again_billed_one_unit() -> None:
         "data_month": "2026-11",
     }
     assert (move.reassign_units, move.billed_at) == (1, NOW)
+
+
+def test_a_passing_verdict_rides_on_the_leg_move_from_dispatching() -> None:
+    verdict = after_lookup(
+        7, Judged(Verdict.NO_HISTORY, "2026-11"), date(2025, 1, 1), date(2025, 1, 1), NOW
+    )
+    sending = Move(7, State.QUEUED, State.SENDING, Event.SENDING, leg="sms", detail={"attempt": 1})
+    move = carried(sending, verdict)
+    assert (move.src, move.dst, move.event, move.leg) == (
+        State.DISPATCHING,
+        State.SENDING,
+        Event.SENDING,
+        "sms",
+    )
+    assert (move.reassign_verdict, move.reassign_data_month) == ("no_history", "2026-11")
+    assert (move.reassign_units, move.billed_at) == (1, NOW)
+    assert (move.first_event, move.first_detail) == (Event.REASSIGNMENT_CHECKED, verdict.detail)
+    assert move.detail == {"attempt": 1}
+    # A wait of the leg (the au gate) goes back to queued with the verdict kept.
+    held = Move(7, State.QUEUED, State.QUEUED, Event.AU_GATE_HOLD, wait="au gate")
+    assert carried(held, verdict).src is State.DISPATCHING
+
+
+def test_only_a_passing_verdict_rides_and_only_on_its_own_message() -> None:
+    passing = after_lookup(
+        7, Judged(Verdict.NO_HISTORY, "2026-11"), date(2025, 1, 1), date(2025, 1, 1), NOW
+    )
+    skipping = after_lookup(
+        7, Judged(Verdict.HISTORY, "2026-11"), date(2025, 1, 1), date(2025, 1, 1), NOW
+    )
+    sending = Move(7, State.QUEUED, State.SENDING, Event.SENDING)
+    with pytest.raises(ValueError, match="only a passing verdict"):
+        carried(sending, skipping)
+    with pytest.raises(ValueError, match="not a leg move"):
+        carried(Move(8, State.QUEUED, State.SENDING, Event.SENDING), passing)
+    billed = Move(7, State.QUEUED, State.QUEUED, Event.FALLBACK, rcs_units=1, billed_at=NOW)
+    with pytest.raises(ValueError, match="its own bill"):
+        carried(billed, passing)
 
 
 def test_history_skips_the_message_billed_one_unit_naming_the_clamp() -> None:
@@ -392,3 +431,65 @@ def test_a_broken_data_file_is_named(tmp_path: Path) -> None:
         path.write_text(text)
         with pytest.raises(ReassignSimDataError, match=words.replace("+", r"\+")):
             load_histories(path)
+
+
+# -- the client's reading of an answer ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("results", "why"),
+    [
+        ([{"number": "+819011110001", "verdict": "history", "data_month": "2026-10"}], "1 results"),
+        (
+            [
+                {"number": "+819011110001", "verdict": "no_history", "data_month": "2026-10"},
+                {"number": "+819011110009", "verdict": "no_history", "data_month": "2026-10"},
+            ],
+            "another number",
+        ),
+        (
+            [
+                {"number": "+819011110001", "verdict": "no_history", "data_month": "2026-10"},
+                {"number": "+819011110002", "verdict": "maybe", "data_month": "2026-10"},
+            ],
+            r"results\[1\].verdict",
+        ),
+        (
+            [
+                {"number": "+819011110001", "verdict": "no_history", "data_month": "2026-10"},
+                {"number": "+819011110002", "verdict": "no_history", "data_month": {"m": 1}},
+            ],
+            r"results\[1\].data_month",
+        ),
+        (
+            [
+                {"number": "+819011110001", "verdict": "no_history", "data_month": "2026-10"},
+                {"number": "+819011110002", "verdict": "no_history", "data_month": "2026-13"},
+            ],
+            r"results\[1\].data_month",
+        ),
+    ],
+)
+def test_the_client_refuses_an_answer_it_cannot_read_naming_the_result(
+    results: list[object], why: str
+) -> None:
+    from carrierd.channels.reassign import Lookup, _Failed, _results
+
+    asked = [Lookup("+819011110001", date(2025, 1, 1)), Lookup("+819011110002", date(2025, 1, 1))]
+    with pytest.raises(_Failed, match=why):
+        _results(json.dumps({"results": results}).encode(), asked)
+
+
+def test_the_client_reads_each_verdict_in_order() -> None:
+    from carrierd.channels.reassign import Lookup, _results
+
+    numbers = ["+819011110001", "+819011110002", "+819011110003"]
+    verdicts = ["no_history", "history", "no_history"]
+    answer = {
+        "results": [
+            {"number": n, "verdict": v, "data_month": "2026-10"}
+            for n, v in zip(numbers, verdicts, strict=True)
+        ]
+    }
+    judged = _results(json.dumps(answer).encode(), [Lookup(n, date(2025, 1, 1)) for n in numbers])
+    assert [(j.verdict.value, j.data_month) for j in judged] == [(v, "2026-10") for v in verdicts]

@@ -129,6 +129,11 @@ class Move:
     # +Message leg claims, then waits again after another platform error):
     # the wait stays open and the claim logs nothing while it does.
     retries_wait: bool = False
+    # History logged just before this move's own event, in the same
+    # statement: a decision that rides on the move instead of a row update
+    # of its own (the reassigned-number verdict on the leg's move, §13).
+    first_event: Event | None = None
+    first_detail: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         check_transition(self.src, self.dst)

@@ -18,10 +18,11 @@ years before now (the database keeps no more), in JST calendar dates.
 Outcome → move of the message (dispatching, under the claiming daemon's
 lease, see engine/reassign_gate.py):
 
-  no_history            → queued again, the verdict recorded on the row, and
-                          in the same transaction handed to its leg
-                          (engine/dispatcher.py `send_judged`): no second
-                          claim, no second lookup
+  no_history            → on to its leg in the transaction that records the
+                          verdict (engine/dispatcher.py `send_judged`): the
+                          verdict rides on the leg's own move from
+                          dispatching (`carried`), no second claim, no
+                          second lookup, no row update of its own
   history               → skipped (reassigned_number)
   lookup error/timeout  → skipped (reassignment_lookup_failed)
 
@@ -37,6 +38,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 from datetime import date, datetime
 from enum import StrEnum
 
@@ -201,3 +203,34 @@ def after_lookup(
         reassign_data_month=outcome.data_month,
         billed_at=now,
     )
+
+
+def carried(leg_move: Move, verdict: Move) -> Move:
+    """The leg's move of a message judged no_history (`verdict`, from
+    `after_lookup`), decided from queued as for any claim, made from where
+    the message is (dispatching under the gate's claim) with the verdict
+    on it: kept on the row, billed, and its history event logged just
+    before the leg's own. One row update instead of two."""
+    if verdict.dst is not State.QUEUED or verdict.reassign_verdict is None:
+        raise ValueError(f"message {verdict.message_id}: only a passing verdict is carried")
+    if leg_move.message_id != verdict.message_id or leg_move.src is not State.QUEUED:
+        raise ValueError(f"message {leg_move.message_id}: not a leg move for this verdict")
+    if leg_move.billed_at is not None or leg_move.first_event is not None:
+        raise ValueError(f"message {leg_move.message_id}: the leg move has its own bill or event")
+    # dataclasses.replace looks the fields up on every call; one carried
+    # per message checked, so the field names are read once (the new Move
+    # is checked by its __post_init__ all the same).
+    fields = {name: getattr(leg_move, name) for name in _MOVE_FIELDS}
+    fields.update(
+        src=verdict.src,
+        reassign_verdict=verdict.reassign_verdict,
+        reassign_data_month=verdict.reassign_data_month,
+        reassign_units=verdict.reassign_units,
+        billed_at=verdict.billed_at,
+        first_event=verdict.event,
+        first_detail=verdict.detail,
+    )
+    return Move(**fields)
+
+
+_MOVE_FIELDS = tuple(f.name for f in dataclass_fields(Move))

@@ -49,6 +49,7 @@ from carrierd.engine.lifecycle import Applied, Lifecycle
 from carrierd.engine.reassign_gate import (
     ReassignGate,
     RecordVerdicts,
+    VerdictsToCarry,
     claim_for_check,
     needs_check,
 )
@@ -362,13 +363,21 @@ class Dispatcher:
 
         async def work(tx: Transaction) -> _Claim:
             worked_out.clear()
-            passed = await record(tx)
-            decided = _Claim(passed={m.id for m in passed})
-            if passed:
-                moves, fallbacks, sms, rcs = self._routes(passed, now)
-                await self._to_legs(
-                    tx, moves, fallbacks, sms, rcs, now, lease_until, config, decided
-                )
+            # Several verdicts are recorded at once, each billing the same
+            # (account, month) row: billed last, held only to the commit.
+            async with self._lifecycle.bills_at_end(tx):
+                passed = await record(tx)
+                decided = _Claim(passed={m.id for m, _ in passed})
+                if passed:
+                    moves, fallbacks, sms, rcs = self._routes([m for m, _ in passed], now)
+                    carry = VerdictsToCarry([v for _, v in passed])
+                    # A +Message claim retries its wait from queued: its
+                    # verdict is a move of its own, before the lease.
+                    await self._lifecycle.apply(tx, carry.take([m.id for m in rcs]), now)
+                    await self._to_legs(
+                        tx, moves, fallbacks, sms, rcs, now, lease_until, config, decided, carry
+                    )
+                    carry.check_all_carried()
             worked_out.append(decided)
             return decided
 
@@ -574,18 +583,24 @@ class Dispatcher:
         lease_until: datetime,
         config: Config,
         decided: _Claim,
+        carry: Callable[[Move], Move] | None = None,
     ) -> list[Applied]:
         """Apply `moves` with the legs' own (from queued): the SMS leg plans
         and marks its messages 'sending', +Message ones are leased. Returns
-        what `moves` and the leases applied; `decided` gets what to hand over."""
+        what `moves` and the leases applied; `decided` gets what to hand over.
+        `carry` puts a gate's verdict on the first move of its message."""
         if fallbacks:
             # Before the SMS leg's moves of the same messages (one move per
             # message per statement).
-            await self._lifecycle.apply(tx, fallbacks, now)
+            await self._lifecycle.apply(
+                tx, fallbacks if carry is None else [carry(m) for m in fallbacks], now
+            )
         planned: list[Planned] = []
         if sms:
             planned, held = await self.sms_leg.plan(tx, sms, now, config)
             moves += held
+        if carry is not None:
+            moves = [carry(m) for m in moves]
         if rcs:
             moves += [
                 Move(
@@ -604,7 +619,7 @@ class Dispatcher:
         leased = {a.move.message_id for a in applied if a.move.dst is State.DISPATCHING}
         decided.rcs = [m for m in rcs if m.id in leased]
         if planned:
-            decided.sending = await self.sms_leg.mark_sending(tx, planned, now, lease_until)
+            decided.sending = await self.sms_leg.mark_sending(tx, planned, now, lease_until, carry)
         return applied
 
     async def _optout_gate(

@@ -24,9 +24,10 @@ none of its effects happen: the returned rows are the moves that applied.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -59,15 +60,35 @@ class Lifecycle:
         # labels() looks its child up under a lock on every call; a few
         # label sets exist, so keep them.
         self._children: dict[tuple[Any, ...], Any] = {}
+        # Per transaction (`bills_at_end`): units added at its end.
+        self._deferred: dict[int, _Bills] = {}
 
     async def apply(self, tx: Transaction, moves: Sequence[Move], now: datetime) -> list[Applied]:
         """Apply `moves` (one per message) in `tx`; returns those that applied."""
         if not moves:
             return []
         by_id = _one_each(moves)
-        *columns, waits, retries_wait, route, verdicts, data_months = _move_arrays(moves)
+        (
+            *columns,
+            waits,
+            retries_wait,
+            route,
+            verdicts,
+            data_months,
+            first_kinds,
+            first_details,
+        ) = _move_arrays(moves)
         rows = await tx.fetch(
-            "apply_moves", *columns, now, waits, retries_wait, route, verdicts, data_months
+            "apply_moves",
+            *columns,
+            now,
+            waits,
+            retries_wait,
+            route,
+            verdicts,
+            data_months,
+            first_kinds,
+            first_details,
         )
         if not rows:
             return []
@@ -99,7 +120,8 @@ class Lifecycle:
         ]
         if notify:
             await self._enqueue_callbacks(tx, notify, now)
-        bills = _Bills()
+        deferred = self._deferred.get(id(tx))
+        bills = _Bills() if deferred is None else deferred
         for a in applied:
             move = a.move
             if move.billed_at is not None:
@@ -114,11 +136,30 @@ class Lifecycle:
         ended = {r["id"]: r["state"] for r in rows if r["state"] in _FINAL_VALUES}
         if ended:
             await self._follow_ups(tx, ended, now)
+        if deferred is not None:
+            tx.after_commit(lambda: self._count(applied, _NO_BILLS))
+            return applied
         # Last: every writer adds to the same (account, month) rows, whose
         # locks are then held until commit for the shortest time.
         await self._add_billing(tx, bills)
         tx.after_commit(lambda: self._count(applied, bills))
         return applied
+
+    @contextlib.asynccontextmanager
+    async def bills_at_end(self, tx: Transaction) -> AsyncIterator[None]:
+        """The billing units of every move and note applied in `tx` inside
+        this block, added to billing_counts once, at its end. A transaction
+        that does more after its moves (the legs' planning after the gate's
+        verdicts) would otherwise hold the (account, month) rows every
+        writer adds to for all of it, and concurrent ones queue on them."""
+        bills = _Bills()
+        self._deferred[id(tx)] = bills
+        try:
+            yield
+        finally:
+            del self._deferred[id(tx)]
+        await self._add_billing(tx, bills)
+        tx.after_commit(lambda: self._count([], bills))
 
     async def _follow_ups(self, tx: Transaction, ended: dict[int, str], now: datetime) -> None:
         """Release or skip the follow-ups waiting for messages that just
@@ -160,14 +201,16 @@ class Lifecycle:
             now,
             [n.sms_units for n in notes],
         )
-        bills = _Bills()
+        deferred = self._deferred.get(id(tx))
+        bills = _Bills() if deferred is None else deferred
         for r in rows:
             noted = by_id[r["id"]]
             if noted.billed_at is not None:
                 rcs_units = noted.rcs_units if r["bills"] else 0
                 bills.add(r["account_id"], r["route"], noted.billed_at, noted.sms_units, rcs_units)
-        await self._add_billing(tx, bills)
-        tx.after_commit(lambda: self._count([], bills))
+        if deferred is None:
+            await self._add_billing(tx, bills)
+            tx.after_commit(lambda: self._count([], bills))
         return [r["id"] for r in rows]
 
     async def _enqueue_callbacks(
@@ -273,6 +316,7 @@ class _Bills:
             units[key] = units.get(key, 0) + reassign_units
 
 
+_NO_BILLS = _Bills()
 # One encoder, built once: json.dumps() would build one per call.
 _ENCODER = json.JSONEncoder(ensure_ascii=False)
 _FINAL_VALUES = frozenset(state.value for state in FINAL_STATES)
@@ -313,9 +357,9 @@ def _json(detail: Any) -> str | None:
 
 
 def _move_arrays(moves: Sequence[Move]) -> list[list[Any] | None]:
-    """The 26 column arrays of apply_moves, in one pass over the moves. A
+    """The 28 column arrays of apply_moves, in one pass over the moves. A
     column no move sets is sent as NULL (unnest pads it with NULLs): most
-    moves set a few of the 26, and every element is encoded one by one."""
+    moves set a few of the 28, and every element is encoded one by one."""
     rows = [
         (
             m.message_id,
@@ -345,6 +389,8 @@ def _move_arrays(moves: Sequence[Move]) -> list[list[Any] | None]:
             m.route,
             m.reassign_verdict,
             m.reassign_data_month,
+            m.first_event,
+            None if m.first_detail is None else _ENCODER.encode(m.first_detail),
         )
         for m in moves
     ]

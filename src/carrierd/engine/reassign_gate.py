@@ -16,13 +16,14 @@ one transaction (domain/reassign.py `after_lookup` decides the moves, the
 lifecycle writer applies them, keeps the verdict on the row and bills
 §11's units):
 
-    no_history           → queued, the verdict kept on the row, and in the
-                           same transaction on to its leg (the dispatcher's
-                           `send_judged`: SMS plan and 'sending', +Message
-                           lease; handed over after the commit): no second
-                           claim, no second lookup. The account token was
-                           spent at the gate's claim; a message that does
-                           not pass gives it back.
+    no_history           → in the same transaction on to its leg (the
+                           dispatcher's `send_judged`: SMS plan and
+                           'sending', +Message lease; handed over after the
+                           commit), the verdict riding on the leg's move
+                           (domain/reassign.py `carried`): no second claim,
+                           no second lookup. The account token was spent at
+                           the gate's claim; a message that does not pass
+                           gives it back.
     history              → skipped (reassigned_number)
     error after retries  → skipped (reassignment_lookup_failed)
 
@@ -56,6 +57,7 @@ from carrierd.domain.reassign import (
     LookupFailed,
     LookupOutcome,
     after_lookup,
+    carried,
     checked_base_date,
 )
 from carrierd.domain.states import State
@@ -81,9 +83,33 @@ GATE_ERROR_RETRY_S = 5.0
 HELD_ROUNDS = 16
 
 
-# The gate's transaction work: records its verdicts, returns the messages
-# that passed (no_history, queued again, the verdict on them).
-RecordVerdicts = Callable[[Transaction], Awaitable[list[ClaimedMessage]]]
+# The gate's transaction work: records the verdicts that end messages and
+# locks the rest, returns the messages that passed (as claimed) with their
+# verdict moves, not yet applied: `VerdictsToCarry` puts each on its
+# message's first leg move.
+RecordVerdicts = Callable[[Transaction], Awaitable[list[tuple[ClaimedMessage, Move]]]]
+
+
+class VerdictsToCarry:
+    """The passing verdicts of one transaction, each put on the first leg
+    move of its message (domain/reassign.py `carried`), once."""
+
+    def __init__(self, verdicts: Sequence[Move]) -> None:
+        self._verdicts = {v.message_id: v for v in verdicts}
+
+    def __call__(self, move: Move) -> Move:
+        verdict = self._verdicts.pop(move.message_id, None)
+        return move if verdict is None else carried(move, verdict)
+
+    def take(self, message_ids: Sequence[int]) -> list[Move]:
+        """The verdicts of these messages, to be applied as moves of their own."""
+        return [v for i in message_ids if (v := self._verdicts.pop(i, None)) is not None]
+
+    def check_all_carried(self) -> None:
+        """A verdict left over belongs to a message no leg moved: a defect,
+        and the transaction must not commit without it."""
+        if self._verdicts:
+            raise RuntimeError(f"verdicts on no leg move: {sorted(self._verdicts)[:10]}")
 
 
 class Onward(Protocol):
@@ -244,7 +270,9 @@ class ReassignGate:
         outcomes: dict[int, LookupOutcome],
         now: datetime,
     ) -> None:
-        async def work(tx: Transaction) -> list[ClaimedMessage]:
+        async def work(tx: Transaction) -> list[tuple[ClaimedMessage, Move]]:
+            # Locked for this transaction: the passing ones are moved on by
+            # their leg before it commits.
             held = {
                 r["id"]
                 for r in await tx.fetch(
@@ -254,23 +282,25 @@ class ReassignGate:
             lost = len(moves) - len(held)
             if lost:
                 log.warning("reassign_verdicts_without_lease", messages=lost)
-            applied = await self._lifecycle.apply(
-                tx, [m for m in moves if m.message_id in held], now
-            )
-            tally = Counter(a.move.reassign_verdict or "lookup_failed" for a in applied)
+            ours = [m for m in moves if m.message_id in held]
+            passing = [m for m in ours if m.dst is State.QUEUED]
+            await self._lifecycle.apply(tx, [m for m in ours if m.dst is not State.QUEUED], now)
+            tally = Counter(m.reassign_verdict or "lookup_failed" for m in ours)
             tx.after_commit(lambda: self._count(tally))
             failed = [o for o in outcomes.values() if isinstance(o, LookupFailed)]
             if failed:
                 log.warning("reassign_lookups_failed", messages=len(failed), error=failed[0].error)
-            passed = {
-                a.move.message_id: a.move.reassign_verdict
-                for a in applied
-                if a.move.dst is State.QUEUED
-            }
-            return [m._replace(reassign_verdict=passed[m.id]) for m in batch if m.id in passed]
+            by_id = {m.id: m for m in batch}
+            return [(by_id[v.message_id], v) for v in passing]
+
+        async def queued_again(tx: Transaction) -> None:
+            # No leg here: what passed is queued with its verdict, and the
+            # next claim sends it on.
+            passed = await work(tx)
+            await self._lifecycle.apply(tx, [v for _, v in passed], now)
 
         if self._onward is None:
-            await self._db.in_transaction(work)
+            await self._db.in_transaction(queued_again)
         else:
             await self._onward(work, batch, now)
 

@@ -339,34 +339,39 @@ class SmsLeg:
         return kept, held
 
     async def mark_sending(
-        self, tx: Transaction, planned: Sequence[Planned], now: datetime, lease_until: datetime
+        self,
+        tx: Transaction,
+        planned: Sequence[Planned],
+        now: datetime,
+        lease_until: datetime,
+        carry: Callable[[Move], Move] | None = None,
     ) -> list[Planned]:
         """'sending' under our lease, parts 'pending': a crash from here on
-        is never resent blindly."""
+        is never resent blindly. `carry` puts what rides on a message's move
+        onto it (a reassigned-number verdict)."""
+        moves = [
+            Move(
+                p.message.id,
+                State.QUEUED,
+                State.SENDING,
+                Event.SENDING,
+                leg="sms",
+                carrier=p.carrier,
+                route=p.route,
+                attempt=p.attempt,
+                lease_owner=self._lease_owner,
+                lease_until=lease_until,
+                detail={
+                    "attempt": p.attempt,
+                    "carrier_from": p.carrier_source,
+                    "route": p.route,
+                    **({"carriers_down": list(p.carriers_down)} if p.carriers_down else {}),
+                },
+            )
+            for p in planned
+        ]
         applied = await self._lifecycle.apply(
-            tx,
-            [
-                Move(
-                    p.message.id,
-                    State.QUEUED,
-                    State.SENDING,
-                    Event.SENDING,
-                    leg="sms",
-                    carrier=p.carrier,
-                    route=p.route,
-                    attempt=p.attempt,
-                    lease_owner=self._lease_owner,
-                    lease_until=lease_until,
-                    detail={
-                        "attempt": p.attempt,
-                        "carrier_from": p.carrier_source,
-                        "route": p.route,
-                        **({"carriers_down": list(p.carriers_down)} if p.carriers_down else {}),
-                    },
-                )
-                for p in planned
-            ],
-            now,
+            tx, moves if carry is None else [carry(m) for m in moves], now
         )
         marked = {a.move.message_id for a in applied}
         ours = [p for p in planned if p.message.id in marked]

@@ -586,12 +586,14 @@ WITH input AS (
         $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[],
         $11::text[], $12::text[], $13::int[], $14::int[], $15::boolean[], $16::text[],
         $17::timestamptz[], $18::int[], $19::int[], $20::text[], $21::text[],
-        $23::text[], $24::boolean[], $25::text[], $26::text[], $27::text[])
+        $23::text[], $24::boolean[], $25::text[], $26::text[], $27::text[],
+        $28::text[], $29::text[])
         AS i(id, from_state, to_state, reason_code, reason_text, not_before,
              receipt_deadline, fallback_at, expires_at, submitted_at,
              leg, carrier, attempt, resends_done, wrong_carrier, lease_owner,
              lease_until, sms_units, rcs_units, event_kind, event_detail, wait,
-             retries_wait, route, reassign_verdict, reassign_data_month)
+             retries_wait, route, reassign_verdict, reassign_data_month,
+             first_kind, first_detail)
 ),
 -- The moves from 'queued' and 'dispatching' (only there is a message in a
 -- wait, or claimed to retry one: Move.retries_wait), with the wait as it
@@ -669,7 +671,8 @@ updated AS (
      WHERE m.id = i.id AND m.state = i.from_state
     RETURNING m.id, m.state, m.account_id, m.channel, m.carrier, m.route, m.callback_url,
               m.callback_every_change, m.reason_code, m.reason_text, i.from_state,
-              i.event_kind, i.event_detail, i.wait, i.waited_for, i.waited_since,
+              i.event_kind, i.event_detail, i.first_kind, i.first_detail,
+              i.wait, i.waited_for, i.waited_since,
               i.waited_retries, i.retries_wait IS TRUE AS retries_wait,
               -- The same wait again, or the claim that retries it: silent.
               i.waited_for IS NOT NULL
@@ -690,7 +693,13 @@ logged AS (
          WHERE waited_for IS NOT NULL AND NOT retries_wait
            AND wait IS DISTINCT FROM waited_for
         UNION ALL
-        SELECT id, 1, event_kind, state, carrier,
+        -- A decision that rode on this move (Move.first_event), in the
+        -- state it was taken in.
+        SELECT id, 1, first_kind, from_state, carrier, first_detail::jsonb
+          FROM updated
+         WHERE first_kind IS NOT NULL
+        UNION ALL
+        SELECT id, 2, event_kind, state, carrier,
                CASE WHEN reason_code IS NULL THEN event_detail::jsonb
                     ELSE coalesce(event_detail::jsonb, '{}'::jsonb)
                          || jsonb_build_object('reason', reason_code, 'reason_text', reason_text)
