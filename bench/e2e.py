@@ -114,11 +114,15 @@ def postgres_pids() -> list[int]:
     return pids
 
 
-def cpu_snapshot(daemon_pids: list[int], sim_pid: int) -> dict[str, float]:
-    """CPU seconds so far of the daemons, the simulator and every PostgreSQL process."""
+def cpu_snapshot(
+    daemon_pids: list[int], sim_pid: int, reassign_sim_pid: int | None = None
+) -> dict[str, float]:
+    """CPU seconds so far of the daemons, the simulators and every PostgreSQL process."""
     return {
         "daemon": sum(cpu_s(pid) for pid in daemon_pids),
         "simulator": cpu_s(sim_pid),
+        # It stands in for a service elsewhere, but shares this machine.
+        **({"reassign simulator": cpu_s(reassign_sim_pid)} if reassign_sim_pid else {}),
         "PostgreSQL": sum(cpu_s(p) for p in postgres_pids()),
         "bench client": cpu_s(os.getpid()),
     }
@@ -163,6 +167,7 @@ async def run(
     batch: int,
     optout_list: int = 0,
     reassign_check: bool = False,
+    reassign_sim_pid: int | None = None,
 ) -> None:
     headers = {"Authorization": "Bearer bench-token"}
     numbers = new_numbers(total, 0)
@@ -171,7 +176,7 @@ async def run(
         await load_optout_list(ports[0], new_numbers(optout_list, total))
     ask = {"skip_opted_out": True} if optout_list else {}
     conn = await asyncpg.connect(dsn)
-    cpu_before = cpu_snapshot(pids, sim_pid)
+    cpu_before = cpu_snapshot(pids, sim_pid, reassign_sim_pid)
     started = time.perf_counter()
     async with aiohttp.ClientSession() as http:
         sem = asyncio.Semaphore(4)
@@ -216,7 +221,7 @@ async def run(
             peak_during = max(peak_during, *(rss_kib(pid, "VmRSS") for pid in pids))
             await asyncio.sleep(1.0 if final < 0.9 * total else 0.1)
     elapsed = time.perf_counter() - started
-    cpu_after = cpu_snapshot(pids, sim_pid)
+    cpu_after = cpu_snapshot(pids, sim_pid, reassign_sim_pid)
     latency = await conn.fetchrow(
         """SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d) AS p50,
                   percentile_cont(0.99) WITHIN GROUP (ORDER BY d) AS p99
@@ -377,6 +382,7 @@ def main() -> None:
                     args.batch,
                     args.optout_list,
                     reassign_check=reassign_port is not None,
+                    reassign_sim_pid=reassign_sim.pid if reassign_sim is not None else None,
                 )
             )
     finally:
