@@ -24,6 +24,14 @@ database (what the daemons recorded and billed) and the simulator's journal
             first message final after it
   settle_s  from the last repair until every message was final
 
+Scenarios marked "checked" ask the reassigned-number check (DOMAIN §13) for
+every message, against `carrierd sim reassign` (answers after 300 ms, so
+that every fault finds lookups in flight; 5% of requests answered 503; 2% of
+numbers with a history), and judge it too: a message
+that reached the SMSC without passing (no `no_history` verdict on it), and
+billed checks against judged messages (each judged once, billed once,
+however often a killed daemon's lookup was asked again).
+
 PostgreSQL is a throwaway cluster of the campaign's own (scripts/localpg.sh
 in a temporary directory): the shared test server is never restarted.
 Simulator faults are simulator TOML keys fed by name from the scenario
@@ -57,7 +65,7 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 
-from bench.harness import ROOT, daemon_process, free_port, fresh_database
+from bench.harness import ROOT, daemon_process, free_port, fresh_database, wait_for_port
 from carrierd.domain.numbers import normalize_msisdn
 from carrierd.engine.write_behind import CORRELATE_AFTER_S, CORRELATE_AGAIN_S
 from carrierd.sim.smsc import (
@@ -162,7 +170,14 @@ def keys_the_simulator_lacks(keys: Mapping[str, object], text: str) -> list[str]
     return []
 
 
-def daemon_toml(ports: Mapping[str, int], settings: Settings) -> str:
+REASSIGN_TOKEN = "chaos-reassign-token"
+# Long before any run: every number is judged on months of its history.
+REASSIGN_BASE_DATE = "2025-04-01"
+
+
+def daemon_toml(
+    ports: Mapping[str, int], settings: Settings, reassign_port: int | None = None
+) -> str:
     lines = [
         "[engine]",
         "pacing = false",
@@ -187,6 +202,14 @@ def daemon_toml(ports: Mapping[str, int], settings: Settings) -> str:
             f"response_timeout_s = {settings.response_timeout_s}",
             f"receipt_timeout_s = {settings.receipt_timeout_s}",
             f"number_prefixes = {_toml_value([CARRIER_PREFIXES[carrier]])}",
+        ]
+    if reassign_port is not None:
+        lines += [
+            "[reassign]",
+            f'url = "http://127.0.0.1:{reassign_port}"',
+            f'token = "{REASSIGN_TOKEN}"',
+            "timeout_s = 2.0",
+            "retries = 2",
         ]
     return "\n".join(lines) + "\n"
 
@@ -632,6 +655,8 @@ class Scenario:
     daemons: int = 1
     fixed_ids: bool = False
     feed_s: float = 30.0
+    # Every message asks for the reassigned-number check (see the top).
+    checked: bool = False
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -651,6 +676,19 @@ SCENARIOS: tuple[Scenario, ...] = (
         restart_postgres("immediate", 10.0),
     ),
     Scenario("pg-stop-30s", "PostgreSQL stopped 30 s", stop_postgres(30.0, 10.0)),
+    Scenario(
+        "checked-daemon-kill",
+        "checked, daemon SIGKILL x5",
+        kill_daemon(5, 5.0, 8.0),
+        feed_s=40.0,
+        checked=True,
+    ),
+    Scenario(
+        "checked-pg-restart",
+        "checked, PostgreSQL restart -m immediate",
+        restart_postgres("immediate", 10.0),
+        checked=True,
+    ),
     Scenario("smsc-kill-20s", "SMSC killed, back after 20 s", kill_smsc(20.0, 10.0)),
     Scenario(
         "responses-late",
@@ -683,6 +721,14 @@ SHORT_DAEMON_KILL = Scenario(
     sim_keys=_SHORT_SIM_KEYS,
     feed_s=1.0,
 )
+SHORT_CHECKED_KILL = Scenario(
+    "short-checked-kill",
+    "checked, daemon SIGKILL x1",
+    kill_daemon(1, 0.5, 0.0, down_s=0.5, open_at_least=400),
+    sim_keys=_SHORT_SIM_KEYS,
+    feed_s=1.0,
+    checked=True,
+)
 SHORT_PG_RESTART = Scenario(
     "short-pg-restart",
     "PostgreSQL restart -m fast",
@@ -696,10 +742,13 @@ SHORT_PG_RESTART = Scenario(
 # Load and watch
 
 
-async def feed(rig: Rig, http: aiohttp.ClientSession, settings: Settings, feed_s: float) -> int:
+async def feed(
+    rig: Rig, http: aiohttp.ClientSession, settings: Settings, feed_s: float, checked: bool = False
+) -> int:
     """Post every message over `feed_s`, retrying through faults; returns how
     many requests' worth of messages were never accepted."""
     total, batch = settings.messages, settings.intake_batch
+    check = {"reassigned_check": {"base_date": REASSIGN_BASE_DATE}} if checked else {}
     not_accepted = 0
     turn = 0
     for first in range(0, total, batch):
@@ -709,6 +758,7 @@ async def feed(rig: Rig, http: aiohttp.ClientSession, settings: Settings, feed_s
                 "to": recipient(i),
                 "sms": {"text": message_text(i)},
                 "client_ref": f"chaos-{i}",
+                **check,
             }
             for i in range(first, min(total, first + batch))
         ]
@@ -836,6 +886,13 @@ class Outcome:
     untold: int = 0  # delivered at the SMSC, receipt never acknowledged
     overbilled: int = 0
     billing_counts_gap: int = 0  # billing_counts minus the sum of sms_units
+    # Checked scenarios: messages judged (a verdict on the row) by verdict,
+    # reassigned_check units billed, and messages the SMSC accepted a part
+    # of without a no_history verdict.
+    checked: bool = False
+    verdicts: Counter[str] = field(default_factory=Counter)
+    checks_billed: int = 0
+    sent_unpassed: int = 0
     # (carrier, SMSC id) pairs held by more than one part: a receipt or a
     # response recorded on a part it does not belong to.
     shared_ids: list[str] = field(default_factory=list)
@@ -875,6 +932,7 @@ class DatabaseSnapshot:
     messages: list[asyncpg.Record]
     unknown_parts: list[asyncpg.Record]
     billed_total: int
+    checks_billed: int
     events: dict[str, int]
     shared_ids: list[asyncpg.Record]
     # A few messages never final, with what tells why: lease, parts, history.
@@ -891,7 +949,8 @@ async def snapshot(dsn: str) -> DatabaseSnapshot:
     try:
         messages = await conn.fetch(
             """SELECT id, msisdn, state, reason_code, sms_parts, sms_units,
-                      extract(epoch FROM final_at) AS final_s
+                      extract(epoch FROM final_at) AS final_s,
+                      reassign_base_date IS NOT NULL AS asked_check, reassign_verdict
                FROM messages WHERE account_id = $1""",
             ACCOUNT,
         )
@@ -958,6 +1017,11 @@ async def snapshot(dsn: str) -> DatabaseSnapshot:
             " WHERE account_id = $1 AND channel = 'sms'",
             ACCOUNT,
         )
+        checks_billed = await conn.fetchval(
+            "SELECT coalesce(sum(units), 0) FROM billing_counts"
+            " WHERE account_id = $1 AND channel = 'reassigned_check'",
+            ACCOUNT,
+        )
     finally:
         await tx.rollback()
         await conn.close()
@@ -965,6 +1029,7 @@ async def snapshot(dsn: str) -> DatabaseSnapshot:
         messages,
         unknown_parts,
         int(billed),
+        int(checks_billed),
         {r["kind"]: int(r["n"]) for r in events},
         shared_ids,
         open_samples,
@@ -1010,11 +1075,16 @@ def judge(
         outcome.unbilled += max(0, len(told) - units)
         outcome.untold += len(delivered) - len(told)
         outcome.overbilled += max(0, units - len(delivered))
+        if row["asked_check"]:
+            outcome.verdicts[row["reassign_verdict"] or "none"] += 1
+            if parts and row["reassign_verdict"] != "no_history":
+                outcome.sent_unpassed += 1
         if row["state"] == "unknown":
             unknown_ids.add(int(row["id"]))
             side = _smsc_side(parts, int(row["sms_parts"] or 1))
             outcome.unknown[f"{row['reason_code']}: {side}"] += 1
     outcome.billing_counts_gap = db.billed_total - sum(int(r["sms_units"]) for r in db.messages)
+    outcome.checks_billed = db.checks_billed
     outcome.open_samples = [
         f"{r['id']} {r['state']} attempt {r['attempt']} lease {r['lease_owner']}"
         f" ({r['lease_left_s']} s left) parts {r['parts']} history {r['history']}"
@@ -1062,7 +1132,9 @@ async def _campaign(
     ports = {carrier: free_port() for carrier in CARRIER_PREFIXES}
     smsc = SmscProcess(ports, scenario.sim_keys, run_dir)
     policy = restart_policy()
-    config_text = daemon_toml(ports, settings)
+    reassign_port = free_port() if scenario.checked else None
+    outcome.checked = scenario.checked
+    config_text = daemon_toml(ports, settings, reassign_port)
     slots = [
         DaemonSlot(
             f"daemon-{letter}",
@@ -1077,7 +1149,12 @@ async def _campaign(
     rig = Rig(scenario.name, slots, postgres, smsc, dsn)
     supervisors: list[asyncio.Task[None]] = []
     db: DatabaseSnapshot | None = None
+    reassign: subprocess.Popen[bytes] | None = None
     try:
+        if reassign_port is not None:
+            reassign = start_reassign_sim(reassign_port, run_dir)
+            # Before any daemon: a lookup with no service would skip messages.
+            wait_for_port(reassign_port, reassign)
         await smsc.start()
         for slot in slots:
             if not await slot.start():
@@ -1085,7 +1162,9 @@ async def _campaign(
         supervisors = [asyncio.create_task(slot.supervise()) for slot in slots]
         rig.t0_s = time.time()
         async with aiohttp.ClientSession() as http:
-            feeder = asyncio.create_task(feed(rig, http, settings, scenario.feed_s))
+            feeder = asyncio.create_task(
+                feed(rig, http, settings, scenario.feed_s, scenario.checked)
+            )
             faults = asyncio.create_task(scenario.faults(rig))
             try:
                 await watch(rig, dsn, settings, feeder, faults)
@@ -1104,6 +1183,9 @@ async def _campaign(
         await asyncio.gather(*supervisors, return_exceptions=True)
         await asyncio.gather(*(slot.stop() for slot in slots))
         await smsc.stop()
+        if reassign is not None:
+            reassign.terminate()
+            reassign.wait(10)
         # The database must be up for it to be dropped, whatever happened.
         await postgres.start()
     for slot in slots:
@@ -1113,6 +1195,32 @@ async def _campaign(
             outcome.gave_up = f"{slot.name}: {slot.gave_up}"
     assert db is not None
     judge(outcome, db, read_smsc_journal(smsc.journal_path), rig.repairs_s)
+
+
+def start_reassign_sim(port: int, run_dir: Path) -> subprocess.Popen[bytes]:
+    """`carrierd sim reassign`: 300 ms answers, 5% of requests 503."""
+    with (run_dir / "reassign.log").open("ab") as log:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "carrierd",
+                "sim",
+                "reassign",
+                "--reassign-port",
+                str(port),
+                "--reassign-token",
+                REASSIGN_TOKEN,
+                "--reassign-latency-ms",
+                "300",
+                "--reassign-error-share",
+                "0.05",
+                "--log-level",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
 
 
 def run_scenario(scenario: Scenario, settings: Settings, postgres: ThrowawayPostgres) -> Outcome:
@@ -1167,6 +1275,16 @@ def report_lines(outcome: Outcome) -> list[str]:
         lines.append(
             detail + f"billed but not delivered: {outcome.overbilled} parts; billing_counts "
             f"minus sms_units: {outcome.billing_counts_gap}"
+        )
+    if outcome.checked:
+        judged = outcome.verdicts["no_history"] + outcome.verdicts["history"]
+        lines.append(
+            detail
+            + "reassigned checks: "
+            + ", ".join(f"{k} {n}" for k, n in sorted(outcome.verdicts.items()))
+            + f"; billed {outcome.checks_billed} for {judged} judged"
+            + f" (gap {outcome.checks_billed - judged}); at the SMSC without passing:"
+            + f" {outcome.sent_unpassed}"
         )
     if outcome.lost and outcome.open_samples:
         lines.append(detail + "never final, e.g.: " + "; ".join(outcome.open_samples))
