@@ -269,3 +269,31 @@ def test_braces_around_the_marks_go_out_as_written() -> None:
     text = render(template, ["A" * STYLE.code_chars], "B" * STYLE.code_chars, STYLE)
     link, optout = f" s.kmc.jp/{'A' * 14} ", f" s.kmc.jp/{'B' * 14} "
     assert text == f"価格{{100}}円 {link} {{0}} }}{{ {optout} {{optout}}"
+
+
+def test_a_request_pool_reads_the_csprng_in_chunks_and_never_hands_out_a_byte_twice() -> None:
+    import os
+
+    from carrierd.domain.links import mint_codes
+    from carrierd.intake import RandomPool
+
+    stream = os.urandom(1 << 16)
+    reads: list[tuple[int, int]] = []
+
+    def read(n: int) -> bytes:
+        start = reads[-1][1] if reads else 0
+        reads.append((start, start + n))
+        return stream[start : start + n]
+
+    pool = RandomPool(read)
+    drawn = [pool(n) for n in (10, 60, 4000, 70, 9000, 5, 5, 5)]
+    # 200 messages of five 10-character links: a handful of reads, not 200.
+    codes = [code for _ in range(200) for code in mint_codes(5, 10, pool)]
+    assert len(reads) < 10
+    assert len(set(codes)) == len(codes)
+    # Each draw is a slice of what was read, after the one before it.
+    at = 0
+    for chunk in drawn:
+        found = stream.find(chunk, at)
+        assert found >= at, "a byte handed out twice, or not from the CSPRNG"
+        at = found + len(chunk)
