@@ -19,6 +19,11 @@ With --reassign-latency-ms N every message asks for the reassigned-number
 check (DOMAIN §13) against `carrierd sim reassign` answering each lookup
 after N ms (its generated data: 2% of numbers have a history and end
 skipped): the check's cost is this run's messages/s against the plain one's.
+
+With --pairs N (and one of the two above), N plain runs each followed by
+one asking for it, and the median of the N costs: these machines' speed
+drifts between runs by more than the costs measured, and a drift shows in
+both runs of a pair alike.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -168,7 +174,8 @@ async def run(
     optout_list: int = 0,
     reassign_check: bool = False,
     reassign_sim_pid: int | None = None,
-) -> None:
+) -> float:
+    """One run; returns its messages/s end to end."""
     headers = {"Authorization": "Bearer bench-token"}
     numbers = new_numbers(total, 0)
     # Numbers after the recipients': on the list, never sent to.
@@ -283,6 +290,7 @@ async def run(
         "e2e: history events per message: "
         + ", ".join(f"{r['kind']} {r['n'] / total:.2f}" for r in events)
     )
+    return total / elapsed
 
 
 def main() -> None:
@@ -312,7 +320,18 @@ def main() -> None:
     parser.add_argument(
         "--reassign-batch", type=int, default=100, help="[reassign] batch_size (default 100)"
     )
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=0,
+        help="with --optout-list or --reassign-latency-ms: this many plain runs, each followed "
+        "by one asking for that, and the median of their costs (a machine whose speed drifts "
+        "between runs shows in each pair alike)",
+    )
     args = parser.parse_args()
+    variant_asked = bool(args.optout_list) or args.reassign_latency_ms is not None
+    if args.pairs and not variant_asked:
+        parser.error("--pairs compares plain runs with --optout-list or --reassign-latency-ms")
     ports = {carrier: free_port() for carrier in CARRIERS}
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
         f.write(sim_toml(ports))
@@ -357,34 +376,53 @@ def main() -> None:
         )
     try:
         time.sleep(1.0)
-        http_ports = [free_port() for _ in range(args.daemons)]
-        with fresh_database("e2e") as dsn, contextlib.ExitStack() as daemons:
-            pids = [
-                daemons.enter_context(
-                    daemon_process(
-                        daemon_toml(
-                            ports, args.binds, args.window, reassign_port, args.reassign_batch
-                        ),
+
+        def one_run(variant: bool) -> float:
+            http_ports = [free_port() for _ in range(args.daemons)]
+            with fresh_database("e2e") as dsn, contextlib.ExitStack() as daemons:
+                pids = [
+                    daemons.enter_context(
+                        daemon_process(
+                            daemon_toml(
+                                ports, args.binds, args.window, reassign_port, args.reassign_batch
+                            ),
+                            dsn,
+                            port,
+                            f"bench-{n}",
+                        )
+                    ).pid
+                    for n, port in enumerate(http_ports, start=1)
+                ]
+                return asyncio.run(
+                    run(
                         dsn,
-                        port,
-                        f"bench-{n}",
+                        http_ports,
+                        pids,
+                        sim.pid,
+                        args.messages,
+                        args.batch,
+                        args.optout_list if variant else 0,
+                        reassign_check=variant and reassign_port is not None,
+                        reassign_sim_pid=reassign_sim.pid if reassign_sim is not None else None,
                     )
-                ).pid
-                for n, port in enumerate(http_ports, start=1)
-            ]
-            asyncio.run(
-                run(
-                    dsn,
-                    http_ports,
-                    pids,
-                    sim.pid,
-                    args.messages,
-                    args.batch,
-                    args.optout_list,
-                    reassign_check=reassign_port is not None,
-                    reassign_sim_pid=reassign_sim.pid if reassign_sim is not None else None,
                 )
+
+        if not args.pairs:
+            one_run(variant_asked)
+            return
+        costs: list[float] = []
+        for n in range(1, args.pairs + 1):
+            plain, asked = one_run(False), one_run(True)
+            costs.append(1 - asked / plain)
+            print(
+                f"e2e pair {n}: {plain:,.0f} messages/s plain, {asked:,.0f} asking = "
+                f"{costs[-1]:.1%} cost",
+                flush=True,
             )
+        print(
+            f"e2e: median cost {statistics.median(costs):.1%} over {len(costs)} alternating pairs"
+            f" (from {min(costs):.1%} to {max(costs):.1%}), {args.messages} messages a run"
+        )
     finally:
         sim.terminate()
         sim.wait(10)
