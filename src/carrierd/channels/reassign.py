@@ -189,34 +189,22 @@ def _results(raw: bytes, lookups: Sequence[Lookup]) -> list[Judged]:
     if len(results) != len(lookups):
         raise bad(f"{len(results)} results for {len(lookups)} lookups")
     judged: list[Judged] = []
-    # An answer judges its numbers on one or two data months: each distinct
-    # (verdict, month) is checked once and its Judged shared.
-    seen: dict[tuple[Any, Any], Judged] = {}
     for index, (result, asked) in enumerate(zip(results, lookups, strict=True)):
         if not isinstance(result, dict):
             raise bad(f"results[{index}]: not an object")
         if result.get("number") != asked.msisdn:
             raise bad(f"results[{index}]: answers another number")
-        raw_verdict = result.get("verdict")
-        data_month = result.get("data_month")
-        key = (raw_verdict, data_month)
-        hashable = isinstance(raw_verdict, str) and isinstance(data_month, str)
-        same = seen.get(key) if hashable else None
-        if same is not None:
-            judged.append(same)
-            continue
         try:
-            verdict = Verdict(str(raw_verdict))
+            verdict = Verdict(str(result.get("verdict")))
         except ValueError:
-            raise bad(f"results[{index}].verdict: {str(raw_verdict)[:40]!r}") from None
+            raise bad(f"results[{index}].verdict: {str(result.get('verdict'))[:40]!r}") from None
+        data_month = result.get("data_month")
         try:
             parse_month(data_month if isinstance(data_month, str) else "")
         except ValueError:
             raise bad(f"results[{index}].data_month: {str(data_month)[:40]!r}") from None
         assert isinstance(data_month, str)
-        same = Judged(verdict, data_month)
-        seen[key] = same
-        judged.append(same)
+        judged.append(Judged(verdict, data_month))
     return judged
 
 

@@ -37,8 +37,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
-from dataclasses import fields as dataclass_fields
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from enum import StrEnum
 
@@ -217,11 +216,8 @@ def carried(leg_move: Move, verdict: Move) -> Move:
         raise ValueError(f"message {leg_move.message_id}: not a leg move for this verdict")
     if leg_move.billed_at is not None or leg_move.first_event is not None:
         raise ValueError(f"message {leg_move.message_id}: the leg move has its own bill or event")
-    # dataclasses.replace looks the fields up on every call; one carried
-    # per message checked, so the field names are read once (the new Move
-    # is checked by its __post_init__ all the same).
-    fields = {name: getattr(leg_move, name) for name in _MOVE_FIELDS}
-    fields.update(
+    return replace(
+        leg_move,
         src=verdict.src,
         reassign_verdict=verdict.reassign_verdict,
         reassign_data_month=verdict.reassign_data_month,
@@ -230,7 +226,3 @@ def carried(leg_move: Move, verdict: Move) -> Move:
         first_event=verdict.event,
         first_detail=verdict.detail,
     )
-    return Move(**fields)
-
-
-_MOVE_FIELDS = tuple(f.name for f in dataclass_fields(Move))
