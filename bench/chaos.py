@@ -65,7 +65,14 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 
-from bench.harness import ROOT, daemon_process, free_port, fresh_database, wait_for_port
+from bench.harness import (
+    ROOT,
+    daemon_process,
+    free_port,
+    fresh_database,
+    reassign_sim_process,
+    wait_for_port,
+)
 from carrierd.domain.numbers import normalize_msisdn
 from carrierd.engine.write_behind import CORRELATE_AFTER_S, CORRELATE_AGAIN_S
 from carrierd.sim.smsc import (
@@ -1199,28 +1206,7 @@ async def _campaign(
 
 def start_reassign_sim(port: int, run_dir: Path) -> subprocess.Popen[bytes]:
     """`carrierd sim reassign`: 300 ms answers, 5% of requests 503."""
-    with (run_dir / "reassign.log").open("ab") as log:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "carrierd",
-                "sim",
-                "reassign",
-                "--reassign-port",
-                str(port),
-                "--reassign-token",
-                REASSIGN_TOKEN,
-                "--reassign-latency-ms",
-                "300",
-                "--reassign-error-share",
-                "0.05",
-                "--log-level",
-                "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
+    return reassign_sim_process(port, REASSIGN_TOKEN, 300, 0.05, run_dir / "reassign.log")
 
 
 def run_scenario(scenario: Scenario, settings: Settings, postgres: ThrowawayPostgres) -> Outcome:

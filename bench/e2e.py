@@ -43,7 +43,7 @@ import aiohttp
 import asyncpg
 
 from bench.guess import new_numbers
-from bench.harness import daemon_process, free_port, fresh_database
+from bench.harness import daemon_process, free_port, fresh_database, reassign_sim_process
 
 CARRIERS = ("docomo", "au", "softbank", "rakuten")
 
@@ -356,23 +356,8 @@ def main() -> None:
         print(
             f"e2e: reassignment database simulator answering after {args.reassign_latency_ms:g} ms"
         )
-        reassign_sim = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "carrierd",
-                "sim",
-                "reassign",
-                "--reassign-port",
-                str(reassign_port),
-                "--reassign-token",
-                "bench-reassign-token",
-                "--reassign-latency-ms",
-                str(args.reassign_latency_ms),
-                "--log-level",
-                "warning",
-            ],
-            stdout=subprocess.DEVNULL,
+        reassign_sim = reassign_sim_process(
+            reassign_port, "bench-reassign-token", args.reassign_latency_ms
         )
     try:
         time.sleep(1.0)

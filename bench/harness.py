@@ -130,3 +130,35 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
         return float("nan")
     index = min(len(sorted_values) - 1, round(fraction * (len(sorted_values) - 1)))
     return sorted_values[index]
+
+
+def reassign_sim_process(
+    port: int,
+    token: str,
+    latency_ms: float,
+    error_share: float = 0.0,
+    log_path: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """`carrierd sim reassign` in its own process (DOMAIN §13's service),
+    its errors on ours or appended to `log_path`."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "carrierd",
+        "sim",
+        "reassign",
+        "--reassign-port",
+        str(port),
+        "--reassign-token",
+        token,
+        "--reassign-latency-ms",
+        f"{latency_ms:g}",
+        "--reassign-error-share",
+        f"{error_share:g}",
+        "--log-level",
+        "warning",
+    ]
+    if log_path is None:
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    with log_path.open("ab") as log:
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
