@@ -22,6 +22,7 @@ import multiprocessing
 import os
 import random
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -138,6 +139,22 @@ def bench_intake(args: argparse.Namespace) -> None:
         f"(best of {args.rounds}, {args.messages} messages in batches of {args.batch}, "
         f"{args.concurrency} concurrent requests)"
     )
+    # Each round runs both one after the other: the cost within a round is
+    # the steadier figure on a machine whose speed drifts between rounds.
+    pair_costs = sorted(
+        100 * (1 - linked / none)
+        for none, linked in zip(rates["none"], rates["5 links"], strict=True)
+        if none == none and linked == linked  # NaN: a side not run
+    )
+    if pair_costs:
+        print(
+            f"links intake: median cost {statistics.median(pair_costs):.1f}% over "
+            f"{len(pair_costs)} rounds (from {pair_costs[0]:.1f}% to {pair_costs[-1]:.1f}%); "
+            f"median CPU per message: daemon {statistics.median(cpu_us['none']):.0f} us "
+            f"without links, {statistics.median(cpu_us['5 links']):.0f} us with; PostgreSQL "
+            f"{statistics.median(pg_cpu_us['none']):.0f} us without, "
+            f"{statistics.median(pg_cpu_us['5 links']):.0f} us with"
+        )
     print(
         f"links intake: daemon CPU per message {min(cpu_us['none']):.0f} us without links, "
         f"{min(cpu_us['5 links']):.0f} us with 5 links; PostgreSQL CPU per message "
@@ -305,7 +322,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=50_000)
     parser.add_argument("--batch", type=int, default=1_000)
     parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--connections", type=int, default=128)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--only", choices=("intake", "redirects", "browser"))
