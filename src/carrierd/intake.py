@@ -464,7 +464,7 @@ def _validate_item(
         "optout_check_at": optout_list_read_at(send_at, now) if skip_opted_out else None,
         "reassign_base_date": reassign_base_date,
     }
-    if minted:
+    if minted is not None:
         row[TEMPLATES_KEY] = templates
         row[LINKS_KEY] = minted
     return row, parts

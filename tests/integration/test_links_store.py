@@ -1,17 +1,20 @@
 """The links minted at intake are stored as minted (DOMAIN §12): each code
 with its message, its number in the body, its target URL and, for the
 opt-out URL, its expiry; messages with other links, fewer links or only an
-opt-out URL in one batch do not borrow each other's. Codes compare byte by
-byte (migration 0180), and the links stored before it keep working."""
+opt-out URL in one batch do not borrow each other's. The links stored one
+row per code before migration 0190 keep working, clicks and all, and no
+new code can equal one of them."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from carrierd.config import AccountConfig
-from carrierd.domain.links import LinkStyle
+from carrierd.domain.links import LinkStyle, MintedLinks
 from carrierd.intake import LINKS_KEY, LinkMinting, validate_batch
-from carrierd.store.db import Database, migrate
+from carrierd.store.db import Database, LinkCodeTaken, migrate
 
 NOW = datetime(2026, 5, 1, 9, 0, tzinfo=UTC)
 
@@ -55,25 +58,81 @@ async def test_each_code_is_stored_with_its_number_target_and_expiry(db: Databas
     assert optout_expiry == NOW + timedelta(days=60)
 
 
-async def test_links_stored_before_bytewise_codes_survive_the_migration(
-    dsn: str, db: Database
-) -> None:
-    # The table as it was before 0180: codes under the database's collation.
-    await db.call_raw('ALTER TABLE message_links ALTER COLUMN code TYPE text COLLATE "default"')
-    await db.call_raw("DELETE FROM schema_migrations WHERE version = 180")
+async def _as_before_link_sets(db: Database) -> None:
+    """The database as it was before 0190: one row per code."""
+    await db.call_raw("DROP VIEW message_links")
+    await db.call_raw("DROP TABLE link_clicks, link_sets")
     await db.call_raw(
-        "INSERT INTO message_links (code, message_id, kind, link_no, target_url, account_id, "
-        "msisdn, created_at) VALUES ('OldCode12345Zz', 7, 'link', 1, 'https://a.jp/', 'acme', "
-        "'+819012345678', $1)",
+        'CREATE TABLE message_links (code text COLLATE "C" PRIMARY KEY,'
+        " message_id bigint NOT NULL, kind text NOT NULL, link_no smallint NOT NULL,"
+        " target_url text, account_id text NOT NULL,"
+        " msisdn text NOT NULL, created_at timestamptz NOT NULL, expires_at timestamptz,"
+        " clicks integer NOT NULL DEFAULT 0, first_click_at timestamptz,"
+        " last_click_at timestamptz, confirmed_at timestamptz)"
+    )
+    await db.call_raw("DELETE FROM schema_migrations WHERE version = 190")
+
+
+async def test_links_stored_one_per_row_survive_the_migration(dsn: str, db: Database) -> None:
+    await _as_before_link_sets(db)
+    await db.call_raw(
+        "INSERT INTO message_links (code, message_id, kind, link_no, target_url, account_id,"
+        " msisdn, created_at, expires_at, clicks, first_click_at, last_click_at) VALUES"
+        " ('OldCode12345Zz', 7, 'link', 3, 'https://a.jp/', 'acme', '+819012345678', $1,"
+        "  NULL, 2, $1, $2),"
+        " ('OldOptOut1234A', 7, 'optout', 0, NULL, 'acme', '+819012345678', $1, $3, 0, NULL,"
+        "  NULL)",
+        NOW,
+        NOW + timedelta(hours=1),
+        NOW + timedelta(days=60),
+    )
+    assert await migrate(dsn) == [190]
+    by_kind = {r["kind"]: r for r in await db.fetch("links_of_messages", [7])}
+    assert (by_kind["optout"]["link_no"], by_kind["optout"]["clicks"]) == (0, 0)
+    assert (by_kind["link"]["link_no"], by_kind["link"]["target_url"]) == (3, "https://a.jp/")
+    assert (by_kind["link"]["clicks"], by_kind["link"]["first_click_at"]) == (2, NOW)
+    later = NOW + timedelta(hours=2)
+    followed = await db.fetch("links_follow", ["OldCode12345Zz", "OldOptOut1234A"], [1, 1], later)
+    assert {(r["code"], r["kind"], r["target_url"]) for r in followed} == {
+        ("OldCode12345Zz", "link", "https://a.jp/"),
+        ("OldOptOut1234A", "optout", None),
+    }
+    [row] = await db.call_raw(
+        "SELECT clicks, first_click_at, last_click_at FROM message_links"
+        " WHERE code = 'OldCode12345Zz'"
+    )
+    assert (row["clicks"], row["first_click_at"], row["last_click_at"]) == (3, NOW, later)
+    async with db.transaction() as tx:
+        target = await tx.fetchrow("links_optout_target", "OldOptOut1234A")
+        assert target is not None and target["msisdn"] == "+819012345678"
+
+
+async def test_a_code_equal_to_a_whole_code_key_is_minted_again(dsn: str, db: Database) -> None:
+    await _as_before_link_sets(db)
+    await db.call_raw(
+        "INSERT INTO message_links (code, message_id, kind, link_no, target_url, account_id,"
+        " msisdn, created_at) VALUES ('OldCode12345Zz', 7, 'link', 1, 'https://a.jp/', 'acme',"
+        " '+819012345678', $1)",
         NOW,
     )
-    assert await migrate(dsn) == [180]
-    [collation] = await db.call_raw(
-        "SELECT collation_name FROM information_schema.columns "
-        "WHERE table_name = 'message_links' AND column_name = 'code'"
-    )
-    assert collation["collation_name"] == "C"
-    followed = await db.fetch("links_follow", ["OldCode12345Zz"], [1], NOW)
-    assert [(r["code"], r["target_url"]) for r in followed] == [("OldCode12345Zz", "https://a.jp/")]
-    [row] = await db.call_raw("SELECT clicks, first_click_at FROM message_links")
-    assert (row["clicks"], row["first_click_at"]) == (1, NOW)
+    assert await migrate(dsn) == [190]
+    # The old code again, as a new key and suffix ("Z" + "z").
+    with pytest.raises(LinkCodeTaken):
+        async with db.transaction() as tx:
+            await tx.insert_links("acme", [_row(_minted("OldCode12345Z", "qz"))], [8], NOW)
+    async with db.transaction() as tx:
+        await tx.insert_links("acme", [_row(_minted("OldCode12345Z", "qy"))], [8], NOW)
+    followed = await db.fetch("links_follow", ["OldCode12345Zq", "OldCode12345Zz"], [1, 1], NOW)
+    assert {(r["code"], r["target_url"]) for r in followed} == {
+        ("OldCode12345Zq", "https://n.jp/1"),
+        ("OldCode12345Zz", "https://a.jp/"),
+    }
+
+
+def _row(links: MintedLinks) -> dict[str, object]:
+    return {"msisdn": "+819012345678", LINKS_KEY: links}
+
+
+def _minted(key: str, suffixes: str) -> MintedLinks:
+    targets = tuple(f"https://n.jp/{n}" for n in range(1, len(suffixes) + 1))
+    return MintedLinks(key, suffixes, targets, None, None)

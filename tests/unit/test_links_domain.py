@@ -23,6 +23,8 @@ from carrierd.domain.links import (
     link_live,
     mint_code,
     mint_codes,
+    mint_link_set,
+    mint_links,
     optout_expires_at,
     parse_template,
     render,
@@ -105,6 +107,40 @@ def test_codes_come_from_the_62_letters_and_digits_evenly() -> None:
     uneven_first = bytes(range(248, 256)) + bytes(range(248))
     [code] = mint_codes(1, 248, lambda n: uneven_first[:n])
     assert Counter(code) == dict.fromkeys(CODE_ALPHABET, 4)
+
+
+def test_a_message_s_links_share_a_key_and_differ_in_a_last_character_of_their_own() -> None:
+    for count in range(1, 6):
+        key, suffixes = mint_link_set(count, 14)
+        assert len(key) == 13 and set(key + suffixes) <= set(CODE_ALPHABET)
+        assert len(suffixes) == count == len(set(suffixes))
+    # A source repeating one character: the repeats are drawn past, so two
+    # links of a message never share a code.
+    repeats = bytes([0] * 40) + bytes(range(1, 248))
+    drawn = iter([repeats[:21], repeats[21:40], repeats[40:]])
+    key, suffixes = mint_link_set(5, 14, lambda n: next(drawn)[:n])
+    assert key == "a" * 13 and len(set(suffixes)) == 5 and suffixes.startswith("a")
+    with pytest.raises(ValueError):
+        mint_link_set(6, 14)
+
+
+def test_minted_links_name_each_code_with_its_number_and_target() -> None:
+    style = LinkStyle("s.kmc.jp")
+    minted, link_codes, optout = mint_links(
+        ["https://a.jp/1", "https://a.jp/2"], True, style, NOW, 60.0
+    )
+    assert minted.link_key is not None and link_codes == tuple(
+        minted.link_key + s for s in minted.link_suffixes
+    )
+    assert [(m.code, m.kind, m.link_no, m.target_url) for m in minted] == [
+        (link_codes[0], "link", 1, "https://a.jp/1"),
+        (link_codes[1], "link", 2, "https://a.jp/2"),
+        (optout, "optout", 0, None),
+    ]
+    assert optout is not None and len(optout) == style.code_chars
+    assert not optout.startswith(minted.link_key)
+    only_optout, no_links, _ = mint_links([], True, style, NOW, 60.0)
+    assert (only_optout.link_key, only_optout.link_suffixes, no_links) == (None, "", ())
 
 
 def test_an_optout_url_lives_60_days_from_when_its_message_goes() -> None:

@@ -22,7 +22,10 @@ before any code is minted.
 Codes are drawn with `secrets` from 62 letters and digits: a code of n
 characters is one of 62**n (n = 8: 2.2e14, n = 10: 8.4e17). Someone
 guessing must find one of the live codes among them; see README
-"Short links" for the cost.
+"Short links" for the cost. A message's short links share a random key
+of n - 1 characters, each link adding a character of its own (distinct
+within the message): one stored row per message, and a guess must still
+hit a live key and one of its links (store/schema/0190_link_sets.sql).
 
 Pure apart from `mint_codes` (which takes its random source as an
 argument): time is passed in.
@@ -280,24 +283,49 @@ _BYTE_TO_CHAR = bytes(ord(CODE_ALPHABET[b % len(CODE_ALPHABET)]) for b in range(
 _UNEVEN_BYTES = bytes(range(_EVEN_BELOW, 256))
 
 
+def _draw_chars(count: int, random_bytes: RandomBytes) -> str:
+    drawn = b""
+    while len(drawn) < count:
+        # ~3% of bytes are dropped: ask for a little more than needed.
+        drawn += random_bytes(count - len(drawn) + 8).translate(_BYTE_TO_CHAR, _UNEVEN_BYTES)
+    return drawn[:count].decode("ascii")
+
+
 def mint_codes(
     count: int, length: int, random_bytes: RandomBytes = secrets.token_bytes
 ) -> list[str]:
     """`count` fresh codes of `length` characters from CODE_ALPHABET, drawn
     from `random_bytes` (the CSPRNG; tests may pass their own) in one call
-    for all of them: a message's five links cost one read of the CSPRNG,
-    not seventy."""
-    wanted = count * length
-    drawn = b""
-    while len(drawn) < wanted:
-        # ~3% of bytes are dropped: ask for a little more than needed.
-        drawn += random_bytes(wanted - len(drawn) + 8).translate(_BYTE_TO_CHAR, _UNEVEN_BYTES)
-    text = drawn[:wanted].decode("ascii")
+    for all of them."""
+    text = _draw_chars(count * length, random_bytes)
     return [text[i * length : (i + 1) * length] for i in range(count)]
 
 
 def mint_code(length: int, random_bytes: RandomBytes = secrets.token_bytes) -> str:
     return mint_codes(1, length, random_bytes)[0]
+
+
+def mint_link_set(
+    count: int, length: int, random_bytes: RandomBytes = secrets.token_bytes
+) -> tuple[str, str]:
+    """A key of `length` - 1 characters and `count` distinct characters, one
+    per link: link n's code is key + suffixes[n - 1]. Each suffix is uniform
+    over the characters its earlier siblings left."""
+    if not 0 < count <= MAX_LINKS_PER_MESSAGE:
+        raise ValueError(f"1 to {MAX_LINKS_PER_MESSAGE} links, not {count}")
+    drawn = _draw_chars(length - 1 + count + 2, random_bytes)
+    key, rest = drawn[: length - 1], drawn[length - 1 :]
+    if len(set(rest[:count])) == count:
+        # Most messages (5 links: 85%): what the loop below would pick.
+        return key, rest[:count]
+    suffixes = ""
+    while True:
+        for char in rest:
+            if char not in suffixes:
+                suffixes += char
+                if len(suffixes) == count:
+                    return key, suffixes
+        rest = _draw_chars(count - len(suffixes) + 2, random_bytes)
 
 
 # The shortest domain ("x.jp/") leaves 18 characters for a code.
@@ -337,15 +365,21 @@ class MintedLink(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class MintedLinks:
-    """The codes minted for one recipient, stored with its message. One
-    object per recipient, not one per code: intake makes them for every
-    message of a 10,000-message batch, and the store sends them to
-    PostgreSQL as a few strings per message (store/links.sql)."""
+    """The codes minted for one recipient, stored with its message: its
+    short links as one key and a suffix per link, its opt-out URL as a code
+    of its own. One object per recipient, not one per code: intake makes
+    them for every message of a 10,000-message batch, and the store sends
+    them to PostgreSQL as a few strings per message (store/links.sql)."""
 
-    link_codes: tuple[str, ...]  # link n's code at n - 1
+    link_key: str | None  # None without short links
+    link_suffixes: str  # link n's at n - 1
     targets: tuple[str, ...]  # link n's target URL at n - 1
     optout_code: str | None
     optout_expires_at: datetime | None
+
+    @property
+    def link_codes(self) -> tuple[str, ...]:
+        return tuple(map((self.link_key or "").__add__, self.link_suffixes))
 
     def __iter__(self) -> Iterator[MintedLink]:
         """The codes one by one: the links in order, then the opt-out URL."""
@@ -355,7 +389,7 @@ class MintedLinks:
             yield MintedLink(self.optout_code, "optout", 0, None, self.optout_expires_at)
 
     def __len__(self) -> int:
-        return len(self.link_codes) + (self.optout_code is not None)
+        return len(self.link_suffixes) + (self.optout_code is not None)
 
 
 def mint_links(
@@ -368,12 +402,14 @@ def mint_links(
 ) -> tuple[MintedLinks, tuple[str, ...], str | None]:
     """Codes for one recipient: (codes to store, link codes in link order,
     opt-out code or None)."""
-    codes = mint_codes(len(targets) + with_optout, style.code_chars, random_bytes)
-    link_codes = tuple(codes[: len(targets)])
-    optout_code = codes[-1] if with_optout else None
+    key: str | None = None
+    suffixes = ""
+    if targets:
+        key, suffixes = mint_link_set(len(targets), style.code_chars, random_bytes)
+    optout_code = mint_code(style.code_chars, random_bytes) if with_optout else None
     expires = optout_expires_at(start, optout_valid_days) if with_optout else None
-    minted = MintedLinks(link_codes, tuple(targets), optout_code, expires)
-    return minted, link_codes, optout_code
+    minted = MintedLinks(key, suffixes, tuple(targets), optout_code, expires)
+    return minted, minted.link_codes, optout_code
 
 
 def click_view(links: Sequence[Mapping[str, object]]) -> list[dict[str, object]]:

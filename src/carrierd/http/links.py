@@ -512,7 +512,7 @@ async def post_code(request: web.Request) -> web.StreamResponse:
         except OptOutCapExceeded as exc:
             log.warning("optout_url_list_full", account=account_id, reason=str(exc))
             return "full"
-        await tx.execute("links_optout_confirmed", code, now)
+        await tx.execute("links_optout_confirmed", row["key"], now)
         log.info("optout_url_confirmed", account=account_id)
         return "done"
 

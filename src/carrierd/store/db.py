@@ -489,24 +489,37 @@ async def _insert_links(
     owned = [
         (message_id, row["msisdn"], row["links"])
         for row, message_id in zip(rows, ids, strict=True)
-        if message_id in inserted and row.get("links")
+        if message_id in inserted and row.get("links") is not None
     ]
     if not owned:
         return
+    # One string per field for the whole batch (store/links.sql says why).
     try:
-        await conn.execute(
+        status = await conn.execute(
             QUERIES["insert_message_links"],
-            [message_id for message_id, _, _ in owned],
-            [" ".join(links.link_codes) or None for _, _, links in owned],
-            [" ".join(links.targets) or None for _, _, links in owned],
-            [links.optout_code for _, _, links in owned],
-            [links.optout_expires_at for _, _, links in owned],
-            [msisdn for _, msisdn, _ in owned],
+            " ".join([str(message_id) for message_id, _, _ in owned]),
+            " ".join([links.link_key or "-" for _, _, links in owned]),
+            " ".join([links.link_suffixes or "-" for _, _, links in owned]),
+            "\n".join([" ".join(links.targets) or "-" for _, _, links in owned]),
+            " ".join([links.optout_code or "-" for _, _, links in owned]),
+            " ".join(
+                [
+                    "-" if links.optout_expires_at is None else links.optout_expires_at.isoformat()
+                    for _, _, links in owned
+                ]
+            ),
+            " ".join([msisdn for _, msisdn, _ in owned]),
             account_id,
             now,
         )
     except asyncpg.UniqueViolationError as exc:
         raise LinkCodeTaken(str(exc)) from exc
+    wanted = sum(
+        (links.link_key is not None) + (links.optout_code is not None) for *_, links in owned
+    )
+    if status != f"INSERT 0 {wanted}":
+        # The statement inserts nothing when a code equals a whole-code key.
+        raise LinkCodeTaken(f"{status}: a minted code is a key stored whole")
 
 
 def _run_committed_effects(tx: Transaction) -> None:

@@ -62,8 +62,12 @@ events_deleted AS (
     DELETE FROM message_events e USING doomed WHERE e.message_id = doomed.id
 ),
 -- The click log goes with the delivery log it belongs to (§12, §15).
+link_clicks_deleted AS (
+    DELETE FROM link_clicks c USING message_links l, doomed
+    WHERE l.message_id = doomed.id AND c.code = l.code
+),
 links_deleted AS (
-    DELETE FROM message_links l USING doomed WHERE l.message_id = doomed.id
+    DELETE FROM link_sets l USING doomed WHERE l.message_id = doomed.id
 ),
 opens_deleted AS (
     DELETE FROM message_opens o USING doomed WHERE o.message_id = doomed.id
