@@ -226,6 +226,9 @@ async def test_an_optout_url_expires_after_60_days(dsn: str, db: Database) -> No
         assert (await r.get(link))[0] == 302
         # Retention takes the expired opt-out URL, not the short link.
         assert await purge_optout_links(db, r.clock.now()) == 1
+        # Its click log with it: the page was opened once, the link is kept.
+        clicked = await db.call_raw("SELECT code FROM link_clicks")
+        assert [row["code"] for row in clicked] == [link]
         assert (await r.get(optout))[0] == 404
         assert (await r.get(link))[0] == 302
 
@@ -379,6 +382,7 @@ async def test_links_and_their_clicks_go_with_their_message(dsn: str, db: Databa
         left = await db.call_raw("SELECT DISTINCT message_id FROM message_links")
         assert [row["message_id"] for row in left] == [kept_id]
         assert await db.call_raw("SELECT 1 FROM message_opens") == []
+        assert await db.call_raw("SELECT 1 FROM link_clicks") == []
         assert (await r.get(old_link))[0] == 404
         assert (await r.get(kept_link))[0] == 302
 
