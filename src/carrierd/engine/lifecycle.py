@@ -68,28 +68,8 @@ class Lifecycle:
         if not moves:
             return []
         by_id = _one_each(moves)
-        (
-            *columns,
-            waits,
-            retries_wait,
-            route,
-            verdicts,
-            data_months,
-            first_kinds,
-            first_details,
-        ) = _move_arrays(moves)
-        rows = await tx.fetch(
-            "apply_moves",
-            *columns,
-            now,
-            waits,
-            retries_wait,
-            route,
-            verdicts,
-            data_months,
-            first_kinds,
-            first_details,
-        )
+        # apply_moves takes the 28 column arrays, then the time ($29).
+        rows = await tx.fetch("apply_moves", *_move_arrays(moves), now)
         if not rows:
             return []
         applied = [

@@ -586,8 +586,8 @@ WITH input AS (
         $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[],
         $11::text[], $12::text[], $13::int[], $14::int[], $15::boolean[], $16::text[],
         $17::timestamptz[], $18::int[], $19::int[], $20::text[], $21::text[],
-        $23::text[], $24::boolean[], $25::text[], $26::text[], $27::text[],
-        $28::text[], $29::text[])
+        $22::text[], $23::boolean[], $24::text[], $25::text[], $26::text[],
+        $27::text[], $28::text[])
         AS i(id, from_state, to_state, reason_code, reason_text, not_before,
              receipt_deadline, fallback_at, expires_at, submitted_at,
              leg, carrier, attempt, resends_done, wrong_carrier, lease_owner,
@@ -629,14 +629,14 @@ updated AS (
            -- When the SMSC accepted the attempt (its last submit_sm_resp); also
            -- for a message whose receipt settled it straight from 'sending'.
            submitted_at = coalesce(i.submitted_at,
-                                   CASE WHEN i.to_state = 'submitted' THEN $22
+                                   CASE WHEN i.to_state = 'submitted' THEN $29
                                         ELSE m.submitted_at END),
-           rcs_sent_at = CASE WHEN i.to_state = 'rcs_sent' THEN $22 ELSE m.rcs_sent_at END,
+           rcs_sent_at = CASE WHEN i.to_state = 'rcs_sent' THEN $29 ELSE m.rcs_sent_at END,
            fallback_at = coalesce(i.fallback_at, m.fallback_at),
            expires_at = coalesce(i.expires_at, m.expires_at),
            final_at = CASE WHEN i.to_state IN ('delivered', 'failed', 'expired', 'cancelled',
                                                'skipped', 'rejected', 'unknown')
-                           THEN $22 ELSE m.final_at END,
+                           THEN $29 ELSE m.final_at END,
            sms_units = m.sms_units + coalesce(i.sms_units, 0),
            rcs_units = m.rcs_units + coalesce(i.rcs_units, 0),
            leg = coalesce(i.leg, m.leg),
@@ -662,11 +662,11 @@ updated AS (
            wait_since = CASE WHEN i.retries_wait THEN m.wait_since
                              WHEN i.wait IS NULL THEN NULL
                              WHEN i.wait = m.wait_cause THEN m.wait_since
-                             ELSE $22 END,
+                             ELSE $29 END,
            wait_retries = CASE WHEN i.retries_wait THEN m.wait_retries
                                WHEN i.wait = m.wait_cause THEN m.wait_retries + 1
                                ELSE 0 END,
-           updated_at = $22
+           updated_at = $29
       FROM source i
      WHERE m.id = i.id AND m.state = i.from_state
     RETURNING m.id, m.state, m.account_id, m.channel, m.carrier, m.route, m.callback_url,
@@ -681,13 +681,13 @@ updated AS (
 ),
 logged AS (
     INSERT INTO message_events (message_id, at, kind, state, carrier, detail)
-    SELECT message_id, $22, kind, state, carrier, detail
+    SELECT message_id, $29, kind, state, carrier, detail
       FROM (
         -- The wait this move ends, logged before the move's own event.
         SELECT id AS message_id, 0 AS seq, 'wait_ended' AS kind, from_state AS state,
                carrier,
                jsonb_build_object('why', waited_for, 'retries', waited_retries,
-                                  'waited_s', round(extract(epoch FROM $22 - waited_since), 3))
+                                  'waited_s', round(extract(epoch FROM $29 - waited_since), 3))
                    AS detail
           FROM updated
          WHERE waited_for IS NOT NULL AND NOT retries_wait
