@@ -728,13 +728,8 @@ SHORT_DAEMON_KILL = Scenario(
     sim_keys=_SHORT_SIM_KEYS,
     feed_s=1.0,
 )
-SHORT_CHECKED_KILL = Scenario(
-    "short-checked-kill",
-    "checked, daemon SIGKILL x1",
-    kill_daemon(1, 0.5, 0.0, down_s=0.5, open_at_least=400),
-    sim_keys=_SHORT_SIM_KEYS,
-    feed_s=1.0,
-    checked=True,
+SHORT_CHECKED_KILL = replace(
+    SHORT_DAEMON_KILL, name="short-checked-kill", title="checked, daemon SIGKILL x1", checked=True
 )
 SHORT_PG_RESTART = Scenario(
     "short-pg-restart",

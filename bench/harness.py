@@ -138,9 +138,11 @@ def reassign_sim_process(
     latency_ms: float,
     error_share: float = 0.0,
     log_path: Path | None = None,
+    data_path: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """`carrierd sim reassign` in its own process (DOMAIN §13's service),
-    its errors on ours or appended to `log_path`."""
+    its errors on ours or appended to `log_path`; its number histories from
+    `data_path` when given."""
     cmd = [
         sys.executable,
         "-m",
@@ -157,6 +159,7 @@ def reassign_sim_process(
         f"{error_share:g}",
         "--log-level",
         "warning",
+        *(["--reassign-data", str(data_path)] if data_path is not None else []),
     ]
     if log_path is None:
         return subprocess.Popen(cmd, stdout=subprocess.DEVNULL)

@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
+from bench.harness import reassign_sim_process
 
 from carrierd.domain.billing import billing_month
 from carrierd.sim.smsc import SmscSimulator, sim_config_from_mapping
@@ -78,26 +78,8 @@ async def test_a_reassigned_number_is_never_submitted(
         )
     )
     reassign_port = free_port()
-    # Popen returns at once; wait_for_port polls without blocking on the child.
-    sim_proc = subprocess.Popen(  # noqa: ASYNC220
-        [
-            sys.executable,
-            "-m",
-            "carrierd",
-            "sim",
-            "reassign",
-            "--reassign-port",
-            str(reassign_port),
-            "--reassign-token",
-            "e2e-reassign-token",
-            "--reassign-data",
-            str(data),
-            "--reassign-latency-ms",
-            "20",
-            "--log-level",
-            "warning",
-        ],
-        stdout=subprocess.DEVNULL,
+    sim_proc = reassign_sim_process(
+        reassign_port, "e2e-reassign-token", latency_ms=20, data_path=data
     )
     smsc = SmscSimulator(
         sim_config_from_mapping(
