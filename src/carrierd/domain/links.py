@@ -388,9 +388,6 @@ class MintedLinks:
         if self.optout_code is not None:
             yield MintedLink(self.optout_code, "optout", 0, None, self.optout_expires_at)
 
-    def __len__(self) -> int:
-        return len(self.link_suffixes) + (self.optout_code is not None)
-
 
 def mint_links(
     targets: Sequence[str],

@@ -485,7 +485,6 @@ async def _insert_links(
 ) -> None:
     """The links intake minted (row key "links", domain/links.MintedLinks),
     for the rows inserted now: a retry's links are not its message's."""
-    # A 10,000-message batch has 50,000 links: a few strings per message.
     owned = [
         (message_id, row["msisdn"], row["links"])
         for row, message_id in zip(rows, ids, strict=True)
