@@ -3,16 +3,20 @@ stop, what "the same content" is for idempotency, and token scopes."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from carrierd.config import ConfigError, parse_config
 from carrierd.domain.cancel import Refused, RevokeFirst, after_revoke, decide_cancel
 from carrierd.domain.lifecycle import Move
 from carrierd.domain.states import FINAL_STATES, State
 from carrierd.domain.status import status_number
-from carrierd.intake import validate_batch
+from carrierd.intake import canonical_json, validate_batch
 
 NOW = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
 DB = {"database": {"dsn": "postgresql://localhost/x"}}
@@ -104,6 +108,68 @@ def test_same_content_is_what_intake_normalized() -> None:
         assert _hash({**base, **changed}) != same, changed
     rcs = {"to": "090-1234-5678", "channel": "rcs", "rcs": {"text": "a"}}
     assert _hash(rcs) != _hash({**rcs, "rcs": {"text": "b"}})
+
+
+def _dumps(content: object) -> str:
+    """The spelling the stored hashes were made with, before canonical_json."""
+    return json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(st.dictionaries(st.text(), _json_values, max_size=12))
+def test_the_canonical_spelling_is_json_dumps_byte_for_byte(content: dict[str, object]) -> None:
+    # Every stored request_sha256 was made from json.dumps: a retry after an
+    # upgrade must hash to the same digest, or it is refused as a conflict.
+    assert canonical_json(content) == _dumps(content)
+
+
+def test_a_full_row_hashes_as_before() -> None:
+    item = {
+        "to": "090-1234-5678",
+        "channel": "rcs_then_sms",
+        "rcs": {
+            "text": '本文 "quoted"\n',
+            "chips": [{"type": "reply", "text": "はい", "postback": "yes"}],
+        },
+        "sms": {"text": "本文"},
+        "carriers": ["softbank", "docomo"],
+        "callback_url": "https://example.com/cb",
+        "callback_every_change": True,
+        "send_at": (NOW + timedelta(hours=1)).isoformat(),
+        "skip_opted_out": True,
+        "reassigned_check": {"base_date": "2026-01-01"},
+    }
+    config = parse_config({"accounts": {"a": {"tokens": ["t"]}}, **DB}, env={})
+    batch = validate_batch(
+        {"messages": [item]},
+        config.accounts["a"],
+        NOW,
+        max_items=10,
+        expiry_s=3600,
+        reassign_enabled=True,
+    )
+    assert not batch.rejected, batch.rejected
+    row = batch.rows[0]
+    content = {
+        "channel": "rcs_then_sms",
+        "msisdn": "+819012345678",
+        "sms_text": "本文",
+        "rcs_content": row["rcs_content"],
+        "carrier_named": None,
+        "carriers_allowed": row["carriers_allowed"],
+        "callback_url": "https://example.com/cb",
+        "callback_every_change": True,
+        "send_at": round((NOW + timedelta(hours=1)).timestamp() * 1_000_000),
+        "skip_opted_out": True,
+        "reassign_base_date": "2026-01-01",
+    }
+    assert row["request_sha256"] == hashlib.sha256(_dumps(content).encode()).digest()
 
 
 def test_scoped_tokens_in_config() -> None:
