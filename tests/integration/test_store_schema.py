@@ -119,3 +119,34 @@ def _plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 def _is_scan_of_messages(node: dict[str, Any]) -> bool:
     return "Scan" in node["Node Type"] and node.get("Relation Name") == "messages"
+
+
+@pytest.mark.parametrize(
+    ("name", "table", "args"),
+    [
+        ("learned_carriers", "carrier_learned", "ARRAY['+819012345678']"),
+        ("au_gate_state", "au_gate", "ARRAY['+819012345678'], ARRAY[1]::bigint[]"),
+        (
+            "rcs_cached_capabilities",
+            "rcs_capabilities",
+            "ARRAY['+819012345678'], now(), 'bot'",
+        ),
+    ],
+)
+async def test_per_number_lookups_probe_even_in_a_plan_made_on_an_empty_table(
+    dsn: str, name: str, table: str, args: str
+) -> None:
+    # asyncpg keeps each statement prepared, and PostgreSQL its generic plan
+    # until the table is next analyzed: on a new database the plan is made
+    # while the table is empty, and a scan chosen then goes on scanning the
+    # table as it grows (a daemon's first minutes; every bench run).
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        await conn.execute(f"PREPARE probe AS {QUERIES[name]}")
+        raw = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE probe({args})")
+    finally:
+        await conn.close()
+    nodes = list(_plan_nodes((json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]))
+    scans = [n for n in nodes if n.get("Relation Name") == table]
+    assert scans and all(n["Node Type"] == "Index Scan" for n in scans), (name, nodes)

@@ -223,11 +223,14 @@ FROM unnest($1::text[], $2::float8[]) AS i(account_id, unused)
 WHERE b.account_id = i.account_id;
 
 -- name: learned_carriers
--- Probed per number through the primary key: with "= ANY(array)" a plan
--- cached while the table was small goes on scanning it as it grows.
+-- Probed per number through the primary key, whatever the statistics say:
+-- a plan cached while the table was small (a join, or "= ANY(array)") goes
+-- on scanning it as it grows, until the next ANALYZE. The lateral subquery
+-- with OFFSET 0 is planned on its own, as an index probe per number.
 SELECT n.msisdn, l.carrier
 FROM unnest($1::text[]) AS n(msisdn)
-JOIN carrier_learned l ON l.msisdn = n.msisdn;
+CROSS JOIN LATERAL (SELECT carrier FROM carrier_learned
+                    WHERE msisdn = n.msisdn OFFSET 0) AS l;
 
 -- name: learn_carriers
 -- learned_at: when the carrier was learned or last changed (the recorder
@@ -249,7 +252,9 @@ SELECT n.msisdn,
                  AND m.leg = 'sms' AND m.carrier = 'au' AND m.id <> ALL($2::bigint[])) AS in_flight,
        g.last_final_at
 FROM unnest($1::text[]) AS n(msisdn)
-LEFT JOIN au_gate g ON g.msisdn = n.msisdn;
+-- A probe per number (learned_carriers says why).
+LEFT JOIN LATERAL (SELECT last_final_at FROM au_gate
+                   WHERE msisdn = n.msisdn OFFSET 0) AS g ON true;
 
 -- name: au_gate_release
 -- A final receipt for an au SMS: remember when, and move the messages the

@@ -4,12 +4,13 @@
 
 -- name: rcs_cached_capabilities
 -- One bot's answers ($3) younger than the TTL ($2 = now - capability_ttl_s).
--- One primary key probe per number (a cached plan of "= ANY(array)" made
--- while the table was small would go on scanning it).
-SELECT c.msisdn, c.capable
+-- One primary key probe per number, whatever the statistics say
+-- (queries.sql learned_carriers says why).
+SELECT n.msisdn, c.capable
 FROM unnest($1::text[]) AS n(msisdn)
-JOIN rcs_capabilities c ON c.bot_id = $3 AND c.msisdn = n.msisdn
-WHERE c.checked_at > $2;
+CROSS JOIN LATERAL (SELECT capable FROM rcs_capabilities
+                    WHERE bot_id = $3 AND msisdn = n.msisdn AND checked_at > $2
+                    OFFSET 0) AS c;
 
 -- name: rcs_store_capabilities
 -- One bot's answers ($4). The caller passes each number once (ON CONFLICT
