@@ -177,7 +177,11 @@ class Daemon:
             # the internet through a TLS proxy, with nothing of the API.
             try:
                 self.link_server = await start_link_server(
-                    config.links, self.db, self.clock, optout_cap=self._optout_cap
+                    config.links,
+                    self.db,
+                    self.clock,
+                    optout_cap=self._optout_cap,
+                    metrics=self.metrics,
                 )
             except OSError as exc:
                 where = f"{config.links.host}:{config.links.port}"

@@ -466,6 +466,14 @@ class Metrics:
             ("verdict",),
         )
 
+        # §12: the public link server's answers, by what each was (LINK_ANSWERS).
+        self.link_answers_total = counter(
+            "link_answers_total",
+            "Answers of the public link server: redirect, optout_page, optout_confirmed, "
+            "optout_list_full, csrf_refused, expired, unknown, rate_limited, unavailable.",
+            ("answer",),
+        )
+
         # Histograms.
         self.reassign_lookup_seconds = histogram(
             "reassign_lookup_seconds",

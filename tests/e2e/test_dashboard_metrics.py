@@ -17,7 +17,7 @@ The scenario makes each graphed event happen at least once:
   one +Message-only send to such a handset that expires (discard request);
 - a scheduled send that expires before it leaves (the clock jumps an hour);
 - an item refused at intake, a webhook with a bad signature, status
-  callbacks to a test receiver.
+  callbacks to a test receiver, a short link clicked.
 
 /metrics is scraped at the start and every SCRAPE_EVERY_S: each counter and
 histogram must have grown, each gauge must have read non-zero at least once.
@@ -62,6 +62,7 @@ RCS_NOT_CAPABLE = "09011110002"
 RCS_NEVER_FALLBACK = "09011110003"
 RCS_NEVER_EXPIRES = "09011110004"
 SCHEDULED = "09033330001"
+LINKED = "09044440001"  # a short link, clicked once
 
 
 class JumpingClock:
@@ -114,6 +115,14 @@ def daemon_config(dsn: str, http_port: int, smsc_ports: dict[str, int], rcs_url:
             "database": {"dsn": dsn, "pool_min": 1, "pool_max": 6},
             "http": {"host": "127.0.0.1", "port": http_port},
             "engine": {"lease_s": 5, "au_spacing_s": 2.0, "message_expiry_s": 60},
+            "links": {
+                "enabled": True,
+                "host": "127.0.0.1",
+                "port": 0,
+                "domain": "s.kmc.jp",
+                "csrf_secret": "dashboard-links-csrf-secret",
+                "secure_cookies": False,
+            },
             "accounts": {
                 "acme": {
                     "tokens": ["acme-token"],
@@ -332,6 +341,7 @@ async def test_every_dashboard_metric_moves(dsn: str, db: Database) -> None:
                 {**sms(RCS_NEVER_FALLBACK), "channel": "rcs_then_sms", "rcs": rcs},
                 {"to": RCS_NEVER_EXPIRES, "channel": "rcs", "rcs": rcs},
                 sms(SCHEDULED, send_at=(clock.now() + timedelta(hours=1)).isoformat()),
+                {"to": LINKED, "sms": {"text": "詳細は{{link:https://example.com/item}}"}},
                 {"to": "12345", "sms": {"text": "not a mobile number"}},
             ]
             async with http.post(
@@ -346,6 +356,13 @@ async def test_every_dashboard_metric_moves(dsn: str, db: Database) -> None:
                 f"{base}{WEBHOOK_PATH}", data=b"{}", headers={"X-Signature": "forged"}
             ) as resp:
                 assert resp.status >= 400
+            [link] = await db.call_raw("SELECT code FROM message_links WHERE kind = 'link'")
+            assert daemon.link_server is not None
+            async with http.get(
+                f"http://127.0.0.1:{daemon.link_server.port}/{link['code']}",
+                allow_redirects=False,
+            ) as resp:
+                assert resp.status == 302
 
             # The docomo load is with the SMSC: its receipts now meet a stalled database.
             docomo = smsc.counters.carriers["docomo"]

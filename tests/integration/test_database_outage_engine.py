@@ -27,6 +27,7 @@ from carrierd.domain.clock import FakeClock
 from carrierd.domain.outage import lost_lease_grace_s
 from carrierd.engine.reassign_gate import ReassignGate
 from carrierd.engine.write_behind import NotDurable
+from carrierd.http.links import start_link_server
 from carrierd.loops import MAX_BACKOFF_S
 from carrierd.sim.reassign import ReassignSim, ReassignSimConfig
 from carrierd.store.db import (
@@ -36,6 +37,7 @@ from carrierd.store.db import (
     ensure_template,
     is_transient_db_error,
 )
+from carrierd.telemetry import Metrics
 from tests.conftest import with_database
 from tests.integration.engine_harness import (
     Engine,
@@ -386,3 +388,66 @@ async def test_after_an_outage_own_leases_are_renewed_and_others_get_a_grace(
     finally:
         stop_submits(mine)
         stop_submits(other)
+
+
+async def test_the_link_server_shows_a_page_while_the_database_is_away(
+    cluster: ThrowawayCluster, outage_dsn: str, outage_db: Database
+) -> None:
+    # A click cannot be logged, so it is not redirected: the recipient gets
+    # a page saying to try again, the operator a count, and the server
+    # redirects again once the database is back, by itself.
+    db = outage_db
+    clock = FakeClock(NOW)
+    config = engine_config(
+        outage_dsn,
+        {"links": {"enabled": True, "domain": "s.kmc.jp", "csrf_secret": "outage-csrf-secret"}},
+    )
+    await db.sync_accounts(
+        (a.account_id, a.allow_m2m, a.max_sms_chars, a.token_sha256)
+        for a in config.accounts.values()
+    )
+    [message_id] = await enqueue(
+        db, "acme", [{"to": "09011112222", "sms": {"text": "x"}}], clock.now(), config
+    )
+    await db.call_raw(
+        "INSERT INTO link_sets (key, suffixes, message_id, kind, first_link_no, target_urls,"
+        " account_id, msisdn, created_at)"
+        " VALUES ('AbCdEfGhIjKlM', 'x', $1, 'link', 1, ARRAY['https://a.jp/'], 'acme',"
+        " '+819011112222', $2)",
+        message_id,
+        clock.now(),
+    )
+    metrics = Metrics()
+    server = await start_link_server(
+        config.links, db, clock, metrics=metrics, host="127.0.0.1", port=0
+    )
+    url = f"http://127.0.0.1:{server.port}/AbCdEfGhIjKlMx"
+
+    async def answer(http: aiohttp.ClientSession) -> tuple[int, str, str | None]:
+        async with http.get(url, allow_redirects=False) as response:
+            return response.status, await response.text(), response.headers.get("Retry-After")
+
+    try:
+        async with aiohttp.ClientSession() as http:
+            assert (await answer(http))[0] == 302
+            await asyncio.to_thread(cluster.stop, "fast")
+            status, page, retry_after = await answer(http)
+            assert (status, retry_after) == (503, "5")
+            assert "一時的にご利用いただけません" in page and "Traceback" not in page
+            await asyncio.to_thread(cluster.start)
+            for _ in range(50):  # the pool's dead connections go first
+                if (await answer(http))[0] == 302:
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                pytest.fail("the link server did not redirect again after the outage")
+    finally:
+        await server.stop()
+    counted = {
+        sample.labels["answer"]: sample.value
+        for sample in metrics.link_answers_total.collect()[0].samples
+        if sample.name.endswith("_total")
+    }
+    assert counted["redirect"] == 2 and counted["unavailable"] >= 1
+    [row] = await db.call_raw("SELECT clicks FROM link_clicks WHERE code = 'AbCdEfGhIjKlMx'")
+    assert row["clicks"] == 2  # the refused click was not counted

@@ -57,6 +57,7 @@ class Rig:
     clock: FakeClock
     db: Database
     server: LinkServer
+    metrics: Metrics
 
     async def send(self, text: str = BODY, **item: Any) -> tuple[int, list[str], int]:
         """Post one message; its id, the codes in its text, its parts."""
@@ -89,6 +90,17 @@ class Rig:
         [row] = await self.db.call_raw("SELECT * FROM message_links WHERE code = $1", code)
         return row
 
+    def answers(self) -> dict[str, float]:
+        """carrierd_link_answers_total by answer, those above zero."""
+        counted = {
+            sample.labels["answer"]: sample.value
+            for family in self.metrics.registry.collect()
+            if family.name == "carrierd_link_answers"
+            for sample in family.samples
+            if sample.name.endswith("_total")
+        }
+        return {answer: n for answer, n in counted.items() if n}
+
     async def listed(self) -> list[tuple[str, str]]:
         rows = await self.db.call_raw(
             "SELECT msisdn, source FROM optouts WHERE account_id = 'acme'"
@@ -100,19 +112,23 @@ class Rig:
 async def rig(dsn: str, db: Database, optout_cap: int = 10_000, **links: Any) -> AsyncIterator[Rig]:
     config = links_config(dsn, **links)
     clock = FakeClock(T0)
+    metrics = Metrics()
     async with running_api(config, db, clock) as (api, session):
         server = await start_link_server(
             config.links,
             db,
             clock,
             optout_cap=lambda _account_id: optout_cap,
+            metrics=metrics,
             host="127.0.0.1",
             port=0,
         )
         # A jar that keeps cookies of a bare IP address, as a browser does.
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
             try:
-                yield Rig(api, f"http://127.0.0.1:{server.port}", browser, clock, db, server)
+                yield Rig(
+                    api, f"http://127.0.0.1:{server.port}", browser, clock, db, server, metrics
+                )
             finally:
                 await server.stop()
         del session
@@ -400,3 +416,38 @@ async def test_a_full_optout_list_shows_a_page_and_adds_nothing(dsn: str, db: Da
             assert "送信元へ直接お問い合わせください" in await response.text()
         assert await r.listed() == []
         assert (await r.link_row(optout))["confirmed_at"] is None
+        assert r.answers() == {"optout_page": 1, "optout_list_full": 1}
+
+
+async def test_the_link_server_counts_its_answers_by_what_they_were(dsn: str, db: Database) -> None:
+    # What an operator watches of a server facing the internet: clicks,
+    # opt-outs, and the unknown codes and refusals of someone guessing.
+    async with rig(dsn, db, burst=12, rate_per_s=0.01) as r:
+        _, [link, optout], _ = await r.send()
+        assert (await r.get(link))[0] == 302
+        assert (await r.get("A" * 14))[0] == 404
+        assert (await r.get("short"))[0] == 404
+        assert (await r.get(optout))[0] == 200
+        async with r.session.post(f"{r.links}/{optout}", data={}) as response:
+            assert response.status == 403
+            # The refusal's own form, with a fresh token, confirms.
+            token = re.search(rf'name="{CSRF_FIELD}" value="([0-9a-f]+)"', await response.text())
+        assert token is not None
+        async with r.session.post(
+            f"{r.links}/{optout}", data={CSRF_FIELD: token.group(1)}
+        ) as response:
+            assert response.status == 200
+        r.clock.advance(timedelta(days=60).total_seconds())
+        assert (await r.get(optout))[0] == 410
+        # 7 requests so far of the address's 12.
+        statuses = [(await r.get(link))[0] for _ in range(7)]
+        assert statuses == [302] * 5 + [429] * 2
+        assert r.answers() == {
+            "redirect": 6,
+            "unknown": 2,
+            "optout_page": 1,
+            "csrf_refused": 1,
+            "optout_confirmed": 1,
+            "expired": 1,
+            "rate_limited": 2,
+        }

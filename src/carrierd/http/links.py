@@ -54,6 +54,7 @@ from carrierd.http.app import Handler
 from carrierd.http.limits import start_http_server
 from carrierd.optout_list import DEFAULT_CAP, OptOutCapExceeded, OptOutSource, add_optouts
 from carrierd.store.db import Database, Transaction, is_transient_db_error
+from carrierd.telemetry import Metrics
 
 log = structlog.get_logger("carrierd.http.links")
 
@@ -397,6 +398,29 @@ class LinkServerState:
     limiter: AddressLimiter
     loop_time: Callable[[], float]
     optout_cap: Callable[[str], int] = lambda _account_id: DEFAULT_CAP
+    metrics: Metrics | None = None
+
+    def answered(self, answer: str, response: web.Response) -> web.Response:
+        """`response`, counted as `answer` (one of LINK_ANSWERS)."""
+        if self.metrics is not None:
+            self.metrics.link_answers_total.labels(answer).inc()
+        return response
+
+
+# What the link server answered, as counted (carrierd_link_answers_total):
+# a rise in unknown and rate_limited is someone guessing codes; in
+# unavailable, the database.
+LINK_ANSWERS = (
+    "redirect",
+    "optout_page",
+    "optout_confirmed",
+    "optout_list_full",
+    "csrf_refused",
+    "expired",
+    "unknown",
+    "rate_limited",
+    "unavailable",
+)
 
 
 LINK_STATE: web.AppKey[LinkServerState] = web.AppKey("link_state", LinkServerState)
@@ -405,6 +429,7 @@ LINK_STATE: web.AppKey[LinkServerState] = web.AppKey("link_state", LinkServerSta
 @web.middleware
 async def _pages_only(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every answer is a page: aiohttp's own errors and ours alike."""
+    state = request.app[LINK_STATE]
     try:
         response = await handler(request)
     except web.HTTPException as exc:
@@ -414,13 +439,13 @@ async def _pages_only(request: web.Request, handler: Handler) -> web.StreamRespo
             return page(405, "このページは表示できません", "<p>このリンクは開けません。</p>")
         if exc.status == 413:
             return page(413, "送信できません", "<p>内容が大きすぎます。</p>")
-        return unknown_page()
+        return state.answered("unknown", unknown_page())
     except Exception as exc:
         if is_transient_db_error(exc) or isinstance(exc, ConnectionError):
             log.warning("link_server_database_unavailable", path=request.path, error=repr(exc))
         else:
             log.exception("link_server_failed", path=request.path)
-        return unavailable_page()
+        return state.answered("unavailable", unavailable_page())
     return response
 
 
@@ -435,14 +460,14 @@ async def get_code(request: web.Request) -> web.StreamResponse:
     address = _address(request, state)
     now_s = state.loop_time()
     if not state.limiter.allow(address, now_s):
-        return too_many_page()
+        return state.answered("rate_limited", too_many_page())
     code = request.match_info["code"]
     if not is_code_shaped(code):
         state.limiter.missed(address, now_s)
-        return unknown_page()
+        return state.answered("unknown", unknown_page())
     followed = await state.batcher.follow(code)
     if followed.kind == "link" and followed.target_url is not None:
-        return web.Response(
+        redirect = web.Response(
             status=302,
             headers={
                 "Location": followed.target_url,
@@ -450,10 +475,13 @@ async def get_code(request: web.Request) -> web.StreamResponse:
                 "Referrer-Policy": "no-referrer",
             },
         )
+        return state.answered("redirect", redirect)
     if followed.kind == "optout":
-        return _optout_form(state, code, followed.msisdn)
+        return state.answered("optout_page", _optout_form(state, code, followed.msisdn))
     state.limiter.missed(address, now_s)
-    return expired_page() if followed.kind == "expired" else unknown_page()
+    if followed.kind == "expired":
+        return state.answered("expired", expired_page())
+    return state.answered("unknown", unknown_page())
 
 
 def _optout_form(
@@ -479,11 +507,11 @@ async def post_code(request: web.Request) -> web.StreamResponse:
     address = _address(request, state)
     now_s = state.loop_time()
     if not state.limiter.allow(address, now_s):
-        return too_many_page()
+        return state.answered("rate_limited", too_many_page())
     code = request.match_info["code"]
     if not is_code_shaped(code):
         state.limiter.missed(address, now_s)
-        return unknown_page()
+        return state.answered("unknown", unknown_page())
     form = await request.post()
     token = form.get(CSRF_FIELD)
     nonce = request.cookies.get(CSRF_COOKIE)
@@ -518,16 +546,19 @@ async def post_code(request: web.Request) -> web.StreamResponse:
 
     outcome = await state.db.in_transaction(confirm)
     if outcome == "done":
-        return done_page()
+        return state.answered("optout_confirmed", done_page())
     if outcome == "full":
-        return list_full_page()
+        return state.answered("optout_list_full", list_full_page())
     if outcome.startswith("csrf:"):
         # Nothing done; a fresh form lets a person who really pressed the
         # button (an old tab, a lost cookie) try again.
         log.info("optout_url_csrf_refused", has_cookie=nonce is not None)
-        return _optout_form(state, code, outcome.removeprefix("csrf:"), retry=True)
+        retry = _optout_form(state, code, outcome.removeprefix("csrf:"), retry=True)
+        return state.answered("csrf_refused", retry)
     state.limiter.missed(address, now_s)
-    return expired_page() if outcome == "expired" else unknown_page()
+    if outcome == "expired":
+        return state.answered("expired", expired_page())
+    return state.answered("unknown", unknown_page())
 
 
 async def robots(_request: web.Request) -> web.Response:
@@ -569,6 +600,7 @@ async def start_link_server(
     clock: Clock,
     *,
     optout_cap: Callable[[str], int] | None = None,
+    metrics: Metrics | None = None,
     host: str | None = None,
     port: int | None = None,
 ) -> LinkServer:
@@ -587,6 +619,7 @@ async def start_link_server(
             miss_burst=config.miss_burst,
         ),
         loop_time=loop.time,
+        metrics=metrics,
     )
     if optout_cap is not None:
         state.optout_cap = optout_cap
