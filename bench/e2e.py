@@ -237,6 +237,12 @@ async def run(
                  WHERE p.attempt = 1 AND p.part_no = 1) x"""
     )
     states = await conn.fetch("SELECT state, count(*) AS n FROM messages GROUP BY state")
+    # Rows read by sequential scans, per table: a plan PostgreSQL cached
+    # while a table of this fresh database was still small shows here.
+    scans = await conn.fetch(
+        "SELECT relname, seq_scan, seq_tup_read FROM pg_stat_user_tables"
+        " WHERE seq_tup_read > 0 ORDER BY seq_tup_read DESC LIMIT 3"
+    )
     # Per second of the run: where the pipeline keeps up and where it queues.
     timeline = await conn.fetch(
         """WITH t0 AS (SELECT min(accepted_at) AS t FROM messages),
@@ -281,6 +287,10 @@ async def run(
         + f"; busy {sum(used.values()) / elapsed / (os.cpu_count() or 1):.0%} of the machine"
     )
     print("e2e: final states " + ", ".join(f"{r['state']}={r['n']}" for r in states))
+    print(
+        "e2e: rows read by sequential scans (this bench's queries too): "
+        + ", ".join(f"{r['relname']} {r['seq_tup_read']:,} in {r['seq_scan']}" for r in scans)
+    )
     columns = ("accepted", "sent", "responded", "receipted", "final")
     print("e2e: per second  " + "".join(f"{c:>10}" for c in columns))
     for r in timeline:
