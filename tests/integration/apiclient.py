@@ -30,15 +30,20 @@ def make_config(dsn: str, extra: Mapping[str, Any] | None = None) -> Config:
     return parse_config(raw, env={})
 
 
+async def sync_accounts(db: Database, config: Config) -> None:
+    """The configured accounts into the database, as the daemon syncs them."""
+    await db.sync_accounts(
+        (a.account_id, a.allow_m2m, a.max_sms_chars, a.token_sha256)
+        for a in config.accounts.values()
+    )
+
+
 @asynccontextmanager
 async def running_api(
     config: Config, db: Database, clock: Clock, **state: Any
 ) -> AsyncIterator[tuple[str, aiohttp.ClientSession]]:
     """`state`: further ApiState fields (metrics, webhook_sink...)."""
-    await db.sync_accounts(
-        (a.account_id, a.allow_m2m, a.max_sms_chars, a.token_sha256)
-        for a in config.accounts.values()
-    )
+    await sync_accounts(db, config)
     app = build_app(ApiState(config=config, db=db, clock=clock, **state))
     # The daemon's own server construction, connection limits included.
     runner, _ = await start_http_server(

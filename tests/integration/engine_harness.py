@@ -24,6 +24,7 @@ from carrierd.engine.timers import Timers
 from carrierd.engine.write_behind import WriteBehind
 from carrierd.store.db import Database
 from carrierd.telemetry import Metrics
+from tests.integration.apiclient import sync_accounts
 
 _SMSC_IDS = itertools.count(1)
 
@@ -178,10 +179,7 @@ async def make_engine(
     """The engine wired as the daemon wires it; `gateway` builds a real SMS
     gateway around the write-behind (its receipts' destination) instead of
     the stand-in."""
-    await db.sync_accounts(
-        (a.account_id, a.allow_m2m, a.max_sms_chars, a.token_sha256)
-        for a in config.accounts.values()
-    )
+    await sync_accounts(db, config)
     network = network or NetworkStandIn(clock, list(config.carriers), subscribers or {})
     metrics = Metrics()
     lifecycle = Lifecycle(metrics)

@@ -21,7 +21,7 @@ from carrierd.engine.lifecycle import Lifecycle
 from carrierd.http.app import ApiState, build_app
 from carrierd.http.limits import start_http_server
 from carrierd.store.db import Database, Transaction
-from tests.integration.apiclient import BASE_CONFIG, auth
+from tests.integration.apiclient import BASE_CONFIG, auth, sync_accounts
 from tests.integration.engine_harness import engine_config, make_engine
 
 NOW = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
@@ -39,10 +39,7 @@ async def api(
 ) -> AsyncIterator[tuple[str, aiohttp.ClientSession, ApiState]]:
     """The real app and server, with the engine's cancel, and its ApiState
     (a test swaps `config` as a SIGHUP does)."""
-    await db.sync_accounts(
-        (a.account_id, a.allow_m2m, a.max_sms_chars, a.token_sha256)
-        for a in config.accounts.values()
-    )
+    await sync_accounts(db, config)
     state = ApiState(
         config, db, clock, canceller=Canceller(db, lifecycle or Lifecycle(), clock, revoke=revoke)
     )

@@ -21,6 +21,7 @@ from carrierd.engine.timers import Timers
 from carrierd.engine.write_behind import WriteBehind
 from carrierd.sim.smsc import SmscSimulator, is_ported, sim_config_from_mapping
 from carrierd.store.db import Database, Transaction
+from tests.integration.apiclient import sync_accounts
 from tests.integration.engine_harness import engine_config, enqueue
 
 CARRIERS = ("docomo", "au", "softbank", "rakuten")
@@ -65,10 +66,7 @@ async def test_first_guesses_by_the_allocation_and_part_one_alone_to_an_unconfir
             },
         },
     )
-    await db.sync_accounts(
-        (a.account_id, a.allow_m2m, a.max_sms_chars, a.token_sha256)
-        for a in config.accounts.values()
-    )
+    await sync_accounts(db, config)
     lifecycle = Lifecycle()
     recorder = WriteBehind(
         db,

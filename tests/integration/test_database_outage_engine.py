@@ -39,6 +39,7 @@ from carrierd.store.db import (
 )
 from carrierd.telemetry import Metrics
 from tests.conftest import with_database
+from tests.integration.apiclient import sync_accounts
 from tests.integration.engine_harness import (
     Engine,
     NetworkStandIn,
@@ -47,6 +48,7 @@ from tests.integration.engine_harness import (
     make_engine,
 )
 from tests.integration.test_rcs_leg import serve
+from tests.metric_samples import counter_values
 from tests.throwaway_pg import ThrowawayCluster, server_bindir
 
 NOW = datetime(2026, 11, 24, 1, 0, tzinfo=UTC)
@@ -402,10 +404,7 @@ async def test_the_link_server_shows_a_page_while_the_database_is_away(
         outage_dsn,
         {"links": {"enabled": True, "domain": "s.kmc.jp", "csrf_secret": "outage-csrf-secret"}},
     )
-    await db.sync_accounts(
-        (a.account_id, a.allow_m2m, a.max_sms_chars, a.token_sha256)
-        for a in config.accounts.values()
-    )
+    await sync_accounts(db, config)
     [message_id] = await enqueue(
         db, "acme", [{"to": "09011112222", "sms": {"text": "x"}}], clock.now(), config
     )
@@ -443,11 +442,7 @@ async def test_the_link_server_shows_a_page_while_the_database_is_away(
                 pytest.fail("the link server did not redirect again after the outage")
     finally:
         await server.stop()
-    counted = {
-        sample.labels["answer"]: sample.value
-        for sample in metrics.link_answers_total.collect()[0].samples
-        if sample.name.endswith("_total")
-    }
+    counted = counter_values(metrics, "carrierd_link_answers", "answer")
     assert counted["redirect"] == 2 and counted["unavailable"] >= 1
     [row] = await db.call_raw("SELECT clicks FROM link_clicks WHERE code = 'AbCdEfGhIjKlMx'")
     assert row["clicks"] == 2  # the refused click was not counted

@@ -16,6 +16,7 @@ from carrierd.domain.clock import JST, FakeClock, SystemClock
 from carrierd.engine.write_behind import WriteBehind
 from carrierd.sim.smsc import SmscSimulator, sim_config_from_mapping
 from carrierd.store.db import Database, Row, Transaction
+from tests.integration.apiclient import sync_accounts
 from tests.integration.engine_harness import (
     Engine,
     NetworkStandIn,
@@ -262,10 +263,7 @@ async def run_against_sim(
     config = engine_config(
         dsn, {"engine": {"pacing": False, "submitted_grace_s": 0}, "carriers": {"docomo": carrier}}
     )
-    await db.sync_accounts(
-        (a.account_id, a.allow_m2m, a.max_sms_chars, a.token_sha256)
-        for a in config.accounts.values()
-    )
+    await sync_accounts(db, config)
     smpp: list[SmppGateway] = []
 
     def docomo_gateway(recorder: WriteBehind) -> SmppGateway:

@@ -24,7 +24,7 @@ from carrierd.http.app import ApiState, build_app
 from carrierd.http.limits import ConnectionGuard, start_http_server
 from carrierd.store.db import Database
 from carrierd.telemetry import Metrics
-from tests.integration.apiclient import auth, make_config, running_api
+from tests.integration.apiclient import auth, make_config, running_api, sync_accounts
 
 NOW = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
 WAIT_S = 10.0
@@ -36,10 +36,7 @@ async def server(
     dsn: str, db: Database, http: dict[str, Any] | None = None
 ) -> AsyncIterator[tuple[str, int, ConnectionGuard, Metrics]]:
     config = make_config(dsn, {"http": {"port": 0, **(http or {})}})
-    await db.sync_accounts(
-        (a.account_id, a.allow_m2m, a.max_sms_chars, a.token_sha256)
-        for a in config.accounts.values()
-    )
+    await sync_accounts(db, config)
     metrics = Metrics()
     app = build_app(ApiState(config=config, db=db, clock=FakeClock(NOW), metrics=metrics))
     runner, guard = await start_http_server(

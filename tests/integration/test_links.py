@@ -27,6 +27,7 @@ from carrierd.ops.retention import purge_expired, purge_optout_links
 from carrierd.store.db import Database
 from carrierd.telemetry import Metrics
 from tests.integration.apiclient import auth, make_config, running_api
+from tests.metric_samples import counter_values
 
 T0 = datetime(2026, 12, 1, 1, 0, tzinfo=UTC)
 DOMAIN = "s.kmc.jp"
@@ -92,13 +93,7 @@ class Rig:
 
     def answers(self) -> dict[str, float]:
         """carrierd_link_answers_total by answer, those above zero."""
-        counted = {
-            sample.labels["answer"]: sample.value
-            for family in self.metrics.registry.collect()
-            if family.name == "carrierd_link_answers"
-            for sample in family.samples
-            if sample.name.endswith("_total")
-        }
+        counted = counter_values(self.metrics, "carrierd_link_answers", "answer")
         return {answer: n for answer, n in counted.items() if n}
 
     async def listed(self) -> list[tuple[str, str]]:

@@ -24,7 +24,7 @@ from carrierd.engine.write_behind import WriteBehind
 from carrierd.intake import LinkMinting, validate_batch
 from carrierd.sim.smsc import SmscSimulator, sim_config_from_mapping
 from carrierd.store.db import Database
-from tests.integration.apiclient import auth
+from tests.integration.apiclient import auth, sync_accounts
 from tests.integration.engine_harness import engine_config
 from tests.integration.test_rcs_leg import CAPABLE, rig
 
@@ -64,10 +64,7 @@ async def test_the_smsc_receives_each_recipients_own_links(dsn: str, db: Databas
             },
         },
     )
-    await db.sync_accounts(
-        (a.account_id, a.allow_m2m, a.max_sms_chars, a.token_sha256)
-        for a in config.accounts.values()
-    )
+    await sync_accounts(db, config)
     # 60 characters and three links: 135 as sent, three parts of 67.
     body = (
         "ご案内{{link:https://ex.jp/1}}"

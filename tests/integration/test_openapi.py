@@ -35,7 +35,7 @@ from carrierd.http.openapi import openapi_document
 from carrierd.store.db import Database, create_database_from_template, drop_database
 from carrierd.telemetry import Metrics
 from tests.conftest import TEMPLATE, with_database
-from tests.integration.apiclient import auth, make_config
+from tests.integration.apiclient import auth, make_config, sync_accounts
 from tests.integration.test_http_webhooks import RecordingSink
 
 NOW = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
@@ -70,10 +70,7 @@ async def serve(db: Database, dsn: str) -> AsyncIterator[str]:
         dsn,
         {"rcs": {"enabled": False, "bot_id": "fuzz-bot", "webhook_secret": "fuzz-secret"}},
     )
-    await db.sync_accounts(
-        (a.account_id, a.allow_m2m, a.max_sms_chars, a.token_sha256)
-        for a in config.accounts.values()
-    )
+    await sync_accounts(db, config)
     clock = FakeClock(NOW)
     state = ApiState(
         config,

@@ -27,6 +27,7 @@ from carrierd.store.db import Database
 from tests.integration.engine_harness import Engine, engine_config, enqueue, make_engine
 from tests.integration.test_rcs_leg import serve
 from tests.integration.test_reports import reports_api
+from tests.metric_samples import counter_values
 
 T0 = datetime(2026, 11, 20, 3, 0, tzinfo=UTC)  # 12:00 JST
 REASSIGNED = "+819011110001"  # out of service March to May 2025: a history
@@ -167,13 +168,7 @@ def submitted_to(engine: Engine) -> list[str]:
 
 
 def verdicts(engine: Engine) -> dict[str, float]:
-    return {
-        sample.labels["verdict"]: sample.value
-        for family in engine.metrics.registry.collect()
-        if family.name == "carrierd_reassign_verdicts"
-        for sample in family.samples
-        if sample.name.endswith("_total")
-    }
+    return counter_values(engine.metrics, "carrierd_reassign_verdicts", "verdict")
 
 
 async def test_every_verdict_decides_its_message_and_is_billed_in_v1_billing(
@@ -243,13 +238,7 @@ async def test_every_verdict_decides_its_message_and_is_billed_in_v1_billing(
                 report = await response.json()
             assert report["reassigned_checks"] == 3
             assert verdicts(engine) == {"no_history": 2.0, "history": 1.0}
-            billed = {
-                sample.labels["channel"]: sample.value
-                for family in engine.metrics.registry.collect()
-                if family.name == "carrierd_billing_units"
-                for sample in family.samples
-                if sample.name.endswith("_total")
-            }
+            billed = counter_values(engine.metrics, "carrierd_billing_units", "channel")
             assert billed["reassigned_check"] == 3.0
 
 

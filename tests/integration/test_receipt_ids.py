@@ -23,6 +23,7 @@ from carrierd.sim.smsc import SmscSimulator, sim_config_from_mapping
 from carrierd.smpp.pdu import ESM_CLASS_RECEIPT, DeliverSm
 from carrierd.smpp.session import SubmitResult
 from carrierd.store.db import QUERIES, Database, Row, Transaction
+from tests.integration.apiclient import sync_accounts
 from tests.integration.engine_harness import engine_config, enqueue, make_engine
 
 T0 = datetime(2026, 11, 24, 1, 0, tzinfo=UTC)
@@ -358,10 +359,7 @@ async def test_messages_settle_through_the_simulator_whatever_base_its_tlv_uses(
     config = engine_config(
         dsn, {"engine": {"pacing": False, "submitted_grace_s": 0}, "carriers": {"docomo": docomo}}
     )
-    await db.sync_accounts(
-        (a.account_id, a.allow_m2m, a.max_sms_chars, a.token_sha256)
-        for a in config.accounts.values()
-    )
+    await sync_accounts(db, config)
     # docomo alone: the harness's other carriers have no SMSC to bind to.
     smpp: list[SmppGateway] = []
 

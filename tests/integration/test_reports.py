@@ -26,7 +26,7 @@ from carrierd.ops.gauges import refresh_queue_gauges
 from carrierd.ops.retention import purge_au_gate, purge_expired
 from carrierd.store.db import QUERIES, Database
 from carrierd.telemetry import Metrics
-from tests.integration.apiclient import auth, make_config
+from tests.integration.apiclient import auth, make_config, sync_accounts
 
 NOW = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
 
@@ -34,10 +34,7 @@ NOW = datetime(2026, 11, 22, 3, 0, tzinfo=UTC)
 async def synced_config(dsn: str, db: Database) -> Config:
     """The test accounts, present in the database as the daemon puts them."""
     config = make_config(dsn)
-    await db.sync_accounts(
-        (a.account_id, a.allow_m2m, a.max_sms_chars, a.token_sha256)
-        for a in config.accounts.values()
-    )
+    await sync_accounts(db, config)
     return config
 
 

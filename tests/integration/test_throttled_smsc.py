@@ -21,6 +21,7 @@ from carrierd.engine.timers import Timers
 from carrierd.engine.write_behind import WriteBehind
 from carrierd.sim.smsc import SmscSimulator, sim_config_from_mapping
 from carrierd.store.db import Database
+from tests.integration.apiclient import sync_accounts
 from tests.integration.engine_harness import engine_config, enqueue
 
 MESSAGES = 400
@@ -78,10 +79,7 @@ async def test_a_throttling_smsc_gets_the_pace_it_accepts(dsn: str, db: Database
             },
         },
     )
-    await db.sync_accounts(
-        (a.account_id, a.allow_m2m, a.max_sms_chars, a.token_sha256)
-        for a in config.accounts.values()
-    )
+    await sync_accounts(db, config)
     lifecycle = Lifecycle()
     inbound = Inbound(db, config=lambda: config)
     recorder = WriteBehind(
