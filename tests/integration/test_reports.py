@@ -24,7 +24,7 @@ from carrierd.http.reports import BILLING_COLUMNS, EXPORT_COLUMNS, month_bounds,
 from carrierd.ops.callbacks import enqueue_callback
 from carrierd.ops.gauges import refresh_queue_gauges
 from carrierd.ops.retention import purge_au_gate, purge_expired
-from carrierd.store.db import QUERIES, Database
+from carrierd.store.db import QUERIES, Database, migrate
 from carrierd.telemetry import Metrics
 from tests.integration.apiclient import auth, make_config, sync_accounts
 
@@ -420,6 +420,12 @@ async def test_purge_deletes_old_final_messages_and_keeps_three_months(
             await enqueue_callback(
                 tx, message_id, "acme", "http://127.0.0.1:9/", {"a": 1}, final_at
             )
+        # A send's auto-reply with the recipient's variables substituted.
+        await db.call_raw(
+            "INSERT INTO send_auto_replies (message_id, contents)"
+            """ VALUES ($1, '{"": {"sms": "山田様 受付"}}')""",
+            message_id,
+        )
         old_ids.append(message_id)
     three_months_ago = NOW - timedelta(days=92)
     kept = {
@@ -435,12 +441,28 @@ async def test_purge_deletes_old_final_messages_and_keeps_three_months(
     assert await purge_expired(db, NOW, batch_rows=2) == len(old_ids)
     remaining = {r["id"] for r in await db.call_raw("SELECT id FROM messages")}
     assert remaining == kept
-    for table in ("parts", "message_events", "status_callbacks"):
+    for table in ("parts", "message_events", "status_callbacks", "send_auto_replies"):
         rows = await db.call_raw(
             f"SELECT count(*) AS n FROM {table} WHERE message_id = ANY($1::bigint[])", old_ids
         )
         assert rows[0]["n"] == 0, table
     assert await purge_expired(db, NOW) == 0
+
+
+async def test_auto_replies_retention_left_behind_are_deleted_by_migration(
+    dsn: str, db: Database
+) -> None:
+    await synced_config(dsn, db)
+    kept = await insert_message(db, "acme", accepted_at=NOW, final_at=NOW)
+    await db.call_raw("DELETE FROM schema_migrations WHERE version = 200")
+    await db.call_raw(
+        "INSERT INTO send_auto_replies (message_id, contents)"
+        """ SELECT id, '{"": {"sms": "山田様 受付"}}' FROM unnest($1::bigint[]) AS id""",
+        [kept, kept + 1000, kept + 1001],  # two of messages purged before
+    )
+    assert await migrate(dsn) == [200]
+    rows = await db.call_raw("SELECT message_id FROM send_auto_replies")
+    assert [r["message_id"] for r in rows] == [kept]
 
 
 async def test_retention_forgets_au_numbers_whose_spacing_ran_out(db: Database) -> None:

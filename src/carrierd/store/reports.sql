@@ -72,6 +72,11 @@ links_deleted AS (
 opens_deleted AS (
     DELETE FROM message_opens o USING doomed WHERE o.message_id = doomed.id
 ),
+-- A recipient's own auto-reply, its variables substituted: personal data,
+-- deleted with the message it was stored for (schema 0200).
+auto_replies_deleted AS (
+    DELETE FROM send_auto_replies a USING doomed WHERE a.message_id = doomed.id
+),
 deleted AS (
     DELETE FROM messages m USING doomed WHERE m.id = doomed.id RETURNING 1
 )
