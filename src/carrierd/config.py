@@ -21,7 +21,7 @@ import re
 import socket
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import time
 from ipaddress import ip_network
 from pathlib import Path
@@ -1318,6 +1318,28 @@ def _parse_reassign(reader: _Reader) -> ReassignConfig:
             )
     reader.finish()
     return config
+
+
+# The link server's listener: what a reload cannot change under a running
+# server (LinkServer.apply takes the rest of [links]).
+_LINK_LISTENER_KEYS = ("enabled", "host", "port", "max_connections")
+
+
+def reloaded(running: Config, new: Config) -> tuple[Config, list[str]]:
+    """What a reload (SIGHUP) applies of `new` while `running` is in use,
+    and the keys it changed that wait for the next start. The link
+    server's listener keeps its settings, `enabled` with them: intake must
+    not mint links for a server that is not there. The reassigned-number
+    gate keeps its number of workers."""
+    waiting = [
+        f"links.{key}"
+        for key in _LINK_LISTENER_KEYS
+        if getattr(new.links, key) != getattr(running.links, key)
+    ]
+    if new.reassign.concurrency != running.reassign.concurrency:
+        waiting.append("reassign.concurrency")
+    listener = {key: getattr(running.links, key) for key in _LINK_LISTENER_KEYS}
+    return replace(new, links=replace(new.links, **listener)), waiting
 
 
 def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Config:

@@ -9,9 +9,10 @@ Phases, in order (and reversed on the way down):
      accepted before the daemon can work on it; first down on drain.
 
 SIGTERM/SIGINT start a graceful drain bounded by `drain_timeout_s`; a second
-signal exits at once. SIGHUP reloads accounts, rates and routes without
-dropping binds. A side task that dies stops the daemon (fail loudly, and
-systemd restarts us) rather than leaving a half-working process.
+signal exits at once. SIGHUP reloads accounts, rates, routes and the link
+server's limits without dropping binds (config.py `reloaded`). A side task
+that dies stops the daemon (fail loudly, and systemd restarts us) rather
+than leaving a half-working process.
 
 The database being away is never a reason to exit, at startup or later:
 phase 2 waits for it (telling systemd so, and extending its start timeout
@@ -42,7 +43,7 @@ from aiohttp import web
 from carrierd.channels.reassign import ReassignClient
 from carrierd.channels.sms import SmppGateway
 from carrierd.channels.types import InboundSms, Receipt
-from carrierd.config import Config, ConfigError, load_config
+from carrierd.config import Config, ConfigError, load_config, reloaded
 from carrierd.domain.clock import Clock, SystemClock
 from carrierd.domain.netpolicy import IPNetwork
 from carrierd.engine.cancel import Canceller
@@ -484,16 +485,20 @@ class Daemon:
         if path is None:
             return
         try:
-            new = load_config(path)
+            new, waiting = reloaded(self.config, load_config(path))
         except ConfigError as exc:
             log.error("reload_refused", problems=exc.problems)
             return
+        if waiting:
+            log.warning("reload_needs_restart", keys=waiting)
         self.notifier.reloading()
         # Accounts, rates and routes are read through `self.config` on every
         # use, so swapping it is the reload; binds stay up (carrier
         # connection settings take effect at the next restart).
         self.config = new
         self._api_state.config = new
+        if self.link_server is not None:
+            self.link_server.apply(new.links)
         try:
             await until_database_answers("reload", self._sync_accounts, stop=self._stopping)
         except StopRequested:

@@ -5,6 +5,7 @@ the message view, the export and the callbacks."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -14,12 +15,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from ipaddress import ip_network
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from carrierd.config import Config
+from carrierd.config import Config, load_config
+from carrierd.daemon import Daemon
 from carrierd.domain.clock import FakeClock
 from carrierd.http.links import CSRF_COOKIE, CSRF_FIELD, LinkServer, start_link_server
 from carrierd.ops.callbacks import CallbackSender, GuardedClient, enqueue_callback
@@ -446,3 +449,45 @@ async def test_the_link_server_counts_its_answers_by_what_they_were(dsn: str, db
             "expired": 1,
             "rate_limited": 2,
         }
+
+
+async def test_a_reload_applies_the_link_limits_to_the_running_server(
+    dsn: str, db: Database, tmp_path: Path
+) -> None:
+    # An operator under a guessing attack tightens or loosens the limits
+    # with SIGHUP, without dropping binds; the listener stays where it is.
+    def write(rate_per_s: float, port: int) -> None:
+        path.write_text(
+            f'[database]\ndsn = "{dsn}"\n[http]\nhost = "127.0.0.1"\nport = 0\n'
+            '[accounts.acme]\ntokens = ["acme-token"]\n'
+            f'[links]\nenabled = true\nhost = "127.0.0.1"\nport = {port}\n'
+            f'domain = "{DOMAIN}"\ncsrf_secret = "reload-csrf-secret"\n'
+            f"burst = 2\nrate_per_s = {rate_per_s}\nmiss_burst = 100\n"
+        )
+
+    path = tmp_path / "carrierd.toml"
+    write(0.01, 0)
+    # No environment overrides: CARRIERD_DSN names the server, not this database.
+    daemon = Daemon(load_config(path, env={}), drain_timeout_s=1.0)
+    await daemon.start()
+    try:
+        assert daemon.link_server is not None
+        port = daemon.link_server.port
+        async with aiohttp.ClientSession() as http:
+
+            async def statuses(n: int) -> list[int]:
+                answers = []
+                for _ in range(n):
+                    async with http.get(f"http://127.0.0.1:{port}/{'Q' * 14}") as response:
+                        answers.append(response.status)
+                return answers
+
+            assert await statuses(3) == [404, 404, 429]
+            write(10_000.0, port + 1)
+            await daemon.reload()
+            await asyncio.sleep(0.01)  # the bucket refills at the new rate
+            assert await statuses(2) == [404, 404]
+            assert daemon.link_server.port == port
+            assert daemon.config.links.port == 0  # kept: the listener waits for a start
+    finally:
+        await daemon.stop()

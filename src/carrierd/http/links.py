@@ -588,6 +588,19 @@ class LinkServer:
     runner: web.AppRunner
     batcher: ClickBatcher
     port: int
+    state: LinkServerState
+
+    def apply(self, config: LinksConfig) -> None:
+        """A reload's [links]: rate limits, trusted proxies, the CSRF secret
+        and cookie flags apply to the next request (an opt-out form shown
+        before a new secret is refused once and shown again). The listener
+        keeps its address (config.py `reloaded`)."""
+        self.state.config = config
+        limiter = self.state.limiter
+        limiter.rate_per_s = config.rate_per_s
+        limiter.burst = config.burst
+        limiter.misses_per_s = config.misses_per_min / 60.0
+        limiter.miss_burst = config.miss_burst
 
     async def stop(self) -> None:
         await self.runner.cleanup()
@@ -637,4 +650,4 @@ async def start_link_server(
     except BaseException:
         await batcher.stop()
         raise
-    return LinkServer(runner, batcher, int(runner.addresses[0][1]))
+    return LinkServer(runner, batcher, int(runner.addresses[0][1]), state)
