@@ -150,3 +150,42 @@ async def test_per_number_lookups_probe_even_in_a_plan_made_on_an_empty_table(
     nodes = list(_plan_nodes((json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]))
     scans = [n for n in nodes if n.get("Relation Name") == table]
     assert scans and all(n["Node Type"] == "Index Scan" for n in scans), (name, nodes)
+
+
+async def test_batch_statements_probe_by_key_when_statistics_call_a_state_rare(
+    dsn: str,
+) -> None:
+    # Analyzed while nothing was dispatching or sending (a delivery log of
+    # final messages), then thousands in flight: a plan through the partial
+    # indexes on state reads all of them on every call.
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("INSERT INTO accounts (account_id) VALUES ('a')")
+        insert = (
+            "INSERT INTO messages (account_id, channel, leg, state, recipient_raw, msisdn,"
+            " validated, sms_text, not_before, expires_at, accepted_at, updated_at,"
+            " carrier, lease_owner, lease_expires_at)"
+            " SELECT 'a', 'sms', 'sms', $1, '09012345678', '+8190' || lpad(i::text, 8, '0'),"
+            " true, 'x', $2, $2, $2, $2, 'au', 'd1', $2"
+            " FROM generate_series($3::int, $4::int) AS i"
+        )
+        await conn.execute(insert, "delivered", NOW, 1, 20_000)
+        await conn.execute("ANALYZE messages")
+        await conn.execute(insert, "dispatching", NOW, 20_001, 22_000)
+        await conn.execute(insert, "sending", NOW, 22_001, 24_000)
+        ids = "'{20001,20002,20003}'::bigint[]"
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        for name, args, index in (
+            ("reassign_lock_held", f"{ids}, 'd1'", "messages_pkey"),
+            ("au_gate_state", f"ARRAY['+819000020001'], {ids}", "messages_open_by_msisdn"),
+        ):
+            await conn.execute(f"PREPARE {name} AS {QUERIES[name]}")
+            async with conn.transaction():
+                raw = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE {name}({args})")
+            nodes = list(_plan_nodes((json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]))
+            scans = [n for n in nodes if n.get("Relation Name") == "messages"]
+            assert scans and all(n.get("Index Name") == index for n in scans), (name, scans)
+            key = "id" if index == "messages_pkey" else "msisdn"
+            assert all(key in n.get("Index Cond", "") for n in scans), (name, scans)
+    finally:
+        await conn.close()

@@ -246,13 +246,15 @@ ON CONFLICT (msisdn) DO UPDATE SET carrier = EXCLUDED.carrier, learned_at = EXCL
 -- name: au_gate_state
 -- For au numbers about to be sent: is an SMS to the number still in flight
 -- (sending/submitted on au), and when did the last one reach a final receipt?
-SELECT n.msisdn,
-       EXISTS (SELECT 1 FROM messages m
-               WHERE m.msisdn = n.msisdn AND m.state IN ('sending', 'submitted')
-                 AND m.leg = 'sms' AND m.carrier = 'au' AND m.id <> ALL($2::bigint[])) AS in_flight,
-       g.last_final_at
+-- Probes per number (learned_carriers says why). As an EXISTS, PostgreSQL
+-- hashed every open message once per call instead: 10 ms a call with tens
+-- of thousands open, whatever the batch.
+SELECT n.msisdn, f.in_flight IS NOT NULL AS in_flight, g.last_final_at
 FROM unnest($1::text[]) AS n(msisdn)
--- A probe per number (learned_carriers says why).
+LEFT JOIN LATERAL (SELECT true AS in_flight FROM messages m
+                   WHERE m.msisdn = n.msisdn AND m.state IN ('sending', 'submitted')
+                     AND m.leg = 'sms' AND m.carrier = 'au' AND m.id <> ALL($2::bigint[])
+                   LIMIT 1) AS f ON true
 LEFT JOIN LATERAL (SELECT last_final_at FROM au_gate
                    WHERE msisdn = n.msisdn OFFSET 0) AS g ON true;
 
