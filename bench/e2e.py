@@ -24,6 +24,14 @@ With --pairs N (and one of the two above), N plain runs each followed by
 one asking for it, and the median of the N costs: these machines' speed
 drifts between runs by more than the costs measured, and a drift shows in
 both runs of a pair alike.
+
+Each run has a new database. PostgreSQL plans a prepared statement while
+the tables are still small and keeps that plan until the next ANALYZE,
+which autovacuum runs a minute or so later: a 20-second run on an empty
+database is all first minute, and its statements plan sequential scans of
+tables that grow under them. `--history N` first fills the database with N
+delivered messages of the past 90 days (one part and three events each)
+and analyzes it, as a database in use holds its delivery log (§15).
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
@@ -46,6 +55,35 @@ from bench.guess import new_numbers
 from bench.harness import daemon_process, free_port, fresh_database, reassign_sim_process
 
 CARRIERS = ("docomo", "au", "softbank", "rakuten")
+
+# --history: delivered messages of the past 90 days, as retention keeps them.
+HISTORY_SQL = """
+WITH sent AS (
+    INSERT INTO messages (account_id, channel, leg, state, recipient_raw, msisdn, validated,
+                          sms_text, sms_encoding, sms_parts, carrier, route, attempt,
+                          not_before, expires_at, accepted_at, submitted_at, final_at,
+                          updated_at)
+    SELECT 'bench', 'sms', 'sms', 'delivered', '090' || lpad((i % 90000000)::text, 8, '0'),
+           '+8190' || lpad((i % 90000000)::text, 8, '0'), true, 'ご利用ありがとうございます',
+           'ucs2', 1, (ARRAY['docomo', 'au', 'softbank', 'rakuten'])[1 + i % 4], 'premium', 1,
+           at, at + interval '3 days', at, at, at + interval '5 seconds', at
+    FROM generate_series(1, $1) AS i,
+         LATERAL (SELECT $2::timestamptz - make_interval(secs => 90 * 86400.0 * i / $1)) AS t(at)
+    RETURNING id, carrier, accepted_at
+),
+parts_sent AS (
+    INSERT INTO parts (message_id, attempt, part_no, part_total, carrier, bind_id,
+                       smsc_message_id, state, command_status, receipt_stat, sent_at, resp_at,
+                       receipt_at)
+    SELECT id, 1, 1, 1, carrier, carrier || '-1', 'h' || id, 'delivered', 0, 'DELIVRD',
+           accepted_at, accepted_at, accepted_at + interval '5 seconds'
+    FROM sent
+)
+INSERT INTO message_events (message_id, at, kind, state, carrier)
+SELECT id, accepted_at, kind, state, carrier
+FROM sent, (VALUES ('accepted', 'queued'), ('sending', 'sending'),
+                   ('delivered', 'delivered')) AS e(kind, state)
+"""
 
 
 def sim_toml(ports: dict[str, int]) -> str:
@@ -174,8 +212,11 @@ async def run(
     optout_list: int = 0,
     reassign_check: bool = False,
     reassign_sim_pid: int | None = None,
+    history: int = 0,
 ) -> float:
-    """One run; returns its messages/s end to end."""
+    """One run; returns its messages/s end to end. With `history`, the
+    database first holds that many delivered messages of the past 90 days
+    (HISTORY_SQL) and is analyzed, untimed."""
     headers = {"Authorization": "Bearer bench-token"}
     numbers = new_numbers(total, 0)
     # Numbers after the recipients': on the list, never sent to.
@@ -183,20 +224,25 @@ async def run(
         await load_optout_list(ports[0], new_numbers(optout_list, total))
     ask = {"skip_opted_out": True} if optout_list else {}
     conn = await asyncpg.connect(dsn)
-    cpu_before = cpu_snapshot(pids, sim_pid, reassign_sim_pid)
-    started = time.perf_counter()
+    after_id = 0
+    if history:
+        await conn.execute(HISTORY_SQL, history, datetime.now(UTC))
+        # Only what it filled: a table analyzed empty plans scans of itself.
+        await conn.execute("ANALYZE messages, parts, message_events")
+        after_id = await conn.fetchval("SELECT coalesce(max(id), 0) FROM messages")
+        print(f"e2e: the database holds {history:,} delivered messages of 90 days, analyzed")
     async with aiohttp.ClientSession() as http:
         sem = asyncio.Semaphore(4)
 
-        async def post(b: int) -> None:
+        async def post(recipients: list[str], b: int) -> None:
             items = [
                 {
-                    "to": numbers[b * batch + i],
+                    "to": to,
                     "sms": {"text": f"ご利用ありがとうございます {b}-{i}"},
                     **ask,
                     **({"reassigned_check": {"base_date": "2025-04-01"}} if reassign_check else {}),
                 }
-                for i in range(batch)
+                for i, to in enumerate(recipients[b * batch : (b + 1) * batch])
             ]
             async with (
                 sem,
@@ -208,7 +254,10 @@ async def run(
             ):
                 assert resp.status == 202, await resp.text()
 
-        await asyncio.gather(*(post(b) for b in range(total // batch)))
+        final_before = sum([await final_by_metrics(http, port) for port in ports])
+        cpu_before = cpu_snapshot(pids, sim_pid, reassign_sim_pid)
+        started = time.perf_counter()
+        await asyncio.gather(*(post(numbers, b) for b in range(total // batch)))
         intake_s = time.perf_counter() - started
         peak_during = 0
         while True:
@@ -218,10 +267,11 @@ async def run(
             # daemon's. Every second, then every 0.1 s for the last tenth,
             # where the end is timed. The counter moves inside the settling
             # transaction, so the database confirms the end.
-            final = sum([await final_by_metrics(http, port) for port in ports])
+            final = sum([await final_by_metrics(http, port) for port in ports]) - final_before
             if final >= total:
                 done = await conn.fetchval(
-                    "SELECT count(*) FROM messages WHERE final_at IS NOT NULL"
+                    "SELECT count(*) FROM messages WHERE final_at IS NOT NULL AND id > $1",
+                    after_id,
                 )
                 if done >= total:
                     break
@@ -234,9 +284,12 @@ async def run(
                   percentile_cont(0.99) WITHIN GROUP (ORDER BY d) AS p99
            FROM (SELECT extract(epoch FROM p.sent_at - m.accepted_at) AS d
                  FROM messages m JOIN parts p ON p.message_id = m.id
-                 WHERE p.attempt = 1 AND p.part_no = 1) x"""
+                 WHERE p.attempt = 1 AND p.part_no = 1 AND m.id > $1) x""",
+        after_id,
     )
-    states = await conn.fetch("SELECT state, count(*) AS n FROM messages GROUP BY state")
+    states = await conn.fetch(
+        "SELECT state, count(*) AS n FROM messages WHERE id > $1 GROUP BY state", after_id
+    )
     # Rows read by sequential scans, per table: a plan PostgreSQL cached
     # while a table of this fresh database was still small shows here.
     scans = await conn.fetch(
@@ -245,23 +298,26 @@ async def run(
     )
     # Per second of the run: where the pipeline keeps up and where it queues.
     timeline = await conn.fetch(
-        """WITH t0 AS (SELECT min(accepted_at) AS t FROM messages),
+        """WITH t0 AS (SELECT min(accepted_at) AS t FROM messages WHERE id > $1),
                 stamps AS (
-                    SELECT accepted_at AS at, 'accepted' AS what FROM messages
-                    UNION ALL SELECT sent_at, 'sent' FROM parts
-                    UNION ALL SELECT resp_at, 'responded' FROM parts
-                    UNION ALL SELECT receipt_at, 'receipted' FROM parts
-                    UNION ALL SELECT final_at, 'final' FROM messages)
+                    SELECT accepted_at AS at, 'accepted' AS what FROM messages WHERE id > $1
+                    UNION ALL SELECT sent_at, 'sent' FROM parts WHERE message_id > $1
+                    UNION ALL SELECT resp_at, 'responded' FROM parts WHERE message_id > $1
+                    UNION ALL SELECT receipt_at, 'receipted' FROM parts WHERE message_id > $1
+                    UNION ALL SELECT final_at, 'final' FROM messages WHERE id > $1)
            SELECT floor(extract(epoch FROM s.at - t0.t))::int AS second,
                   count(*) FILTER (WHERE what = 'accepted') AS accepted,
                   count(*) FILTER (WHERE what = 'sent') AS sent,
                   count(*) FILTER (WHERE what = 'responded') AS responded,
                   count(*) FILTER (WHERE what = 'receipted') AS receipted,
                   count(*) FILTER (WHERE what = 'final') AS final
-           FROM stamps s, t0 WHERE s.at IS NOT NULL GROUP BY 1 ORDER BY 1"""
+           FROM stamps s, t0 WHERE s.at IS NOT NULL GROUP BY 1 ORDER BY 1""",
+        after_id,
     )
     events = await conn.fetch(
-        "SELECT kind, count(*) AS n FROM message_events GROUP BY kind ORDER BY min(id)"
+        "SELECT kind, count(*) AS n FROM message_events WHERE message_id > $1"
+        " GROUP BY kind ORDER BY min(id)",
+        after_id,
     )
     await conn.close()
     variant = f" skipping opted-out numbers ({optout_list:,}-number list)" if optout_list else ""
@@ -338,6 +394,13 @@ def main() -> None:
         "by one asking for that, and the median of their costs (a machine whose speed drifts "
         "between runs shows in each pair alike)",
     )
+    parser.add_argument(
+        "--history",
+        type=int,
+        default=0,
+        help="the database first holds this many delivered messages of the past 90 days, "
+        "analyzed (default 0: a new, empty database)",
+    )
     args = parser.parse_args()
     variant_asked = bool(args.optout_list) or args.reassign_latency_ms is not None
     if args.pairs and not variant_asked:
@@ -399,6 +462,7 @@ def main() -> None:
                         args.optout_list if variant else 0,
                         reassign_check=variant and reassign_port is not None,
                         reassign_sim_pid=reassign_sim.pid if reassign_sim is not None else None,
+                        history=args.history,
                     )
                 )
 
