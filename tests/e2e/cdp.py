@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator
@@ -133,6 +136,10 @@ async def phone(browser: str) -> AsyncIterator[Page]:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            # A group of its own: its renderer and helper processes outlive
+            # the browser for a moment, writing into the profile, which is
+            # removed only once they are all gone.
+            start_new_session=True,
         )
         try:
             active = Path(profile) / "DevToolsActivePort"
@@ -169,9 +176,22 @@ async def phone(browser: str) -> AsyncIterator[Page]:
                 finally:
                     reader.cancel()
         finally:
-            process.terminate()
+            await _end_group(process)
+
+
+async def _end_group(process: asyncio.subprocess.Process) -> None:
+    """The browser and every process it started, ended and gone."""
+    for sig, grace_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        deadline = asyncio.get_running_loop().time() + grace_s
+        while asyncio.get_running_loop().time() < deadline:
+            if process.returncode is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(process.wait(), 0.05)
+                continue
             try:
-                await asyncio.wait_for(process.wait(), 10)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+                os.killpg(process.pid, 0)  # anyone left in the group?
+            except ProcessLookupError:
+                return
+            await asyncio.sleep(0.05)
