@@ -400,17 +400,16 @@ class LinkServerState:
     optout_cap: Callable[[str], int] = lambda _account_id: DEFAULT_CAP
     metrics: Metrics | None = None
 
-    def answered(self, answer: str, response: web.Response) -> web.Response:
-        """`response`, counted as `answer` (one of LINK_ANSWERS)."""
+    def answered(self, answer: LinkAnswer, response: web.Response) -> web.Response:
+        """`response`, counted by what it was (carrierd_link_answers_total)."""
         if self.metrics is not None:
             self.metrics.link_answers_total.labels(answer).inc()
         return response
 
 
-# What the link server answered, as counted (carrierd_link_answers_total):
-# a rise in unknown and rate_limited is someone guessing codes; in
-# unavailable, the database.
-LINK_ANSWERS = (
+# What the link server answered, as counted: a rise in unknown and
+# rate_limited is someone guessing codes; in unavailable, the database.
+LinkAnswer = Literal[
     "redirect",
     "optout_page",
     "optout_confirmed",
@@ -420,7 +419,7 @@ LINK_ANSWERS = (
     "unknown",
     "rate_limited",
     "unavailable",
-)
+]
 
 
 LINK_STATE: web.AppKey[LinkServerState] = web.AppKey("link_state", LinkServerState)
