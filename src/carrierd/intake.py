@@ -15,7 +15,7 @@ import hashlib
 import json
 import re
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -23,9 +23,11 @@ from typing import Any
 from carrierd.config import CARRIERS, RCS_CARRIERS, AccountConfig, LinksConfig
 from carrierd.domain.gates import optout_list_read_at
 from carrierd.domain.links import (
+    CodeCharPool,
     LinkMarkupError,
     LinkStyle,
     MintedLinks,
+    RandomSource,
     Template,
     mint_links,
     parse_template,
@@ -178,8 +180,8 @@ class LinkMinting:
 
     style: LinkStyle
     optout_valid_days: float
-    # The CSPRNG; a test may pass its own.
-    random_bytes: Callable[[int], bytes] = secrets.token_bytes
+    # The CSPRNG, or a pool of it; a test may pass its own.
+    random: RandomSource = secrets.token_bytes
 
     @classmethod
     def from_config(cls, links: LinksConfig) -> LinkMinting | None:
@@ -189,32 +191,8 @@ class LinkMinting:
         return cls(
             LinkStyle(links.domain, links.show_scheme),
             links.optout_valid_days,
-            RandomPool(secrets.token_bytes),
+            CodeCharPool(secrets.token_bytes),
         )
-
-
-class RandomPool:
-    """CSPRNG bytes for one request's links, read from the OS a few KiB at
-    a time: a read per message was a system call each, a fifth of what five
-    links added to intake's CPU. Each byte is handed out once, and the pool
-    lives no longer than its request."""
-
-    __slots__ = ("_at", "_buffer", "_read")
-    READ_BYTES = 4096
-
-    def __init__(self, read: Callable[[int], bytes]) -> None:
-        self._read = read
-        self._buffer = b""
-        self._at = 0
-
-    def __call__(self, n: int) -> bytes:
-        if self._at + n > len(self._buffer):
-            # What is left of the last read is dropped, never reused.
-            self._buffer = self._read(max(n, self.READ_BYTES))
-            self._at = 0
-        drawn = self._buffer[self._at : self._at + n]
-        self._at += n
-        return drawn
 
 
 @dataclass(frozen=True)
@@ -401,7 +379,9 @@ def _validate_item(
         _refuse_marks_outside_text(rcs_item)
         if isinstance(rcs_item.get("text"), str):
             rcs_template = _template_of(rcs_item["text"], "rcs.text", targets, minting)
-    start_at = _start_of(item, now, schedule)
+    send_at = _send_at_of(item, now, schedule)
+    # When the message is due to go: an opt-out URL's 60 days start there.
+    start = max(now, send_at) if send_at is not None else now
     minted: MintedLinks | None = None
     templates: dict[str, Any] = {}
     sms_body: str | None = item["sms"]["text"] if sms_template is not None else None
@@ -410,9 +390,9 @@ def _validate_item(
             targets,
             _any_optout(sms_template, rcs_template),
             minting.style,
-            start_at,
+            start,
             minting.optout_valid_days,
-            minting.random_bytes,
+            minting.random,
         )
         if sms_template is not None and sms_template.has_marks:
             templates["sms_text"] = sms_body
@@ -467,9 +447,7 @@ def _validate_item(
     if callback_url is not None:
         _check_callback_url(callback_url, account.callback_allow_networks)
 
-    send_at = _send_at_of(item, now, schedule)
     reassign_base_date = _reassign_base_date(item.get("reassigned_check"), now, reassign_enabled)
-    start = max(now, send_at) if send_at is not None else now
     state = State.SCHEDULED if send_at is not None and send_at > now else State.QUEUED
     skip_opted_out = bool(item.get("skip_opted_out", account.skip_opted_out))
     row = {
@@ -511,12 +489,6 @@ def _send_at_of(item: dict[str, Any], now: datetime, schedule: ScheduleLimits) -
     if problem is not None:
         raise _ItemRejected("send_at", problem)
     return send_at
-
-
-def _start_of(item: dict[str, Any], now: datetime, schedule: ScheduleLimits) -> datetime:
-    """When the message is due to go: an opt-out URL's 60 days start there."""
-    send_at = _send_at_of(item, now, schedule)
-    return max(now, send_at) if send_at is not None else now
 
 
 def _template_of(

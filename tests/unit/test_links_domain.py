@@ -307,13 +307,12 @@ def test_braces_around_the_marks_go_out_as_written() -> None:
     assert text == f"価格{{100}}円 {link} {{0}} }}{{ {optout} {{optout}}"
 
 
-def test_a_request_pool_reads_the_csprng_in_chunks_and_never_hands_out_a_byte_twice() -> None:
+def test_a_request_pool_reads_the_csprng_in_chunks_and_never_hands_out_a_character_twice() -> None:
     import os
 
-    from carrierd.domain.links import mint_codes
-    from carrierd.intake import RandomPool
+    from carrierd.domain.links import CodeCharPool, mint_codes
 
-    stream = os.urandom(1 << 16)
+    stream = os.urandom(1 << 17)
     reads: list[tuple[int, int]] = []
 
     def read(n: int) -> bytes:
@@ -321,15 +320,19 @@ def test_a_request_pool_reads_the_csprng_in_chunks_and_never_hands_out_a_byte_tw
         reads.append((start, start + n))
         return stream[start : start + n]
 
-    pool = RandomPool(read)
-    drawn = [pool(n) for n in (10, 60, 4000, 70, 9000, 5, 5, 5)]
+    # The characters the stream stands for, each byte below 248 one of them.
+    even = bytes(b for b in stream if b < 248)
+    chars = "".join(CODE_ALPHABET[b % 62] for b in even)
+    pool = CodeCharPool(read)
+    drawn = [pool.draw(n) for n in (10, 60, 4000, 70, 9000, 5, 5, 5)]
+    assert [len(d) for d in drawn] == [10, 60, 4000, 70, 9000, 5, 5, 5]
     # 200 messages of five 10-character links: a handful of reads, not 200.
     codes = [code for _ in range(200) for code in mint_codes(5, 10, pool)]
     assert len(reads) < 10
     assert len(set(codes)) == len(codes)
-    # Each draw is a slice of what was read, after the one before it.
+    # Each draw is a run of what was read, after the one before it.
     at = 0
     for chunk in drawn:
-        found = stream.find(chunk, at)
-        assert found >= at, "a byte handed out twice, or not from the CSPRNG"
+        found = chars.find(chunk, at)
+        assert found >= at, "a character handed out twice, or not from the CSPRNG"
         at = found + len(chunk)

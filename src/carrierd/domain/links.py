@@ -116,14 +116,18 @@ Piece = str | LinkMark | OptOutMark
 @dataclass(frozen=True)
 class Template:
     pieces: tuple[Piece, ...]
+    # Set where the pieces are made (Template.of): most bodies have no
+    # marks, and intake asks every message's template.
+    has_marks: bool = False
+    has_optout: bool = False
 
-    @cached_property
-    def has_marks(self) -> bool:
-        return any(not isinstance(p, str) for p in self.pieces)
-
-    @cached_property
-    def has_optout(self) -> bool:
-        return any(isinstance(p, OptOutMark) for p in self.pieces)
+    @classmethod
+    def of(cls, pieces: tuple[Piece, ...]) -> Template:
+        return cls(
+            pieces,
+            any(not isinstance(p, str) for p in pieces),
+            any(isinstance(p, OptOutMark) for p in pieces),
+        )
 
     @cached_property
     def render_forms(self) -> dict[str, _RenderForm]:
@@ -178,8 +182,8 @@ def parse_template(text: str, links: list[str]) -> Template:
             links.append(url)
         numbers[own_number] = links.index(url) + 1
     if not numbers:
-        return Template(pieces)
-    return Template(
+        return template
+    return Template.of(
         tuple(LinkMark(numbers[p.number]) if isinstance(p, LinkMark) else p for p in pieces)
     )
 
@@ -224,7 +228,7 @@ def _parse_cached(text: str) -> tuple[Template, tuple[str, ...]]:
         raise LinkMarkupError("a {{link:...}} or {{optout_url}} mark is not closed with }}")
     if rest:
         pieces.append(rest)
-    return Template(tuple(pieces)), tuple(targets)
+    return Template.of(tuple(pieces)), tuple(targets)
 
 
 def render(
@@ -283,37 +287,72 @@ _BYTE_TO_CHAR = bytes(ord(CODE_ALPHABET[b % len(CODE_ALPHABET)]) for b in range(
 _UNEVEN_BYTES = bytes(range(_EVEN_BELOW, 256))
 
 
-def _draw_chars(count: int, random_bytes: RandomBytes) -> str:
+def _even_chars(count: int, random_bytes: RandomBytes) -> str:
     drawn = b""
     while len(drawn) < count:
         # ~3% of bytes are dropped: ask for a little more than needed.
-        drawn += random_bytes(count - len(drawn) + 8).translate(_BYTE_TO_CHAR, _UNEVEN_BYTES)
+        wanted = count - len(drawn)
+        drawn += random_bytes(wanted + wanted // 16 + 8).translate(_BYTE_TO_CHAR, _UNEVEN_BYTES)
     return drawn[:count].decode("ascii")
 
 
-def mint_codes(
-    count: int, length: int, random_bytes: RandomBytes = secrets.token_bytes
-) -> list[str]:
+class CodeCharPool:
+    """Code characters for one intake request, drawn from `random_bytes`
+    (the CSPRNG) a few KiB at a time and mapped onto CODE_ALPHABET as read:
+    a read per message was a system call each, and mapping each message's
+    few bytes on their own cost more than the codes' other work. Each
+    character is handed out once, and the pool lives no longer than its
+    request."""
+
+    __slots__ = ("_at", "_chars", "_read")
+    READ_CHARS = 4096
+
+    def __init__(self, random_bytes: RandomBytes) -> None:
+        self._read = random_bytes
+        self._chars = ""
+        self._at = 0
+
+    def draw(self, count: int) -> str:
+        at = self._at
+        if at + count > len(self._chars):
+            # What is left of the last read is dropped, never reused.
+            self._chars = _even_chars(max(count, self.READ_CHARS), self._read)
+            at = 0
+        self._at = at + count
+        return self._chars[at : at + count]
+
+
+# A CSPRNG to read, or a pool of characters already drawn from one.
+RandomSource = RandomBytes | CodeCharPool
+
+
+def _draw_chars(count: int, random: RandomSource) -> str:
+    if isinstance(random, CodeCharPool):
+        return random.draw(count)
+    return _even_chars(count, random)
+
+
+def mint_codes(count: int, length: int, random: RandomSource = secrets.token_bytes) -> list[str]:
     """`count` fresh codes of `length` characters from CODE_ALPHABET, drawn
-    from `random_bytes` (the CSPRNG; tests may pass their own) in one call
-    for all of them."""
-    text = _draw_chars(count * length, random_bytes)
+    from `random` (the CSPRNG or a pool of it; tests may pass their own) in
+    one call for all of them."""
+    text = _draw_chars(count * length, random)
     return [text[i * length : (i + 1) * length] for i in range(count)]
 
 
-def mint_code(length: int, random_bytes: RandomBytes = secrets.token_bytes) -> str:
-    return mint_codes(1, length, random_bytes)[0]
+def mint_code(length: int, random: RandomSource = secrets.token_bytes) -> str:
+    return mint_codes(1, length, random)[0]
 
 
 def mint_link_set(
-    count: int, length: int, random_bytes: RandomBytes = secrets.token_bytes
+    count: int, length: int, random: RandomSource = secrets.token_bytes
 ) -> tuple[str, str]:
     """A key of `length` - 1 characters and `count` distinct characters, one
     per link: link n's code is key + suffixes[n - 1]. Each suffix is uniform
     over the characters its earlier siblings left."""
     if not 0 < count <= MAX_LINKS_PER_MESSAGE:
         raise ValueError(f"1 to {MAX_LINKS_PER_MESSAGE} links, not {count}")
-    drawn = _draw_chars(length - 1 + count + 2, random_bytes)
+    drawn = _draw_chars(length - 1 + count + 2, random)
     key, rest = drawn[: length - 1], drawn[length - 1 :]
     if len(set(rest[:count])) == count:
         # Most messages (5 links: 85%): what the loop below would pick.
@@ -325,7 +364,7 @@ def mint_link_set(
                 suffixes += char
                 if len(suffixes) == count:
                     return key, suffixes
-        rest = _draw_chars(count - len(suffixes) + 2, random_bytes)
+        rest = _draw_chars(count - len(suffixes) + 2, random)
 
 
 # The shortest domain ("x.jp/") leaves 18 characters for a code.
@@ -395,15 +434,15 @@ def mint_links(
     style: LinkStyle,
     start: datetime,
     optout_valid_days: float,
-    random_bytes: RandomBytes = secrets.token_bytes,
+    random: RandomSource = secrets.token_bytes,
 ) -> tuple[MintedLinks, tuple[str, ...], str | None]:
     """Codes for one recipient: (codes to store, link codes in link order,
     opt-out code or None)."""
     key: str | None = None
     suffixes = ""
     if targets:
-        key, suffixes = mint_link_set(len(targets), style.code_chars, random_bytes)
-    optout_code = mint_code(style.code_chars, random_bytes) if with_optout else None
+        key, suffixes = mint_link_set(len(targets), style.code_chars, random)
+    optout_code = mint_code(style.code_chars, random) if with_optout else None
     expires = optout_expires_at(start, optout_valid_days) if with_optout else None
     minted = MintedLinks(key, suffixes, tuple(targets), optout_code, expires)
     return minted, minted.link_codes, optout_code
