@@ -77,6 +77,10 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def venv(wheel: Path) -> Path:
     venv = wheel.parent.parent / "venv"
+    # Without the caller's PYTHONPATH (scripts/test-lowest.sh puts src on
+    # it): pip would find the source tree's carrierd there, call the wheel
+    # installed already and install nothing.
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     # The dependencies are the test environment's (the wheel installs with
     # --no-deps): a path line in a .pth file adds that directory alone, so an
@@ -91,6 +95,7 @@ def venv(wheel: Path) -> Path:
             check=True,
             capture_output=True,
             text=True,
+            env=clean,
         ).stdout.strip()
     )
     (purelib / "_carrierd_test_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
@@ -109,6 +114,7 @@ def venv(wheel: Path) -> Path:
         check=True,
         capture_output=True,
         timeout=300,
+        env=clean,
     )
     return venv
 
