@@ -1,9 +1,10 @@
 """The links minted at intake are stored as minted (DOMAIN §12): each code
 with its message, its number in the body, its target URL and, for the
 opt-out URL, its expiry; messages with other links, fewer links or only an
-opt-out URL in one batch do not borrow each other's. The links stored one
-row per code before migration 0190 keep working, clicks and all, and no
-new code can equal one of them."""
+opt-out URL in one batch do not borrow each other's, and messages with the
+same targets share them right. The links stored one row per code before
+migration 0190 keep working, clicks and all, and no new code can equal one
+of them."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ async def test_each_code_is_stored_with_its_number_target_and_expiry(db: Databas
         "{{link:https://c.jp/1}}{{link:https://c.jp/2}}{{link:https://c.jp/3}}"
         "{{link:https://c.jp/4}}{{link:https://c.jp/5}}",
         "no marks",
+        # Another body with the second's target: the batch sends that set once.
+        "また {{link:https://b.jp/only}}",
     ]
     batch = validate_batch(
         {"messages": [{"to": f"0901234500{n}", "sms": {"text": b}} for n, b in enumerate(bodies)]},
@@ -49,11 +52,12 @@ async def test_each_code_is_stored_with_its_number_target_and_expiry(db: Databas
         for link in row.get(LINKS_KEY) or ()
     }
     assert {tuple(r.values()) for r in stored} == expected
-    assert len(expected) == 3 + 1 + 1 + 1 + 5
+    assert len(expected) == 3 + 1 + 1 + 1 + 5 + 1
     by_number = {(r["message_id"], r["link_no"]): r["target_url"] for r in stored}
     assert by_number[(ids[0], 2)] == "https://a.jp/2?x=1&y=2"
     assert by_number[(ids[0], 0)] is None
     assert by_number[(ids[3], 5)] == "https://c.jp/5"
+    assert by_number[(ids[5], 1)] == by_number[(ids[1], 1)] == "https://b.jp/only"
     [optout_expiry] = {r["expires_at"] for r in stored if r["message_id"] == ids[2]}
     assert optout_expiry == NOW + timedelta(days=60)
 

@@ -492,14 +492,19 @@ async def _insert_links(
     ]
     if not owned:
         return
-    # One string per field for the whole batch (store/links.sql says why).
+    # One string per field for the whole batch (store/links.sql says why),
+    # each distinct set of target URLs once.
+    target_sets: dict[tuple[str, ...], str] = {}
+    for _, _, links in owned:
+        if links.targets and links.targets not in target_sets:
+            target_sets[links.targets] = str(len(target_sets) + 1)
     try:
         status = await conn.execute(
             QUERIES["insert_message_links"],
             " ".join([str(message_id) for message_id, _, _ in owned]),
             " ".join([links.link_key or "-" for _, _, links in owned]),
             " ".join([links.link_suffixes or "-" for _, _, links in owned]),
-            "\n".join([" ".join(links.targets) or "-" for _, _, links in owned]),
+            " ".join([target_sets[links.targets] if links.targets else "-" for *_, links in owned]),
             " ".join([links.optout_code or "-" for _, _, links in owned]),
             " ".join(
                 [
@@ -510,6 +515,7 @@ async def _insert_links(
             " ".join([msisdn for _, msisdn, _ in owned]),
             account_id,
             now,
+            "\n".join([" ".join(targets) for targets in target_sets]),
         )
     except asyncpg.UniqueViolationError as exc:
         raise LinkCodeTaken(str(exc)) from exc

@@ -6,27 +6,34 @@
 -- Each parameter is one string for the whole batch, a field per message in
 -- message order, "-" standing for none: driver arrays cost a type check per
 -- element, more than the statement itself. Per message: $1 its number, $2
--- its short links' key and $3 their suffixes (link n's at n), $4 their
--- target URLs joined by single spaces in link order (messages separated by
--- newlines; no target URL holds either, domain/links.py), $5 its opt-out
--- URL's code and $6 its expiry, $7 its msisdn. Space-separated fields hold
--- no spaces: codes are letters and digits, msisdns canonical, times ISO.
+-- its short links' key and $3 their suffixes (link n's at n), $4 the
+-- number of its target URLs' set in $10, $5 its opt-out URL's code and $6
+-- its expiry, $7 its msisdn. $10 holds each distinct set of target URLs
+-- once, numbered from 1: the URLs joined by single spaces in link order,
+-- the sets separated by newlines (no target URL holds either,
+-- domain/links.py); a campaign's thousand recipients share one.
+-- Space-separated fields hold no spaces: codes are letters and digits,
+-- msisdns canonical, times ISO.
 -- A key already taken fails the statement, and so does a code equal to a
 -- whole-code key (nothing is inserted): store/db.py turns either into
 -- LinkCodeTaken and intake mints again.
-WITH message AS (
+WITH target_set AS (
+    SELECT n::int AS set_no, string_to_array(urls, ' ') AS target_urls
+    FROM unnest(string_to_array($10, E'\n')) WITH ORDINALITY AS s(urls, n)
+),
+message AS (
     SELECT * FROM unnest(string_to_array($1, ' ')::bigint[], string_to_array($2, ' ', '-'),
-                         string_to_array($3, ' ', '-'), string_to_array($4, E'\n', '-'),
+                         string_to_array($3, ' ', '-'), string_to_array($4, ' ', '-')::int[],
                          string_to_array($5, ' ', '-'),
                          string_to_array($6, ' ', '-')::timestamptz[], string_to_array($7, ' '))
-           AS m(message_id, link_key, link_suffixes, target_urls, optout_code,
+           AS m(message_id, link_key, link_suffixes, set_no, optout_code,
                 optout_expires_at, msisdn)
 ),
 minted AS (
     SELECT link_key AS key, link_suffixes AS suffixes, message_id, 'link' AS kind,
-           1 AS first_link_no, string_to_array(target_urls, ' ') AS target_urls, msisdn,
-           NULL::timestamptz AS expires_at
-    FROM message WHERE link_key IS NOT NULL
+           1 AS first_link_no, t.target_urls, msisdn, NULL::timestamptz AS expires_at
+    FROM message JOIN target_set t USING (set_no)
+    WHERE link_key IS NOT NULL
     UNION ALL
     SELECT left(optout_code, -1), right(optout_code, 1), message_id, 'optout', 0, NULL, msisdn,
            optout_expires_at
