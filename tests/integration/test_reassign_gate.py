@@ -15,6 +15,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 from aiohttp import web
 
@@ -380,6 +381,52 @@ async def test_lookups_are_batched_and_never_hold_other_messages(dsn: str, db: D
         r.sim.release(1)
         await r.run()
         assert sorted(submitted_to(engine)) == sorted([*numbers, "+819033330000"])
+
+
+async def test_lookups_go_on_while_verdicts_wait_and_those_waiting_are_recorded_together(
+    dsn: str, db: Database
+) -> None:
+    async with rig(dsn, db, reassign={"batch_size": 1, "concurrency": 2}) as r:
+        engine = r.engine
+        recorded: list[int] = []
+        send_judged = engine.dispatcher.send_judged
+
+        async def counting(record: Any, judged: Any, now: datetime) -> None:
+            recorded.append(len(judged))
+            await send_judged(record, judged, now)
+
+        engine.dispatcher.send_judged = counting  # type: ignore[method-assign]
+        r.sim.hold_answers = True
+        numbers = [f"+8190444{n:05d}" for n in range(6)]
+        ids = [await checked(engine, number) for number in numbers]
+        await engine.cycle()
+        await asyncio.wait_for(r.sim.wait_held(2), WAIT_S)
+        # The verdicts cannot be recorded while another transaction holds
+        # the rows; the next lookups are asked all the same, up to two
+        # rounds of batches (RECORDING_ROUNDS) waiting to be recorded.
+        blocker = await asyncpg.connect(dsn)
+        try:
+            locking = blocker.transaction()
+            await locking.start()
+            await blocker.execute("SELECT 1 FROM messages WHERE id = ANY($1) FOR UPDATE", ids)
+            r.sim.hold_answers = False
+            r.sim.release(0)
+            r.sim.release(1)
+            for _ in range(int(WAIT_S / 0.01)):
+                if r.sim.counters.requests == 4:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)
+            assert r.sim.counters.requests == 4
+            assert [(await message(db, i))["reassign_verdict"] for i in ids] == [None] * 6
+            await locking.rollback()
+        finally:
+            await blocker.close()
+        await r.run()
+        assert sorted(submitted_to(engine)) == sorted(numbers)
+        # Six lookups, their verdicts in fewer transactions: those that
+        # waited went together.
+        assert sum(recorded) == 6 and len(recorded) <= 4, recorded
 
 
 async def test_a_daemon_killed_mid_lookup_leaves_the_message_to_be_looked_up_again(

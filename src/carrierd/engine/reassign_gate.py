@@ -11,10 +11,11 @@ yet goes nowhere near a carrier:
 
 The gate batches what it holds into lookups of `[reassign] batch_size`,
 `concurrency` of them in flight, and never holds the dispatcher: other
-messages are claimed and sent while a lookup waits. Each batch's outcome is
-one transaction (domain/reassign.py `after_lookup` decides the moves, the
-lifecycle writer applies them, keeps the verdict on the row and bills
-§11's units):
+messages are claimed and sent while a lookup waits. The verdicts are
+recorded by one task, the batches looked up while it recorded the last ones
+together in one transaction (domain/reassign.py `after_lookup` decides the
+moves, the lifecycle writer applies them, keeps the verdict on the row and
+bills §11's units):
 
     no_history           → in the same transaction on to its leg (the
                            dispatcher's `send_judged`: SMS plan and
@@ -26,6 +27,12 @@ lifecycle writer applies them, keeps the verdict on the row and bills
                            gives it back.
     history              → skipped (reassigned_number)
     error after retries  → skipped (reassignment_lookup_failed)
+
+Lookups go on while verdicts are recorded, up to RECORDING_ROUNDS rounds
+of batches ahead of the recording: a worker that waited for its own batch's
+transaction left the service idle, and at a 20 ms lookup the transactions,
+not the lookups, set the pace. The bound keeps the service from being asked
+about messages whose verdicts cannot be kept (the database away).
 
 The history event of each names the base date (and the date checked from
 when clamped to two years) and the data month.
@@ -43,6 +50,7 @@ import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -81,6 +89,15 @@ GATE_ERROR_RETRY_S = 5.0
 # handing what passed to its leg; at 8 a burst filled the gate and the
 # claims postponed a fifth of the checked messages (a move and an event each).
 HELD_ROUNDS = 16
+# The verdicts of lookups that ended while others were being recorded are
+# recorded together, up to this many messages in one transaction: each
+# transaction has its fixed cost (the lock, the legs' statements, commit),
+# which batches of a hundred paid again and again.
+RECORD_GROUP_MAX = 1000
+# Lookups go on while verdicts are recorded, up to this many rounds of full
+# batches looked up and not yet recorded: while the database is away, the
+# service is not asked about messages whose verdicts could not be kept.
+RECORDING_ROUNDS = 2
 
 
 # The gate's transaction work: records the verdicts that end messages and
@@ -88,6 +105,16 @@ HELD_ROUNDS = 16
 # verdict moves, not yet applied: `VerdictsToCarry` puts each on its
 # message's first leg move.
 RecordVerdicts = Callable[[Transaction], Awaitable[list[tuple[ClaimedMessage, Move]]]]
+
+
+@dataclass
+class _Judged:
+    """A batch looked up, its verdicts waiting to be recorded."""
+
+    batch: list[ClaimedMessage]
+    moves: list[Move]
+    outcomes: dict[int, LookupOutcome]
+    judged_at: datetime
 
 
 class VerdictsToCarry:
@@ -153,7 +180,14 @@ class ReassignGate:
         self._waiting: asyncio.Queue[ClaimedMessage] = asyncio.Queue()
         self._onward: Onward | None = None
         self._in_flight = 0
+        # Looked up, verdicts not yet recorded.
+        self._recording = 0
+        # Set when the recorder has room for another batch's verdicts.
+        self._record_room = asyncio.Event()
+        self._record_room.set()
         self._workers: list[asyncio.Task[None]] = []
+        self._judged: asyncio.Queue[_Judged] = asyncio.Queue()
+        self._recorder: asyncio.Task[None] | None = None
         # Set while the gate holds nothing.
         self._idle = asyncio.Event()
         self._idle.set()
@@ -164,7 +198,7 @@ class ReassignGate:
         """How many more messages the gate takes now."""
         reassign = self._config().reassign
         held_max = reassign.batch_size * reassign.concurrency * HELD_ROUNDS
-        return max(0, held_max - self._waiting.qsize() - self._in_flight)
+        return max(0, held_max - self.held)
 
     def take(self, messages: Sequence[ClaimedMessage], onward: Onward | None = None) -> None:
         """Messages the claim moved to dispatching for the gate (committed);
@@ -180,7 +214,7 @@ class ReassignGate:
 
     @property
     def held(self) -> int:
-        return self._waiting.qsize() + self._in_flight
+        return self._waiting.qsize() + self._in_flight + self._recording
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -192,6 +226,7 @@ class ReassignGate:
         self._workers = [
             asyncio.ensure_future(self._work()) for _ in range(self._config().reassign.concurrency)
         ]
+        self._recorder = asyncio.ensure_future(self._record_judged())
 
     async def stop(self, drain_timeout_s: float) -> None:
         """Call before `Dispatcher.stop`: lookups under way finish and record
@@ -202,14 +237,16 @@ class ReassignGate:
             waiting.append(self._waiting.get_nowait())
         if waiting:
             log.info("reassign_gate_stopping", left_waiting=len(waiting))
-        if not self._in_flight:
+        if not self.held:
             self._idle.set()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), drain_timeout_s)
-        for task in self._workers:
+        tasks = [*self._workers, *([self._recorder] if self._recorder is not None else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._workers = []
+        self._recorder = None
 
     async def wait_idle(self) -> None:
         """Tests: until everything taken has its verdict recorded."""
@@ -218,15 +255,20 @@ class ReassignGate:
     # -- the work ------------------------------------------------------------------
 
     async def _work(self) -> None:
+        """Looks batches up one after the other: the verdicts of one are
+        recorded (`_record_judged`) while the next is looked up."""
         while True:
-            first = await self._waiting.get()
-            batch = [first]
-            batch_size = self._config().reassign.batch_size
-            while len(batch) < batch_size and not self._waiting.empty():
-                batch.append(self._waiting.get_nowait())
-            self._in_flight += len(batch)
+            batch = [await self._waiting.get()]
+            self._in_flight += 1
             try:
-                await self._judge(batch)
+                await self._room_to_look_up()
+                batch_size = self._config().reassign.batch_size
+                while len(batch) < batch_size and not self._waiting.empty():
+                    batch.append(self._waiting.get_nowait())
+                self._in_flight += len(batch) - 1
+                judged = await self._judge(batch)
+                self._recording += len(batch)
+                self._judged.put_nowait(judged)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -234,10 +276,23 @@ class ReassignGate:
                 await self._give_back(batch)
             finally:
                 self._in_flight -= len(batch)
+                self._record_room.set()
                 if not self.held:
                     self._idle.set()
 
-    async def _judge(self, batch: list[ClaimedMessage]) -> None:
+    async def _room_to_look_up(self) -> None:
+        """Until fewer than RECORDING_ROUNDS rounds of batches are looked up
+        or being looked up, their verdicts not yet recorded (the caller's
+        own first message aside)."""
+        while True:
+            reassign = self._config().reassign
+            room = reassign.batch_size * reassign.concurrency * RECORDING_ROUNDS
+            if self._recording + self._in_flight - 1 < room:
+                return
+            self._record_room.clear()
+            await self._record_room.wait()
+
+    async def _judge(self, batch: list[ClaimedMessage]) -> _Judged:
         now = self._clock.now()
         lookups: list[Lookup] = []
         for message in batch:
@@ -257,10 +312,42 @@ class ReassignGate:
             if message.reassign_base_date is not None
         ]
         by_id = {message.id: outcome for message, outcome in zip(batch, outcomes, strict=True)}
+        return _Judged(batch, moves, by_id, judged_at)
+
+    async def _record_judged(self) -> None:
+        """Records the looked-up batches' verdicts: those that were looked
+        up while the last were recorded go together (RECORD_GROUP_MAX), so
+        that a transaction's fixed cost is paid once for them, and lookups
+        go on meanwhile."""
+        while True:
+            group = [await self._judged.get()]
+            size = len(group[0].batch)
+            while not self._judged.empty() and size < RECORD_GROUP_MAX:
+                group.append(self._judged.get_nowait())
+                size += len(group[-1].batch)
+            try:
+                await self._record_group(group)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reassign_gate_failed", messages=size)
+                for judged in group:
+                    await self._give_back(judged.batch)
+            finally:
+                self._recording -= size
+                self._record_room.set()
+                if not self.held:
+                    self._idle.set()
+
+    async def _record_group(self, group: list[_Judged]) -> None:
+        batch = [m for j in group for m in j.batch]
+        moves = [m for j in group for m in j.moves]
+        outcomes = {i: o for j in group for i, o in j.outcomes.items()}
+        now = max(j.judged_at for j in group)
         # The service has answered (and may bill us): its verdicts are held
         # while the database is away rather than dropped.
         await until_database_answers(
-            "reassign_record", lambda: self._record(batch, moves, by_id, judged_at)
+            "reassign_record", lambda: self._record(batch, moves, outcomes, now)
         )
 
     async def _record(
