@@ -232,11 +232,11 @@ async def run(
         # threshold) would otherwise land in whichever run came next, a
         # third more PostgreSQL CPU in that run alone.
         await conn.execute("VACUUM (ANALYZE) messages, parts, message_events")
+        # The fill's WAL checkpointed now, not in the middle of the run
+        # (bench/harness.py does the same for the run before).
+        await conn.execute("CHECKPOINT")
         after_id = await conn.fetchval("SELECT coalesce(max(id), 0) FROM messages")
         print(f"e2e: the database holds {history:,} delivered messages of 90 days, analyzed")
-    # The WAL of the run before (or of the fill) checkpointed now, not in
-    # the middle of this run: each run of a pair starts the same.
-    await conn.execute("CHECKPOINT")
     async with aiohttp.ClientSession() as http:
         sem = asyncio.Semaphore(4)
 
