@@ -696,6 +696,14 @@ SCENARIOS: tuple[Scenario, ...] = (
         restart_postgres("immediate", 10.0),
         checked=True,
     ),
+    # Verdicts answered while the database is away wait to be recorded;
+    # the lookups stop two rounds ahead, and leases run out meanwhile.
+    Scenario(
+        "checked-pg-stop-30s",
+        "checked, PostgreSQL stopped 30 s",
+        stop_postgres(30.0, 10.0),
+        checked=True,
+    ),
     Scenario("smsc-kill-20s", "SMSC killed, back after 20 s", kill_smsc(20.0, 10.0)),
     Scenario(
         "responses-late",
