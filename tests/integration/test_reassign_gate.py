@@ -563,3 +563,19 @@ async def test_the_client_reads_a_whole_answer_that_comes_in_pieces(dsn: str, db
             outcomes = await client.lookup([Lookup(n, date(2025, 1, 1)) for n in numbers])
         assert len(outcomes) == 1000
         assert all(isinstance(o, Judged) for o in outcomes), outcomes[:1]
+
+
+async def test_the_simulator_keeps_only_the_last_numbers_asked(
+    dsn: str, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Left running beside `make run`, it must not grow with every lookup.
+    monkeypatch.setattr("carrierd.sim.reassign.ASKED_KEPT", 3)
+    async with rig(dsn, db) as r:
+        client = ReassignClient(r.session, lambda: r.engine.config.reassign)
+        first = [f"+8190777{n:05d}" for n in range(2)]
+        then = [f"+8190778{n:05d}" for n in range(3)]
+        for numbers in (first, then, first):
+            outcomes = await client.lookup([Lookup(n, date(2025, 1, 1)) for n in numbers])
+            assert all(isinstance(o, Judged) for o in outcomes)
+        assert (r.sim.counters.requests, r.sim.counters.lookups) == (3, 7)
+        assert r.sim.counters.asked == [then[2], *first]

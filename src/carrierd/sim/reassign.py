@@ -80,8 +80,13 @@ class ReassignSimCounters:
     lookups: int = 0
     errors_injected: int = 0
     malformed_injected: int = 0
-    # Every number asked for, in order (tests: was it looked up, how often).
+    # The numbers asked for, in order (tests: was it looked up, how often):
+    # the last ASKED_KEPT of them, so that a simulator left running beside
+    # `make run` does not grow with every lookup.
     asked: list[str] = field(default_factory=list)
+
+
+ASKED_KEPT = 10_000
 
 
 def load_histories(path: Path) -> tuple[str, dict[str, frozenset[int]]]:
@@ -193,7 +198,10 @@ class ReassignSim:
             return _error(400, "invalid_request", lookups)
         self.counters.requests += 1
         self.counters.lookups += len(lookups)
-        self.counters.asked += [number for number, _ in lookups]
+        asked = self.counters.asked
+        asked += [number for number, _ in lookups]
+        if len(asked) > ASKED_KEPT:
+            del asked[: len(asked) - ASKED_KEPT]
         # Judged on the data as it is when asked.
         results = [self.verdict_of(number, base_date) for number, base_date in lookups]
         delay_ms = config.latency_ms + self._random.uniform(0.0, config.jitter_ms)
