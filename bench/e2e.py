@@ -30,8 +30,8 @@ the tables are still small and keeps that plan until the next ANALYZE,
 which autovacuum runs a minute or so later: a 20-second run on an empty
 database is all first minute, and its statements plan sequential scans of
 tables that grow under them. `--history N` first fills the database with N
-delivered messages of the past 90 days (one part and three events each)
-and analyzes it, as a database in use holds its delivery log (§15).
+delivered messages of the past 90 days (one part and three events each),
+vacuums and analyzes it, as a database in use holds its delivery log (§15).
 """
 
 from __future__ import annotations

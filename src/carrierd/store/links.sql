@@ -32,7 +32,9 @@ message AS (
 minted AS (
     SELECT link_key AS key, link_suffixes AS suffixes, message_id, 'link' AS kind,
            1 AS first_link_no, t.target_urls, msisdn, NULL::timestamptz AS expires_at
-    FROM message JOIN target_set t USING (set_no)
+    -- LEFT: links naming no set fail the table's check, loudly, rather
+    -- than go missing and be taken for a code already in use.
+    FROM message LEFT JOIN target_set t USING (set_no)
     WHERE link_key IS NOT NULL
     UNION ALL
     SELECT left(optout_code, -1), right(optout_code, 1), message_id, 'optout', 0, NULL, msisdn,
