@@ -5,6 +5,7 @@ outcome, and intake's checks of the field."""
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -217,6 +218,63 @@ def test_a_passing_verdict_rides_on_the_leg_move_from_dispatching() -> None:
     # A wait of the leg (the au gate) goes back to queued with the verdict kept.
     held = Move(7, State.QUEUED, State.QUEUED, Event.AU_GATE_HOLD, wait="au gate")
     assert carried(held, verdict).src is State.DISPATCHING
+
+
+# What `carried` takes from the verdict; every other field is the leg move's.
+_FROM_VERDICT = {
+    "src": "src",
+    "reassign_units": "reassign_units",
+    "reassign_verdict": "reassign_verdict",
+    "reassign_data_month": "reassign_data_month",
+    "billed_at": "billed_at",
+    "first_event": "event",
+    "first_detail": "detail",
+}
+
+
+@pytest.mark.parametrize("dst", [State.SENDING, State.QUEUED])
+def test_carrying_keeps_every_field_of_the_leg_move_but_the_verdicts(dst: State) -> None:
+    verdict = after_lookup(
+        7, Judged(Verdict.NO_HISTORY, "2026-11"), date(2025, 1, 1), date(2025, 1, 1), NOW
+    )
+    # A distinct value in every field a leg move may set, so that a field
+    # dropped, or one shifted onto its neighbour, shows.
+    at = [NOW + timedelta(seconds=n) for n in range(1, 8)]
+    leg = Move(
+        7,
+        State.QUEUED,
+        dst,
+        Event.SENDING if dst is State.SENDING else Event.AU_GATE_HOLD,
+        reason=reasons.VALIDITY_EXPIRED,
+        detail={"attempt": 2},
+        not_before=at[0],
+        receipt_deadline=at[1],
+        fallback_at=at[2],
+        expires_at=at[3],
+        submitted_at=at[4],
+        leg="sms",
+        carrier="kddi",
+        route="direct",
+        attempt=2,
+        resends_done=1,
+        wrong_carrier=True,
+        **(
+            {"lease_owner": "d1/abc", "lease_until": at[5]}
+            if dst is State.SENDING
+            else {"wait": "au gate"}
+        ),
+    )
+    move = carried(leg, verdict)
+    names = [f.name for f in fields(Move)]
+    assert set(_FROM_VERDICT) <= set(names)
+    for name in names:
+        source, source_name = (
+            (verdict, _FROM_VERDICT[name]) if name in _FROM_VERDICT else (leg, name)
+        )
+        want = getattr(source, source_name)
+        assert getattr(move, name) == want, name
+    # A field Move gains must be thought about here and in `carried`.
+    assert len(names) == 29
 
 
 def test_only_a_passing_verdict_rides_and_only_on_its_own_message() -> None:

@@ -189,6 +189,8 @@ def _results(raw: bytes, lookups: Sequence[Lookup]) -> list[Judged]:
     if len(results) != len(lookups):
         raise bad(f"{len(results)} results for {len(lookups)} lookups")
     judged: list[Judged] = []
+    # An answer's results share their data month: each is checked once.
+    months_read: set[str] = set()
     for index, (result, asked) in enumerate(zip(results, lookups, strict=True)):
         if not isinstance(result, dict):
             raise bad(f"results[{index}]: not an object")
@@ -199,11 +201,14 @@ def _results(raw: bytes, lookups: Sequence[Lookup]) -> list[Judged]:
         except ValueError:
             raise bad(f"results[{index}].verdict: {str(result.get('verdict'))[:40]!r}") from None
         data_month = result.get("data_month")
-        try:
-            parse_month(data_month if isinstance(data_month, str) else "")
-        except ValueError:
-            raise bad(f"results[{index}].data_month: {str(data_month)[:40]!r}") from None
-        assert isinstance(data_month, str)
+        if not isinstance(data_month, str):
+            raise bad(f"results[{index}].data_month: {str(data_month)[:40]!r}")
+        if data_month not in months_read:
+            try:
+                parse_month(data_month)
+            except ValueError:
+                raise bad(f"results[{index}].data_month: {data_month[:40]!r}") from None
+            months_read.add(data_month)
         judged.append(Judged(verdict, data_month))
     return judged
 

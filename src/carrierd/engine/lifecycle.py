@@ -340,6 +340,18 @@ def _move_arrays(moves: Sequence[Move]) -> list[list[Any] | None]:
     """The 28 column arrays of apply_moves, in one pass over the moves. A
     column no move sets is sent as NULL (unnest pads it with NULLs): most
     moves set a few of the 28, and every element is encoded one by one."""
+    encoded: dict[int, str] = {}
+
+    def detail_json(detail: Any) -> str | None:
+        # A detail shared by many moves (the gate's claims share one) is
+        # encoded once; keyed by identity, as a dict is not hashable.
+        if detail is None:
+            return None
+        text = encoded.get(id(detail))
+        if text is None:
+            text = encoded[id(detail)] = _ENCODER.encode(detail)
+        return text
+
     rows = [
         (
             m.message_id,
@@ -363,14 +375,14 @@ def _move_arrays(moves: Sequence[Move]) -> list[list[Any] | None]:
             m.sms_units or None,
             m.rcs_units or None,
             m.event,
-            None if m.detail is None else _ENCODER.encode(m.detail),
+            detail_json(m.detail),
             m.wait,
             m.retries_wait or None,
             m.route,
             m.reassign_verdict,
             m.reassign_data_month,
             m.first_event,
-            None if m.first_detail is None else _ENCODER.encode(m.first_detail),
+            detail_json(m.first_detail),
         )
         for m in moves
     ]

@@ -51,7 +51,7 @@ import contextlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Protocol
 
 import structlog
@@ -66,7 +66,7 @@ from carrierd.domain.reassign import (
     LookupOutcome,
     after_lookup,
     carried,
-    checked_base_date,
+    checked_base_dates,
 )
 from carrierd.domain.states import State
 from carrierd.engine.lifecycle import Lifecycle
@@ -98,6 +98,9 @@ RECORD_GROUP_MAX = 1000
 # batches looked up and not yet recorded: while the database is away, the
 # service is not asked about messages whose verdicts could not be kept.
 RECORDING_ROUNDS = 2
+# The claim's history detail, one object for every claim: the writer
+# encodes a detail shared by many moves once (never changed).
+_CLAIMED_FOR_CHECK = {"for": "reassigned_check"}
 
 
 # The gate's transaction work: records the verdicts that end messages and
@@ -294,12 +297,14 @@ class ReassignGate:
 
     async def _judge(self, batch: list[ClaimedMessage]) -> _Judged:
         now = self._clock.now()
-        lookups: list[Lookup] = []
+        msisdns: list[str] = []
+        base_dates: list[date] = []
         for message in batch:
             assert message.reassign_base_date is not None and message.msisdn is not None
-            checked_from = checked_base_date(message.reassign_base_date, now)
-            assert checked_from is not None
-            lookups.append(Lookup(message.msisdn, checked_from))
+            msisdns.append(message.msisdn)
+            base_dates.append(message.reassign_base_date)
+        checked_from = checked_base_dates(base_dates, now)
+        lookups = [Lookup(m, d) for m, d in zip(msisdns, checked_from, strict=True)]
         outcomes = await self._lookups.lookup(lookups)
         if len(outcomes) != len(batch):
             raise RuntimeError(f"{len(outcomes)} outcomes for {len(batch)} lookups")
@@ -468,7 +473,7 @@ def claim_for_check(
                     Event.CLAIMED,
                     lease_owner=lease_owner,
                     lease_until=lease_until,
-                    detail={"for": "reassigned_check"},
+                    detail=_CLAIMED_FOR_CHECK,
                 )
             )
         else:

@@ -144,12 +144,14 @@ class ReassignSim:
             return parse_month(self.config.data_month)
         return month_of(jst_today(self._now()))
 
-    def invalid_months(self, msisdn: str) -> frozenset[int]:
-        """The months `msisdn` was out of service: loaded, else generated."""
+    def invalid_months(self, msisdn: str, newest: int | None = None) -> frozenset[int]:
+        """The months `msisdn` was out of service, up to the data's newest
+        month (`data_month()` unless given): loaded, else generated."""
         loaded = self.config.histories.get(msisdn)
         if loaded is not None:
             return loaded
-        newest = self.data_month()
+        if newest is None:
+            newest = self.data_month()
         draw = _unit(f"{self.config.seed}:history", msisdn)
         if draw < self.config.reassigned_share:
             length = INVALID_RUN_MONTHS + int(_unit(f"{self.config.seed}:length", msisdn) * 3)
@@ -161,14 +163,23 @@ class ReassignSim:
         return frozenset(range(end - length + 1, end + 1))
 
     def verdict_of(self, msisdn: str, base_date: date) -> dict[str, str]:
+        return self.verdicts([(msisdn, base_date)])[0]
+
+    def verdicts(self, lookups: list[tuple[str, date]]) -> list[dict[str, str]]:
+        """One request's answers, all judged on the data as it is now: the
+        month is read once, not per number (a service's CPU here is the
+        daemon's and PostgreSQL's, not a remote host's)."""
         newest = self.data_month()
-        verdict = judge(self.invalid_months(msisdn), base_date, newest)
-        return {
-            "number": msisdn,
-            "base_date": base_date.isoformat(),
-            "verdict": verdict.value,
-            "data_month": month_text(newest),
-        }
+        newest_text = month_text(newest)
+        return [
+            {
+                "number": msisdn,
+                "base_date": base_date.isoformat(),
+                "verdict": judge(self.invalid_months(msisdn, newest), base_date, newest).value,
+                "data_month": newest_text,
+            }
+            for msisdn, base_date in lookups
+        ]
 
     def release(self, index: int) -> None:
         """Let the `index`th held answer (in arrival order) go."""
@@ -203,7 +214,7 @@ class ReassignSim:
         if len(asked) > ASKED_KEPT:
             del asked[: len(asked) - ASKED_KEPT]
         # Judged on the data as it is when asked.
-        results = [self.verdict_of(number, base_date) for number, base_date in lookups]
+        results = self.verdicts(lookups)
         delay_ms = config.latency_ms + self._random.uniform(0.0, config.jitter_ms)
         if delay_ms > 0:
             await asyncio.sleep(delay_ms / 1000)
