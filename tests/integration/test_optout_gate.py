@@ -2,7 +2,7 @@
 intake, PostgreSQL and the engine on a fake clock: an immediate send obeys
 the list as it is when registered; a scheduled send the list as it is 15
 minutes before send_at (at registration when that is closer); a SQL-feed
-row the list when it is claimed. A skipped message ends `skipped`
+row the same, read when it is claimed. A skipped message ends `skipped`
 (opted_out): final, never submitted, not billed, in the status, the search,
 the export and its callback."""
 
@@ -312,15 +312,48 @@ async def test_the_sql_feed_asks_for_it_and_is_checked_when_claimed(dsn: str, db
                 )
             )[0]["id"],
         ]
-        # Added after the enqueue but before the claim: a fed row reads the
-        # list when claimed.
+        # Added after the enqueue, before the claim: a fed row obeys the
+        # list as it was when it was fed, as an immediate send does.
+        engine.clock.set(datetime.now(UTC) + timedelta(seconds=1))
         await opt_out(http, base, "09012340042")
-        await settle_at(engine, datetime.now(UTC) + timedelta(seconds=1))
+        await settle_at(engine, datetime.now(UTC) + timedelta(seconds=2))
         assert [(await view(http, base, str(i)))["state"] for i in ids] == [
             "skipped",
             "delivered",
-            "skipped",
+            "delivered",
         ]
+        assert submitted_to(engine) == ["+819012340041", "+819012340042"]
+
+
+async def test_a_scheduled_fed_row_obeys_the_list_of_15_minutes_before(
+    dsn: str, db: Database
+) -> None:
+    clock = FakeClock(datetime.now(UTC))
+    config = engine_config(dsn, {"engine": {"pacing": False}})
+    engine = await make_engine(config, db, clock)
+    async with running_api(config, db, clock) as (base, http):
+        ids = {}
+        for number in ("09012340051", "09012340052", "09012340053"):
+            rows = await db.call_raw(
+                f"SELECT carrierd_enqueue('acme', '{number}', 'sms', 'ご案内',"
+                " p_send_at => clock_timestamp() + interval '30 minutes',"
+                " p_skip_opted_out => true) AS id"
+            )
+            ids[number] = rows[0]["id"]
+        fed_at = (await db.call_raw("SELECT max(accepted_at) AS t FROM messages"))[0]["t"]
+        send_at = fed_at + timedelta(minutes=30)
+        # 20 minutes before: on the list it obeys; 10 minutes before: not yet.
+        clock.set(send_at - timedelta(minutes=20))
+        await opt_out(http, base, "09012340051")
+        clock.set(send_at - timedelta(minutes=10))
+        await opt_out(http, base, "09012340052")
+        await settle_at(engine, send_at + timedelta(seconds=1))
+        assert {n: (await view(http, base, str(i)))["state"] for n, i in ids.items()} == {
+            "09012340051": "skipped",
+            "09012340052": "delivered",
+            "09012340053": "delivered",
+        }
+        assert submitted_to(engine) == ["+819012340052", "+819012340053"]
 
 
 async def test_a_skipped_message_never_reaches_the_smsc(dsn: str, db: Database) -> None:

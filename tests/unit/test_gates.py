@@ -16,6 +16,7 @@ from carrierd.domain.gates import (
     OPTOUT_LIST_LEAD,
     GateVerdict,
     optout_gate,
+    optout_list_as_of,
     optout_list_read_at,
 )
 from carrierd.intake import CONTENT_COLUMNS, validate_batch
@@ -43,6 +44,14 @@ def test_a_send_15_minutes_away_or_closer_reads_it_at_registration() -> None:
         -timedelta(minutes=2),
     ):
         assert optout_list_read_at(NOW + ahead, NOW) is None
+
+
+def test_a_fed_row_obeys_the_list_of_its_registration_or_15_minutes_before() -> None:
+    assert optout_list_as_of(None, NOW) == NOW
+    assert optout_list_as_of(NOW + timedelta(minutes=15), NOW) == NOW
+    assert optout_list_as_of(NOW - timedelta(minutes=1), NOW) == NOW
+    send_at = NOW + timedelta(hours=2)
+    assert optout_list_as_of(send_at, NOW) == send_at - timedelta(minutes=15)
 
 
 @given(st.timedeltas(min_value=-timedelta(minutes=5), max_value=timedelta(days=60)))

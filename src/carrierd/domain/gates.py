@@ -9,7 +9,10 @@ The verdict is recorded on the message, and the dispatcher skips on it.
 A scheduled send's read is a timer row (`optout_check_at`), which reads
 the list counting only numbers added by that instant: a number added
 exactly 15 minutes before `send_at` is on the list the send obeys, one
-added later is not, even when the settler runs the check late.
+added later is not, even when the settler runs the check late. A SQL-feed
+row, whose number is known only once a dispatcher validates it, reads the
+list when claimed, counting the numbers added by the same instant
+(`optout_list_as_of`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,14 @@ def optout_list_read_at(send_at: datetime | None, now: datetime) -> datetime | N
         return None
     due = send_at - OPTOUT_LIST_LEAD
     return due if due > now else None
+
+
+def optout_list_as_of(send_at: datetime | None, registered_at: datetime) -> datetime:
+    """The instant whose list a send registered at `registered_at` obeys:
+    its registration, or 15 minutes before `send_at` when that is later.
+    A SQL-feed row is read when claimed, counting only the numbers added by
+    this instant, as if it had been read then."""
+    return optout_list_read_at(send_at, registered_at) or registered_at
 
 
 def wants_optout_check(skip_opted_out: bool | None, account_default: bool) -> bool:

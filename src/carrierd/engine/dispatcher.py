@@ -38,7 +38,7 @@ from carrierd.config import AccountConfig, Config
 from carrierd.domain import reasons
 from carrierd.domain.clock import Clock
 from carrierd.domain.dispatch import claim_route
-from carrierd.domain.gates import GateVerdict, optout_gate
+from carrierd.domain.gates import GateVerdict, optout_gate, optout_list_as_of
 from carrierd.domain.lifecycle import Event, Move
 from carrierd.domain.pacing import Bucket, take_tokens
 from carrierd.domain.rcs_flow import RCS_NOT_CONFIGURED
@@ -483,9 +483,7 @@ class Dispatcher:
                     )
                     continue
                 message = checked
-            opted_out = await self._optout_gate(
-                tx, message, config.accounts[message.account_id], now
-            )
+            opted_out = await self._optout_gate(tx, message, config.accounts[message.account_id])
             if opted_out is not None:
                 moves.append(opted_out)
                 continue
@@ -623,15 +621,17 @@ class Dispatcher:
         return applied
 
     async def _optout_gate(
-        self, tx: Transaction, message: ClaimedMessage, account: AccountConfig, now: datetime
+        self, tx: Transaction, message: ClaimedMessage, account: AccountConfig
     ) -> Move | None:
         """DOMAIN §12, before the legs split (SMS and +Message alike): the
         skip of a message whose recipient is on the list it obeys, else
         None. The verdict was recorded at intake or by its check's timer;
-        SQL-feed rows, validated only now, read the list now."""
+        SQL-feed rows, validated only now, read the list now as it was when
+        they were fed (or 15 minutes before send_at)."""
         verdict = optout_gate(message.skip_opted_out, account.skip_opted_out, message.opted_out)
         if verdict is GateVerdict.CHECK:
-            row = await tx.fetchrow("record_optout_verdicts", [message.id], now)
+            as_of = optout_list_as_of(message.send_at, message.accepted_at)
+            row = await tx.fetchrow("record_optout_verdicts", [message.id], as_of)
             verdict = GateVerdict.SKIP if row is not None and row["opted_out"] else GateVerdict.PASS
         if verdict is GateVerdict.SKIP:
             return Move(message.id, State.QUEUED, State.SKIPPED, Event.SKIPPED, reasons.OPTED_OUT)
