@@ -386,7 +386,7 @@ def _validate_item(
     templates: dict[str, Any] = {}
     sms_body: str | None = item["sms"]["text"] if sms_template is not None else None
     if minting is not None and (targets or _any_optout(sms_template, rcs_template)):
-        minted, link_codes, optout_code = mint_links(
+        minted = mint_links(
             targets,
             _any_optout(sms_template, rcs_template),
             minting.style,
@@ -394,15 +394,13 @@ def _validate_item(
             minting.optout_valid_days,
             minting.random,
         )
+        codes = (minted.link_key, minted.link_suffixes, minted.optout_code, minting.style)
         if sms_template is not None and sms_template.has_marks:
             templates["sms_text"] = sms_body
-            sms_body = render(sms_template, link_codes, optout_code, minting.style)
+            sms_body = render(sms_template, *codes)
         if rcs_template is not None and rcs_template.has_marks:
             templates["rcs_content"] = json.loads(json.dumps(rcs_item, sort_keys=True))
-            rcs_item = {
-                **(rcs_item or {}),
-                "text": render(rcs_template, link_codes, optout_code, minting.style),
-            }
+            rcs_item = {**(rcs_item or {}), "text": render(rcs_template, *codes)}
     if sms_body is not None:
         try:
             body = prepare_sms(

@@ -65,9 +65,25 @@ def test_each_mark_becomes_a_link_25_characters_wide_with_its_spaces() -> None:
     links: list[str] = []
     template = parse_template("詳細は{{link:https://ex.jp/a?b=1}}、停止は{{optout_url}}", links)
     assert links == ["https://ex.jp/a?b=1"]
-    text = render(template, ["A" * STYLE.code_chars], "B" * STYLE.code_chars, STYLE)
-    assert text == f"詳細は s.kmc.jp/{'A' * 14} 、停止は s.kmc.jp/{'B' * 14} "
+    text = render(template, "A" * 13, "C", "B" * STYLE.code_chars, STYLE)
+    assert text == f"詳細は s.kmc.jp/{'A' * 13}C 、停止は s.kmc.jp/{'B' * 14} "
     assert len(text) == len("詳細は、停止は") + 2 * LINK_WIDTH
+
+
+def test_link_n_is_the_key_and_the_nth_suffix_and_short_codes_are_refused() -> None:
+    template = parse_template("{{link:https://a.jp/1}}と{{link:https://a.jp/2}}", [])
+    assert render(template, "K" * 13, "xy", None, STYLE) == (
+        f" s.kmc.jp/{'K' * 13}x と s.kmc.jp/{'K' * 13}y "
+    )
+    with pytest.raises(ValueError, match="links"):
+        render(template, "K" * 13, "x", None, STYLE)
+    with pytest.raises(ValueError, match="links"):
+        render(template, "K" * 12, "xy", None, STYLE)
+    with pytest.raises(ValueError, match="links"):
+        render(template, None, "", None, STYLE)
+    optout = parse_template("停止は{{optout_url}}", [])
+    with pytest.raises(ValueError, match="14 characters"):
+        render(optout, None, "", "B" * 13, STYLE)
 
 
 @given(st.sampled_from(["x.jp", "s.kmc.jp", "go.example.jp"]), st.booleans())
@@ -77,7 +93,8 @@ def test_every_allowed_style_fills_exactly_23_visible_characters(domain: str, sc
         assert style.code_chars < 8
         return
     template = parse_template("{{link:https://a.jp/}}", [])
-    assert len(render(template, [mint_code(style.code_chars)], None, style)) == LINK_WIDTH
+    key, suffixes = mint_link_set(1, style.code_chars)
+    assert len(render(template, key, suffixes, None, style)) == LINK_WIDTH
 
 
 def test_marks_that_cannot_be_sent_are_refused_with_the_reason() -> None:
@@ -126,9 +143,8 @@ def test_a_message_s_links_share_a_key_and_differ_in_a_last_character_of_their_o
 
 def test_minted_links_name_each_code_with_its_number_and_target() -> None:
     style = LinkStyle("s.kmc.jp")
-    minted, link_codes, optout = mint_links(
-        ["https://a.jp/1", "https://a.jp/2"], True, style, NOW, 60.0
-    )
+    minted = mint_links(["https://a.jp/1", "https://a.jp/2"], True, style, NOW, 60.0)
+    link_codes, optout = minted.link_codes, minted.optout_code
     assert minted.link_key is not None and link_codes == tuple(
         minted.link_key + s for s in minted.link_suffixes
     )
@@ -139,8 +155,12 @@ def test_minted_links_name_each_code_with_its_number_and_target() -> None:
     ]
     assert optout is not None and len(optout) == style.code_chars
     assert not optout.startswith(minted.link_key)
-    only_optout, no_links, _ = mint_links([], True, style, NOW, 60.0)
-    assert (only_optout.link_key, only_optout.link_suffixes, no_links) == (None, "", ())
+    only_optout = mint_links([], True, style, NOW, 60.0)
+    assert (only_optout.link_key, only_optout.link_suffixes, only_optout.link_codes) == (
+        None,
+        "",
+        (),
+    )
 
 
 def test_an_optout_url_lives_60_days_from_when_its_message_goes() -> None:
@@ -302,7 +322,7 @@ def test_braces_around_the_marks_go_out_as_written() -> None:
     # as fields of it.
     body = "価格{100}円 {{link:https://ex.jp/}} {0} }{ {{optout_url}} {optout}"
     template = parse_template(body, [])
-    text = render(template, ["A" * STYLE.code_chars], "B" * STYLE.code_chars, STYLE)
+    text = render(template, "A" * 13, "A", "B" * STYLE.code_chars, STYLE)
     link, optout = f" s.kmc.jp/{'A' * 14} ", f" s.kmc.jp/{'B' * 14} "
     assert text == f"価格{{100}}円 {link} {{0}} }}{{ {optout} {{optout}}"
 

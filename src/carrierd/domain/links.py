@@ -233,30 +233,39 @@ def _parse_cached(text: str) -> tuple[Template, tuple[str, ...]]:
 
 def render(
     template: Template,
-    link_codes: Sequence[str],
+    link_key: str | None,
+    link_suffixes: str,
     optout_code: str | None,
     style: LinkStyle,
 ) -> str:
     """The text as sent: each mark replaced by its link, LINK_WIDTH wide.
-    `link_codes[n - 1]` is the code of link n."""
+    Link n's code is `link_key` followed by `link_suffixes[n - 1]`
+    (`mint_link_set`)."""
     form = template.render_forms.get(style.prefix)
     if form is None:
         form = template.render_forms[style.prefix] = _RenderForm.of(template, style.prefix)
-    for number in form.link_numbers:
-        code = link_codes[number - 1]
-        if len(code) != style.code_chars:
-            raise ValueError(f"a code of {style.code_chars} characters is needed, got {code!r}")
+    if form.link_numbers and (
+        link_key is None
+        or len(link_key) + 1 != style.code_chars
+        or len(link_suffixes) < form.link_numbers[-1]
+    ):
+        raise ValueError(
+            f"codes of {style.code_chars} characters for links {form.link_numbers} are needed, "
+            f"got key {link_key!r} and suffixes {link_suffixes!r}"
+        )
     if form.has_optout and (optout_code is None or len(optout_code) != style.code_chars):
         raise ValueError(f"a code of {style.code_chars} characters is needed, got {optout_code!r}")
     # A campaign renders one template for thousands of recipients: the
-    # pieces are joined once into a format string, filled in C per recipient.
-    return form.text.format(*link_codes, optout=optout_code)
+    # pieces are joined once into a format string, filled in C per recipient,
+    # each link as the key and its suffix (no code strings built first).
+    return form.text.format(link_key, link_suffixes, optout_code)
 
 
 @dataclass(frozen=True)
 class _RenderForm:
     """A template as a str.format string for one link prefix: link n is
-    field n - 1, the opt-out URL the field `optout`."""
+    field 0 (the key) followed by field 1's character n - 1 (its suffix),
+    the opt-out URL field 2. `link_numbers` is sorted."""
 
     text: str
     link_numbers: tuple[int, ...]
@@ -272,10 +281,10 @@ class _RenderForm:
             if isinstance(piece, str):
                 out.append(piece.replace("{", "{{").replace("}", "}}"))
             elif isinstance(piece, OptOutMark):
-                out.append(f" {prefix}{{optout}} ")
+                out.append(f" {prefix}{{2}} ")
             else:
                 numbers.append(piece.number)
-                out.append(f" {prefix}{{{piece.number - 1}}} ")
+                out.append(f" {prefix}{{0}}{{1[{piece.number - 1}]}} ")
         return cls("".join(out), tuple(sorted(set(numbers))), template.has_optout)
 
 
@@ -437,17 +446,15 @@ def mint_links(
     start: datetime,
     optout_valid_days: float,
     random: RandomSource = secrets.token_bytes,
-) -> tuple[MintedLinks, tuple[str, ...], str | None]:
-    """Codes for one recipient: (codes to store, link codes in link order,
-    opt-out code or None)."""
+) -> MintedLinks:
+    """Codes for one recipient, to render (`render`) and store."""
     key: str | None = None
     suffixes = ""
     if targets:
         key, suffixes = mint_link_set(len(targets), style.code_chars, random)
     optout_code = mint_code(style.code_chars, random) if with_optout else None
     expires = optout_expires_at(start, optout_valid_days) if with_optout else None
-    minted = MintedLinks(key, suffixes, tuple(targets), optout_code, expires)
-    return minted, minted.link_codes, optout_code
+    return MintedLinks(key, suffixes, tuple(targets), optout_code, expires)
 
 
 def click_view(links: Sequence[Mapping[str, object]]) -> list[dict[str, object]]:
