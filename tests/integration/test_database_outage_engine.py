@@ -107,6 +107,34 @@ async def test_a_connection_asyncpg_lost_track_of_is_discarded(outage_db: Databa
     assert alive[0]["n"] == 0  # the pool dropped it, and works on
 
 
+async def test_a_connection_found_confused_when_given_back_is_a_broken_connection(
+    outage_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same confusion met by the pool's reset as it takes the connection
+    back (an intake request at a restart): the error is ConnectionBroken,
+    which HTTP answers 503, and the pool works on without it."""
+
+    async def reset_confused(self: asyncpg.Connection, **_: object) -> None:
+        raise asyncpg.exceptions.InternalClientError(
+            "cannot switch to state 15; another operation (2) is in progress"
+        )
+
+    with pytest.raises(ConnectionBroken) as raised:
+        async with outage_db._connection() as conn:
+            backend_pid = conn.get_server_pid()
+            monkeypatch.setattr(asyncpg.Connection, "reset", reset_confused)
+    monkeypatch.undo()
+    assert is_transient_db_error(raised.value)
+    for _ in range(100):
+        alive = await outage_db.call_raw(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE pid = $1", backend_pid
+        )
+        if alive[0]["n"] == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert alive[0]["n"] == 0
+
+
 class CommitAnswerLost:
     """A TCP proxy to the cluster's Unix socket that, once armed, forwards a
     client's COMMIT to the server and then cuts the connection before the

@@ -276,14 +276,20 @@ class Database:
         middle of an exchange (a restart under load: "cannot switch to
         state 15; another operation is in progress"). That connection is
         unusable, not the work: it is terminated (the pool opens a new one)
-        and the error becomes ConnectionBroken, which callers retry.
+        and the error becomes ConnectionBroken, which callers retry. The
+        same goes when it is the pool's reset of the connection, as it takes
+        it back, that finds it confused (the pool has terminated it then):
+        an intake request that met a restart there answered 500, not 503.
         """
-        async with self._pool.acquire() as conn:
-            try:
-                yield conn
-            except asyncpg.exceptions.InternalClientError as exc:
-                conn.terminate()
-                raise ConnectionBroken(describe_db_error(exc)) from exc
+        try:
+            async with self._pool.acquire() as conn:
+                try:
+                    yield conn
+                except asyncpg.exceptions.InternalClientError as exc:
+                    conn.terminate()
+                    raise ConnectionBroken(describe_db_error(exc)) from exc
+        except asyncpg.exceptions.InternalClientError as exc:
+            raise ConnectionBroken(describe_db_error(exc)) from exc
 
     @asynccontextmanager
     async def _connection_of(
