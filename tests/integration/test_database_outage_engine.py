@@ -87,6 +87,18 @@ async def outage_db(outage_dsn: str) -> AsyncIterator[Database]:
     await db.close()
 
 
+async def _backend_gone(db: Database, backend_pid: int) -> bool:
+    """Whether the server ends the backend within two seconds."""
+    for _ in range(100):
+        alive = await db.call_raw(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE pid = $1", backend_pid
+        )
+        if alive[0]["n"] == 0:
+            return True
+        await asyncio.sleep(0.02)
+    return False
+
+
 async def test_a_connection_asyncpg_lost_track_of_is_discarded(outage_db: Database) -> None:
     """What a restart under load produced: asyncpg's protocol state confused
     on one connection. The connection goes, the work may be tried again."""
@@ -97,14 +109,8 @@ async def test_a_connection_asyncpg_lost_track_of_is_discarded(outage_db: Databa
                 "cannot switch to state 15; another operation (2) is in progress"
             )
     assert is_transient_db_error(raised.value)
-    for _ in range(100):
-        alive = await outage_db.call_raw(
-            "SELECT count(*) AS n FROM pg_stat_activity WHERE pid = $1", backend_pid
-        )
-        if alive[0]["n"] == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert alive[0]["n"] == 0  # the pool dropped it, and works on
+    # The pool dropped it, and works on.
+    assert await _backend_gone(outage_db, backend_pid)
 
 
 async def test_a_connection_found_confused_when_given_back_is_a_broken_connection(
@@ -125,14 +131,8 @@ async def test_a_connection_found_confused_when_given_back_is_a_broken_connectio
             monkeypatch.setattr(asyncpg.Connection, "reset", reset_confused)
     monkeypatch.undo()
     assert is_transient_db_error(raised.value)
-    for _ in range(100):
-        alive = await outage_db.call_raw(
-            "SELECT count(*) AS n FROM pg_stat_activity WHERE pid = $1", backend_pid
-        )
-        if alive[0]["n"] == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert alive[0]["n"] == 0
+    # The pool dropped it, and works on.
+    assert await _backend_gone(outage_db, backend_pid)
 
 
 class CommitAnswerLost:
