@@ -394,13 +394,13 @@ def _validate_item(
             minting.optout_valid_days,
             minting.random,
         )
-        codes = (minted.link_key, minted.link_suffixes, minted.optout_code, minting.style)
+        codes = (minted.link_key, minted.link_suffixes, minted.optout_code)
         if sms_template is not None and sms_template.has_marks:
             templates["sms_text"] = sms_body
-            sms_body = render(sms_template, *codes)
+            sms_body = render(sms_template, *codes, minting.style)
         if rcs_template is not None and rcs_template.has_marks:
             templates["rcs_content"] = json.loads(json.dumps(rcs_item, sort_keys=True))
-            rcs_item = {**(rcs_item or {}), "text": render(rcs_template, *codes)}
+            rcs_item = {**(rcs_item or {}), "text": render(rcs_template, *codes, minting.style)}
     if sms_body is not None:
         try:
             body = prepare_sms(

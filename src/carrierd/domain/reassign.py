@@ -100,12 +100,12 @@ def checked_base_date(base_date: date | None, now: datetime) -> date | None:
     than two years back is clamped to two years before now."""
     if base_date is None:
         return None
-    return max(base_date, earliest_base_date(now))
+    return checked_base_dates([base_date], now)[0]
 
 
 def checked_base_dates(base_dates: Sequence[date], now: datetime) -> list[date]:
-    """`checked_base_date` of a batch looked up at `now`: the bound is
-    worked out once, not per number."""
+    """`checked_base_date` of a batch looked up at `now` (the gate's): the
+    two-year bound is worked out once, not per number."""
     earliest = earliest_base_date(now)
     return [max(base_date, earliest) for base_date in base_dates]
 
