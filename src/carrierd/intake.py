@@ -24,6 +24,7 @@ from carrierd.config import CARRIERS, RCS_CARRIERS, AccountConfig, LinksConfig
 from carrierd.domain.gates import optout_list_read_at
 from carrierd.domain.links import (
     CodeCharPool,
+    LinkedSms,
     LinkMarkupError,
     LinkStyle,
     MintedLinks,
@@ -31,6 +32,7 @@ from carrierd.domain.links import (
     Template,
     mint_links,
     parse_template,
+    prepare_linked_sms,
     render,
 )
 from carrierd.domain.netpolicy import IPNetwork, callback_url_problem
@@ -397,7 +399,10 @@ def _validate_item(
         codes = (minted.link_key, minted.link_suffixes, minted.optout_code)
         if sms_template is not None and sms_template.has_marks:
             templates["sms_text"] = sms_body
-            sms_body = render(sms_template, *codes, minting.style)
+            linked = _linked_sms(sms_template, minting.style, account)
+            sms_text = render(linked.template, *codes, minting.style)
+            encoding, parts = linked.encoding, linked.parts
+            sms_body = None
         if rcs_template is not None and rcs_template.has_marks:
             templates["rcs_content"] = json.loads(json.dumps(rcs_item, sort_keys=True))
             rcs_item = {**(rcs_item or {}), "text": render(rcs_template, *codes, minting.style)}
@@ -407,8 +412,7 @@ def _validate_item(
                 sms_body, max_chars=account.max_sms_chars, allow_gsm7=account.allow_gsm7
             )
         except SmsTextError as exc:
-            as_sent = " (in the text as sent, each link 25 characters)" if minted else ""
-            raise _ItemRejected("sms.text", f"{exc.reason}: {exc.message}{as_sent}") from exc
+            raise _ItemRejected("sms.text", f"{exc.reason}: {exc.message}") from exc
         sms_text, encoding, parts = body.text, body.encoding, len(body.parts)
 
     rcs_json = None
@@ -501,6 +505,18 @@ def _template_of(
             field, "link marks need the link server: [links] enabled in the configuration"
         )
     return template
+
+
+def _linked_sms(template: Template, style: LinkStyle, account: AccountConfig) -> LinkedSms:
+    try:
+        return prepare_linked_sms(
+            template, style, max_chars=account.max_sms_chars, allow_gsm7=account.allow_gsm7
+        )
+    except SmsTextError as exc:
+        raise _ItemRejected(
+            "sms.text",
+            f"{exc.reason}: {exc.message} (in the text as sent, each link 25 characters)",
+        ) from exc
 
 
 def _any_optout(*templates: Template | None) -> bool:

@@ -27,11 +27,12 @@ from carrierd.domain.links import (
     mint_links,
     optout_expires_at,
     parse_template,
+    prepare_linked_sms,
     render,
     style_problem,
 )
 from carrierd.domain.reasons import Reason
-from carrierd.domain.sms_text import prepare_sms
+from carrierd.domain.sms_text import SmsTextError, prepare_sms
 from carrierd.http.links import AddressLimiter, client_address, csrf_token, csrf_valid
 from carrierd.intake import LINKS_KEY, LinkMinting, request_sha256, validate_batch, validate_fed
 
@@ -186,6 +187,62 @@ def test_parts_and_the_660_limit_follow_the_text_as_sent() -> None:
     [rejected] = batch.rejected
     assert rejected.field == "sms.text"
     assert "665 characters" in rejected.reason and "as sent" in rejected.reason
+
+
+# Characters that normalisation maps (NBSP, a CP932 wave dash, a dash), that
+# the charset refuses (CR alone, half-width kana, emoji, euro), that GSM 7-bit
+# counts double (^) or lacks (あ), and marks.
+_BODY_PIECES = st.sampled_from(
+    ["あ", "a", " ", "\n", "\r", "\r\n", "\u00a0", "\uff5e", "\u2014", "ｱ", "😀", "€", "^"]
+)
+_MARKS = st.sampled_from(
+    ["{{link:https://ex.jp/1}}", "{{link:https://ex.jp/2}}", "{{optout_url}}", "{", "}"]
+)
+
+
+@given(
+    st.lists(
+        st.one_of(st.tuples(_BODY_PIECES, st.integers(1, 40)), st.tuples(_MARKS, st.just(1))),
+        min_size=1,
+        max_size=12,
+    ),
+    st.sampled_from([LinkStyle("x.jp"), STYLE, LinkStyle("go.example.jp", show_scheme=True)]),
+    st.integers(1, 660),
+    st.booleans(),
+    st.randoms(use_true_random=False),
+)
+def test_a_linked_body_measured_once_is_every_recipient_s_text_as_sent(
+    runs: list[tuple[str, int]], style: LinkStyle, max_chars: int, allow_gsm7: bool, rng: Any
+) -> None:
+    text = "".join(piece * count for piece, count in runs)
+    try:
+        template = parse_template(text, [])
+    except LinkMarkupError:  # a "{" and a "}" around other text
+        return
+    if not template.has_marks:
+        return
+    key = "".join(rng.choice(CODE_ALPHABET) for _ in range(style.code_chars - 1))
+    suffixes = "".join(rng.sample(CODE_ALPHABET, 5))
+    optout = "".join(rng.choice(CODE_ALPHABET) for _ in range(style.code_chars))
+    try:
+        body = prepare_sms(
+            render(template, key, suffixes, optout, style),
+            max_chars=max_chars,
+            allow_gsm7=allow_gsm7,
+        )
+        expected: object = (body.text, body.encoding, len(body.parts))
+    except SmsTextError as exc:
+        expected = (exc.reason, str(exc))
+    try:
+        linked = prepare_linked_sms(template, style, max_chars=max_chars, allow_gsm7=allow_gsm7)
+        measured: object = (
+            render(linked.template, key, suffixes, optout, style),
+            linked.encoding,
+            linked.parts,
+        )
+    except SmsTextError as exc:
+        measured = (exc.reason, str(exc))
+    assert measured == expected
 
 
 def test_intake_names_the_field_of_a_bad_mark() -> None:

@@ -44,6 +44,7 @@ from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from carrierd.domain.clock import require_aware
+from carrierd.domain.sms_text import normalize_text, prepare_sms
 
 # §12: a link with the space on each side.
 LINK_WIDTH = 25
@@ -132,6 +133,11 @@ class Template:
     @cached_property
     def render_forms(self) -> dict[str, _RenderForm]:
         """render's format strings by link prefix (filled in as used)."""
+        return {}
+
+    @cached_property
+    def sms_forms(self) -> dict[tuple[str, int, bool], LinkedSms]:
+        """prepare_linked_sms's answers by link prefix and text limits."""
         return {}
 
     def plain_text(self) -> str:
@@ -259,6 +265,53 @@ def render(
     # pieces are joined once into a format string, filled in C per recipient,
     # each link as the key and its suffix (no code strings built first).
     return form.text.format(link_key, link_suffixes, optout_code)
+
+
+@dataclass(frozen=True)
+class LinkedSms:
+    """An SMS body with link marks, checked and measured as it will be sent:
+    `template` with its text normalised (sms_text.normalize_text), to render
+    per recipient, and the encoding and part count every rendering has."""
+
+    template: Template
+    encoding: str
+    parts: int
+
+
+def prepare_linked_sms(
+    template: Template, style: LinkStyle, *, max_chars: int, allow_gsm7: bool
+) -> LinkedSms:
+    """sms_text.prepare_sms of `template` as sent, worked out once per
+    template rather than per recipient; raises SmsTextError as prepare_sms
+    would for every rendering.
+
+    Every rendering is alike to prepare_sms: a link is the same LINK_WIDTH
+    characters of `style.prefix`, letters and digits, which normalisation
+    leaves alone (it maps character by character, link characters to
+    themselves), which the charset takes, which are GSM 7-bit and which
+    are one unit wide in either encoding. So the text is checked and
+    measured once, rendered with stand-in codes, and a recipient's text is
+    the normalised template rendered with its codes."""
+    key = (style.prefix, max_chars, allow_gsm7)
+    prepared = template.sms_forms.get(key)
+    if prepared is not None:
+        return prepared
+    stand_in = render(
+        template,
+        "a" * (style.code_chars - 1),
+        "a" * MAX_LINKS_PER_MESSAGE,
+        "a" * style.code_chars,
+        style,
+    )
+    body = prepare_sms(stand_in, max_chars=max_chars, allow_gsm7=allow_gsm7)
+    pieces = tuple(normalize_text(p) if isinstance(p, str) else p for p in template.pieces)
+    normalised = (
+        template
+        if pieces == template.pieces
+        else Template(pieces, template.has_marks, template.has_optout)
+    )
+    prepared = template.sms_forms[key] = LinkedSms(normalised, body.encoding, len(body.parts))
+    return prepared
 
 
 @dataclass(frozen=True)
