@@ -4,7 +4,8 @@ opt-out URL, its expiry; messages with other links, fewer links or only an
 opt-out URL in one batch do not borrow each other's, and messages with the
 same targets share them right. The links stored one row per code before
 migration 0190 keep working, clicks and all, and no new code can equal one
-of them."""
+of them. A batch's recipients share one stored set of target URLs, which
+goes with the last message that names it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 from carrierd.config import AccountConfig
 from carrierd.domain.links import LinkStyle, MintedLinks
 from carrierd.intake import LINKS_KEY, LinkMinting, validate_batch
+from carrierd.ops.retention import purge_expired
 from carrierd.store.db import Database, LinkCodeTaken, migrate
 
 NOW = datetime(2026, 5, 1, 9, 0, tzinfo=UTC)
@@ -62,10 +64,54 @@ async def test_each_code_is_stored_with_its_number_target_and_expiry(db: Databas
     assert optout_expiry == NOW + timedelta(days=60)
 
 
+async def test_a_set_of_target_urls_is_stored_once_and_goes_with_its_last_message(
+    db: Database,
+) -> None:
+    campaign = "{{link:https://a.jp/1}} {{link:https://a.jp/2}}"
+    bodies = [campaign, campaign, campaign, "{{link:https://b.jp/}}", "{{optout_url}}"]
+    batch = validate_batch(
+        {"messages": [{"to": f"0901234500{n}", "sms": {"text": b}} for n, b in enumerate(bodies)]},
+        AccountConfig("acme", token_sha256=()),
+        NOW,
+        max_items=10,
+        expiry_s=3600,
+        minting=LinkMinting(LinkStyle("s.kmc.jp"), 60.0),
+    )
+    await db.call_raw("INSERT INTO accounts (account_id) VALUES ('acme')")
+    ids = await db.insert_messages("acme", batch.rows, NOW)
+
+    async def sets() -> dict[tuple[str, ...], int]:
+        rows = await db.call_raw("SELECT target_urls, links_left FROM link_targets")
+        return {tuple(r["target_urls"]): r["links_left"] for r in rows}
+
+    assert await sets() == {("https://a.jp/1", "https://a.jp/2"): 3, ("https://b.jp/",): 1}
+    codes = [row[LINKS_KEY].link_codes[1] for row in batch.rows[:3]]
+
+    async def end(*row_nos: int) -> None:
+        for row_no in row_nos:
+            await db.call_raw(
+                "UPDATE messages SET state = 'delivered', final_at = $2 WHERE id = $1",
+                ids[row_no],
+                NOW,
+            )
+
+    # Retention 101 days on: two of the campaign's three messages go.
+    await end(0, 1)
+    assert await purge_expired(db, NOW + timedelta(days=101)) == 2
+    assert await sets() == {("https://a.jp/1", "https://a.jp/2"): 1, ("https://b.jp/",): 1}
+    followed = await db.fetch("links_follow", sorted(codes), [1, 1, 1], NOW)
+    assert [(r["code"], r["target_url"]) for r in followed] == [(codes[2], "https://a.jp/2")]
+    # The last of them: its set goes with it; the other set stays.
+    await end(2, 4)
+    assert await purge_expired(db, NOW + timedelta(days=101)) == 2
+    assert await sets() == {("https://b.jp/",): 1}
+
+
 async def _as_before_link_sets(db: Database) -> None:
-    """The database as it was before 0190: one row per code."""
+    """The database as it was before 0190: one row per code (and so before
+    0210's sets of target URLs)."""
     await db.call_raw("DROP VIEW message_links")
-    await db.call_raw("DROP TABLE link_clicks, link_sets")
+    await db.call_raw("DROP TABLE link_clicks, link_sets, link_targets")
     await db.call_raw(
         'CREATE TABLE message_links (code text COLLATE "C" PRIMARY KEY,'
         " message_id bigint NOT NULL, kind text NOT NULL, link_no smallint NOT NULL,"
@@ -74,7 +120,7 @@ async def _as_before_link_sets(db: Database) -> None:
         " clicks integer NOT NULL DEFAULT 0, first_click_at timestamptz,"
         " last_click_at timestamptz, confirmed_at timestamptz)"
     )
-    await db.call_raw("DELETE FROM schema_migrations WHERE version = 190")
+    await db.call_raw("DELETE FROM schema_migrations WHERE version IN (190, 210)")
 
 
 async def test_links_stored_one_per_row_survive_the_migration(dsn: str, db: Database) -> None:
@@ -90,7 +136,7 @@ async def test_links_stored_one_per_row_survive_the_migration(dsn: str, db: Data
         NOW + timedelta(hours=1),
         NOW + timedelta(days=60),
     )
-    assert await migrate(dsn) == [190]
+    assert await migrate(dsn) == [190, 210]
     by_kind = {r["kind"]: r for r in await db.fetch("links_of_messages", [7])}
     assert (by_kind["optout"]["link_no"], by_kind["optout"]["clicks"]) == (0, 0)
     assert (by_kind["link"]["link_no"], by_kind["link"]["target_url"]) == (3, "https://a.jp/")
@@ -119,7 +165,7 @@ async def test_a_code_equal_to_a_whole_code_key_is_minted_again(dsn: str, db: Da
         " '+819012345678', $1)",
         NOW,
     )
-    assert await migrate(dsn) == [190]
+    assert await migrate(dsn) == [190, 210]
     # The old code again, as a new key and suffix ("Z" + "z").
     with pytest.raises(LinkCodeTaken):
         async with db.transaction() as tx:

@@ -4,8 +4,9 @@ with their parts, events and callbacks; au gate rows (DOMAIN §5) go once
 their spacing ran out long ago (domain/au_gate.au_gate_forgets_before). The
 keys of applied +Message webhooks go after WEBHOOK_KEYS_KEEP_DAYS: a repeat
 of a body older than the platform's 72 h of retries is refused by its
-timestamp anyway. Short links and their click log go with their message;
-opt-out URLs once their 60 days ran out (DOMAIN §12). Replies
+timestamp anyway. Short links and their click log go with their message,
+their set of target URLs with the last message that named it; opt-out URLs
+once their 60 days ran out (DOMAIN §12). Replies
 (inbound_messages, with their pushes) go `keep_days` after they came, like
 the messages they answer.
 
@@ -48,7 +49,11 @@ async def purge_expired(
     locks nor a long snapshot on the busiest table.
     """
     cutoff = now - timedelta(days=keep_days)
-    return await _in_batches(db, "purge_final_messages", cutoff, batch_rows)
+    deleted = await _in_batches(db, "purge_final_messages", cutoff, batch_rows)
+    # The target URL sets the last of whose links went with those messages
+    # (and any a purge before a crash counted down and left).
+    await _in_batches(db, "purge_released_link_targets", now, batch_rows)
+    return deleted
 
 
 async def purge_au_gate(

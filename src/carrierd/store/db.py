@@ -491,46 +491,65 @@ async def _insert_links(
 ) -> None:
     """The links intake minted (row key "links", domain/links.MintedLinks),
     for the rows inserted now: a retry's links are not its message's."""
-    owned = [
-        (message_id, row["msisdn"], row["links"])
-        for row, message_id in zip(rows, ids, strict=True)
-        if message_id in inserted and row.get("links") is not None
-    ]
-    if not owned:
+    # One string per field for the whole batch (store/links.sql says why):
+    # the short links of the messages that have them, each distinct set of
+    # target URLs once with how many messages name it, and the opt-out URLs.
+    link_ids: list[str] = []
+    link_msisdns: list[str] = []
+    keys: list[str] = []
+    suffixes: list[str] = []
+    message_sets: list[str] = []
+    set_nos: dict[tuple[str, ...], int] = {}
+    naming: list[int] = []
+    optout_ids: list[str] = []
+    optout_msisdns: list[str] = []
+    optout_codes: list[str] = []
+    optout_expiries: list[str] = []
+    for row, message_id in zip(rows, ids, strict=True):
+        links = row.get("links")
+        if links is None or message_id not in inserted:
+            continue
+        if links.link_key is not None:
+            link_ids.append(str(message_id))
+            link_msisdns.append(row["msisdn"])
+            keys.append(links.link_key)
+            suffixes.append(links.link_suffixes)
+            set_no = set_nos.get(links.targets)
+            if set_no is None:
+                set_no = set_nos[links.targets] = len(set_nos) + 1
+                naming.append(0)
+            naming[set_no - 1] += 1
+            message_sets.append(str(set_no))
+        if links.optout_code is not None:
+            optout_ids.append(str(message_id))
+            optout_msisdns.append(row["msisdn"])
+            optout_codes.append(links.optout_code)
+            optout_expiries.append(links.optout_expires_at.isoformat())
+    wanted = len(keys) + len(optout_codes)
+    if not wanted:
         return
-    # One string per field for the whole batch (store/links.sql says why),
-    # each distinct set of target URLs once.
-    target_sets: dict[tuple[str, ...], str] = {}
-    for _, _, links in owned:
-        if links.targets and links.targets not in target_sets:
-            target_sets[links.targets] = str(len(target_sets) + 1)
     try:
-        status = await conn.execute(
+        stored = await conn.fetchval(
             QUERIES["insert_message_links"],
-            " ".join([str(message_id) for message_id, _, _ in owned]),
-            " ".join([links.link_key or "-" for _, _, links in owned]),
-            " ".join([links.link_suffixes or "-" for _, _, links in owned]),
-            " ".join([target_sets[links.targets] if links.targets else "-" for *_, links in owned]),
-            " ".join([links.optout_code or "-" for _, _, links in owned]),
-            " ".join(
-                [
-                    "-" if links.optout_expires_at is None else links.optout_expires_at.isoformat()
-                    for _, _, links in owned
-                ]
-            ),
-            " ".join([msisdn for _, msisdn, _ in owned]),
+            " ".join(link_ids),
+            " ".join(link_msisdns),
+            " ".join(keys),
+            " ".join(suffixes),
+            " ".join(message_sets),
+            "\n".join([" ".join(targets) for targets in set_nos]),
+            " ".join(map(str, naming)),
+            " ".join(optout_ids),
+            " ".join(optout_msisdns),
+            " ".join(optout_codes),
+            " ".join(optout_expiries),
             account_id,
             now,
-            "\n".join([" ".join(targets) for targets in target_sets]),
         )
     except asyncpg.UniqueViolationError as exc:
         raise LinkCodeTaken(str(exc)) from exc
-    wanted = sum(
-        (links.link_key is not None) + (links.optout_code is not None) for *_, links in owned
-    )
-    if status != f"INSERT 0 {wanted}":
-        # The statement inserts nothing when a code equals a whole-code key.
-        raise LinkCodeTaken(f"{status}: a minted code is a key stored whole")
+    if stored != wanted:
+        # The statement leaves out a row with a code equal to a whole-code key.
+        raise LinkCodeTaken(f"{stored} of {wanted} rows: a minted code is a key stored whole")
 
 
 def _run_committed_effects(tx: Transaction) -> None:

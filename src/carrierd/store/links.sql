@@ -2,55 +2,70 @@
 -- per statement, the time always passed in.
 
 -- name: insert_message_links
--- The links minted at intake, in the intake transaction (schema 0190).
--- Each parameter is one string for the whole batch, a field per message in
--- message order, "-" standing for none: driver arrays cost a type check per
--- element, more than the statement itself. Per message: $1 its number, $2
--- its short links' key and $3 their suffixes (link n's at n), $4 the
--- number of its target URLs' set in $10, $5 its opt-out URL's code and $6
--- its expiry, $7 its msisdn. $10 holds each distinct set of target URLs
--- once, numbered from 1: the URLs joined by single spaces in link order,
--- the sets separated by newlines (no target URL holds either,
--- domain/links.py); a campaign's thousand recipients share one.
--- Space-separated fields hold no spaces: codes are letters and digits,
--- msisdns canonical, times ISO.
--- A key already taken fails the statement, and so does a code equal to a
--- whole-code key (nothing is inserted): store/db.py turns either into
--- LinkCodeTaken and intake mints again.
-WITH target_set AS (
-    SELECT n::int AS set_no, string_to_array(urls, ' ') AS target_urls
-    FROM unnest(string_to_array($10, E'\n')) WITH ORDINALITY AS s(urls, n)
+-- The links minted at intake, in the intake transaction (schema 0190, 0210).
+-- Each parameter is one string for the whole batch, a field per message,
+-- in message order: driver arrays cost a type check per element, more than
+-- the statement itself. Space-separated fields hold no spaces: codes are
+-- letters and digits, msisdns canonical, times ISO.
+-- Short links, a row per message that has them: $1 its number, $2 its
+-- msisdn, $3 its key and $4 its suffixes (link n's at n), $5 the number of
+-- its set of target URLs in $6. $6 holds each distinct set once, numbered
+-- from 1: the URLs joined by single spaces in link order, the sets
+-- separated by newlines (no target URL holds either, domain/links.py); a
+-- campaign's thousand recipients share one, stored once in link_targets
+-- with the number of messages naming it ($7, a field per set).
+-- Opt-out URLs, a row per message that has one: $8 its number, $9 its
+-- msisdn, $10 its code and $11 its expiry.
+-- Each kind is read in one pass of its own: nothing is materialized or
+-- filtered per row, which cost a third of the statement. Returns the rows
+-- stored. A key already taken fails the statement; a code equal to a
+-- whole-code key leaves its row out. store/db.py turns either into
+-- LinkCodeTaken, the transaction (and the sets stored here) rolls back and
+-- intake mints again.
+WITH target_set AS MATERIALIZED (
+    -- Materialized: one id drawn per set, whoever reads it.
+    SELECT n::int AS set_no, nextval('link_targets_id_seq') AS id,
+           string_to_array(urls, ' ') AS target_urls, messages
+    FROM unnest(string_to_array($6, E'\n'), string_to_array($7, ' ')::int[])
+         WITH ORDINALITY AS s(urls, messages, n)
 ),
-message AS (
-    SELECT * FROM unnest(string_to_array($1, ' ')::bigint[], string_to_array($2, ' ', '-'),
-                         string_to_array($3, ' ', '-'), string_to_array($4, ' ', '-')::int[],
-                         string_to_array($5, ' ', '-'),
-                         string_to_array($6, ' ', '-')::timestamptz[], string_to_array($7, ' '))
-           AS m(message_id, link_key, link_suffixes, set_no, optout_code,
-                optout_expires_at, msisdn)
+targets_stored AS (
+    INSERT INTO link_targets (id, target_urls, links_left, created_at)
+    SELECT id, target_urls, messages, $13::timestamptz FROM target_set
 ),
-minted AS (
-    SELECT link_key AS key, link_suffixes AS suffixes, message_id, 'link' AS kind,
-           1 AS first_link_no, t.target_urls, msisdn, NULL::timestamptz AS expires_at
+links_stored AS (
+    INSERT INTO link_sets (key, suffixes, message_id, kind, first_link_no, target_set, account_id,
+                           msisdn, created_at)
+    SELECT m.key, m.suffixes, m.message_id, 'link', 1, t.id, $12::text, m.msisdn,
+           $13::timestamptz
+    FROM unnest(string_to_array($1, ' ')::bigint[], string_to_array($2, ' '),
+                string_to_array($3, ' '), string_to_array($4, ' '),
+                string_to_array($5, ' ')::int[])
+         AS m(message_id, msisdn, key, suffixes, set_no)
     -- LEFT: links naming no set fail the table's check, loudly, rather
     -- than go missing and be taken for a code already in use.
-    FROM message LEFT JOIN target_set t USING (set_no)
-    WHERE link_key IS NOT NULL
-    UNION ALL
-    SELECT left(optout_code, -1), right(optout_code, 1), message_id, 'optout', 0, NULL, msisdn,
-           optout_expires_at
-    FROM message WHERE optout_code IS NOT NULL
+    LEFT JOIN target_set t USING (set_no)
+    WHERE NOT EXISTS (
+        SELECT 1 FROM link_sets w
+        WHERE w.suffixes = '' AND left(w.key, -1) = m.key
+          AND strpos(m.suffixes, right(w.key, 1)) > 0
+    )
+    RETURNING 1
+),
+optouts_stored AS (
+    INSERT INTO link_sets (key, suffixes, message_id, kind, first_link_no, account_id, msisdn,
+                           created_at, expires_at)
+    SELECT left(o.code, -1), right(o.code, 1), o.message_id, 'optout', 0, $12::text, o.msisdn,
+           $13::timestamptz, o.expires_at
+    FROM unnest(string_to_array($8, ' ')::bigint[], string_to_array($9, ' '),
+                string_to_array($10, ' '), string_to_array($11, ' ')::timestamptz[])
+         AS o(message_id, msisdn, code, expires_at)
+    WHERE NOT EXISTS (
+        SELECT 1 FROM link_sets w WHERE w.suffixes = '' AND w.key = o.code
+    )
+    RETURNING 1
 )
-INSERT INTO link_sets (key, suffixes, message_id, kind, first_link_no, target_urls, account_id,
-                       msisdn, created_at, expires_at)
-SELECT key, suffixes, message_id, kind, first_link_no, target_urls, $8::text, msisdn,
-       $9::timestamptz, expires_at
-FROM minted
-WHERE NOT EXISTS (
-    SELECT 1
-    FROM minted m, string_to_table(m.suffixes, NULL) AS s(suffix), link_sets w
-    WHERE w.suffixes = '' AND w.key = m.key || s.suffix
-);
+SELECT (SELECT count(*) FROM links_stored) + (SELECT count(*) FROM optouts_stored);
 
 -- name: links_follow
 -- One batch of requests for codes ($1, each once, sorted so two daemons
@@ -63,8 +78,11 @@ WITH hit AS (
 ),
 live AS (
     SELECT hit.code, hit.n, l.kind,
-           l.target_urls[strpos(l.suffixes, right(hit.code, 1))] AS target_url, l.msisdn
+           (coalesce(l.target_urls, t.target_urls))[strpos(l.suffixes, right(hit.code, 1))]
+               AS target_url,
+           l.msisdn
     FROM hit JOIN link_sets l ON l.key = left(hit.code, -1)
+    LEFT JOIN link_targets t ON t.id = l.target_set
     WHERE strpos(l.suffixes, right(hit.code, 1)) > 0
       AND (l.expires_at IS NULL OR l.expires_at > $3)
     UNION ALL

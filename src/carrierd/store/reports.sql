@@ -67,7 +67,17 @@ link_clicks_deleted AS (
     WHERE l.message_id = doomed.id AND c.code = l.code
 ),
 links_deleted AS (
-    DELETE FROM link_sets l USING doomed WHERE l.message_id = doomed.id
+    DELETE FROM link_sets l USING doomed WHERE l.message_id = doomed.id RETURNING l.target_set
+),
+-- Their target URL sets count them down (schema 0210); a set none is left
+-- of goes in purge_released_link_targets. Sorted by id, so that two
+-- daemons purging messages of the same sets take them in one order; should
+-- they deadlock all the same, one batch rolls back and is purged again.
+targets_released AS (
+    UPDATE link_targets t SET links_left = t.links_left - gone.links
+    FROM (SELECT target_set, count(*)::int AS links FROM links_deleted
+          WHERE target_set IS NOT NULL GROUP BY target_set ORDER BY target_set) AS gone
+    WHERE t.id = gone.target_set
 ),
 opens_deleted AS (
     DELETE FROM message_opens o USING doomed WHERE o.message_id = doomed.id
@@ -79,6 +89,21 @@ auto_replies_deleted AS (
 ),
 deleted AS (
     DELETE FROM messages m USING doomed WHERE m.id = doomed.id RETURNING 1
+)
+SELECT count(*)::int FROM deleted;
+
+-- name: purge_released_link_targets
+-- One bounded batch of target URL sets that no link row names any more
+-- (purge_final_messages counted the last of them down), released before
+-- $1; returns how many went.
+WITH doomed AS (
+    SELECT id FROM link_targets
+    WHERE links_left = 0 AND created_at < $1
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+),
+deleted AS (
+    DELETE FROM link_targets t USING doomed d WHERE t.id = d.id RETURNING 1
 )
 SELECT count(*)::int FROM deleted;
 
