@@ -107,6 +107,42 @@ async def test_a_set_of_target_urls_is_stored_once_and_goes_with_its_last_messag
     assert await sets() == {("https://b.jp/",): 1}
 
 
+async def test_links_with_their_urls_on_the_row_keep_working(db: Database) -> None:
+    """Rows written between 0190 and 0210 hold their target URLs themselves."""
+    batch = validate_batch(
+        {"messages": [{"to": "09012345001", "sms": {"text": "a message"}}]},
+        AccountConfig("acme", token_sha256=()),
+        NOW,
+        max_items=1,
+        expiry_s=3600,
+    )
+    await db.call_raw("INSERT INTO accounts (account_id) VALUES ('acme')")
+    [message_id] = (await db.insert_messages("acme", batch.rows, NOW)).values()
+    await db.call_raw(
+        "INSERT INTO link_sets (key, suffixes, message_id, kind, first_link_no, target_urls,"
+        " account_id, msisdn, created_at) VALUES ('RowUrls12345', 'ab', $1, 'link', 1,"
+        " '{https://a.jp/1,https://a.jp/2}', 'acme', '+819012345001', $2)",
+        message_id,
+        NOW,
+    )
+    followed = await db.fetch("links_follow", ["RowUrls12345a", "RowUrls12345b"], [1, 1], NOW)
+    assert sorted((r["code"], r["target_url"]) for r in followed) == [
+        ("RowUrls12345a", "https://a.jp/1"),
+        ("RowUrls12345b", "https://a.jp/2"),
+    ]
+    viewed = await db.fetch("links_of_messages", [message_id])
+    assert [(r["link_no"], r["target_url"], r["clicks"]) for r in viewed] == [
+        (1, "https://a.jp/1", 1),
+        (2, "https://a.jp/2", 1),
+    ]
+    await db.call_raw(
+        "UPDATE messages SET state = 'delivered', final_at = $2 WHERE id = $1", message_id, NOW
+    )
+    assert await purge_expired(db, NOW + timedelta(days=101)) == 1
+    assert await db.call_raw("SELECT 1 FROM link_sets") == []
+    assert await db.call_raw("SELECT 1 FROM link_clicks") == []
+
+
 async def _as_before_link_sets(db: Database) -> None:
     """The database as it was before 0190: one row per code (and so before
     0210's sets of target URLs)."""
