@@ -15,11 +15,26 @@ import pytest
 
 from carrierd.config import AccountConfig
 from carrierd.domain.links import LinkStyle, MintedLinks
-from carrierd.intake import LINKS_KEY, LinkMinting, validate_batch
+from carrierd.intake import LINKS_KEY, IntakeBatch, LinkMinting, validate_batch
 from carrierd.ops.retention import purge_expired
 from carrierd.store.db import Database, LinkCodeTaken, migrate
 
 NOW = datetime(2026, 5, 1, 9, 0, tzinfo=UTC)
+
+
+async def _stored(db: Database, bodies: list[str]) -> tuple[IntakeBatch, dict[int, int]]:
+    """`bodies` validated as intake does, one recipient each, and stored."""
+    batch = validate_batch(
+        {"messages": [{"to": f"0901234500{n}", "sms": {"text": b}} for n, b in enumerate(bodies)]},
+        AccountConfig("acme", token_sha256=()),
+        NOW,
+        max_items=10,
+        expiry_s=3600,
+        minting=LinkMinting(LinkStyle("s.kmc.jp"), 60.0),
+    )
+    assert not batch.rejected
+    await db.call_raw("INSERT INTO accounts (account_id) VALUES ('acme')")
+    return batch, await db.insert_messages("acme", batch.rows, NOW)
 
 
 async def test_each_code_is_stored_with_its_number_target_and_expiry(db: Database) -> None:
@@ -34,17 +49,7 @@ async def test_each_code_is_stored_with_its_number_target_and_expiry(db: Databas
         # Another body with the second's target: the batch sends that set once.
         "また {{link:https://b.jp/only}}",
     ]
-    batch = validate_batch(
-        {"messages": [{"to": f"0901234500{n}", "sms": {"text": b}} for n, b in enumerate(bodies)]},
-        AccountConfig("acme", token_sha256=()),
-        NOW,
-        max_items=10,
-        expiry_s=3600,
-        minting=LinkMinting(LinkStyle("s.kmc.jp"), 60.0),
-    )
-    assert not batch.rejected
-    await db.call_raw("INSERT INTO accounts (account_id) VALUES ('acme')")
-    ids = await db.insert_messages("acme", batch.rows, NOW)
+    batch, ids = await _stored(db, bodies)
     stored = await db.call_raw(
         "SELECT message_id, msisdn, code, kind, link_no, target_url, expires_at FROM message_links"
     )
@@ -69,16 +74,7 @@ async def test_a_set_of_target_urls_is_stored_once_and_goes_with_its_last_messag
 ) -> None:
     campaign = "{{link:https://a.jp/1}} {{link:https://a.jp/2}}"
     bodies = [campaign, campaign, campaign, "{{link:https://b.jp/}}", "{{optout_url}}"]
-    batch = validate_batch(
-        {"messages": [{"to": f"0901234500{n}", "sms": {"text": b}} for n, b in enumerate(bodies)]},
-        AccountConfig("acme", token_sha256=()),
-        NOW,
-        max_items=10,
-        expiry_s=3600,
-        minting=LinkMinting(LinkStyle("s.kmc.jp"), 60.0),
-    )
-    await db.call_raw("INSERT INTO accounts (account_id) VALUES ('acme')")
-    ids = await db.insert_messages("acme", batch.rows, NOW)
+    batch, ids = await _stored(db, bodies)
 
     async def sets() -> dict[tuple[str, ...], int]:
         rows = await db.call_raw("SELECT target_urls, links_left FROM link_targets")
@@ -109,19 +105,12 @@ async def test_a_set_of_target_urls_is_stored_once_and_goes_with_its_last_messag
 
 async def test_links_with_their_urls_on_the_row_keep_working(db: Database) -> None:
     """Rows written between 0190 and 0210 hold their target URLs themselves."""
-    batch = validate_batch(
-        {"messages": [{"to": "09012345001", "sms": {"text": "a message"}}]},
-        AccountConfig("acme", token_sha256=()),
-        NOW,
-        max_items=1,
-        expiry_s=3600,
-    )
-    await db.call_raw("INSERT INTO accounts (account_id) VALUES ('acme')")
-    [message_id] = (await db.insert_messages("acme", batch.rows, NOW)).values()
+    _, ids = await _stored(db, ["a message"])
+    [message_id] = ids.values()
     await db.call_raw(
         "INSERT INTO link_sets (key, suffixes, message_id, kind, first_link_no, target_urls,"
         " account_id, msisdn, created_at) VALUES ('RowUrls12345', 'ab', $1, 'link', 1,"
-        " '{https://a.jp/1,https://a.jp/2}', 'acme', '+819012345001', $2)",
+        " '{https://a.jp/1,https://a.jp/2}', 'acme', '+819012345000', $2)",
         message_id,
         NOW,
     )
