@@ -103,6 +103,15 @@ async def test_a_set_of_target_urls_is_stored_once_and_goes_with_its_last_messag
     assert await sets() == {("https://b.jp/",): 1}
 
 
+async def test_a_set_counted_short_does_not_stop_retention(db: Database) -> None:
+    campaign = "{{link:https://a.jp/1}}"
+    _, ids = await _stored(db, [campaign, campaign])
+    await db.call_raw("UPDATE link_targets SET links_left = 1")
+    await db.call_raw("UPDATE messages SET state = 'delivered', final_at = $1", NOW)
+    assert await purge_expired(db, NOW + timedelta(days=101)) == len(ids) == 2
+    assert await db.call_raw("SELECT 1 FROM link_targets") == []
+
+
 async def test_links_with_their_urls_on_the_row_keep_working(db: Database) -> None:
     """Rows written between 0190 and 0210 hold their target URLs themselves."""
     _, ids = await _stored(db, ["a message"])

@@ -74,7 +74,8 @@ links_deleted AS (
 -- daemons purging messages of the same sets take them in one order; should
 -- they deadlock all the same, one batch rolls back and is purged again.
 targets_released AS (
-    UPDATE link_targets t SET links_left = t.links_left - gone.links
+    -- Never below 0: a count gone wrong must not stop retention.
+    UPDATE link_targets t SET links_left = greatest(t.links_left - gone.links, 0)
     FROM (SELECT target_set, count(*)::int AS links FROM links_deleted
           WHERE target_set IS NOT NULL GROUP BY target_set ORDER BY target_set) AS gone
     WHERE t.id = gone.target_set
