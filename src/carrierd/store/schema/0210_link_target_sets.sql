@@ -1,8 +1,7 @@
 -- DOMAIN §12: a message's target URLs are stored once per set, not on
 -- every message's row. A campaign sends one set of URLs to every recipient
 -- of a batch; held on each row, the set (some 200 bytes for five URLs) was
--- most of the row, and writing it cost PostgreSQL more than the row's key
--- and both its index entries together.
+-- most of the row and a third of what writing the row cost PostgreSQL.
 --
 -- A set is written by the intake statement that mints its links (store/
 -- links.sql insert_message_links), one row per distinct set of the batch,
