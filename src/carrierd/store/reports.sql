@@ -95,8 +95,8 @@ SELECT count(*)::int FROM deleted;
 
 -- name: purge_released_link_targets
 -- One bounded batch of target URL sets that no link row names any more
--- (purge_final_messages counted the last of them down), released before
--- $1; returns how many went.
+-- (purge_final_messages counted the last of them down) and that were
+-- stored before $1; returns how many went.
 WITH doomed AS (
     SELECT id FROM link_targets
     WHERE links_left = 0 AND created_at < $1
